@@ -1,0 +1,133 @@
+"""Node wiring: builds every component from the config and runs them in one trio nursery.
+
+``pgbalancer -f FILE`` runs one node in the foreground; ``--check`` validates a config
+and exits. SIGTERM/SIGINT shut down cleanly (clients are told, server connections are
+closed politely); SIGHUP reloads the config and applies what can change live.
+This module holds wiring only: no protocol and no policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import trio
+
+from pgbalancer import __version__
+from pgbalancer.config import Config, ConfigError, diff_configs, load_config
+from pgbalancer.proxy.server import ProxyServer
+from pgbalancer.userlist import UserlistError, load_userlist
+
+log = logging.getLogger("pgbalancer")
+
+_SHUTDOWN_GRACE = 5.0
+
+
+def load_auth_file(config: Config) -> dict[str, str]:
+    return load_userlist(config.auth_file) if config.auth_file else {}
+
+
+class Node:
+    """One pgbalancer node: the proxy today; health, API, MQTT and Raft join as they land."""
+
+    def __init__(self, config_path: Path, config: Config, userlist: dict[str, str]) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.proxy = ProxyServer(config, userlist)
+
+    async def run(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.proxy.serve)
+                _write_pid_file(self.config.pid_file)
+                log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
+                async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        self.reload()
+                        continue
+                    log.info("received %s: shutting down", signal.Signals(signum).name)
+                    await self._shutdown(nursery)
+                    return
+
+    async def _shutdown(self, nursery: trio.Nursery) -> None:
+        self.proxy.request_shutdown()
+        with trio.move_on_after(_SHUTDOWN_GRACE):
+            while self.proxy.sessions:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+        self.proxy.pools.close_all_idle()
+        _remove_pid_file(self.config.pid_file)
+
+    def reload(self) -> None:
+        """Re-read the config; apply live keys, log the ones that need a restart."""
+        try:
+            new_config = load_config(self.config_path)
+            userlist = load_auth_file(new_config)
+        except (ConfigError, UserlistError) as exc:
+            log.error("reload failed, keeping the running config:\n%s", exc)
+            return
+        diff = diff_configs(self.config, new_config)
+        self.proxy.apply_config(new_config, userlist)
+        self.config = new_config
+        log.info(
+            "config reloaded: changed=%s applied_live=%s restart_required=%s",
+            list(diff.changed),
+            list(diff.applied_live),
+            list(diff.restart_required),
+        )
+
+
+def _write_pid_file(path: str) -> None:
+    if path:
+        Path(path).write_text(f"{os.getpid()}\n")
+
+
+def _remove_pid_file(path: str) -> None:
+    if path:
+        Path(path).unlink(missing_ok=True)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pgbalancer", description="PostgreSQL pooler and load balancer node")
+    parser.add_argument("-f", "--config-file", required=True, type=Path, help="path to pgbalancer.conf")
+    parser.add_argument("--check", action="store_true", help="validate the config and exit")
+    parser.add_argument("--version", action="version", version=f"pgbalancer {__version__}")
+    return parser.parse_args(argv)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        config = load_config(args.config_file)
+        userlist = load_auth_file(config)
+    except (ConfigError, UserlistError) as exc:
+        print(f"pgbalancer: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.config_file}: configuration is valid ({len(config.backends)} backends)")
+        return 0
+    _setup_logging(str(config.log_level))
+    node = Node(args.config_file, config, userlist)
+    try:
+        trio.run(node.run)
+    except OSError as exc:
+        print(f"pgbalancer: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Thin socket wrappers for the proxy: raw trio sockets with ``recv_into`` and message reads.
+
+The relay works on raw ``trio.socket`` objects rather than ``SocketStream`` because every
+avoided layer is per-I/O overhead on the hot path. This module holds no protocol policy:
+it moves bytes and hands them to the pure ``pgwire`` readers.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket as stdlib_socket
+
+import trio
+
+from pgbalancer.pgwire.errors import ProtocolError
+from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, Message, MessageReader
+
+RECV_SIZE = 65536
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection (or it broke) while we needed more bytes."""
+
+
+class PgSocket:
+    """A connected TCP socket carrying PostgreSQL protocol bytes."""
+
+    __slots__ = ("peer", "sock")
+
+    def __init__(self, sock: trio.socket.SocketType, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int:
+        """Receive into ``buffer``; 0 means the peer closed. Connection errors count as closed."""
+        try:
+            return await self.sock.recv_into(buffer)
+        except OSError:
+            return 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send every byte, raising PeerClosed if the peer is gone."""
+        view = memoryview(data)
+        try:
+            while view:
+                sent = await self.sock.send(view)
+                view = view[sent:]
+        except OSError as exc:
+            raise PeerClosed(f"{self.peer}: {exc.strerror or exc}") from exc
+        except trio.ClosedResourceError as exc:
+            raise PeerClosed(f"{self.peer}: socket closed") from exc
+
+    def looks_idle_and_open(self) -> bool:
+        """True if nothing is waiting to be read and the peer has not hung up.
+
+        A pooled server connection should be silent; anything readable (an
+        ErrorResponse before a backend restart, or EOF) means it is not reusable.
+        """
+        try:
+            poller = select.poll()
+            poller.register(self.sock.fileno(), select.POLLIN | select.POLLPRI | select.POLLRDHUP)
+            return not poller.poll(0)
+        except (OSError, ValueError):
+            return False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def configure_socket(sock: trio.socket.SocketType) -> None:
+    """Low latency and dead-peer detection for both client and server sockets."""
+    try:
+        sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+        sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_KEEPALIVE, 1)
+    except OSError as exc:  # unix sockets and odd platforms: not fatal
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOPROTOOPT, errno.EINVAL):
+            raise
+
+
+async def connect_tcp(host: str, port: int, timeout: float) -> PgSocket:
+    """Open a TCP connection to a backend, trying each resolved address, within ``timeout``."""
+    errors: list[str] = []
+    with trio.move_on_after(timeout) as scope:
+        infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_STREAM)
+        for family, sock_type, proto, _, address in infos:
+            sock = trio.socket.socket(family, sock_type, proto)
+            try:
+                await sock.connect(address)
+            except OSError as exc:
+                sock.close()
+                errors.append(f"{address[0]}:{address[1]}: {exc.strerror or exc}")
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            configure_socket(sock)
+            return PgSocket(sock, f"{host}:{port}")
+    if scope.cancelled_caught:
+        errors.append(f"timed out after {timeout:g}s")
+    raise OSError(f"could not connect to {host}:{port}: {'; '.join(errors) or 'no address'}")
+
+
+class MessageChannel:
+    """Reads whole messages from a PgSocket during handshakes (not used on the relay path)."""
+
+    __slots__ = ("_buffer", "reader", "socket")
+
+    def __init__(self, socket: PgSocket, max_message_size: int) -> None:
+        self.socket = socket
+        self.reader = MessageReader(max_message_size)
+        self._buffer = bytearray(RECV_SIZE)
+
+    async def read_message(self) -> Message:
+        """The next complete message; PeerClosed on EOF, ProtocolError on malformed input."""
+        while True:
+            event = self.reader.next_event()
+            if isinstance(event, Message):
+                return event
+            if event is CLOSED:
+                raise PeerClosed(f"{self.socket.peer}: connection closed")
+            assert event is NEED_DATA
+            received = await self.socket.recv_into(self._buffer)
+            if received == 0:
+                self.reader.receive_data(b"")
+                try:
+                    self.reader.next_event()
+                except ProtocolError:
+                    pass
+                raise PeerClosed(f"{self.socket.peer}: connection closed")
+            self.reader.receive_data(memoryview(self._buffer)[:received])
+
+    async def send(self, data: bytes | bytearray | memoryview) -> None:
+        await self.socket.send_all(data)

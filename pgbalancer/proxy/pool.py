@@ -1,0 +1,222 @@
+"""Server connection pools, one per backend × database × user, with bounded waiting.
+
+Mapping of the pgpool-style settings (documented in docs/configuration.md):
+
+* ``num_init_children``: the most server connections one pool holds (active + idle);
+* ``max_pool``: how many distinct database/user pools one backend may hold, so one
+  backend sees at most ``num_init_children × max_pool`` connections from a node;
+* ``child_life_time``: an idle server connection older than this (idle time) is closed;
+* ``child_max_connections``: client sessions one server connection serves before retiring;
+* ``connection_life_time``: the maximum age of a server connection.
+
+The pool lends and takes back connections; it never decides routing and never
+touches the bytes a client sends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from pgbalancer.proxy.backend import ServerConnection
+
+
+@dataclass(frozen=True)
+class PoolKey:
+    backend_id: int
+    database: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"{self.database}/{self.user}@backend{self.backend_id}"
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    max_size: int
+    idle_timeout: float
+    max_sessions_per_server: int
+    max_age: float
+    wait_timeout: float
+
+
+@dataclass(frozen=True)
+class PoolStatistics:
+    key: PoolKey
+    active: int
+    idle: int
+    waiting: int
+    max_size: int
+    opened_total: int
+    closed_total: int
+
+
+class PoolExhausted(Exception):
+    """No server connection could be had in time or within limits (SQLSTATE 53300)."""
+
+
+def is_retired(server: ServerConnection, limits: PoolLimits, now: float) -> bool:
+    """Whether a returned or idle server connection must be closed rather than lent."""
+    if limits.max_sessions_per_server and server.sessions_served >= limits.max_sessions_per_server:
+        return True
+    if limits.max_age and now - server.created_at >= limits.max_age:
+        return True
+    return bool(limits.idle_timeout and now - server.last_used >= limits.idle_timeout)
+
+
+OpenServer = Callable[[], Awaitable[ServerConnection]]
+
+
+class ServerPool:
+    """Connections for one PoolKey. ``acquire`` waits in a bounded queue; ``release`` returns."""
+
+    def __init__(self, key: PoolKey, limits: PoolLimits) -> None:
+        self.key = key
+        self.limits = limits
+        self._idle: deque[ServerConnection] = deque()
+        self._slots = trio.CapacityLimiter(limits.max_size)
+        self._leases: dict[int, object] = {}
+        self.opened_total = 0
+        self.closed_total = 0
+
+    def set_limits(self, limits: PoolLimits) -> None:
+        self.limits = limits
+        self._slots.total_tokens = limits.max_size
+
+    @property
+    def active(self) -> int:
+        return len(self._leases)
+
+    @property
+    def idle_count(self) -> int:
+        return len(self._idle)
+
+    @property
+    def waiting(self) -> int:
+        return self._slots.statistics().tasks_waiting
+
+    async def acquire(self, open_server: OpenServer) -> ServerConnection:
+        """Lend a live connection, opening one if below the limit; PoolExhausted on timeout."""
+        lease = object()
+        with trio.move_on_after(self.limits.wait_timeout) as wait:
+            await self._slots.acquire_on_behalf_of(lease)
+        if wait.cancelled_caught:
+            raise PoolExhausted(
+                f"no server connection free in pool {self.key} after waiting {self.limits.wait_timeout:g}s "
+                f"(all {self.limits.max_size} in use); raise num_init_children or reduce client concurrency"
+            )
+        try:
+            server = self._take_idle()
+            if server is None:
+                server = await open_server()
+                self.opened_total += 1
+        except BaseException:
+            self._slots.release_on_behalf_of(lease)
+            raise
+        self._leases[id(server)] = lease
+        return server
+
+    def _take_idle(self) -> ServerConnection | None:
+        now = trio.current_time()
+        while self._idle:
+            server = self._idle.pop()  # most recently used first: warm caches, fewer live conns
+            if is_retired(server, self.limits, now) or not server.socket.looks_idle_and_open():
+                self._discard(server)
+                continue
+            return server
+        return None
+
+    def release(self, server: ServerConnection, *, reusable: bool) -> None:
+        """Take a connection back; close it unless it is clean and within its limits."""
+        lease = self._leases.pop(id(server), None)
+        if lease is not None:
+            self._slots.release_on_behalf_of(lease)
+        now = trio.current_time()
+        server.sessions_served += 1
+        server.last_used = now
+        if reusable and not is_retired(server, self.limits, now):
+            self._idle.append(server)
+        else:
+            self._discard(server)
+
+    def close_expired_idle(self) -> None:
+        now = trio.current_time()
+        keep = deque(s for s in self._idle if not is_retired(s, self.limits, now))
+        for server in self._idle:
+            if server not in keep:
+                self._discard(server)
+        self._idle = keep
+
+    def close_idle(self) -> None:
+        while self._idle:
+            self._discard(self._idle.pop())
+
+    def _discard(self, server: ServerConnection) -> None:
+        self.closed_total += 1
+        server.close()
+
+    def statistics(self) -> PoolStatistics:
+        return PoolStatistics(
+            key=self.key,
+            active=self.active,
+            idle=self.idle_count,
+            waiting=self.waiting,
+            max_size=self.limits.max_size,
+            opened_total=self.opened_total,
+            closed_total=self.closed_total,
+        )
+
+
+class PoolManager:
+    """All pools of this node, capped at ``max_pool`` distinct pools per backend."""
+
+    def __init__(self, limits: PoolLimits, max_pools_per_backend: int) -> None:
+        self.limits = limits
+        self.max_pools_per_backend = max_pools_per_backend
+        self._pools: dict[PoolKey, ServerPool] = {}
+
+    def pool_for(self, key: PoolKey) -> ServerPool:
+        """The pool for ``key``, creating it (and evicting an unused one) if needed."""
+        pool = self._pools.get(key)
+        if pool is not None:
+            return pool
+        same_backend = [p for p in self._pools.values() if p.key.backend_id == key.backend_id]
+        if len(same_backend) >= self.max_pools_per_backend:
+            self._evict_one_unused(same_backend, key)
+        pool = ServerPool(key, self.limits)
+        self._pools[key] = pool
+        return pool
+
+    def _evict_one_unused(self, candidates: list[ServerPool], wanted: PoolKey) -> None:
+        for pool in candidates:
+            if pool.active == 0 and pool.waiting == 0:
+                pool.close_idle()
+                del self._pools[pool.key]
+                return
+        raise PoolExhausted(
+            f"backend {wanted.backend_id} already has {self.max_pools_per_backend} busy database/user pools, "
+            f"so pool {wanted} cannot be created; raise max_pool"
+        )
+
+    def set_limits(self, limits: PoolLimits, max_pools_per_backend: int) -> None:
+        self.limits = limits
+        self.max_pools_per_backend = max_pools_per_backend
+        for pool in self._pools.values():
+            pool.set_limits(limits)
+
+    def close_expired_idle(self) -> None:
+        for pool in self._pools.values():
+            pool.close_expired_idle()
+
+    def close_all_idle(self) -> None:
+        for pool in self._pools.values():
+            pool.close_idle()
+
+    def statistics(self) -> list[PoolStatistics]:
+        return [pool.statistics() for pool in self._pools.values()]
+
+    def server_connections_to(self, backend_id: int) -> int:
+        return sum(p.active + p.idle_count for p in self._pools.values() if p.key.backend_id == backend_id)

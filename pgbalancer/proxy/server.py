@@ -1,0 +1,172 @@
+"""The proxy server: listeners, the session registry, pools, and cancel forwarding.
+
+It binds only ``listen_addresses``:``port``, spawns one ClientSession per connection,
+owns the PoolManager and the client authenticator, and applies reloadable settings.
+Which backend is the primary is decided elsewhere (today: backend 0; the failover
+issue replaces it with the cluster view); this class only asks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+
+from pgbalancer.config import Config
+from pgbalancer.pgwire.messages import CancelRequest
+from pgbalancer.proxy.backend import (
+    BackendAddress,
+    BackendUnavailable,
+    ServerConnection,
+    ServerCredentials,
+    open_server_connection,
+)
+from pgbalancer.proxy.clientauth import ClientAuthenticator
+from pgbalancer.proxy.netio import PgSocket, configure_socket, connect_tcp
+from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
+from pgbalancer.proxy.session import ClientSession
+
+log = logging.getLogger(__name__)
+
+_ACCEPT_BACKOFF = 0.05
+
+
+def pool_limits(config: Config) -> PoolLimits:
+    return PoolLimits(
+        max_size=config.num_init_children,
+        idle_timeout=config.child_life_time,
+        max_sessions_per_server=config.child_max_connections,
+        max_age=config.connection_life_time,
+        wait_timeout=config.client_login_timeout,
+    )
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str
+    port: int
+
+
+def bind_hosts(listen_addresses: tuple[str, ...]) -> list[str | None]:
+    """Hosts to bind: '*' means every interface (None for trio), otherwise each address."""
+    if "*" in listen_addresses:
+        return [None]
+    return list(dict.fromkeys(listen_addresses))
+
+
+class ProxyServer:
+    """Accepts clients and serves them; one instance per node process."""
+
+    def __init__(self, config: Config, userlist: Mapping[str, str]) -> None:
+        self.config = config
+        self.authenticator = ClientAuthenticator(config.auth_type, userlist)
+        self.pools = PoolManager(pool_limits(config), config.max_pool)
+        self.sessions: dict[int, ClientSession] = {}
+        self._process_ids = itertools.count(secrets.randbelow(1 << 20) + 1)
+        self.listening: list[ListenAddress] = []
+        self.accepted_total = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners: list[trio.SocketListener] = []
+        for host in bind_hosts(self.config.listen_addresses):
+            listeners.extend(await trio.open_tcp_listeners(self.config.port, host=host))
+        self.listening = [ListenAddress(*listener.socket.getsockname()[:2]) for listener in listeners]
+        log.info("proxy listening on %s", ", ".join(f"{a.host}:{a.port}" for a in self.listening))
+        try:
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener.socket, nursery)
+                nursery.start_soon(self._maintain_pools)
+                task_status.started(self.listening)
+        finally:
+            for listener in listeners:
+                listener.socket.close()
+
+    async def _accept_loop(self, listen_socket: trio.socket.SocketType, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                sock, address = await listen_socket.accept()
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.warning("accept failed: %s", exc)
+                await trio.sleep(_ACCEPT_BACKOFF)
+                continue
+            configure_socket(sock)
+            self.accepted_total += 1
+            peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+            session = ClientSession(self, PgSocket(sock, peer), next(self._process_ids) & 0x7FFFFFFF)
+            nursery.start_soon(self._run_session, session)
+
+    async def _run_session(self, session: ClientSession) -> None:
+        self.sessions[session.process_id] = session
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.process_id]
+
+    async def _maintain_pools(self) -> None:
+        while True:
+            await trio.sleep(1)
+            self.pools.close_expired_idle()
+
+    def primary_address(self) -> BackendAddress:
+        # Until health checks and the cluster view exist, backend 0 is the primary.
+        backend = self.config.backends[0]
+        return BackendAddress(backend.node_id, backend.hostname, backend.port)
+
+    async def acquire_primary(
+        self, database: str, credentials: ServerCredentials
+    ) -> tuple[ServerPool, ServerConnection]:
+        address = self.primary_address()
+        pool = self.pools.pool_for(PoolKey(address.node_id, database, credentials.user))
+
+        async def open_server() -> ServerConnection:
+            return await open_server_connection(
+                address,
+                database,
+                credentials,
+                timeout=self.config.server_connect_timeout,
+                now=trio.current_time(),
+            )
+
+        return pool, await pool.acquire(open_server)
+
+    async def forward_cancel(self, request: CancelRequest) -> None:
+        """Send the server-side cancel for the session that owns this (pid, key), if any."""
+        session = self.sessions.get(request.process_id)
+        if session is None or session.secret_key != request.secret_key:
+            return  # PostgreSQL also ignores unknown cancel keys silently
+        server = session.server
+        if server is None:
+            return
+        cancel = CancelRequest(server.backend_pid, server.backend_secret).encode()
+        try:
+            with trio.fail_after(self.config.server_connect_timeout):
+                sock = await connect_tcp(server.address.host, server.address.port, self.config.server_connect_timeout)
+                try:
+                    await sock.send_all(cancel)
+                    await sock.recv_into(bytearray(1))  # the server closes after reading it
+                finally:
+                    sock.close()
+        except (OSError, BackendUnavailable, trio.TooSlowError) as exc:
+            log.warning("could not forward cancel to %s: %s", server.address, exc)
+
+    def apply_config(self, config: Config, userlist: Mapping[str, str]) -> None:
+        """Apply reloadable settings; listeners and backends need a restart."""
+        self.config = config
+        self.authenticator = ClientAuthenticator(config.auth_type, userlist)
+        self.pools.set_limits(pool_limits(config), config.max_pool)
+
+    def request_shutdown(self) -> None:
+        for session in list(self.sessions.values()):
+            session.request_shutdown()
+
+    def statistics(self) -> dict[str, object]:
+        return {
+            "clients": len(self.sessions),
+            "accepted_total": self.accepted_total,
+            "pools": [stats.__dict__ for stats in self.pools.statistics()],
+        }

@@ -1,0 +1,322 @@
+"""One client session: startup, authentication, a server connection, and the byte relay.
+
+Session pooling: the client keeps one pooled server connection for its lifetime. When
+the client leaves, the connection is reused only if the stream is provably clean (both
+directions at a message boundary, every request answered, nothing half-sent); it is
+then rolled back if needed and reset with ``server_reset_query`` before going back to
+the pool. Anything less certain closes it, so no client ever inherits another's state.
+
+The relay forwards bytes as received; it only scans message headers (pgwire.scan).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, NoReturn
+
+import trio
+
+from pgbalancer.pgwire import messages as pgmsg
+from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
+from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
+from pgbalancer.pgwire.messages import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
+from pgbalancer.pgwire.scan import HeaderScanner
+from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.clientauth import ClientAuthFailed
+from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
+from pgbalancer.proxy.pool import PoolExhausted, ServerPool
+from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
+
+if TYPE_CHECKING:
+    from pgbalancer.proxy.server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+# Client messages after which, once answered, a server connection is at rest.
+_SYNC_POINTS = b"QSF"
+_RESTFUL_LAST_CLIENT_MESSAGES = frozenset(b"QSFcf") | {0}
+_RESET_TIMEOUT = 5.0
+
+
+class SessionEnded(Exception):
+    """The session is over; the reason was already told to the client (or it is gone)."""
+
+
+class ClientSession:
+    """Serves one client connection from accept to close."""
+
+    def __init__(self, proxy: ProxyServer, client: PgSocket, process_id: int) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.process_id = process_id
+        self.secret_key = secrets.randbits(31)
+        self.server: ServerConnection | None = None
+        self.user = ""
+        self.database = ""
+        self._relay_scope: trio.CancelScope | None = None
+        self._relay_result: _Relay | None = None
+
+    async def run(self) -> None:
+        try:
+            await self._serve()
+        except SessionEnded:
+            pass
+        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.client.close()
+
+    def request_shutdown(self) -> None:
+        if self._relay_scope is not None:
+            self._relay_scope.cancel()
+
+    async def _serve(self) -> None:
+        ready = None
+        with trio.move_on_after(self.proxy.config.client_login_timeout) as login:
+            ready = await self._login()
+        if login.cancelled_caught:
+            await self._fail(SqlState.CANNOT_CONNECT_NOW, "client did not finish logging in in time")
+        if ready is None:
+            return
+        pool, server, channel = ready
+        self.server = server
+        try:
+            await self._relay(server, channel)
+        finally:
+            self.server = None
+            await self._return_server(pool, server)
+
+    async def _login(self) -> tuple[ServerPool, ServerConnection, MessageChannel] | None:
+        startup, leftover = await self._read_startup()
+        if startup is None:
+            return None
+        self.user, self.database = startup.user, startup.database
+        channel = MessageChannel(self.client, self.proxy.config.max_message_size)
+        channel.reader.receive_data(leftover)
+        credentials = await self._authenticate(channel)
+        pool, server = await self._acquire_server(credentials, startup)
+        try:
+            await self._greet(server, startup)
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        return pool, server, channel
+
+    async def _read_startup(self) -> tuple[StartupMessage | None, bytes]:
+        reader = StartupReader()
+        buffer = bytearray(1024)
+        while True:
+            try:
+                event = reader.next_event()
+            except ProtocolError as exc:
+                await self._fail(exc.sqlstate, exc.message)
+            if isinstance(event, StartupMessage):
+                rejection = startup_rejection(event)
+                if rejection is not None:
+                    await self._fail(*rejection)
+                return event, reader.take_buffered()
+            if isinstance(event, SSLRequest | GSSENCRequest):
+                await self.client.send_all(b"N")  # TLS arrives with the pooling issue
+            elif isinstance(event, CancelRequest):
+                await self.proxy.forward_cancel(event)
+                return None, b""
+            elif event is CLOSED:
+                return None, b""
+            else:
+                assert event is NEED_DATA
+                received = await self.client.recv_into(buffer)
+                reader.receive_data(memoryview(buffer)[:received])
+
+    async def _authenticate(self, channel: MessageChannel) -> ServerCredentials:
+        try:
+            credentials = await self.proxy.authenticator.authenticate(channel, self.user)
+        except ClientAuthFailed as exc:
+            log.info("authentication failed for user %r from %s", self.user, self.client.peer)
+            await self._fail(exc.sqlstate, exc.message)
+        except ProtocolError as exc:
+            await self._fail(exc.sqlstate, exc.message)
+        await self.client.send_all(pgmsg.authentication_ok())
+        return credentials
+
+    async def _acquire_server(
+        self, credentials: ServerCredentials, startup: StartupMessage
+    ) -> tuple[ServerPool, ServerConnection]:
+        try:
+            return await self.proxy.acquire_primary(self.database, credentials)
+        except BackendUnavailable as exc:
+            await self._fail(
+                SqlState.CONNECTION_FAILURE,
+                f"pgbalancer could not connect to the primary: {exc}",
+                hint="check that the backend is running and reachable from pgbalancer",
+            )
+        except ServerError as exc:
+            await self._send_server_error(exc)
+        except PoolExhausted as exc:
+            await self._fail(SqlState.TOO_MANY_CONNECTIONS, str(exc))
+
+    async def _greet(self, server: ServerConnection, startup: StartupMessage) -> None:
+        wanted = settings_to_apply(startup_settings(startup.parameters), server.parameters)
+        if wanted:
+            try:
+                await server.run_query(wanted)
+            except ServerError as exc:
+                await self._send_server_error(exc)
+        greeting = bytearray()
+        for name, value in server.parameters.items():
+            greeting += pgmsg.parameter_status(name, value)
+        greeting += pgmsg.backend_key_data(self.process_id, self.secret_key)
+        greeting += pgmsg.ready_for_query(b"I")
+        greeting += server.take_unrelayed_bytes()
+        await self.client.send_all(greeting)
+
+    async def _relay(self, server: ServerConnection, channel: MessageChannel) -> None:
+        relay = _Relay(self.client, server)
+        pending_from_client = channel.reader.take_buffered()
+        with trio.CancelScope() as scope:
+            self._relay_scope = scope
+            try:
+                await relay.run(pending_from_client)
+            except ProtocolError as exc:
+                relay.broken = True
+                if relay.server_scanner.at_boundary:
+                    await self._send_quietly(error_response(exc.sqlstate, exc.message, severity="FATAL"))
+        self._relay_scope = None
+        self._relay_result = relay
+        if scope.cancelled_caught and relay.server_scanner.at_boundary:
+            await self._send_quietly(
+                error_response(
+                    SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
+                )
+            )
+        elif relay.server_closed and relay.server_scanner.at_boundary:
+            await self._send_quietly(
+                error_response(
+                    SqlState.CONNECTION_FAILURE,
+                    f"server connection lost: {server.address} closed the connection",
+                    severity="FATAL",
+                    hint="the backend may have restarted; reconnect",
+                )
+            )
+
+    async def _return_server(self, pool: ServerPool, server: ServerConnection) -> None:
+        relay = self._relay_result
+        reusable = relay is not None and relay.left_server_at_rest()
+        if reusable and relay is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(_RESET_TIMEOUT) as reset:
+                reusable = await self._reset(server, relay.transaction_status)
+            reusable = reusable and not reset.cancelled_caught
+        pool.release(server, reusable=reusable)
+
+    async def _reset(self, server: ServerConnection, transaction_status: bytes) -> bool:
+        try:
+            if transaction_status != b"I":
+                await server.run_query("ROLLBACK")
+            reset_query = self.proxy.config.server_reset_query
+            if reset_query:
+                await server.run_query(reset_query)
+        except (ServerError, BackendUnavailable, PeerClosed) as exc:
+            log.warning("closing server connection to %s: reset failed: %s", server.address, exc)
+            return False
+        return True
+
+    async def _send_server_error(self, exc: ServerError) -> NoReturn:
+        fields = exc.fields
+        await self._fail(
+            fields.get("C", SqlState.INTERNAL_ERROR),
+            fields.get("M", "server error"),
+            detail=fields.get("D"),
+            hint=fields.get("H"),
+        )
+
+    async def _fail(
+        self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
+    ) -> NoReturn:
+        await self._send_quietly(error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint))
+        raise SessionEnded(message)
+
+    async def _send_quietly(self, data: bytes) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await self.client.send_all(data)
+            except PeerClosed:
+                pass
+
+
+class _Relay:
+    """Both directions of one session's byte relay, with the bookkeeping that decides reuse."""
+
+    def __init__(self, client: PgSocket, server: ServerConnection) -> None:
+        self.client = client
+        self.server = server
+        self.client_scanner = HeaderScanner(capture=b"X", count=_SYNC_POINTS)
+        self.server_scanner = HeaderScanner(capture=b"ZS", count=b"Z")
+        self.transaction_status = b"I"
+        self.server_closed = False
+        self.client_terminated = False
+        self.broken = False  # something was cut mid-message
+
+    async def run(self, pending_from_client: bytes) -> None:
+        if pending_from_client:
+            await self._forward_client_bytes(memoryview(pending_from_client))
+            if self.client_terminated:
+                return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump_server_to_client, nursery.cancel_scope)
+            await self._pump_client_to_server()
+            nursery.cancel_scope.cancel()
+
+    async def _pump_client_to_server(self) -> None:
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        while not self.client_terminated:
+            received = await self.client.recv_into(buffer)
+            if received == 0:
+                return
+            await self._forward_client_bytes(view[:received])
+
+    async def _forward_client_bytes(self, chunk: memoryview) -> None:
+        captured = self.client_scanner.feed(chunk)
+        if captured:  # Terminate: forward what precedes it, never the Terminate itself
+            start = captured[0].end - 5
+            self.client_terminated = True
+            if start < 0:
+                self.broken = True  # part of the Terminate header already went out
+                return
+            chunk = chunk[:start]
+        if chunk:
+            await self.server.socket.send_all(chunk)
+
+    async def _pump_server_to_client(self, relay_scope: trio.CancelScope) -> None:
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        scanner = self.server_scanner
+        while True:
+            received = await self.server.socket.recv_into(buffer)
+            if received == 0:
+                self.server_closed = True
+                relay_scope.cancel()
+                return
+            chunk = view[:received]
+            for message in scanner.feed(chunk):
+                if message.type == b"Z":
+                    self.transaction_status = message.body
+                else:
+                    name, value = pgmsg.parse_parameter_status(message.body)
+                    self.server.parameters[name] = value
+            await self.client.send_all(chunk)
+
+    def left_server_at_rest(self) -> bool:
+        """True when the server finished every request and nothing was cut mid-message."""
+        client, server = self.client_scanner, self.server_scanner
+        last_client = client.previous_type if self.client_terminated else client.last_type
+        requests = sum(client.counts[t] for t in _SYNC_POINTS)
+        return (
+            not self.broken
+            and not self.server_closed
+            and client.at_boundary
+            and server.at_boundary
+            and requests == server.counts[ord("Z")]
+            and last_client in _RESTFUL_LAST_CLIENT_MESSAGES
+        )
+
