@@ -1,0 +1,1 @@
+"""Command-line clients: ``bctl`` (HTTP client of the REST API, MQTT subscriber)."""
