@@ -1,0 +1,1279 @@
+"""The one configuration model of pgbalancer: defaults, parsing, validation, reload diff.
+
+Role: ``pgbalancer.conf`` (pgpool-style ``key = value``) plus ``PGBALANCER_<KEY>`` environment
+overrides become one frozen :class:`Config`. Every key is declared exactly once, as a field of
+``Config`` (or of ``BackendConfig`` for the ``backend_*N`` keys) whose metadata carries its
+description, category, value type, secrecy and whether a reload can apply it. The defaults, the
+parser, the validation, the reload diff, the redacted view and ``docs/configuration.md`` are all
+derived from those declarations, so they cannot disagree.
+
+It must never: keep a default anywhere but in the field declarations; import trio, open sockets or
+read clocks; read files outside ``load_config`` (``parse_config_text`` is pure); put a secret's value
+in an error message, a repr or the redacted view; stop at the first error (every problem is reported
+at once, each naming the key, the bad value, the fix, and the line when it came from the file).
+"""
+
+import argparse
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from pgbalancer.userlist import UserlistError, load_userlist
+
+ENV_PREFIX: Final = "PGBALANCER_"
+REDACTED: Final = "********"
+DEFAULT_SOURCE: Final = "pgbalancer.conf"
+
+_T = TypeVar("_T")
+_META: Final = "pgbalancer.config"
+_MAX_VALUE_SHOWN: Final = 60
+_NEAR_MISS: Final = 0.7  # difflib ratio above which an unknown key is taken for a misspelt one
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class PoolMode(StrEnum):
+    """When a server connection goes back to its pool."""
+
+    SESSION = "session"
+    TRANSACTION = "transaction"
+    STATEMENT = "statement"
+
+
+class AuthType(StrEnum):
+    """How clients authenticate to pgbalancer (PgBouncer's meaning)."""
+
+    TRUST = "trust"
+    MD5 = "md5"
+    SCRAM_SHA_256 = "scram-sha-256"
+
+
+class LoadBalanceAlgorithm(StrEnum):
+    """How read-only statements are spread over the backends."""
+
+    ADAPTIVE = "adaptive"
+    ROUND_ROBIN = "round_robin"
+    WEIGHTED = "weighted"
+    LEAST_CONNECTIONS = "least_connections"
+    RANDOM = "random"
+
+
+class MqttMode(StrEnum):
+    """Where cluster events are published."""
+
+    EMBEDDED = "embedded"
+    EXTERNAL = "external"
+    OFF = "off"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class Category(StrEnum):
+    """Sections of docs/configuration.md, in the order they appear there."""
+
+    LISTENER = "Proxy listener"
+    BACKENDS = "Backends"
+    AUTH = "Client authentication"
+    POOLING = "Pooling"
+    LOAD_BALANCING = "Load balancing"
+    HEALTH_CHECK = "Health checks"
+    API = "REST API and metrics"
+    EVENTS = "MQTT events"
+    WATCHDOG = "Watchdog (Raft)"
+    VIP = "Virtual IP"
+    PROCESS = "Process"
+
+
+class ApplyOn(StrEnum):
+    """What it takes for a changed value to take effect."""
+
+    RELOAD = "reload"  # SIGHUP or POST /api/v1/control/reload applies it to the running node
+    RESTART = "restart"  # the node must be restarted; a reload reports it in restart_required
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. ``errors`` holds every problem found, one message each."""
+
+    def __init__(self, errors: Iterable[str] | str) -> None:
+        self.errors: list[str] = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+class _BadValue(Exception):
+    """Why a value's text was refused; the caller adds the key, the (maybe redacted) value and the fix."""
+
+
+# --------------------------------------------------------------------------- value kinds
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """How one type of value is read from text, written back, and described."""
+
+    type_name: str
+    expectation: str  # completes "set <key> to ..."
+    convert: Callable[[str], Any]
+    render: Callable[[Any], str] = str
+    is_path: bool = False  # relative paths resolve against the config file's directory
+
+
+_INT_RE: Final = re.compile(r"[+-]?[0-9]{1,18}")
+_NUMBER_RE: Final = re.compile(
+    r"[+-]?(?:[0-9]{1,18}(?:\.[0-9]{0,18})?|\.[0-9]{1,18})(?:[eE][+-]?[0-9]{1,3})?"
+)
+_LISTEN_HOST_RE: Final = re.compile(r"[A-Za-z0-9._:%-]+")
+_HOST_PORT_RE: Final = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.%]+)\]|(?P<host>[A-Za-z0-9._-]+)):(?P<port>[0-9]{1,5})"
+)
+_TRUE_WORDS: Final = frozenset({"on", "true", "yes", "1"})
+_FALSE_WORDS: Final = frozenset({"off", "false", "no", "0"})
+
+
+def _render_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _integer(minimum: int, maximum: int, expectation: str, type_name: str = "integer") -> _Kind:
+    def convert(text: str) -> int:
+        if not _INT_RE.fullmatch(text.strip()):
+            raise _BadValue("not an integer")
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise _BadValue("out of range")
+        return value
+
+    return _Kind(type_name, expectation, convert)
+
+
+def _number(minimum: float, expectation: str, *, exclusive: bool, type_name: str) -> _Kind:
+    def convert(text: str) -> float:
+        if not _NUMBER_RE.fullmatch(text.strip()):
+            raise _BadValue("not a number")
+        value = float(text)
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            raise _BadValue("out of range")
+        return value
+
+    return _Kind(type_name, expectation, convert, _render_number)
+
+
+def _convert_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise _BadValue("not a boolean")
+
+
+def _choice(enum_type: type[StrEnum]) -> _Kind:
+    choices = [member.value for member in enum_type]
+
+    def convert(text: str) -> StrEnum:
+        word = text.strip().lower()
+        if word in choices:
+            return enum_type(word)
+        close = difflib.get_close_matches(word, choices, n=1)
+        raise _BadValue("unknown value" + (f" (did you mean '{close[0]}'?)" if close else ""))
+
+    return _Kind(" | ".join(choices), "one of " + ", ".join(choices), convert)
+
+
+def _split_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",")] if text.strip() else []
+
+
+def _convert_listen_addresses(text: str) -> tuple[str, ...]:
+    addresses = _split_list(text)
+    if not addresses:
+        raise _BadValue("empty")
+    if "*" in addresses and len(addresses) > 1:
+        raise _BadValue("'*' already means every interface and must stand alone")
+    for address in addresses:
+        if address != "*" and not _LISTEN_HOST_RE.fullmatch(address):
+            raise _BadValue(f"{_quote(address)} is not a host name or IP address")
+    return tuple(addresses)
+
+
+def _convert_names(text: str) -> tuple[str, ...]:
+    names = _split_list(text)
+    if any(not name for name in names):
+        raise _BadValue("has an empty name between commas")
+    return tuple(names)
+
+
+def _convert_peers(text: str) -> tuple[str, ...]:
+    peers = _split_list(text)
+    for peer in peers:
+        match = _HOST_PORT_RE.fullmatch(peer)
+        if match is None:
+            raise _BadValue(f"{_quote(peer)} is not host:port")
+        if not 1 <= int(match["port"]) <= 65535:
+            raise _BadValue(f"{_quote(peer)} has a port outside 1-65535")
+        if match["ipv6"] is not None and not _is_ip_address(match["ipv6"]):
+            raise _BadValue(f"{_quote(peer)} has an invalid IPv6 address")
+    duplicates = sorted({peer for peer in peers if peers.count(peer) > 1})
+    if duplicates:
+        raise _BadValue(f"lists {_quote(duplicates[0])} twice")
+    return tuple(peers)
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _convert_ip(text: str) -> str:
+    address = text.strip()
+    if address and not _is_ip_address(address):
+        raise _BadValue("not an IP address")
+    return address
+
+
+def _convert_host(text: str) -> str:
+    host = text.strip()
+    if not host:
+        raise _BadValue("empty")
+    if any(char.isspace() or char == "," for char in host):
+        raise _BadValue("contains a space or a comma")
+    return host
+
+
+def _convert_path(text: str) -> str:
+    if "\0" in text:
+        raise _BadValue("contains a NUL character")
+    return text
+
+
+def _convert_text(text: str) -> str:
+    return text
+
+
+def _render_list(values: tuple[str, ...]) -> str:
+    return ",".join(values)
+
+
+def _render_bool(value: bool) -> str:
+    return "on" if value else "off"
+
+
+_PORT: Final = _integer(1, 65535, "a TCP port number between 1 and 65535", "port")
+_POSITIVE_COUNT: Final = _integer(1, 1_000_000, "a whole number between 1 and 1000000")
+_COUNT_OR_ZERO: Final = _integer(0, 2**31 - 1, "a whole number, 0 or more (0 means unlimited)")
+_SECONDS_OR_ZERO: Final = _integer(
+    0, 2**31 - 1, "a whole number of seconds, 0 or more (0 means unlimited)", "integer (seconds)"
+)
+_POSITIVE_SECONDS: Final = _number(
+    0.0, "a number of seconds greater than 0, such as 5 or 0.5", exclusive=True, type_name="number (seconds)"
+)
+_WEIGHT: Final = _number(0.0, "a number, 0 or more, such as 1 or 0.5", exclusive=False, type_name="number")
+_MESSAGE_SIZE: Final = _integer(
+    1024, 2**30, "a number of bytes between 1024 and 1073741824 (1 GiB)", "integer (bytes)"
+)
+_BOOL: Final = _Kind("boolean", "on or off (also true/false, yes/no, 1/0)", _convert_bool, _render_bool)
+_LISTEN_ADDRESSES: Final = _Kind(
+    "list of addresses",
+    "a comma-separated list of host names or IP addresses, or '*' for every interface",
+    _convert_listen_addresses,
+    _render_list,
+)
+_NAMES: Final = _Kind("list of names", "a comma-separated list of user names", _convert_names, _render_list)
+_PEERS: Final = _Kind(
+    "list of host:port",
+    "a comma-separated list of host:port, such as 'node1:9000,node2:9000' (IPv6 as '[2001:db8::1]:9000')",
+    _convert_peers,
+    _render_list,
+)
+_IP: Final = _Kind("IP address", "an IPv4 or IPv6 address such as 192.0.2.10, or '' for none", _convert_ip)
+_HOST: Final = _Kind(
+    "host", "a host name, an IP address or a Unix socket directory, such as 'db1.example.com'", _convert_host
+)
+_PATH: Final = _Kind("path", "a file path", _convert_path, is_path=True)
+_TEXT: Final = _Kind("string", "a string", _convert_text)
+
+
+# --------------------------------------------------------------------------- field declarations
+
+
+@dataclass(frozen=True)
+class _Meta:
+    kind: _Kind
+    category: Category
+    applies: ApplyOn
+    doc: str
+    secret: bool
+
+
+def _setting(
+    default: _T, kind: _Kind, category: Category, applies: ApplyOn, doc: str, *, secret: bool = False
+) -> _T:
+    """Declare one config key: its default, type, documentation and reload behaviour, all in one place."""
+    meta = _Meta(kind, category, applies, " ".join(doc.split()), secret)
+    created: _T = field(default=default, metadata={_META: meta})
+    return created
+
+
+def _required_setting(kind: _Kind, category: Category, applies: ApplyOn, doc: str) -> Any:
+    """Declare a key that has no default and must be set."""
+    return field(metadata={_META: _Meta(kind, category, applies, " ".join(doc.split()), False)})
+
+
+_L, _R = ApplyOn.RELOAD, ApplyOn.RESTART
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """One PostgreSQL server: backend_hostnameN, backend_portN, backend_weightN, backend_data_directoryN."""
+
+    node_id: int
+    hostname: str = _required_setting(
+        _HOST,
+        Category.BACKENDS,
+        _R,
+        """Host name, IP address or Unix socket directory of backend N. Setting it is what declares
+        backend N; backends are numbered 0, 1, 2… without gaps.""",
+    )
+    port: int = _setting(5432, _PORT, Category.BACKENDS, _R, "PostgreSQL port of backend N.")
+    weight: float = _setting(
+        1.0,
+        _WEIGHT,
+        Category.BACKENDS,
+        _L,
+        """Relative share of read-only statements for backend N (0 = never balanced to it). The
+        adaptive algorithm uses it as the starting point it learns from.""",
+    )
+    data_directory: str = _setting(
+        "",
+        _TEXT,
+        Category.BACKENDS,
+        _L,
+        """Data directory of backend N on its own machine; used to rejoin a failed old primary with
+        pg_rewind. Empty = unknown.""",
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration of one pgbalancer node. Attribute names are the file's keys."""
+
+    # Proxy listener
+    listen_addresses: tuple[str, ...] = _setting(
+        ("localhost",),
+        _LISTEN_ADDRESSES,
+        Category.LISTENER,
+        _R,
+        "Addresses the PostgreSQL proxy listens on, comma separated; '*' means every interface.",
+    )
+    port: int = _setting(5432, _PORT, Category.LISTENER, _R, "TCP port of the PostgreSQL proxy.")
+
+    # Client authentication
+    auth_type: AuthType = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        AuthType.SCRAM_SHA_256,
+        _choice(AuthType),
+        Category.AUTH,
+        _L,
+        """How clients authenticate, with PgBouncer's meaning: trust = no password asked; md5 = MD5
+        password exchange (works with plaintext or md5 entries in auth_file); scram-sha-256 =
+        SCRAM exchange (works with plaintext or SCRAM verifier entries).""",
+    )
+    auth_file: str = _setting(
+        "",
+        _PATH,
+        Category.AUTH,
+        _L,
+        """Userlist in PgBouncer's format, one '"user" "password-or-verifier"' per line. A relative
+        path is relative to the directory of pgbalancer.conf. Required unless auth_type = trust; it
+        is re-read on reload.""",
+    )
+    admin_users: tuple[str, ...] = _setting(
+        (),
+        _NAMES,
+        Category.AUTH,
+        _L,
+        "Users allowed into the admin console database 'pgbalancer', comma separated.",
+    )
+
+    # Pooling (pgpool's names; see "Pooling" in docs/configuration.md for the mapping)
+    pool_mode: PoolMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        PoolMode.TRANSACTION,
+        _choice(PoolMode),
+        Category.POOLING,
+        _L,
+        """When a server connection goes back to its pool: session = when the client disconnects;
+        transaction = when a transaction ends; statement = after every statement (multi-statement
+        transactions are refused). Applies to sessions that start after the reload.""",
+    )
+    num_init_children: int = _setting(
+        32,
+        _POSITIVE_COUNT,
+        Category.POOLING,
+        _L,
+        """Maximum server connections in one pool, a pool being the connections to one backend for
+        one (database, user). Clients beyond it wait in the pool's queue.""",
+    )
+    max_pool: int = _setting(
+        4,
+        _POSITIVE_COUNT,
+        Category.POOLING,
+        _L,
+        """How many distinct (database, user) pools each backend may hold, so one backend gets at
+        most num_init_children times max_pool server connections from this node.""",
+    )
+    child_life_time: int = _setting(
+        300,
+        _SECONDS_OR_ZERO,
+        Category.POOLING,
+        _L,
+        "Seconds an idle pooled server connection is kept before it is closed (0 = forever).",
+    )
+    child_max_connections: int = _setting(
+        0,
+        _COUNT_OR_ZERO,
+        Category.POOLING,
+        _L,
+        "Client sessions one server connection serves before it is retired (0 = unlimited).",
+    )
+    connection_life_time: int = _setting(
+        0,
+        _SECONDS_OR_ZERO,
+        Category.POOLING,
+        _L,
+        """Maximum age in seconds of a server connection, checked when it returns to the pool
+        (0 = unlimited).""",
+    )
+    server_reset_query: str = _setting(
+        "DISCARD ALL",
+        _TEXT,
+        Category.POOLING,
+        _L,
+        "SQL run on a server connection when a client session releases it ('' = none).",
+    )
+    server_connect_timeout: float = _setting(
+        5.0, _POSITIVE_SECONDS, Category.POOLING, _L, "Seconds allowed to connect and log in to a backend."
+    )
+    client_login_timeout: float = _setting(
+        60.0,
+        _POSITIVE_SECONDS,
+        Category.POOLING,
+        _L,
+        "Seconds a client has to finish its startup and authentication before it is disconnected.",
+    )
+    max_message_size: int = _setting(
+        268435456,
+        _MESSAGE_SIZE,
+        Category.POOLING,
+        _L,
+        "Largest protocol message accepted from a client or a server, in bytes; larger is an error.",
+    )
+
+    # Load balancing
+    load_balance_mode: bool = _setting(
+        True,
+        _BOOL,
+        Category.LOAD_BALANCING,
+        _L,
+        """Spread read-only statements over the backends with load_balance_algorithm; off sends
+        every statement to the primary.""",
+    )
+    load_balance_algorithm: LoadBalanceAlgorithm = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        LoadBalanceAlgorithm.ADAPTIVE,
+        _choice(LoadBalanceAlgorithm),
+        Category.LOAD_BALANCING,
+        _L,
+        """How a read-only statement picks its backend: adaptive learns from latency, errors and
+        statement complexity; round_robin; weighted (by backend_weightN); least_connections;
+        random.""",
+    )
+
+    # Health checks
+    health_check_period: float = _setting(
+        5.0, _POSITIVE_SECONDS, Category.HEALTH_CHECK, _L, "Seconds between two probes of each backend."
+    )
+    health_check_user: str = _setting(
+        "postgres", _TEXT, Category.HEALTH_CHECK, _L, "User the health checker logs in as."
+    )
+    health_check_password: str = _setting(
+        "",
+        _TEXT,
+        Category.HEALTH_CHECK,
+        _L,
+        "Password of health_check_user ('' = none, e.g. trust or a .pgpass entry).",
+        secret=True,
+    )
+    health_check_database: str = _setting(
+        "postgres", _TEXT, Category.HEALTH_CHECK, _L, "Database the health checker connects to."
+    )
+
+    # REST API and metrics
+    api_listen_addresses: tuple[str, ...] = _setting(
+        ("localhost",),
+        _LISTEN_ADDRESSES,
+        Category.API,
+        _R,
+        "Addresses the REST API and /metrics listen on, comma separated; '*' means every interface.",
+    )
+    api_port: int = _setting(8080, _PORT, Category.API, _R, "TCP port of the REST API and /metrics.")
+
+    # MQTT events
+    mqtt_mode: MqttMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        MqttMode.EMBEDDED,
+        _choice(MqttMode),
+        Category.EVENTS,
+        _R,
+        """embedded = run an MQTT broker inside pgbalancer on mqtt_port; external = publish to a
+        broker already listening on mqtt_port; off = publish no events.""",
+    )
+    mqtt_port: int = _setting(1883, _PORT, Category.EVENTS, _R, "TCP port of the MQTT broker.")
+
+    # Watchdog (Raft)
+    watchdog_nodes: tuple[str, ...] = _setting(
+        (),
+        _PEERS,
+        Category.WATCHDOG,
+        _R,
+        """Raft peers as host:port, comma separated. Empty = a single node without Raft, failover
+        quorum or virtual IP election.""",
+    )
+    watchdog_port: int = _setting(
+        9000, _PORT, Category.WATCHDOG, _R, "TCP port of this node's Raft endpoint."
+    )
+    watchdog_secret: str = _setting(
+        "",
+        _TEXT,
+        Category.WATCHDOG,
+        _R,
+        """Shared secret of the Raft peers (pysyncobj's password), the same on every node. Required
+        when watchdog_nodes is set: without it the peers exchange unauthenticated pickled
+        messages.""",
+        secret=True,
+    )
+
+    # Virtual IP
+    delegate_ip: str = _setting(
+        "",
+        _IP,
+        Category.VIP,
+        _R,
+        """Floating virtual IP held by the Raft leader only; clients connect to it. Empty = no
+        virtual IP.""",
+    )
+    delegate_ip_interface: str = _setting(
+        "", _TEXT, Category.VIP, _R, "Network interface delegate_ip is added to, such as 'eth0'."
+    )
+
+    # Process
+    workers: int = _setting(
+        1,
+        _POSITIVE_COUNT,
+        Category.PROCESS,
+        _R,
+        "Proxy worker processes sharing the listener with SO_REUSEPORT (1 = this process only).",
+    )
+    log_level: LogLevel = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        LogLevel.INFO, _choice(LogLevel), Category.PROCESS, _L, "Least severe log level written."
+    )
+    pid_file: str = _setting(
+        "",
+        _PATH,
+        Category.PROCESS,
+        _R,
+        "File the node writes its process id to ('' = none); relative to the config file's directory.",
+    )
+
+    # Not a key of its own: built from the backend_*N keys.
+    backends: tuple[BackendConfig, ...] = ()
+
+
+def _metas(cls: type[Any]) -> dict[str, _Meta]:
+    return {f.name: f.metadata[_META] for f in dataclasses.fields(cls) if _META in f.metadata}
+
+
+_SETTINGS: Final = _metas(Config)
+_BACKEND_SETTINGS: Final = _metas(BackendConfig)
+_BACKEND_KEY_RE: Final = re.compile(r"backend_(" + "|".join(_BACKEND_SETTINGS) + r")(0|[1-9][0-9]{0,8})")
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    """Public description of one key, for the API and tooling (backend keys use the suffix N)."""
+
+    key: str
+    type_name: str
+    default: object
+    category: Category
+    applies: ApplyOn
+    secret: bool
+    doc: str
+
+
+def _spec(key: str, meta: _Meta, default: object) -> SettingSpec:
+    return SettingSpec(key, meta.kind.type_name, default, meta.category, meta.applies, meta.secret, meta.doc)
+
+
+def _defaults(cls: type[Any]) -> dict[str, object]:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
+    {key: _spec(key, meta, _defaults(Config)[key]) for key, meta in _SETTINGS.items()}
+)
+BACKEND_SETTINGS: Final[Mapping[str, SettingSpec]] = MappingProxyType(
+    {
+        f"backend_{attr}N": _spec(f"backend_{attr}N", meta, _defaults(BackendConfig).get(attr))
+        for attr, meta in _BACKEND_SETTINGS.items()
+    }
+)
+
+
+# --------------------------------------------------------------------------- lexing
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One `key = value` as written, or the syntax problem of a line that could not be read."""
+
+    key: str
+    raw: str
+    origin: str  # "pgbalancer.conf:12" or "environment PGBALANCER_PORT"
+    problem: str | None = None
+    from_env: bool = False
+
+
+class _SyntaxProblem(Exception):
+    """A line that is not `key = value`; phrased with its fix, never quoting a value."""
+
+    def __init__(self, message: str, key: str = "") -> None:
+        super().__init__(message)
+        self.key = key
+
+
+_KEY_RE: Final = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*")
+
+
+def _read_quoted(text: str) -> tuple[str, int]:
+    """Read a single-quoted value at the start of text ('' is a quote); return it and where it ends."""
+    chunks: list[str] = []
+    position = 1
+    while True:
+        closing = text.find("'", position)
+        if closing < 0:
+            raise _SyntaxProblem(
+                "the quoted value has no closing quote; end it with ' and write a quote inside it as ''"
+            )
+        chunks.append(text[position:closing])
+        if text.startswith("''", closing):
+            chunks.append("'")
+            position = closing + 2
+            continue
+        return "".join(chunks), closing + 1
+
+
+def _lex_line(line: str) -> tuple[str, str] | None:
+    """(key, value text) of one line, None for blank and comment lines."""
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    match = _KEY_RE.match(line)
+    if match is None:
+        first_word = re.split(r"[\s=]", stripped, maxsplit=1)[0]
+        raise _SyntaxProblem(
+            f"expected key = value on the line starting with {_quote(first_word)}; write each setting as "
+            "key = value, or start the line with # to comment it out"
+        )
+    key, rest = match[1].lower(), line[match.end() :]
+    if not rest.startswith("'"):
+        return key, rest.split("#", 1)[0].strip()  # unquoted: a # starts a comment
+    try:
+        value, end = _read_quoted(rest)
+    except _SyntaxProblem as problem:
+        raise _SyntaxProblem(f"{key}: {problem}", key) from None
+    tail = rest[end:].strip()
+    if tail and not tail.startswith("#"):
+        raise _SyntaxProblem(
+            f"{key}: unexpected text after the closing quote; put the whole value inside the quotes, "
+            "writing a quote inside it as ''",
+            key,
+        )
+    return key, value
+
+
+def _lex_file(text: str, source: str) -> list[_Entry]:
+    """The file's entries in line order, unreadable lines and repeated keys as entries with a problem."""
+    entries: list[_Entry] = []
+    first_line_of: dict[str, int] = {}
+    for number, line in enumerate(text.split("\n"), start=1):
+        origin = f"{source}:{number}"
+        try:
+            lexed = _lex_line(line.removesuffix("\r"))
+        except _SyntaxProblem as problem:
+            entries.append(_Entry(problem.key, "", origin, f"{origin}: {problem}"))
+            continue
+        if lexed is None:
+            continue
+        key, value = lexed
+        if key in first_line_of:
+            repeated = f"{origin}: {key} is already set on line {first_line_of[key]}; keep only one"
+            entries.append(_Entry(key, value, origin, repeated))
+            continue
+        first_line_of[key] = number
+        entries.append(_Entry(key, value, origin))
+    return entries
+
+
+def _env_entries(env: Mapping[str, str]) -> list[_Entry]:
+    """PGBALANCER_<KEY> overrides; a value wholly in single quotes is unquoted like in the file."""
+    entries = []
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX):
+            entries.append(
+                _Entry(
+                    name[len(ENV_PREFIX) :].lower(),
+                    _unquote_env(env[name]),
+                    f"environment {name}",
+                    from_env=True,
+                )
+            )
+    return entries
+
+
+def _unquote_env(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] == "'":
+        try:
+            unquoted, end = _read_quoted(value)
+        except _SyntaxProblem:
+            return value
+        if end == len(value):
+            return unquoted
+    return value
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def _quote(value: str) -> str:
+    """A value as the file would spell it, shortened and with control characters made visible."""
+    shown = value if len(value) <= _MAX_VALUE_SHOWN else value[:_MAX_VALUE_SHOWN] + "…"
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in shown)
+    return "'" + shown.replace("'", "''") + "'"
+
+
+def _is_secret(key: str) -> bool:
+    meta = _SETTINGS.get(key)
+    return meta is not None and meta.secret
+
+
+def _shown_value(key: str, value: str) -> str:
+    return f"'{REDACTED}'" if _is_secret(key) else _quote(value)
+
+
+def _bad_value_message(entry: _Entry, kind: _Kind, problem: _BadValue) -> str:
+    return (
+        f"{entry.origin}: {entry.key} = {_shown_value(entry.key, entry.raw)}: {problem}; "
+        f"set {entry.key} to {kind.expectation}"
+    )
+
+
+def _known_keys(for_key: str) -> list[str]:
+    """Every key a misspelt for_key could have meant, backend keys numbered like for_key."""
+    digits = re.search(r"[0-9]+$", for_key)
+    number = digits[0] if digits else "0"
+    return [*_SETTINGS, *(f"backend_{attr}{number}" for attr in _BACKEND_SETTINGS)]
+
+
+def _unknown_key_message(entry: _Entry) -> str | None:
+    """The error for a key nobody declared; None for an unrelated PGBALANCER_* variable.
+
+    Other tools (test fixtures, deploy scripts) use the PGBALANCER_ prefix too, so only a near miss
+    of a real key is an error in the environment; in the file every unknown key is.
+    """
+    close = difflib.get_close_matches(entry.key, _known_keys(entry.key), n=1, cutoff=_NEAR_MISS)
+    if entry.from_env:
+        if not close:
+            return None
+        return (
+            f"{entry.origin}: unknown key {_quote(entry.key)}; did you mean {ENV_PREFIX}{close[0].upper()}?"
+        )
+    fix = f"did you mean {close[0]}?" if close else "remove it (docs/configuration.md lists every key)"
+    return f"{entry.origin}: unknown key {_quote(entry.key)}; {fix}"
+
+
+# --------------------------------------------------------------------------- building the Config
+
+
+def _convert(entry: _Entry, meta: _Meta, base_dir: Path) -> object:
+    value = meta.kind.convert(entry.raw)
+    if meta.kind.is_path and value:
+        return os.path.normpath(os.path.join(base_dir.absolute(), value))
+    return value
+
+
+@dataclass
+class _Build:
+    """What parsing has gathered so far: typed values, where each key came from, and the errors."""
+
+    source: str
+    values: dict[str, object] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+
+    def where(self, key: str) -> str:
+        return self.origins.get(key, self.source)
+
+
+def _collect(entries: list[_Entry], base_dir: Path, build: _Build) -> dict[int, dict[str, _Entry]]:
+    """Convert the plain keys into build.values; return the backend_*N entries by node number.
+
+    Entries are visited in order (file lines, then the environment) so errors come out in that
+    order; a later readable entry for the same key overrides an earlier one.
+    """
+    effective = {entry.key: entry for entry in entries if entry.problem is None}
+    backend_entries: dict[int, dict[str, _Entry]] = {}
+    for entry in entries:
+        if entry.problem is not None:
+            build.errors.append(entry.problem)
+            build.failed.add(entry.key)
+            continue
+        if effective[entry.key] is not entry:
+            continue
+        build.origins[entry.key] = entry.origin
+        backend_key = _BACKEND_KEY_RE.fullmatch(entry.key)
+        if entry.key in _SETTINGS:
+            meta = _SETTINGS[entry.key]
+            try:
+                build.values[entry.key] = _convert(entry, meta, base_dir)
+            except _BadValue as problem:
+                build.errors.append(_bad_value_message(entry, meta.kind, problem))
+                build.failed.add(entry.key)
+        elif backend_key is not None:
+            backend_entries.setdefault(int(backend_key[2]), {})[backend_key[1]] = entry
+        elif (message := _unknown_key_message(entry)) is not None:
+            build.errors.append(message)
+    return backend_entries
+
+
+def _build_backends(
+    backend_entries: dict[int, dict[str, _Entry]], build: _Build
+) -> tuple[BackendConfig, ...]:
+    backends = []
+    for node_id in sorted(backend_entries):
+        backend = _build_backend(node_id, backend_entries[node_id], build)
+        if backend is not None:
+            backends.append(backend)
+    missing = next((n for n in range(len(backend_entries)) if n not in backend_entries), None)
+    if missing is not None:
+        present = min(n for n in backend_entries if n > missing)
+        some_entry = next(iter(backend_entries[present].values()))
+        build.errors.append(
+            f"{some_entry.origin}: {some_entry.key} configures backend {present}, but "
+            f"backend_hostname{missing} is missing; number the backends 0, 1, 2… without gaps"
+        )
+        build.failed.add("backends")
+    return tuple(backends)
+
+
+def _build_backend(node_id: int, entries: dict[str, _Entry], build: _Build) -> BackendConfig | None:
+    values: dict[str, Any] = {}
+    ok = True
+    for attr, entry in entries.items():
+        try:
+            values[attr] = _convert(entry, _BACKEND_SETTINGS[attr], Path("."))
+        except _BadValue as problem:
+            build.errors.append(_bad_value_message(entry, _BACKEND_SETTINGS[attr].kind, problem))
+            ok = False
+    if "hostname" not in entries:
+        some_key = next(iter(entries.values()))
+        build.errors.append(
+            f"{some_key.origin}: {some_key.key} is set but backend_hostname{node_id} is not; add "
+            f"backend_hostname{node_id} = 'db.example.com' or remove the backend_*{node_id} keys"
+        )
+        ok = False
+    if not ok:
+        build.failed.add("backends")
+        return None
+    return BackendConfig(node_id=node_id, **values)
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _check_backends_exist(config: Config, build: _Build) -> Iterator[str]:
+    if not config.backends:
+        yield (
+            f"{build.source}: no backend is configured; add backend_hostname0 = 'db.example.com' "
+            "(and backend_port0 if it is not 5432)"
+        )
+
+
+def _check_weights(config: Config, build: _Build) -> Iterator[str]:
+    if config.load_balance_mode and config.backends and all(b.weight == 0 for b in config.backends):
+        yield (
+            f"{build.where('backend_weight0')}: every backend_weightN is 0 while load_balance_mode = on, "
+            "so no backend could take a read; give at least one backend a weight above 0, "
+            "or set load_balance_mode = off"
+        )
+
+
+def _check_auth_file_set(config: Config, build: _Build) -> Iterator[str]:
+    if config.auth_type is not AuthType.TRUST and not config.auth_file:
+        yield (
+            f"{build.where('auth_type')}: auth_type = '{config.auth_type}' needs the users' passwords "
+            "but auth_file is empty; set auth_file = '/path/userlist.txt' or auth_type = trust"
+        )
+
+
+def _check_watchdog_secret(config: Config, build: _Build) -> Iterator[str]:
+    if config.watchdog_nodes and not config.watchdog_secret:
+        yield (
+            f"{build.where('watchdog_nodes')}: watchdog_nodes = "
+            f"{_quote(_render_list(config.watchdog_nodes))} but watchdog_secret is empty; without a "
+            "secret the Raft peers (pysyncobj) accept unauthenticated pickled messages, so anyone "
+            "who can reach watchdog_port could run code on this node: "
+            "set watchdog_secret to the same long random string on every node"
+        )
+
+
+def _check_delegate_ip(config: Config, build: _Build) -> Iterator[str]:
+    if config.delegate_ip and not config.delegate_ip_interface:
+        yield (
+            f"{build.where('delegate_ip')}: delegate_ip = {_quote(config.delegate_ip)} but "
+            "delegate_ip_interface is empty, so the leader would not know where to add the virtual IP; "
+            "set delegate_ip_interface to the network interface, such as 'eth0'"
+        )
+
+
+def _check_port_clashes(config: Config, build: _Build) -> Iterator[str]:
+    listeners = {"port": config.port, "api_port": config.api_port}
+    if config.mqtt_mode is MqttMode.EMBEDDED:
+        listeners["mqtt_port"] = config.mqtt_port
+    if config.watchdog_nodes:
+        listeners["watchdog_port"] = config.watchdog_port
+    taken: dict[int, str] = {}
+    for key, port in listeners.items():
+        if port in taken:
+            yield (
+                f"{build.where(key)}: {key} = {port} is also {taken[port]}; give every listener its own "
+                f"port by changing {key} or {taken[port]}"
+            )
+        else:
+            taken[port] = key
+
+
+_CrossCheck = Callable[[Config, _Build], Iterator[str]]
+
+# Each rule names the keys it reads; it is skipped when one of them already failed to parse, so a
+# typo in one value does not also produce a confusing complaint about its neighbours.
+_CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
+    (frozenset({"backends"}), _check_backends_exist),
+    (frozenset({"backends", "load_balance_mode"}), _check_weights),
+    (frozenset({"auth_type", "auth_file"}), _check_auth_file_set),
+    (frozenset({"watchdog_nodes", "watchdog_secret"}), _check_watchdog_secret),
+    (frozenset({"delegate_ip", "delegate_ip_interface"}), _check_delegate_ip),
+    (
+        frozenset({"port", "api_port", "mqtt_mode", "mqtt_port", "watchdog_nodes", "watchdog_port"}),
+        _check_port_clashes,
+    ),
+)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _parse(text: str, source: str, base_dir: Path, env: Mapping[str, str]) -> tuple[Config, _Build]:
+    build = _Build(source)
+    entries = [*_lex_file(text, source), *_env_entries(env)]  # the environment overrides the file
+    backends = _build_backends(_collect(entries, base_dir, build), build)
+    config = Config(**build.values, backends=backends)  # type: ignore[arg-type]
+    for keys, check in _CROSS_FIELD_RULES:
+        if not keys & build.failed:
+            build.errors.extend(check(config, build))
+    return config, build
+
+
+def parse_config_text(
+    text: str,
+    *,
+    source: str = DEFAULT_SOURCE,
+    base_dir: Path = Path("."),
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Parse and validate config text plus env overrides, without touching any file.
+
+    ``source`` names the file in messages; relative paths resolve against ``base_dir``. Raises
+    ConfigError listing every problem. Files named by the config (auth_file) are checked by
+    load_config, not here.
+    """
+    config, build = _parse(text, source, base_dir, env or {})
+    if build.errors:
+        raise ConfigError(build.errors)
+    return config
+
+
+def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file; env defaults to os.environ. Also checks auth_file."""
+    path = Path(path)
+    text = _read_config_file(path)
+    config, build = _parse(text, str(path), path.parent, os.environ if env is None else env)
+    if "auth_file" not in build.failed:
+        build.errors.extend(_auth_file_errors(config, build.where("auth_file")))
+    if build.errors:
+        raise ConfigError(build.errors)
+    return config
+
+
+def _read_config_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: config file not found; pass the path of an existing pgbalancer.conf "
+            "(pgbalancer -f FILE)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the config file ({exc.strerror or type(exc).__name__}); "
+            "make it a readable file for the pgbalancer process"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (bad byte at offset {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def _auth_file_errors(config: Config, where: str) -> list[str]:
+    if not config.auth_file:
+        return []
+    prefix = f"{where}: auth_file = {_quote(config.auth_file)}"
+    auth_file = Path(config.auth_file)
+    if not auth_file.is_file():
+        return [f"{prefix}: no such file; create the userlist there or set auth_file to its path"]
+    if not os.access(auth_file, os.R_OK):
+        return [f"{prefix}: not readable by this process; make it readable by the pgbalancer user"]
+    try:
+        load_userlist(auth_file)
+    except UserlistError as exc:
+        return [f"{prefix}: {error}" for error in exc.errors]
+    return []
+
+
+@dataclass(frozen=True)
+class ConfigDiff:
+    """What a reload would change. Keys are spelt as in the file (backend_hostname1, …)."""
+
+    changed: tuple[str, ...]
+    restart_required: tuple[str, ...]  # changed, but only a restart applies them
+    applied_live: tuple[str, ...]  # changed, and the running node applies them
+
+    @property
+    def needs_restart(self) -> bool:
+        return bool(self.restart_required)
+
+
+def _flat_values(config: Config) -> dict[str, object]:
+    """Every key as the file spells it -> its typed value, backends included."""
+    values: dict[str, object] = {key: getattr(config, key) for key in _SETTINGS}
+    for backend in config.backends:
+        for attr in _BACKEND_SETTINGS:
+            values[f"backend_{attr}{backend.node_id}"] = getattr(backend, attr)
+    return values
+
+
+def _applies_on(key: str) -> ApplyOn:
+    if key in _SETTINGS:
+        return _SETTINGS[key].applies
+    backend_key = _BACKEND_KEY_RE.fullmatch(key)
+    assert backend_key is not None, key
+    return _BACKEND_SETTINGS[backend_key[1]].applies
+
+
+def diff_configs(old: Config, new: Config) -> ConfigDiff:
+    """Compare two configs key by key and sort the changes into live-applicable and restart-only.
+
+    A backend that appears or disappears needs a restart for all of its keys (for now); a changed
+    backend_hostnameN or backend_portN needs a restart; backend_weightN and backend_data_directoryN
+    apply live.
+    """
+    old_values, new_values = _flat_values(old), _flat_values(new)
+    keys = [*old_values, *(key for key in new_values if key not in old_values)]
+    missing = object()
+    changed = [key for key in keys if old_values.get(key, missing) != new_values.get(key, missing)]
+    restart = [
+        key
+        for key in changed
+        if key not in old_values or key not in new_values or _applies_on(key) is ApplyOn.RESTART
+    ]
+    live = [key for key in changed if key not in restart]
+    return ConfigDiff(tuple(changed), tuple(restart), tuple(live))
+
+
+def _plain(value: object) -> object:
+    """A value as JSON and the file would show it: enums as text, lists comma joined."""
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, tuple):
+        return _render_list(value)
+    return value
+
+
+def redacted_settings(config: Config) -> dict[str, object]:
+    """Every key -> its value (numbers and booleans typed, lists comma joined); secrets as REDACTED."""
+    return {
+        key: REDACTED if _is_secret(key) else _plain(value) for key, value in _flat_values(config).items()
+    }
+
+
+# --------------------------------------------------------------------------- reference document
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_default(kind: _Kind, default: object) -> str:
+    if default is None:
+        return "(required)"
+    rendered = kind.render(default)
+    return f"`{_md(rendered)}`" if rendered else "(empty)"
+
+
+def _md_row(key: str, meta: _Meta, default: object) -> str:
+    secret = " Secret: shown as `********` by the API." if meta.secret else ""
+    return (
+        f"| `{key}` | {_md(meta.kind.type_name)} | {_md_default(meta.kind, default)} | {meta.applies} "
+        f"| {_md(meta.doc)}{secret} |"
+    )
+
+
+_TABLE_HEAD: Final = ("| key | type | default | applies on | description |", "|---|---|---|---|---|")
+
+_MD_INTRO: Final = """\
+# pgbalancer configuration reference
+
+<!-- Generated from pgbalancer/config.py by `make docs` (python -m pgbalancer.config --markdown).
+     Do not edit by hand: a unit test fails when this file and the model disagree. -->
+
+pgbalancer reads one file, `pgbalancer.conf`, in pgpool's `key = value` form, using the names
+pgpool-II operators already know. `pgbalancer --check -f FILE` validates a file and exits.
+
+## File syntax
+
+- One `key = value` per line. Keys are case-insensitive. A key may appear only once.
+- `#` starts a comment, both on its own line and after a value.
+- A value may be single-quoted, like pgpool: `listen_addresses = '*'`. Inside quotes, write a quote
+  as `''` and a `#` is part of the value. Quote any value that contains `#`.
+- Booleans: `on`/`off`, `true`/`false`, `yes`/`no`, `1`/`0`.
+- Durations are numbers of seconds.
+- Lists are comma separated: `admin_users = 'alice, bob'`.
+- Relative paths (`auth_file`, `pid_file`) resolve against the directory of `pgbalancer.conf`.
+- Every problem is reported at once, each with its line, the key, the bad value and the fix.
+
+## Environment overrides
+
+`PGBALANCER_<KEY>`, with the key upper-cased, overrides the file: `PGBALANCER_PORT=6543`,
+`PGBALANCER_BACKEND_HOSTNAME0=db1.example.com`. A value wholly in single quotes is unquoted as in
+the file. Other tools use the prefix too, so an unrelated `PGBALANCER_*` variable is ignored, but
+a near miss of a key (`PGBALANCER_PROT`) is an error naming the key it resembles.
+
+## Reload
+
+`applies on` says what a change needs. `reload`: SIGHUP or `POST /api/v1/control/reload` applies it
+to the running node (pool settings apply to connections and sessions made after the reload).
+`restart`: the node keeps the old value until it is restarted; the reload reports the key as
+restart-required.
+"""
+
+_MD_CATEGORY_INTROS: Final[Mapping[Category, str]] = {
+    Category.BACKENDS: """\
+Backends are declared in pgpool's form, one group of keys per backend, numbered N = 0, 1, 2…
+without gaps: `backend_hostname0 = 'db1'`, `backend_port0 = 5433`, `backend_hostname1 = 'db2'`.
+Setting `backend_hostnameN` declares backend N; its other keys are optional. At least one backend
+is required. Adding or removing a backend needs a restart (for now).
+""",
+    Category.POOLING: """\
+pgpool forks one child process per client and caches connections inside each child; pgbalancer is
+one event loop with shared pools. It keeps pgpool's key names, with this meaning:
+
+- A **pool** holds the server connections to one backend for one (database, user) pair; they are
+  lent from it to clients.
+- `num_init_children` is the maximum number of server connections in one pool. Clients beyond it
+  wait in that pool's queue; the error on timeout names the pool.
+- `max_pool` is how many distinct (database, user) pools one backend may hold. So one node opens
+  at most `num_init_children * max_pool` server connections to each backend; size PostgreSQL's
+  `max_connections` for that times the number of pgbalancer nodes.
+- `child_life_time` closes a server connection that stayed idle in its pool that many seconds.
+- `child_max_connections` retires a server connection after it served that many client sessions.
+- `connection_life_time` retires a server connection older than that many seconds, checked when
+  it returns to the pool.
+- `pool_mode` decides when a server connection returns to its pool: at client disconnect
+  (`session`), at the end of each transaction (`transaction`) or after each statement (`statement`).
+""",
+}
+
+
+def _category_rows(category: Category) -> list[str]:
+    if category is Category.BACKENDS:
+        backend_defaults = _defaults(BackendConfig)
+        return [
+            _md_row(f"backend_{attr}N", meta, backend_defaults.get(attr))
+            for attr, meta in _BACKEND_SETTINGS.items()
+        ]
+    defaults = _defaults(Config)
+    return [_md_row(key, meta, defaults[key]) for key, meta in _SETTINGS.items() if meta.category is category]
+
+
+def config_reference_markdown() -> str:
+    """The text of docs/configuration.md, generated from the field declarations."""
+    lines = [_MD_INTRO]
+    for category in Category:
+        lines.append(f"## {category}\n")
+        if category in _MD_CATEGORY_INTROS:
+            lines.append(_MD_CATEGORY_INTROS[category])
+        lines.extend([*_TABLE_HEAD, *_category_rows(category), ""])
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pgbalancer.config --markdown` prints the reference; `--check FILE` validates a file."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pgbalancer.config", description="pgbalancer's configuration model"
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print docs/configuration.md")
+    action.add_argument("--check", metavar="FILE", help="validate FILE plus PGBALANCER_* overrides and exit")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(config_reference_markdown())
+        return 0
+    try:
+        load_config(args.check)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.check}: OK")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
