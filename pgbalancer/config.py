@@ -331,7 +331,7 @@ def _setting(
 ) -> _T:
     """Declare one config key: its default, type, documentation and reload behaviour, all in one place."""
     meta = _Meta(kind, category, applies, " ".join(doc.split()), secret)
-    created: _T = field(default=default, metadata={_META: meta})
+    created: _T = field(default=default, repr=not secret, metadata={_META: meta})  # no secret in a repr
     return created
 
 
