@@ -14,11 +14,54 @@ import contextlib
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["free_tcp_port", "free_tcp_ports", "tcp_port_is_free", "wait_for", "wait_for_async"]
+__all__ = [
+    "AsyncPoll",
+    "FreePort",
+    "Poll",
+    "free_tcp_port",
+    "free_tcp_ports",
+    "tcp_port_is_free",
+    "wait_for",
+    "wait_for_async",
+]
+
+
+class Poll(Protocol):
+    """The type of :func:`wait_for` (what the ``poll`` test fixture returns)."""
+
+    def __call__(
+        self,
+        predicate: Callable[[], T],
+        timeout: float = ...,
+        interval: float = ...,
+        message: str = ...,
+        *,
+        retry_on: tuple[type[BaseException], ...] = ...,
+    ) -> T: ...
+
+
+class AsyncPoll(Protocol):
+    """The type of :func:`wait_for_async` (what the ``apoll`` test fixture returns)."""
+
+    async def __call__(
+        self,
+        predicate: Callable[[], T | Awaitable[T]],
+        timeout: float = ...,
+        interval: float = ...,
+        message: str = ...,
+        *,
+        retry_on: tuple[type[BaseException], ...] = ...,
+    ) -> T: ...
+
+
+class FreePort(Protocol):
+    """The type of :func:`free_tcp_port` (what the ``free_port`` test fixture returns)."""
+
+    def __call__(self, host: str = ...) -> int: ...
 
 
 def free_tcp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
