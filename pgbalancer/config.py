@@ -36,7 +36,7 @@ DEFAULT_SOURCE: Final = "pgbalancer.conf"
 
 _T = TypeVar("_T")
 _META: Final = "pgbalancer.config"
-_MAX_VALUE_SHOWN: Final = 60
+_MAX_VALUE_SHOWN: Final = 200  # long enough for any sane path, short enough for a log line
 _NEAR_MISS: Final = 0.7  # difflib ratio above which an unknown key is taken for a misspelt one
 
 
@@ -479,6 +479,14 @@ class Config:
         Category.POOLING,
         _L,
         "Seconds a client has to finish its startup and authentication before it is disconnected.",
+    )
+    query_wait_timeout: float = _setting(
+        120.0,
+        _POSITIVE_SECONDS,
+        Category.POOLING,
+        _L,
+        """Seconds a client waits in the pool's queue for a server connection (PgBouncer's name);
+        then it gets SQLSTATE 53300 naming the pool and the setting to raise.""",
     )
     max_message_size: int = _setting(
         268435456,

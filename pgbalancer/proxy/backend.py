@@ -77,7 +77,9 @@ class ServerConnection:
         "user",
     )
 
-    def __init__(self, socket: PgSocket, address: BackendAddress, user: str, database: str, now: float) -> None:
+    def __init__(
+        self, socket: PgSocket, address: BackendAddress, user: str, database: str, now: float
+    ) -> None:
         self.socket = socket
         self.address = address
         self.user = user
@@ -263,7 +265,7 @@ def _missing_secret(server: ServerConnection, credentials: ServerCredentials, me
         {
             "S": "FATAL",
             "C": SqlState.INVALID_AUTHORIZATION_SPECIFICATION,
-            "M": f"{server.address} requires {method} authentication for user \"{credentials.user}\", "
+            "M": f'{server.address} requires {method} authentication for user "{credentials.user}", '
             "but pgbalancer has no usable secret for that user",
             "H": "add the user's plaintext password (or, for scram-sha-256 clients, the same SCRAM verifier "
             "the server stores) to auth_file",

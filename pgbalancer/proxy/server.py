@@ -41,7 +41,7 @@ def pool_limits(config: Config) -> PoolLimits:
         idle_timeout=config.child_life_time,
         max_sessions_per_server=config.child_max_connections,
         max_age=config.connection_life_time,
-        wait_timeout=config.client_login_timeout,
+        wait_timeout=config.query_wait_timeout,
     )
 
 
@@ -70,7 +70,9 @@ class ProxyServer:
         self.listening: list[ListenAddress] = []
         self.accepted_total = 0
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         listeners: list[trio.SocketListener] = []
         for host in bind_hosts(self.config.listen_addresses):
             listeners.extend(await trio.open_tcp_listeners(self.config.port, host=host))
@@ -145,7 +147,9 @@ class ProxyServer:
         cancel = CancelRequest(server.backend_pid, server.backend_secret).encode()
         try:
             with trio.fail_after(self.config.server_connect_timeout):
-                sock = await connect_tcp(server.address.host, server.address.port, self.config.server_connect_timeout)
+                sock = await connect_tcp(
+                    server.address.host, server.address.port, self.config.server_connect_timeout
+                )
                 try:
                     await sock.send_all(cancel)
                     await sock.recv_into(bytearray(1))  # the server closes after reading it

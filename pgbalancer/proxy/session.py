@@ -60,10 +60,16 @@ class ClientSession:
     async def run(self) -> None:
         try:
             await self._serve()
-        except SessionEnded:
-            pass
-        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except SessionEnded as exc:
+            log.debug("session %d ended: %s", self.process_id, exc)
+        except (PeerClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("session %d: client connection closed: %s", self.process_id, exc)
+        except Exception:
+            # A bug must cost one client its connection, never the node.
+            log.exception("internal error in session %d (user %r)", self.process_id, self.user)
+            await self._send_quietly(
+                error_response(SqlState.INTERNAL_ERROR, "pgbalancer internal error; see its log", severity="FATAL")
+            )
         finally:
             self.client.close()
 
@@ -72,36 +78,33 @@ class ClientSession:
             self._relay_scope.cancel()
 
     async def _serve(self) -> None:
-        ready = None
-        with trio.move_on_after(self.proxy.config.client_login_timeout) as login:
-            ready = await self._login()
-        if login.cancelled_caught:
+        login = None
+        with trio.move_on_after(self.proxy.config.client_login_timeout) as login_scope:
+            login = await self._login()
+        if login_scope.cancelled_caught:
             await self._fail(SqlState.CANNOT_CONNECT_NOW, "client did not finish logging in in time")
-        if ready is None:
+        if login is None:
             return
-        pool, server, channel = ready
+        startup, credentials, channel = login
+        pool, server = await self._acquire_server(credentials)
         self.server = server
         try:
+            await self._greet(server, startup)
             await self._relay(server, channel)
         finally:
             self.server = None
             await self._return_server(pool, server)
 
-    async def _login(self) -> tuple[ServerPool, ServerConnection, MessageChannel] | None:
+    async def _login(self) -> tuple[StartupMessage, ServerCredentials, MessageChannel] | None:
+        """Startup packet and client authentication: no backend is touched yet."""
         startup, leftover = await self._read_startup()
         if startup is None:
             return None
         self.user, self.database = startup.user, startup.database
         channel = MessageChannel(self.client, self.proxy.config.max_message_size)
-        channel.reader.receive_data(leftover)
-        credentials = await self._authenticate(channel)
-        pool, server = await self._acquire_server(credentials, startup)
-        try:
-            await self._greet(server, startup)
-        except BaseException:
-            pool.release(server, reusable=False)
-            raise
-        return pool, server, channel
+        if leftover:  # (an empty feed would mean EOF to the reader)
+            channel.reader.receive_data(leftover)
+        return startup, await self._authenticate(channel), channel
 
     async def _read_startup(self) -> tuple[StartupMessage | None, bytes]:
         reader = StartupReader()
@@ -139,9 +142,7 @@ class ClientSession:
         await self.client.send_all(pgmsg.authentication_ok())
         return credentials
 
-    async def _acquire_server(
-        self, credentials: ServerCredentials, startup: StartupMessage
-    ) -> tuple[ServerPool, ServerConnection]:
+    async def _acquire_server(self, credentials: ServerCredentials) -> tuple[ServerPool, ServerConnection]:
         try:
             return await self.proxy.acquire_primary(self.database, credentials)
         except BackendUnavailable as exc:
@@ -186,7 +187,9 @@ class ClientSession:
         if scope.cancelled_caught and relay.server_scanner.at_boundary:
             await self._send_quietly(
                 error_response(
-                    SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
+                    SqlState.ADMIN_SHUTDOWN,
+                    "terminating connection due to pgbalancer shutdown",
+                    severity="FATAL",
                 )
             )
         elif relay.server_closed and relay.server_scanner.at_boundary:
@@ -232,7 +235,9 @@ class ClientSession:
     async def _fail(
         self, sqlstate: str, message: str, *, detail: str | None = None, hint: str | None = None
     ) -> NoReturn:
-        await self._send_quietly(error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint))
+        await self._send_quietly(
+            error_response(sqlstate, message, severity="FATAL", detail=detail, hint=hint)
+        )
         raise SessionEnded(message)
 
     async def _send_quietly(self, data: bytes) -> None:
@@ -319,4 +324,3 @@ class _Relay:
             and requests == server.counts[ord("Z")]
             and last_client in _RESTFUL_LAST_CLIENT_MESSAGES
         )
-
