@@ -160,12 +160,14 @@ names = st.text(line_chars, min_size=1)
 passwords = st.text(line_chars).filter(lambda p: not p.startswith("SCRAM-SHA-256$"))
 
 
+@pytest.mark.slow  # about a second on a loaded machine
 @given(st.dictionaries(names, passwords, max_size=8))
 def test_any_quoted_entries_read_back_exactly(entries: dict[str, str]) -> None:
     text = "".join(f"{quote(user)} {quote(password)}\n" for user, password in entries.items())
     assert parse_userlist(text) == entries
 
 
+@pytest.mark.slow
 @given(st.text())
 def test_arbitrary_text_raises_only_userlist_error(text: str) -> None:
     try:
