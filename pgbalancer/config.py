@@ -862,7 +862,7 @@ def _collect(entries: list[_Entry], base_dir: Path, build: _Build) -> dict[int, 
     for entry in entries:
         if entry.problem is not None:
             build.errors.append(entry.problem)
-            build.failed.add(entry.key)
+            build.failed.add("backends" if _BACKEND_KEY_RE.fullmatch(entry.key) else entry.key)
             continue
         if effective[entry.key] is not entry:
             continue

@@ -459,6 +459,7 @@ def test_a_bad_value_does_not_cascade_into_cross_field_errors() -> None:
     assert "unknown value" in only_error("backend_hostname0 = a\nauth_type = md55")
     assert "unexpected text" in only_error(MINIMAL + "watchdog_nodes = 'a:1'\nwatchdog_secret = 'x'y'")
     assert "not an integer" in only_error("auth_type = trust\nbackend_hostname0 = a\nbackend_port0 = x")
+    assert "no closing quote" in only_error("auth_type = trust\nbackend_hostname0 = 'a")
 
 
 # --------------------------------------------------------------------------- secrets
