@@ -1,0 +1,551 @@
+"""``make demo`` / ``make demo-stop``: a real cluster, a real pgbalancer, real pgbench traffic, a summary.
+
+``python -m pgbalancer.devtools.demo up|down|status [--workdir DIR]`` (default ``<repo>/.demo``):
+
+- ``up`` starts PostgreSQL (primary + 2 streaming standbys) in ``.demo/pg``, writes
+  ``.demo/pgbalancer.conf``, starts ``pgbalancer -f .demo/pgbalancer.conf`` in the background, runs
+  pgbench through it, prints throughput, latency, which backend served what and the pool usage, and
+  leaves everything running so you can connect yourself.
+- ``down`` stops pgbalancer (SIGTERM, SIGKILL after 10 s) and the cluster; safe to repeat.
+- ``status`` says what runs.
+
+This is a developer tool: it must never be imported by the node, never need a password (the demo
+cluster trusts 127.0.0.1), and never touch anything outside its work directory except the processes it
+started itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pgbalancer.devtools import free_tcp_port, free_tcp_ports, tcp_port_is_free, wait_for
+from pgbalancer.devtools.balancer import BalancerProcess, Setting
+from pgbalancer.devtools.pgcluster import (
+    BENCH_DB,
+    BENCH_USER,
+    LOCALHOST,
+    LocalPgCluster,
+    PgClusterError,
+    PgNode,
+    print_status,
+)
+
+PREFERRED_PG_PORTS = (5433, 5434, 5435)
+PREFERRED_PROXY_PORTS = (5432, 6543)
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+STATE_FILE = "demo.json"
+PGBENCH_SCALE = 5
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says what to look at and what to do."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One pgbench run through pgbalancer."""
+
+    title: str
+    args: tuple[str, ...]
+
+
+WORKLOADS = (
+    Workload("select-only", ("-S", "-c", "8", "-j", "2", "-T", "8")),
+    Workload("TPC-B", ("-c", "4", "-j", "2", "-T", "5")),
+)
+
+
+@dataclass
+class RunResult:
+    """What one run did: pgbench's own figures plus what the backends saw."""
+
+    workload: Workload
+    tps: float
+    latency_ms: float
+    transactions: int
+    failed: int
+    commits_per_node: dict[str, int]
+    peak_server_conns: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    workdir: Path
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.workdir / "pg"
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "pgbalancer.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "pgbalancer.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "pgbalancer.pid"
+
+    @property
+    def state(self) -> Path:
+        return self.workdir / STATE_FILE
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+# ---- PostgreSQL -------------------------------------------------------------------------------------
+
+
+def start_cluster(paths: DemoPaths) -> LocalPgCluster:
+    """The demo cluster on 5433-5435, or on free ports when those are taken (and we say so)."""
+    if (paths.pg_dir / "cluster.json").exists():
+        cluster = LocalPgCluster(paths.pg_dir, progress=_indented)
+        say(f"==> PostgreSQL: reusing the demo cluster in {paths.pg_dir}")
+    else:
+        ports: Sequence[int] = PREFERRED_PG_PORTS
+        if not all(tcp_port_is_free(port) for port in ports):
+            ports = free_tcp_ports(len(PREFERRED_PG_PORTS))
+            say(f"==> PostgreSQL: ports {_join(PREFERRED_PG_PORTS)} are taken, using {_join(ports)} instead")
+        say(f"==> PostgreSQL: primary + 2 streaming standbys in {paths.pg_dir}")
+        cluster = LocalPgCluster(paths.pg_dir, ports=ports, progress=_indented)
+    cluster.start()
+    return cluster
+
+
+def _indented(line: str) -> None:
+    say(f"    {line}")
+
+
+def _join(ports: Sequence[int]) -> str:
+    return ", ".join(str(port) for port in ports)
+
+
+# ---- pgbalancer -------------------------------------------------------------------------------------
+
+
+def balancer_settings(cluster: LocalPgCluster, port: int, paths: DemoPaths) -> dict[str, Setting]:
+    settings: dict[str, Setting] = {
+        "listen_addresses": LOCALHOST,
+        "port": port,
+        # Only session pooling exists so far; switch to transaction once the proxy has it.
+        "pool_mode": "session",
+        "auth_type": "trust",
+        "num_init_children": 20,
+        "max_pool": 4,
+        "pid_file": str(paths.pid_file),
+    }
+    for index, node in enumerate(cluster.nodes):
+        settings[f"backend_hostname{index}"] = node.host
+        settings[f"backend_port{index}"] = node.port
+        settings[f"backend_weight{index}"] = 1
+    return settings
+
+
+def pick_proxy_port() -> int:
+    for port in PREFERRED_PROXY_PORTS:
+        if tcp_port_is_free(port):
+            if port != PREFERRED_PROXY_PORTS[0]:
+                say(f"    port {PREFERRED_PROXY_PORTS[0]} is taken, pgbalancer listens on {port}")
+            return port
+    port = free_tcp_port()
+    say(f"    ports {_join(PREFERRED_PROXY_PORTS)} are taken, pgbalancer listens on {port}")
+    return port
+
+
+def start_balancer(cluster: LocalPgCluster, paths: DemoPaths) -> int:
+    """Start pgbalancer (or keep the one already running); return its port once ``SELECT 1`` works."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    state = _read_state(paths)
+    running = _running_balancer_pid(paths, state)
+    recorded_port = state.get("proxy_port")
+    if running is not None and isinstance(recorded_port, int):
+        port = recorded_port
+        say(f"==> pgbalancer already running (pid {running}) on port {port}")
+    else:
+        say("==> pgbalancer")
+        port = pick_proxy_port()
+        try:
+            process = BalancerProcess.start(
+                paths.workdir, balancer_settings(cluster, port, paths), ready_timeout=READY_TIMEOUT
+            )
+        except (RuntimeError, TimeoutError) as exc:
+            raise DemoError(f"pgbalancer did not come up: {exc}\n{_balancer_hints(paths)}") from exc
+        _write_state(paths, {"proxy_port": port, "pid": process.process.pid})
+        say(f"    started pid {process.process.pid}, config {paths.config}, log {paths.log}")
+    _wait_select_one(cluster, port, paths, timeout=max(1.0, deadline - time.monotonic()))
+    say(f"    SELECT 1 through 127.0.0.1:{port} works")
+    return port
+
+
+def _wait_select_one(cluster: LocalPgCluster, port: int, paths: DemoPaths, timeout: float) -> None:
+    proxy = PgNode("pgbalancer", LOCALHOST, port, paths.workdir, "proxy")
+    try:
+        wait_for(
+            lambda: cluster.psql(proxy, "SELECT 1", user=BENCH_USER, dbname=BENCH_DB) == "1",
+            timeout=timeout,
+            interval=0.2,
+            message=f"SELECT 1 through pgbalancer on port {port}",
+            retry_on=(PgClusterError,),
+        )
+    except TimeoutError as exc:
+        raise DemoError(f"{exc}\n{_balancer_hints(paths)}") from exc
+
+
+def _balancer_hints(paths: DemoPaths) -> str:
+    tail = "\n".join(_read_text(paths.log).splitlines()[-30:]) or "(empty)"
+    return (
+        f"--- last lines of {paths.log} ---\n{tail}\n"
+        f"Check the config with: .venv/bin/pgbalancer --check -f {paths.config}\n"
+        "Then `make demo-stop` and `make demo` again."
+    )
+
+
+def _running_balancer_pid(paths: DemoPaths, state: Mapping[str, object]) -> int | None:
+    """The pid of the demo's pgbalancer if it still runs (pid file first, then what we recorded)."""
+    candidates: list[int] = []
+    with contextlib.suppress(OSError, ValueError):
+        candidates.append(int(paths.pid_file.read_text().strip()))
+    recorded = state.get("pid")
+    if isinstance(recorded, int):
+        candidates.append(recorded)
+    for pid in candidates:
+        if _is_pgbalancer(pid):
+            return pid
+    return None
+
+
+def _is_pgbalancer(pid: int) -> bool:
+    """True when ``pid`` is alive and is a pgbalancer process (guards against a reused pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pgbalancer" in cmdline and b"-f" in cmdline.split(b"\0")
+
+
+def stop_balancer(paths: DemoPaths) -> str:
+    state = _read_state(paths)
+    pid = _running_balancer_pid(paths, state)
+    if pid is None:
+        paths.pid_file.unlink(missing_ok=True)
+        return "pgbalancer was not running"
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_for(lambda: not _is_pgbalancer(pid), timeout=STOP_TIMEOUT, interval=0.1, message="exit")
+        outcome = f"pgbalancer (pid {pid}) stopped"
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # it leads its own session: take its children too
+        wait_for(lambda: not _is_pgbalancer(pid), timeout=5, interval=0.1, message="exit after SIGKILL")
+        outcome = f"pgbalancer (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:g}s and was killed"
+    paths.pid_file.unlink(missing_ok=True)
+    return outcome
+
+
+# ---- workload ---------------------------------------------------------------------------------------
+
+
+def pgbench(cluster: LocalPgCluster, port: int, args: Sequence[str]) -> subprocess.Popen[str]:
+    argv = [str(cluster.pg_bin / "pgbench"), "-h", LOCALHOST, "-p", str(port), "-U", BENCH_USER, *args]
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def initialize_bench(cluster: LocalPgCluster) -> None:
+    """pgbench tables on the primary directly, then wait until both standbys have replayed them."""
+    say(f"==> pgbench -i -s {PGBENCH_SCALE} on the primary (port {cluster.primary.port})")
+    process = pgbench(cluster, cluster.primary.port, ["-i", "-q", "-s", str(PGBENCH_SCALE), BENCH_DB])
+    out, err = process.communicate(timeout=600)
+    if process.returncode != 0:
+        raise DemoError(f"pgbench -i failed:\n{out}{err}")
+    target = cluster.psql(cluster.primary, "SELECT pg_current_wal_lsn()")
+
+    def replayed(node: PgNode) -> bool:
+        return cluster.psql(node, f"SELECT pg_last_wal_replay_lsn() >= '{target}'") == "t"
+
+    for standby in cluster.standbys:
+        wait_for(
+            functools.partial(replayed, standby),
+            timeout=60,
+            interval=0.2,
+            message=f"{standby.name} replaying the pgbench tables",
+        )
+    say("    standbys have replayed the pgbench tables")
+
+
+def run_workload(cluster: LocalPgCluster, port: int, workload: Workload) -> RunResult:
+    say(f"==> pgbench {' '.join(workload.args)} through pgbalancer ({workload.title})")
+    before = commits_per_node(cluster)
+    process = pgbench(cluster, port, ["-n", *workload.args, BENCH_DB])
+    peak: dict[str, int] = {}
+    # Sample the backends while pgbench runs; waiting on the process is the sampling interval.
+    while True:
+        for name, count in server_connections(cluster).items():
+            peak[name] = max(peak.get(name, 0), count)
+        try:
+            out, err = process.communicate(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if process.returncode != 0:
+        raise DemoError(
+            f"pgbench ({workload.title}) failed with exit {process.returncode}:\n{out}{err}\n"
+            "Look at .demo/pgbalancer.log; `make demo-stop` stops everything."
+        )
+    result = parse_pgbench(workload, out)
+    say(f"    {result.tps:,.0f} tps, {result.latency_ms:.3f} ms average latency, {result.failed} failed")
+    say("    waiting for the servers to publish their counters (idle connections flush within 10 s)…")
+    result.commits_per_node = _settled_commit_deltas(cluster, before, result.transactions)
+    result.peak_server_conns = peak
+    return result
+
+
+_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+_LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
+_PROCESSED = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+
+
+def parse_pgbench(workload: Workload, output: str) -> RunResult:
+    def number(pattern: re.Pattern[str], convert: Callable[[str], float], default: float | None) -> float:
+        match = pattern.search(output)
+        if match:
+            return convert(match[1])
+        if default is None:
+            raise DemoError(f"could not read {pattern.pattern!r} from pgbench output:\n{output}")
+        return default
+
+    return RunResult(
+        workload=workload,
+        tps=number(_TPS, float, None),
+        latency_ms=number(_LATENCY, float, None),
+        transactions=int(number(_PROCESSED, int, None)),
+        failed=int(number(_FAILED, int, 0)),
+        commits_per_node={},
+    )
+
+
+def commits_per_node(cluster: LocalPgCluster) -> dict[str, int]:
+    """``xact_commit`` of database bench on every node (monitoring connects to db postgres, not bench)."""
+    sql = f"SELECT xact_commit FROM pg_stat_database WHERE datname = '{BENCH_DB}'"
+    return {node.name: int(cluster.psql(node, sql) or 0) for node in cluster.nodes}
+
+
+def _settled_commit_deltas(
+    cluster: LocalPgCluster, before: Mapping[str, int], expected: int
+) -> dict[str, int]:
+    """Commit deltas once the servers have published them.
+
+    PostgreSQL 15 backends flush their counters at most once a second while busy; a backend that goes
+    idle right after a flush waits 10 s (PGSTAT_IDLE_INTERVAL) before flushing the rest. Pooled server
+    connections stay open, so we poll until the deltas add up to at least pgbench's transaction count.
+    """
+
+    def deltas() -> dict[str, int]:
+        after = commits_per_node(cluster)
+        return {name: after[name] - before.get(name, 0) for name in after}
+
+    latest: dict[str, int] = deltas()
+
+    def settled() -> bool:
+        nonlocal latest
+        latest = deltas()
+        return sum(latest.values()) >= expected
+
+    try:
+        wait_for(settled, timeout=15, interval=0.25, message="statistics to catch up")
+    except TimeoutError:
+        say("    (the counters are still catching up: the commit numbers below may be low)")
+    return latest
+
+
+def server_connections(cluster: LocalPgCluster) -> dict[str, int]:
+    """Client backends on db bench from 127.0.0.1 per node: the server connections pgbalancer holds.
+
+    Best effort: while pgbench talks only to pgbalancer, every TCP client backend of db bench is one of
+    pgbalancer's server connections. Our own monitoring session (db postgres, and excluded by pid
+    anyway) and pgbalancer's health checks on other databases do not count.
+    """
+    sql = (
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        f"AND datname = '{BENCH_DB}' AND client_addr = '{LOCALHOST}' AND pid <> pg_backend_pid()"
+    )
+    counts: dict[str, int] = {}
+    for node in cluster.nodes:
+        try:
+            counts[node.name] = int(cluster.psql(node, sql) or 0)
+        except PgClusterError:
+            counts[node.name] = 0
+    return counts
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            str(cell).ljust(width) if i == 0 else str(cell).rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(headers), rule, *(line(row) for row in rows)])
+
+
+def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
+    throughput = table(
+        ["run through pgbalancer", "tps", "avg latency ms", "transactions", "failed"],
+        [
+            [r.workload.title, f"{r.tps:,.0f}", f"{r.latency_ms:.3f}", f"{r.transactions:,}", str(r.failed)]
+            for r in results
+        ],
+    )
+    roles = {item.node.name: _role_word(item.in_recovery) for item in cluster.status()}
+    served = table(
+        ["backend", "port", "role", *(f"commits: {r.workload.title}" for r in results)],
+        [
+            [
+                node.name,
+                str(node.port),
+                roles[node.name],
+                *(f"{r.commits_per_node[node.name]:,}" for r in results),
+            ]
+            for node in cluster.nodes
+        ],
+    )
+    idle_now = server_connections(cluster)
+    pools = table(
+        ["backend", *(f"peak server conns: {r.workload.title}" for r in results), "held now"],
+        [
+            [
+                node.name,
+                *(str(r.peak_server_conns.get(node.name, 0)) for r in results),
+                str(idle_now[node.name]),
+            ]
+            for node in cluster.nodes
+        ],
+    )
+    return (
+        f"Throughput\n{throughput}\n\n"
+        f"Which backend served what (xact_commit delta in db {BENCH_DB}, from pg_stat_database)\n{served}\n\n"
+        f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}"
+    )
+
+
+def _role_word(in_recovery: bool | None) -> str:
+    return {True: "standby", False: "primary", None: "?"}[in_recovery]
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def up(paths: DemoPaths) -> int:
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    cluster = start_cluster(paths)
+    port = start_balancer(cluster, paths)
+    initialize_bench(cluster)
+    results = [run_workload(cluster, port, workload) for workload in WORKLOADS]
+    say("")
+    say(report(cluster, results))
+    say("")
+    say("Everything keeps running. Try it yourself:")
+    say(f"    psql -h 127.0.0.1 -p {port} -U {BENCH_USER} {BENCH_DB}")
+    say(f"    pgbalancer log: {paths.log}")
+    say("Stop it all with:")
+    say("    make demo-stop")
+    return 0
+
+
+def down(paths: DemoPaths) -> int:
+    say(f"==> {stop_balancer(paths)}")
+    if not (paths.pg_dir / "cluster.json").exists():
+        say("==> no demo PostgreSQL cluster")
+        return 0
+    cluster = LocalPgCluster.attach(paths.pg_dir, progress=_indented)
+    if not any(cluster.is_running(node) for node in cluster.nodes):
+        say("==> PostgreSQL was not running")
+        return 0
+    say("==> stopping PostgreSQL")
+    cluster.stop()
+    say(f"    PostgreSQL stopped (data kept in {paths.pg_dir}; `make clean` removes it)")
+    return 0
+
+
+def status(paths: DemoPaths) -> int:
+    state = _read_state(paths)
+    pid = _running_balancer_pid(paths, state)
+    if pid is None:
+        say("pgbalancer: not running")
+    else:
+        say(f"pgbalancer: running, pid {pid}, port {state.get('proxy_port', '?')}, log {paths.log}")
+    if (paths.pg_dir / "cluster.json").exists():
+        print_status(LocalPgCluster.attach(paths.pg_dir))
+    else:
+        say("PostgreSQL: no demo cluster")
+    return 0
+
+
+def _read_state(paths: DemoPaths) -> dict[str, object]:
+    try:
+        state: dict[str, object] = json.loads(paths.state.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state
+
+
+def _write_state(paths: DemoPaths, state: Mapping[str, object]) -> None:
+    paths.state.write_text(json.dumps(dict(state), indent=2) + "\n")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def default_workdir() -> Path:
+    repo = Path(__file__).resolve().parents[2]
+    return (repo if (repo / "pyproject.toml").exists() else Path.cwd()) / ".demo"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pgbalancer.devtools.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--workdir", type=Path, default=None, help="default: <repo>/.demo")
+    args = parser.parse_args(argv)
+    paths = DemoPaths((args.workdir or default_workdir()).absolute())
+    commands = {"up": up, "down": down, "status": status}
+    try:
+        return commands[args.command](paths)
+    except (DemoError, PgClusterError) as exc:
+        print(f"\ndemo {args.command} failed: {exc}", file=sys.stderr)
+        if args.command == "up":
+            print("Whatever started is still running; `make demo-stop` stops it.", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
