@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
@@ -68,7 +70,9 @@ class ClientSession:
             # A bug must cost one client its connection, never the node.
             log.exception("internal error in session %d (user %r)", self.process_id, self.user)
             await self._send_quietly(
-                error_response(SqlState.INTERNAL_ERROR, "pgbalancer internal error; see its log", severity="FATAL")
+                error_response(
+                    SqlState.INTERNAL_ERROR, "pgbalancer internal error; see its log", severity="FATAL"
+                )
             )
         finally:
             self.client.close()
@@ -176,31 +180,32 @@ class ClientSession:
         pending_from_client = channel.reader.take_buffered()
         with trio.CancelScope() as scope:
             self._relay_scope = scope
-            try:
-                await relay.run(pending_from_client)
-            except ProtocolError as exc:
-                relay.broken = True
-                if relay.server_scanner.at_boundary:
-                    await self._send_quietly(error_response(exc.sqlstate, exc.message, severity="FATAL"))
+            await relay.run(pending_from_client)
         self._relay_scope = None
         self._relay_result = relay
-        if scope.cancelled_caught and relay.server_scanner.at_boundary:
-            await self._send_quietly(
-                error_response(
-                    SqlState.ADMIN_SHUTDOWN,
-                    "terminating connection due to pgbalancer shutdown",
-                    severity="FATAL",
-                )
+        farewell = self._farewell(relay, shutting_down=scope.cancelled_caught)
+        if farewell is not None and relay.server_scanner.at_boundary:  # never inject mid-message
+            await self._send_quietly(farewell)
+
+    @staticmethod
+    def _farewell(relay: _Relay, *, shutting_down: bool) -> bytes | None:
+        """The FATAL error that tells the client why the relay ended, if it did not choose to."""
+        if relay.protocol_error is not None:
+            return error_response(
+                relay.protocol_error.sqlstate, relay.protocol_error.message, severity="FATAL"
             )
-        elif relay.server_closed and relay.server_scanner.at_boundary:
-            await self._send_quietly(
-                error_response(
-                    SqlState.CONNECTION_FAILURE,
-                    f"server connection lost: {server.address} closed the connection",
-                    severity="FATAL",
-                    hint="the backend may have restarted; reconnect",
-                )
+        if shutting_down:
+            return error_response(
+                SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
             )
+        if relay.server_closed:
+            return error_response(
+                SqlState.CONNECTION_FAILURE,
+                f"server connection lost: {relay.server.address} closed the connection",
+                severity="FATAL",
+                hint="the backend may have restarted; reconnect",
+            )
+        return None
 
     async def _return_server(self, pool: ServerPool, server: ServerConnection) -> None:
         relay = self._relay_result
@@ -260,21 +265,31 @@ class _Relay:
         self.server_closed = False
         self.client_terminated = False
         self.broken = False  # something was cut mid-message
+        self.protocol_error: ProtocolError | None = None
 
     async def run(self, pending_from_client: bytes) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._run_pump, self._pump_server_to_client, nursery.cancel_scope)
+            await self._run_pump(
+                partial(self._pump_client_to_server, pending_from_client), nursery.cancel_scope
+            )
+
+    async def _run_pump(self, pump: Callable[[], Awaitable[None]], relay_scope: trio.CancelScope) -> None:
+        """Run one direction; when it ends for any reason, the whole relay ends."""
+        try:
+            await pump()
+        except ProtocolError as exc:
+            self.broken = True
+            self.protocol_error = exc
+        finally:
+            relay_scope.cancel()
+
+    async def _pump_client_to_server(self, pending_from_client: bytes) -> None:
         if pending_from_client:
             await self._forward_client_bytes(memoryview(pending_from_client))
-            if self.client_terminated:
-                return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump_server_to_client, nursery.cancel_scope)
-            await self._pump_client_to_server()
-            nursery.cancel_scope.cancel()
-
-    async def _pump_client_to_server(self) -> None:
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
-        while not self.client_terminated:
+        while not (self.client_terminated or self.server_closed):
             received = await self.client.recv_into(buffer)
             if received == 0:
                 return
@@ -290,9 +305,12 @@ class _Relay:
                 return
             chunk = chunk[:start]
         if chunk:
-            await self.server.socket.send_all(chunk)
+            try:
+                await self.server.socket.send_all(chunk)
+            except PeerClosed:
+                self.server_closed = True
 
-    async def _pump_server_to_client(self, relay_scope: trio.CancelScope) -> None:
+    async def _pump_server_to_client(self) -> None:
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
         scanner = self.server_scanner
@@ -300,7 +318,6 @@ class _Relay:
             received = await self.server.socket.recv_into(buffer)
             if received == 0:
                 self.server_closed = True
-                relay_scope.cancel()
                 return
             chunk = view[:received]
             for message in scanner.feed(chunk):
@@ -309,7 +326,10 @@ class _Relay:
                 else:
                     name, value = pgmsg.parse_parameter_status(message.body)
                     self.server.parameters[name] = value
-            await self.client.send_all(chunk)
+            try:
+                await self.client.send_all(chunk)
+            except PeerClosed:
+                return  # the client left; the server side's state is still known exactly
 
     def left_server_at_rest(self) -> bool:
         """True when the server finished every request and nothing was cut mid-message."""

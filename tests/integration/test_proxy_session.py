@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import socket
 import threading
 import time
@@ -31,6 +33,8 @@ def abort_connection(conn: psycopg.Connection) -> None:
     duplicate = socket.socket(fileno=os.dup(conn.pgconn.socket))
     duplicate.shutdown(socket.SHUT_RDWR)
     duplicate.close()
+    with contextlib.suppress(psycopg.Error):
+        conn.close()
 
 
 def test_server_connection_is_reused_and_reset(balancer_factory: BalancerFactory) -> None:
@@ -53,11 +57,11 @@ def test_client_that_vanishes_mid_transaction_is_rolled_back(
     node = balancer_factory(num_init_children=1)
     pg_cluster.psql(pg_cluster.primary, "CREATE TABLE IF NOT EXISTS vanish (id int)", dbname=APP_DB)
     pg_cluster.psql(pg_cluster.primary, "GRANT ALL ON vanish TO PUBLIC", dbname=APP_DB)
-    with connect(node) as doomed:
-        server_pid = backend_pid(doomed)
-        doomed.execute("BEGIN")
-        doomed.execute("INSERT INTO vanish VALUES (1)")
-        abort_connection(doomed)
+    doomed = connect(node)
+    server_pid = backend_pid(doomed)
+    doomed.execute("BEGIN")
+    doomed.execute("INSERT INTO vanish VALUES (1)")
+    abort_connection(doomed)
     with connect(node) as next_client:
         assert backend_pid(next_client) == server_pid  # rolled back and reused, not leaked
         assert next_client.execute("SELECT count(*) FROM vanish").fetchone() == (0,)
@@ -75,10 +79,10 @@ def test_client_that_vanishes_mid_query_does_not_leak_its_server(
     balancer_factory: BalancerFactory, pg_cluster: PgClusterLike
 ) -> None:
     node = balancer_factory(num_init_children=1)
-    with connect(node) as doomed:
-        doomed_pid = backend_pid(doomed)
-        doomed.pgconn.send_query(b"SELECT pg_sleep(0.5)")
-        abort_connection(doomed)
+    doomed = connect(node)
+    doomed_pid = backend_pid(doomed)
+    doomed.pgconn.send_query(b"SELECT pg_sleep(0.5)")
+    abort_connection(doomed)
     with connect(node) as next_client:
         assert backend_pid(next_client) != doomed_pid
         assert next_client.execute("SELECT 1").fetchone() == (1,)
@@ -143,6 +147,17 @@ def test_cancel_reaches_the_running_query(balancer: BalancerProcess) -> None:
         assert conn.execute("SELECT 'still usable'").fetchone() == ("still usable",)
 
 
+def server_connections_of(node: BalancerProcess, backend_port: int) -> int:
+    """TCP connections the pgbalancer process holds to the backend port (from ``ss``)."""
+    listing = subprocess.run(
+        ["ss", "-Htnp", "state", "established", "dst", f"127.0.0.1:{backend_port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return sum(f"pid={node.process.pid}," in line for line in listing.splitlines())
+
+
 def test_total_server_connections_stay_within_the_pool_size(
     balancer_factory: BalancerFactory, pg_cluster: PgClusterLike
 ) -> None:
@@ -161,11 +176,7 @@ def test_total_server_connections_stay_within_the_pool_size(
         thread.start()
     peak = 0
     while any(t.is_alive() for t in threads):
-        count = pg_cluster.psql(
-            pg_cluster.primary,
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app_scram' AND datname = 'app'",
-        )
-        peak = max(peak, int(count.strip()))
+        peak = max(peak, server_connections_of(node, pg_cluster.primary.port))
     for thread in threads:
         thread.join()
     assert errors == []
