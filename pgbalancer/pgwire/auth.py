@@ -265,24 +265,7 @@ class ScramServerExchange(_Exchange):
     def handle_client_first(self, data: bytes) -> bytes:
         """Consume client-first-message; return server-first-message (for AuthenticationSASLContinue)."""
         self._advance(_Step.FIRST)
-        text = _decode(data)
-        cbind_flag, _, rest = text.partition(",")
-        authzid, comma, bare = rest.partition(",")
-        if not comma:
-            raise ScramError("malformed SCRAM message: missing GS2 header")
-        if cbind_flag == "p" or cbind_flag.startswith("p="):
-            raise ScramError("client requires SCRAM channel binding, but it is not supported")
-        if cbind_flag not in ("n", "y"):
-            raise ScramError(f"malformed SCRAM message: unexpected channel-binding flag {cbind_flag!r}")
-        if authzid:
-            raise ScramError("client uses authorization identity, but it is not supported")
-        attributes = bare.split(",")
-        if attributes[0].startswith("m="):
-            raise ScramError("client requires an unsupported SCRAM extension")
-        if len(attributes) < 2 or not attributes[0].startswith("n=") or not attributes[1].startswith("r="):
-            raise ScramError("malformed SCRAM message: expected user name and nonce attributes")
-        client_nonce = attributes[1][2:]
-        _check_nonce(client_nonce, "client nonce")
+        cbind_flag, bare, client_nonce = _parse_client_first(_decode(data))
         self._gs2_header = f"{cbind_flag},,"
         self._client_first_bare = bare
         self._nonce = client_nonce + self._server_nonce
@@ -367,19 +350,8 @@ class ScramClientExchange(_Exchange):
         """Consume server-first-message; return client-final-message (the data of SASLResponse)."""
         self._advance(_Step.FIRST)
         server_first = _decode(data)
-        attributes = server_first.split(",")
-        if attributes[0].startswith("m="):
-            raise ScramError("server requires an unsupported SCRAM extension")
-        if len(attributes) < 3 or [a[:2] for a in attributes[:3]] != ["r=", "s=", "i="]:
-            raise ScramError("malformed SCRAM message: expected nonce, salt and iteration count")
-        nonce, salt_text, iterations_text = (a[2:] for a in attributes[:3])
-        if not nonce.startswith(self._client_nonce) or len(nonce) == len(self._client_nonce):
-            raise ScramError("invalid SCRAM response: server nonce does not extend the client nonce")
-        _check_nonce(nonce, "server nonce")
-        salt = _b64decode(salt_text, "salt")
-        if not (iterations_text.isascii() and iterations_text.isdigit()) or int(iterations_text) < 1:
-            raise ScramError(f"malformed SCRAM message: invalid iteration count {iterations_text!r}")
-        client_key, server_key = self._keys(salt, int(iterations_text))
+        nonce, salt, iterations = _parse_server_first(server_first, self._client_nonce)
+        client_key, server_key = self._keys(salt, iterations)
         without_proof = f"c={_b64(self._gs2_header.encode('ascii'))},r={nonce}"
         auth_message = f"{self._client_first_bare},{server_first},{without_proof}".encode(
             "utf-8", "surrogateescape"
@@ -443,6 +415,45 @@ def _decode(data: bytes) -> str:
         return bytes(data).decode("utf-8")
     except UnicodeDecodeError:
         raise ScramError("malformed SCRAM message: not valid UTF-8") from None
+
+
+def _parse_client_first(text: str) -> tuple[str, str, str]:
+    """(channel-binding flag, client-first-message-bare, client nonce), refusing what we cannot do."""
+    cbind_flag, _, rest = text.partition(",")
+    authzid, comma, bare = rest.partition(",")
+    if not comma:
+        raise ScramError("malformed SCRAM message: missing GS2 header")
+    if cbind_flag == "p" or cbind_flag.startswith("p="):
+        raise ScramError("client requires SCRAM channel binding, but it is not supported")
+    if cbind_flag not in ("n", "y"):
+        raise ScramError(f"malformed SCRAM message: unexpected channel-binding flag {cbind_flag!r}")
+    if authzid:
+        raise ScramError("client uses authorization identity, but it is not supported")
+    attributes = bare.split(",")
+    if attributes[0].startswith("m="):
+        raise ScramError("client requires an unsupported SCRAM extension")
+    if len(attributes) < 2 or not attributes[0].startswith("n=") or not attributes[1].startswith("r="):
+        raise ScramError("malformed SCRAM message: expected user name and nonce attributes")
+    client_nonce = attributes[1][2:]
+    _check_nonce(client_nonce, "client nonce")
+    return cbind_flag, bare, client_nonce
+
+
+def _parse_server_first(text: str, client_nonce: str) -> tuple[str, bytes, int]:
+    """(combined nonce, salt, iteration count) from server-first-message."""
+    attributes = text.split(",")
+    if attributes[0].startswith("m="):
+        raise ScramError("server requires an unsupported SCRAM extension")
+    if len(attributes) < 3 or [a[:2] for a in attributes[:3]] != ["r=", "s=", "i="]:
+        raise ScramError("malformed SCRAM message: expected nonce, salt and iteration count")
+    nonce, salt_text, iterations_text = (a[2:] for a in attributes[:3])
+    if not nonce.startswith(client_nonce) or len(nonce) == len(client_nonce):
+        raise ScramError("invalid SCRAM response: server nonce does not extend the client nonce")
+    _check_nonce(nonce, "server nonce")
+    salt = _b64decode(salt_text, "salt")
+    if not (iterations_text.isascii() and iterations_text.isdigit()) or int(iterations_text) < 1:
+        raise ScramError(f"malformed SCRAM message: invalid iteration count {iterations_text!r}")
+    return nonce, salt, int(iterations_text)
 
 
 def _split_proof(client_final: str) -> tuple[str, bytes]:
