@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 Setting = str | int | float | bool
 
@@ -65,8 +66,13 @@ class BalancerProcess:
                 start_new_session=True,
             )
         host = str(settings.get("listen_addresses", "127.0.0.1")).split(",")[0].strip()
-        node = cls(config_path, log_path, "127.0.0.1" if host in ("*", "localhost") else host,
-                   int(settings.get("port", 5432)), process)
+        node = cls(
+            config_path,
+            log_path,
+            "127.0.0.1" if host in ("*", "localhost") else host,
+            int(settings.get("port", 5432)),
+            process,
+        )
         try:
             node.wait_ready(ready_timeout)
         except BaseException:
@@ -85,7 +91,9 @@ class BalancerProcess:
                     return
             except OSError:
                 time.sleep(0.05)
-        raise TimeoutError(f"pgbalancer did not listen on {self.host}:{self.port} in {timeout}s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"pgbalancer did not listen on {self.host}:{self.port} in {timeout}s:\n{self.log_tail()}"
+        )
 
     def dsn(self, user: str, dbname: str, password: str | None = None, **extra: str) -> str:
         parts = [f"host={self.host}", f"port={self.port}", f"user={user}", f"dbname={dbname}"]
@@ -93,6 +101,11 @@ class BalancerProcess:
             parts.append(f"password={password}")
         parts.extend(f"{key}={value}" for key, value in extra.items())
         return " ".join(parts)
+
+    def dsn_url(self, user: str, dbname: str, password: str | None = None) -> str:
+        """The same target as a postgresql:// URL (for asyncpg)."""
+        secret = f":{quote(password, safe='')}" if password is not None else ""
+        return f"postgresql://{quote(user, safe='')}{secret}@{self.host}:{self.port}/{quote(dbname, safe='')}"
 
     def reload(self, settings: Mapping[str, Setting] | None = None) -> None:
         """Rewrite the config (if given) and send SIGHUP."""

@@ -89,7 +89,7 @@ async def connect_tcp(host: str, port: int, timeout: float) -> PgSocket:
                 await sock.connect(address)
             except OSError as exc:
                 sock.close()
-                errors.append(f"{address[0]!s}: {exc.strerror or exc}")
+                errors.append(f"{address[0]!s}:{address[1]!s}: {exc.strerror or exc}")
                 continue
             except BaseException:
                 sock.close()

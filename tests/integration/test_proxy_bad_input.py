@@ -131,7 +131,7 @@ async def _asyncpg_login(dsn: str) -> str:
 
 
 def asyncpg_login(node: BalancerProcess, user: str, password: str) -> str:
-    return asyncio.run(_asyncpg_login(f"postgresql://{user}:{password}@{node.host}:{node.port}/{APP_DB}"))
+    return asyncio.run(_asyncpg_login(node.dsn_url(user, APP_DB, password)))
 
 
 @pytest.mark.parametrize("auth_type", ["scram-sha-256", "md5"])

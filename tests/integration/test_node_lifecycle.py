@@ -1,0 +1,105 @@
+"""The ``pgbalancer`` command: config validation, a dead backend at startup, SIGTERM and SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+from proxy_support import USERLIST, BalancerFactory, write_userlist
+
+from pgbalancer.devtools import free_tcp_port, wait_for
+from pgbalancer.devtools.balancer import pgbalancer_command, render_config
+from pgbalancer.devtools.pgcluster import APP_DB
+
+
+async def _asyncpg_sqlstate(url: str) -> str:
+    try:
+        conn = await asyncpg.connect(url)
+    except asyncpg.PostgresError as exc:
+        return str(exc.sqlstate)
+    await conn.close()
+    return "ok"
+
+
+def asyncpg_login_sqlstate(url: str) -> str:
+    return asyncio.run(_asyncpg_sqlstate(url))
+
+
+def run_pgbalancer(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*pgbalancer_command(), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
+    config = tmp_path / "ok.conf"
+    config.write_text(render_config({"backend_hostname0": "127.0.0.1", "auth_type": "trust"}))
+    result = run_pgbalancer("--check", "-f", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "configuration is valid" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["--check", "-f"], ["-f"]], ids=["check", "start"])
+def test_invalid_config_exits_nonzero_naming_key_value_and_fix(tmp_path: Path, command: list[str]) -> None:
+    config = tmp_path / "bad.conf"
+    config.write_text("backend_hostname0 = '127.0.0.1'\nauth_type = trust\nport = 'abc'\n")
+    result = run_pgbalancer(*command, str(config))
+    assert result.returncode == 2
+    assert "port" in result.stderr and "'abc'" in result.stderr
+    assert "set port to" in result.stderr
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_pgbalancer("-f", str(tmp_path / "nope.conf"))
+    assert result.returncode == 2
+    assert "nope.conf" in result.stderr
+
+
+def test_backend_down_at_startup_gives_08006_and_the_node_keeps_running(
+    balancer_factory: BalancerFactory,
+) -> None:
+    node = balancer_factory(
+        auth_type="trust",
+        backend_port0=free_tcp_port(),
+        backend_port1=free_tcp_port(),
+        backend_port2=free_tcp_port(),
+    )
+    for _ in range(2):
+        with pytest.raises(psycopg.OperationalError) as excinfo:
+            psycopg.connect(node.dsn("app_trust", APP_DB))
+        assert "could not connect to the primary" in str(excinfo.value)
+    assert asyncpg_login_sqlstate(node.dsn_url("app_trust", APP_DB)) == "08006"
+    assert node.process.poll() is None
+
+
+def test_sigterm_shuts_down_cleanly_and_tells_connected_clients(balancer_factory: BalancerFactory) -> None:
+    node = balancer_factory()
+    conn = psycopg.connect(node.dsn("app_scram", APP_DB, USERLIST["app_scram"]), autocommit=True)
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert node.stop(timeout=15) == 0
+    with pytest.raises(psycopg.OperationalError) as excinfo:
+        conn.execute("SELECT 1")
+    assert "pgbalancer shutdown" in str(excinfo.value) or "closed" in str(excinfo.value)
+    conn.close()
+
+
+def test_sighup_reloads_the_auth_file(balancer_factory: BalancerFactory) -> None:
+    node = balancer_factory()
+    newcomer_dsn = node.dsn("app_trust", APP_DB, "brand-new-secret")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(newcomer_dsn)
+    auth_file = node.config_path.parent / "userlist.txt"
+    write_userlist(auth_file, {**USERLIST, "app_trust": "brand-new-secret"})
+    node.process.send_signal(1)  # SIGHUP
+
+    def newcomer_gets_in() -> bool:
+        try:
+            with psycopg.connect(newcomer_dsn) as conn:
+                return conn.execute("SELECT current_user").fetchone() == ("app_trust",)
+        except psycopg.OperationalError:
+            return False
+
+    wait_for(newcomer_gets_in, timeout=10, message="reloaded auth_file to admit app_trust")
+    assert node.process.poll() is None
