@@ -25,10 +25,7 @@ def render_config(settings: Mapping[str, Setting]) -> str:
     """pgpool-style ``key = 'value'`` lines."""
     lines = []
     for key, value in settings.items():
-        if isinstance(value, bool):
-            text = "on" if value else "off"
-        else:
-            text = str(value).replace("'", "''")
+        text = ("on" if value else "off") if isinstance(value, bool) else str(value).replace("'", "''")
         lines.append(f"{key} = '{text}'")
     return "\n".join(lines) + "\n"
 

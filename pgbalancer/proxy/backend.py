@@ -8,6 +8,7 @@ holds no pooling policy (that is ``pool.py``).
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -124,10 +125,8 @@ class ServerConnection:
     async def terminate(self) -> None:
         """Say goodbye politely (best effort) and close."""
         with trio.move_on_after(1):
-            try:
+            with contextlib.suppress(PeerClosed):
                 await self.socket.send_all(pgmsg.terminate())
-            except PeerClosed:
-                pass
         self.socket.close()
 
     def close(self) -> None:
@@ -224,7 +223,7 @@ async def _answer_auth_request(
         {
             "S": "FATAL",
             "C": SqlState.FEATURE_NOT_SUPPORTED,
-            "M": f"{server.address} asked for an authentication method pgbalancer does not support (code {code})",
+            "M": f"{server.address} asked for an unsupported authentication method (code {code})",
             "H": "configure the backend's pg_hba.conf to use scram-sha-256, md5, password or trust",
         }
     )
@@ -238,7 +237,7 @@ def _start_scram(
             {
                 "S": "FATAL",
                 "C": SqlState.FEATURE_NOT_SUPPORTED,
-                "M": f"{server.address} offered SASL mechanisms {mechanisms}; pgbalancer speaks SCRAM-SHA-256",
+                "M": f"{server.address} offered SASL mechanisms {mechanisms}; pgbalancer needs SCRAM-SHA-256",
             }
         )
     nonce = secrets.token_urlsafe(18)

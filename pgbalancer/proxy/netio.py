@@ -7,6 +7,7 @@ it moves bytes and hands them to the pure ``pgwire`` readers.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import select
 import socket as stdlib_socket
@@ -123,10 +124,8 @@ class MessageChannel:
             received = await self.socket.recv_into(self._buffer)
             if received == 0:
                 self.reader.receive_data(b"")
-                try:
+                with contextlib.suppress(ProtocolError):
                     self.reader.next_event()
-                except ProtocolError:
-                    pass
                 raise PeerClosed(f"{self.socket.peer}: connection closed")
             self.reader.receive_data(memoryview(self._buffer)[:received])
 

@@ -11,6 +11,7 @@ The relay forwards bytes as received; it only scans message headers (pgwire.scan
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
@@ -246,11 +247,8 @@ class ClientSession:
         raise SessionEnded(message)
 
     async def _send_quietly(self, data: bytes) -> None:
-        with trio.CancelScope(shield=True), trio.move_on_after(1):
-            try:
-                await self.client.send_all(data)
-            except PeerClosed:
-                pass
+        with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(PeerClosed):
+            await self.client.send_all(data)
 
 
 class _Relay:

@@ -104,9 +104,7 @@ def _parse_options(options: str) -> list[tuple[str, str]]:
         if word == "-c" and index < len(words):
             assignment = words[index]
             index += 1
-        elif word.startswith("-c") and len(word) > 2:
-            assignment = word[2:]
-        elif word.startswith("--"):
+        elif (word.startswith("-c") and len(word) > 2) or word.startswith("--"):
             assignment = word[2:]
         else:
             raise StartupSettingsError(

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from proxy_support import BalancerFactory, base_settings
 
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.pgcluster import PgClusterLike
+from tests.integration.proxy_support import BalancerFactory, base_settings
 
 
 @contextlib.contextmanager

@@ -9,11 +9,11 @@ from pathlib import Path
 import asyncpg
 import psycopg
 import pytest
-from proxy_support import USERLIST, BalancerFactory, write_userlist
 
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import pgbalancer_command, render_config
 from pgbalancer.devtools.pgcluster import APP_DB
+from tests.integration.proxy_support import USERLIST, BalancerFactory, write_userlist
 
 
 async def _asyncpg_sqlstate(url: str) -> str:

@@ -9,11 +9,11 @@ import struct
 import asyncpg
 import psycopg
 import pytest
-from proxy_support import USERLIST, BalancerFactory
 
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB
 from pgbalancer.pgwire.errors import parse_error_fields
+from tests.integration.proxy_support import USERLIST, BalancerFactory
 
 
 def startup_packet(user: str, database: str, version: int = 196608) -> bytes:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from proxy_support import USERLIST
 
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, BENCH_DB, PgClusterLike
+from tests.integration.proxy_support import USERLIST
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 

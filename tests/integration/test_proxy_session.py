@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import socket
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
-from proxy_support import USERLIST, BalancerFactory
 
 from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
+from tests.integration.proxy_support import USERLIST, BalancerFactory
 
 
 def connect(node: BalancerProcess, user: str = "app_scram", **kwargs: object) -> psycopg.Connection:

@@ -76,7 +76,9 @@ def test_nothing_imports_the_wiring(module: str) -> None:
     assert "pgbalancer.node" not in MODULES[module], f"{module} imports pgbalancer.node (wiring is the top)"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "pgbalancer").rglob("*.py")) + sorted((ROOT / "consensus").rglob("*.py")))
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "pgbalancer").rglob("*.py")) + sorted((ROOT / "consensus").rglob("*.py"))
+)
 def test_every_module_opens_with_a_docstring(path: Path) -> None:
     tree = ast.parse(path.read_text())
     assert ast.get_docstring(tree), f"{path.relative_to(ROOT)} has no module docstring"

@@ -1,0 +1,1 @@
+"""pgbalancer's test suite (a package so that module names are unique for pytest and mypy)."""
