@@ -160,7 +160,9 @@ def test_parse_scram_verifier_rejects_other_formats(text: str) -> None:
         ("\ue000pw", "\ue000pw"),  # private use is prohibited: used unchanged
         ("a\u0221", "a\u0221"),  # unassigned in Unicode 3.2: used unchanged
         ("\u05d0\u05d1a", "\u05d0\u05d1a"),  # right-to-left mixed with left-to-right
-        ("\u05d0\u05d1", "\u05d0\u05d1"),  # pure right-to-left is fine
+        ("\u05d0\u00a0a", "\u05d0\u00a0a"),  # the same, visible because the space is not mapped
+        ("\u05d0\u00a0\u05d1", "\u05d0 \u05d1"),  # right-to-left at both ends is fine
+        ("\u05d0\u05d1\u00a0", "\u05d0\u05d1\u00a0"),  # right-to-left string not ending with one
     ],
 )
 def test_saslprep_follows_postgresql(password: str, prepared: str) -> None:
