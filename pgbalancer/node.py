@@ -93,7 +93,9 @@ def _remove_pid_file(path: str) -> None:
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pgbalancer", description="PostgreSQL pooler and load balancer node")
+    parser = argparse.ArgumentParser(
+        prog="pgbalancer", description="PostgreSQL pooler and load balancer node"
+    )
     parser.add_argument("-f", "--config-file", required=True, type=Path, help="path to pgbalancer.conf")
     parser.add_argument("--check", action="store_true", help="validate the config and exit")
     parser.add_argument("--version", action="version", version=f"pgbalancer {__version__}")
