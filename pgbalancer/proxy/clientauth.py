@@ -24,6 +24,7 @@ from pgbalancer.pgwire.auth import (
     ScramVerifier,
     is_md5_hash,
     make_scram_verifier,
+    mock_scram_verifier,
     md5_verify,
     parse_scram_verifier,
 )
@@ -136,8 +137,7 @@ class ClientAuthenticator:
 
     def _verifier_for(self, user: str, stored: str | None) -> ScramVerifier:
         if stored is None:
-            mock = self._mock_secret(user)
-            return make_scram_verifier(mock.hex(), salt=mock[:16])
+            return mock_scram_verifier(user, self._mock_key)
         parsed = parse_scram_verifier(stored)
         if parsed is not None:
             return parsed
