@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 
 from pgbalancer import __version__
-from pgbalancer.config import Config, ConfigError, diff_configs, load_config
+from pgbalancer.config import Config, ConfigError, PoolMode, diff_configs, load_config
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
 
@@ -92,6 +92,16 @@ def _remove_pid_file(path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
 
+def _warn_about_unbuilt_settings(config: Config) -> None:
+    # Only session pooling exists so far; say so instead of silently pooling differently.
+    if config.pool_mode != PoolMode.SESSION:
+        log.warning(
+            "pool_mode = %s is not implemented yet: every client keeps one server connection for its "
+            "whole session (session pooling); set pool_mode = session to silence this warning",
+            config.pool_mode,
+        )
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pgbalancer", description="PostgreSQL pooler and load balancer node"
@@ -122,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config_file}: configuration is valid ({len(config.backends)} backends)")
         return 0
     _setup_logging(str(config.log_level))
+    _warn_about_unbuilt_settings(config)
     node = Node(args.config_file, config, userlist)
     try:
         trio.run(node.run)
