@@ -29,13 +29,16 @@ from compare.harness import (
     HarnessError,
     Peer,
     SharedScripts,
+    find_py_spy,
     install_peers,
     is_installed,
     locate_shared,
     probe_latency,
+    profile_under_load,
 )
 from compare.machine import machine_info
 from compare.pgbalancer_conf import POOL_MODES, Backend, ProxyConfig, parse_extra, render
+from compare.profile import parse_collapsed, render_profile, summarize_profile
 from compare.proxy import running_pgbalancer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +79,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         default=10.0,
         help="single-client p50 latency probe per target and rep, scaled by --time-scale; 0 = off",
+    )
+    p.add_argument(
+        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy pgbalancer under -S -c 16 (0 = off)"
     )
     p.add_argument("--keep-up", action="store_true", help="leave the cluster and peers running at the end")
     args = p.parse_args(argv)
@@ -168,18 +174,35 @@ def _latency_probes(plan: Plan, args: argparse.Namespace) -> list[results.Latenc
     return results.with_added_p50([results.latency_probe(n, s) for n, s in samples.items()])
 
 
+def _profile(args: argparse.Namespace, plan: Plan, pid: int) -> None:
+    """py-spy over pgbalancer under the ro load; writes profile.raw and profile.md."""
+    py_spy = find_py_spy(args.pgbalancer.parent)
+    raw = plan.out / "profile.raw"
+    pgbench_output = profile_under_load(py_spy, pid, args.port, args.profile, raw)
+    summary = summarize_profile(parse_collapsed(raw.read_text()))
+    tps = next((line for line in pgbench_output.splitlines() if line.startswith("tps =")), "tps = ?")
+    title = f"py-spy, {args.profile} s of pgbalancer under pgbench -S -c 16 -j 2 ({tps} while sampled)"
+    (plan.out / "profile.md").write_text(render_profile(summary, title) + "\n")
+    print(render_profile(summary, title), flush=True)
+
+
 def _measure(args: argparse.Namespace, plan: Plan, shared: SharedScripts) -> list[results.LatencyProbe]:
     conf = plan.out / "pgbalancer.conf"
     with contextlib.ExitStack() as stack:
+        pid = None
         if plan.with_pgbalancer:
             conf.write_text(render(_proxy_config(args)))
-            stack.enter_context(
-                running_pgbalancer(
-                    args.pgbalancer, conf, args.port, plan.out / "pgbalancer.log", args.ready_timeout
-                )
+            log = plan.out / "pgbalancer.log"
+            pid = stack.enter_context(
+                running_pgbalancer(args.pgbalancer, conf, args.port, log, args.ready_timeout)
             )
+        if args.profile and pid is not None:
+            find_py_spy(args.pgbalancer.parent)  # fail before the long part, not after it
         shared.bench(_bench_args(args, plan, conf), plan.out / "bench.log")
-        return _latency_probes(plan, args) if args.probe_seconds > 0 else []
+        probes = _latency_probes(plan, args) if args.probe_seconds > 0 else []
+        if args.profile and pid is not None:
+            _profile(args, plan, pid)
+        return probes
 
 
 def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyProbe], started: str) -> str:

@@ -141,3 +141,37 @@ def probe_latency(port: int, seconds: int, log_prefix: Path) -> list[Path]:
             f"latency probe on port {port} failed: {done.stderr.strip() or done.stdout.strip()}"
         )
     return sorted(log_prefix.parent.glob(log_prefix.name + ".*"))
+
+
+def find_py_spy(venv_bin: Path) -> Path:
+    found = venv_bin / "py-spy"
+    if found.exists():
+        return found
+    on_path = shutil.which("py-spy")
+    if on_path is None:
+        raise HarnessError(
+            f"--profile needs py-spy: {venv_bin / 'pip'} install py-spy (not a project dependency)"
+        )
+    return Path(on_path)
+
+
+def profile_under_load(py_spy: Path, pid: int, port: int, seconds: int, raw_out: Path) -> str:
+    """py-spy samples `pid` for `seconds` while pgbench -S -c 16 loads it; returns pgbench's output.
+
+    --nonblocking keeps py-spy from pausing the proxy at every sample, so throughput is disturbed
+    only by the sampler's own CPU; idle (event-loop wait) samples are left out by py-spy's default.
+    """
+    load = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-S", "-c", "16", "-j", "2"]
+    load += ["-T", str(seconds + 6), "-n", "bench"]
+    record = [str(py_spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--nonblocking"]
+    record += ["-f", "raw", "-o", str(raw_out)]
+    print("==> " + " ".join(load) + "\n==> (after 3 s) " + " ".join(record), flush=True)
+    with subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pgbench:
+        try:
+            pgbench.wait(timeout=3)  # warm-up; it only returns early when pgbench failed
+        except subprocess.TimeoutExpired:
+            run(record)
+        output, _ = pgbench.communicate()
+    if pgbench.returncode != 0:
+        raise HarnessError(f"pgbench under py-spy failed: {output.strip()}")
+    return output
