@@ -53,11 +53,18 @@ def _torn_down(cluster: PgClusterLike) -> Iterator[PgClusterLike]:
     try:
         cluster.start()
         yield cluster
-    finally:
+    except BaseException as original:
+        # A teardown error must not replace what is already propagating (a failed start, or the
+        # KeyboardInterrupt of Ctrl-C, which would otherwise turn into a test failure and carry on).
         try:
             cluster.destroy()
-        finally:
-            atexit.unregister(cluster.destroy)
+        except Exception as teardown_error:
+            original.add_note(f"tearing the cluster down failed too: {teardown_error}")
+        raise
+    else:
+        cluster.destroy()
+    finally:
+        atexit.unregister(cluster.destroy)
 
 
 @pytest.fixture(scope="session")

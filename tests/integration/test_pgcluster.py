@@ -9,8 +9,12 @@ from __future__ import annotations
 import functools
 import os
 import pwd
+import shutil
+import subprocess
+import tempfile
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -26,6 +30,7 @@ from pgbalancer.devtools.pgcluster import (
     PgClusterError,
     PgClusterLike,
     PgNode,
+    reap_orphaned_clusters,
 )
 
 pytestmark = pytest.mark.slow
@@ -150,3 +155,27 @@ def test_factory_cluster_promotes_and_stops_idempotently(
     assert not any(item.running for item in cluster.status())
     again = LocalPgCluster.attach(cluster.base_dir)
     assert again.nodes == cluster.nodes
+
+
+def test_clusters_of_dead_test_runs_are_reaped(poll: Poll) -> None:
+    parent = Path(tempfile.mkdtemp(prefix="pgbalancer-reap-", dir="/tmp"))
+    parent.chmod(0o755)  # the postgres user must reach the clusters inside
+    orphan = LocalPgCluster(parent / "orphan-1", standbys=0, fast=True)
+    try:
+        orphan.start()
+        postmaster = orphan.postmaster_pid(orphan.primary)
+        finished = subprocess.Popen(["true"])
+        finished.wait()  # reaped: its pid now belongs to no process
+        (orphan.base_dir / "owner.pid").write_text(f"{finished.pid}\n")
+        owned = parent / "orphan-2"
+        owned.mkdir()
+        (owned / "owner.pid").write_text(f"{os.getpid()}\n")
+
+        assert reap_orphaned_clusters(parent, "orphan-") == [orphan.base_dir]
+        assert not orphan.base_dir.exists()
+        # pg_ctl returns once postmaster.pid is gone; the process itself exits a moment later.
+        poll(lambda: not Path(f"/proc/{postmaster}").exists(), timeout=10, message="the postmaster to exit")
+        assert owned.exists(), "a cluster whose owner is alive must be left alone"
+    finally:
+        orphan.destroy()
+        shutil.rmtree(parent, ignore_errors=True)
