@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from pgbalancer.devtools.pgcluster import (
     LocalPgCluster,
     PgClusterError,
     PgNode,
+    postgres_can_reach,
     print_status,
 )
 
@@ -86,8 +88,13 @@ class DemoPaths:
     workdir: Path
 
     @property
-    def pg_dir(self) -> Path:
+    def pg_link(self) -> Path:
         return self.workdir / "pg"
+
+    @property
+    def pg_dir(self) -> Path:
+        """The cluster's real directory (``pg`` may be a link to one the postgres user can reach)."""
+        return self.pg_link.resolve()
 
     @property
     def config(self) -> Path:
@@ -115,6 +122,7 @@ def say(line: str) -> None:
 
 def start_cluster(paths: DemoPaths) -> LocalPgCluster:
     """The demo cluster on 5433-5435, or on free ports when those are taken (and we say so)."""
+    ensure_reachable_pg_dir(paths)
     if (paths.pg_dir / "cluster.json").exists():
         cluster = LocalPgCluster(paths.pg_dir, progress=_indented)
         say(f"==> PostgreSQL: reusing the demo cluster in {paths.pg_dir}")
@@ -127,6 +135,21 @@ def start_cluster(paths: DemoPaths) -> LocalPgCluster:
         cluster = LocalPgCluster(paths.pg_dir, ports=ports, progress=_indented)
     cluster.start()
     return cluster
+
+
+def ensure_reachable_pg_dir(paths: DemoPaths) -> None:
+    """Link ``.demo/pg`` to /var/tmp when the postgres OS user cannot reach the repository.
+
+    A repository under /root (mode 0700) is the usual case on a fresh machine: PostgreSQL runs as
+    ``postgres`` and could not open its own data directory there.
+    """
+    if paths.pg_link.exists() or paths.pg_link.is_symlink() or postgres_can_reach(paths.workdir):
+        return
+    digest = hashlib.sha256(str(paths.workdir).encode()).hexdigest()[:10]
+    outside = Path("/var/tmp") / f"pgbalancer-demo-{digest}"
+    outside.mkdir(mode=0o755, exist_ok=True)
+    paths.pg_link.symlink_to(outside, target_is_directory=True)
+    say(f"==> the postgres OS user cannot reach {paths.workdir}; the cluster lives in {outside}")
 
 
 def _indented(line: str) -> None:
@@ -226,18 +249,18 @@ def _running_balancer_pid(paths: DemoPaths, state: Mapping[str, object]) -> int 
     if isinstance(recorded, int):
         candidates.append(recorded)
     for pid in candidates:
-        if _is_pgbalancer(pid):
+        if _is_demo_balancer(pid, paths):
             return pid
     return None
 
 
-def _is_pgbalancer(pid: int) -> bool:
-    """True when ``pid`` is alive and is a pgbalancer process (guards against a reused pid)."""
+def _is_demo_balancer(pid: int, paths: DemoPaths) -> bool:
+    """True when ``pid`` is alive and runs pgbalancer with the demo's config (not a reused pid)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return b"pgbalancer" in cmdline and b"-f" in cmdline.split(b"\0")
+    return any(b"pgbalancer" in arg for arg in argv) and str(paths.config).encode() in argv
 
 
 def stop_balancer(paths: DemoPaths) -> str:
@@ -248,12 +271,16 @@ def stop_balancer(paths: DemoPaths) -> str:
         return "pgbalancer was not running"
     os.kill(pid, signal.SIGTERM)
     try:
-        wait_for(lambda: not _is_pgbalancer(pid), timeout=STOP_TIMEOUT, interval=0.1, message="exit")
+        wait_for(
+            lambda: not _is_demo_balancer(pid, paths), timeout=STOP_TIMEOUT, interval=0.1, message="exit"
+        )
         outcome = f"pgbalancer (pid {pid}) stopped"
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # it leads its own session: take its children too
-        wait_for(lambda: not _is_pgbalancer(pid), timeout=5, interval=0.1, message="exit after SIGKILL")
+        wait_for(
+            lambda: not _is_demo_balancer(pid, paths), timeout=5, interval=0.1, message="exit after SIGKILL"
+        )
         outcome = f"pgbalancer (pid {pid}) ignored SIGTERM for {STOP_TIMEOUT:g}s and was killed"
     paths.pid_file.unlink(missing_ok=True)
     return outcome
@@ -487,7 +514,8 @@ def down(paths: DemoPaths) -> int:
         return 0
     say("==> stopping PostgreSQL")
     cluster.stop()
-    say(f"    PostgreSQL stopped (data kept in {paths.pg_dir}; `make clean` removes it)")
+    remover = f"rm -rf {paths.pg_dir}" if paths.pg_link.is_symlink() else "`make clean`"
+    say(f"    PostgreSQL stopped (data kept in {paths.pg_dir}; {remover} removes it)")
     return 0
 
 

@@ -583,19 +583,7 @@ class LocalPgCluster:
         return self._as_postgres([*argv, *args, action])
 
     def _as_postgres(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        """Run a PostgreSQL tool as the postgres OS user (or as ourselves when we are not root)."""
-        if os.geteuid() == 0:
-            argv = ["runuser", "-u", PG_OS_USER, "--", *argv]
-        # cwd=/ because the postgres user may not be allowed into the caller's directory.
-        return subprocess.run(
-            argv,
-            cwd="/",
-            capture_output=True,
-            text=True,
-            env=_clean_env(),
-            timeout=PG_CTL_TIMEOUT + 30,
-            stdin=subprocess.DEVNULL,
-        )
+        return run_as_postgres(argv)
 
     def _give_to_postgres(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -642,6 +630,27 @@ def role_statements() -> list[tuple[str, str]]:
         ("app_trust", "CREATE ROLE app_trust LOGIN;"),
         (REPLICATION_USER, f"CREATE ROLE {REPLICATION_USER} LOGIN REPLICATION;"),
     ]
+
+
+def run_as_postgres(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL tool as the postgres OS user (or as ourselves when we are not root)."""
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", PG_OS_USER, "--", *argv]
+    # cwd=/ because the postgres user may not be allowed into the caller's directory.
+    return subprocess.run(
+        argv,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=PG_CTL_TIMEOUT + 30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def postgres_can_reach(path: Path) -> bool:
+    """True when the postgres OS user can traverse into ``path`` (every parent needs o+x for it)."""
+    return run_as_postgres(["test", "-x", str(path)]).returncode == 0
 
 
 def _is_initialized(data_dir: Path) -> bool:
