@@ -24,8 +24,8 @@ from pgbalancer.pgwire.auth import (
     ScramVerifier,
     is_md5_hash,
     make_scram_verifier,
-    mock_scram_verifier,
     md5_verify,
+    mock_scram_verifier,
     parse_scram_verifier,
 )
 from pgbalancer.pgwire.errors import SqlState

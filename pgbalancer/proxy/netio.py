@@ -11,6 +11,7 @@ import contextlib
 import errno
 import select
 import socket as stdlib_socket
+from typing import Protocol
 
 import trio
 
@@ -24,8 +25,22 @@ class PeerClosed(Exception):
     """The peer closed the connection (or it broke) while we needed more bytes."""
 
 
-class PgSocket:
-    """A connected TCP socket carrying PostgreSQL protocol bytes."""
+class PgSocket(Protocol):
+    """A connection carrying PostgreSQL protocol bytes: plain TCP, or TLS (see tls.py)."""
+
+    peer: str
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    def looks_idle_and_open(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class TcpConnection:
+    """A connected plain TCP socket (the hot path: raw trio socket, ``recv_into``)."""
 
     __slots__ = ("peer", "sock")
 
@@ -96,7 +111,7 @@ async def connect_tcp(host: str, port: int, timeout: float) -> PgSocket:
                 sock.close()
                 raise
             configure_socket(sock)
-            return PgSocket(sock, f"{host}:{port}")
+            return TcpConnection(sock, f"{host}:{port}")
     if scope.cancelled_caught:
         errors.append(f"timed out after {timeout:g}s")
     raise OSError(f"could not connect to {host}:{port}: {'; '.join(errors) or 'no address'}")

@@ -26,7 +26,7 @@ from pgbalancer.proxy.backend import (
     open_server_connection,
 )
 from pgbalancer.proxy.clientauth import ClientAuthenticator
-from pgbalancer.proxy.netio import PgSocket, configure_socket, connect_tcp
+from pgbalancer.proxy.netio import TcpConnection, configure_socket, connect_tcp
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
 from pgbalancer.proxy.session import ClientSession
 
@@ -99,7 +99,7 @@ class ProxyServer:
             configure_socket(sock)
             self.accepted_total += 1
             peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-            session = ClientSession(self, PgSocket(sock, peer), next(self._process_ids) & 0x7FFFFFFF)
+            session = ClientSession(self, TcpConnection(sock, peer), next(self._process_ids) & 0x7FFFFFFF)
             nursery.start_soon(self._run_session, session)
 
     async def _run_session(self, session: ClientSession) -> None:
