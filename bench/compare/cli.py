@@ -36,7 +36,7 @@ from compare.harness import (
     probe_latency,
     profile_under_load,
 )
-from compare.machine import machine_info
+from compare.machine import git_state, machine_info
 from compare.pgbalancer_conf import POOL_MODES, Backend, ProxyConfig, parse_extra, render
 from compare.profile import parse_collapsed, render_profile, summarize_profile
 from compare.proxy import running_pgbalancer
@@ -102,6 +102,7 @@ class Plan:
     peers: tuple[Peer, ...]
     skipped: dict[str, str]
     with_pgbalancer: bool
+    git: dict[str, Any]
 
     def targets(self, port: int) -> dict[str, int]:
         named = {"direct": DIRECT_PORT, **{p.name: p.port for p in self.peers}}
@@ -217,7 +218,7 @@ def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyPr
         "options": {"reps": args.reps, "time_scale": args.time_scale, "scenarios": args.scenarios},
         "targets": plan.targets(args.port),
         "skipped": plan.skipped,
-        "machine": machine_info(REPO_ROOT),
+        "machine": {**machine_info(), **plan.git},
         "scenarios": results.to_jsonable(scenarios),
         "latency_probe": results.to_jsonable(probes),
         "project_targets": results.to_jsonable(goals),
@@ -246,7 +247,10 @@ def _plan(args: argparse.Namespace) -> Plan:
     peers, skipped = _choose_peers(args.install_peers)
     if args.skip_pgbalancer:
         skipped[CANDIDATE] = "skipped with --skip-pgbalancer"
-    return Plan(out=out, peers=peers, skipped=skipped, with_pgbalancer=not args.skip_pgbalancer)
+    with_pgbalancer = not args.skip_pgbalancer
+    return Plan(
+        out=out, peers=peers, skipped=skipped, with_pgbalancer=with_pgbalancer, git=git_state(REPO_ROOT)
+    )
 
 
 def run(argv: Sequence[str]) -> int:

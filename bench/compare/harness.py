@@ -159,11 +159,23 @@ def profile_under_load(py_spy: Path, pid: int, port: int, seconds: int, raw_out:
     """py-spy samples `pid` for `seconds` while pgbench -S -c 16 loads it; returns pgbench's output.
 
     --nonblocking keeps py-spy from pausing the proxy at every sample, so throughput is disturbed
-    only by the sampler's own CPU; idle (event-loop wait) samples are left out by py-spy's default.
+    only by the sampler's own CPU; idle (event-loop wait) samples are left out by py-spy's default;
+    --function aggregates lines into their function.
     """
     load = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-S", "-c", "16", "-j", "2"]
     load += ["-T", str(seconds + 6), "-n", "bench"]
-    record = [str(py_spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--nonblocking"]
+    record = [
+        str(py_spy),
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        str(seconds),
+        "-r",
+        "200",
+        "--nonblocking",
+        "--function",
+    ]
     record += ["-f", "raw", "-o", str(raw_out)]
     print("==> " + " ".join(load) + "\n==> (after 3 s) " + " ".join(record), flush=True)
     with subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pgbench:

@@ -42,13 +42,19 @@ def _package_version(name: str) -> str | None:
         return None
 
 
-def _git(repo: Path) -> dict[str, Any]:
+def git_state(repo: Path) -> dict[str, Any]:
+    """The commit and uncommitted tracked changes; read when pgbalancer starts, as that is what ran."""
     commit = _output(["git", "rev-parse", "HEAD"], cwd=repo)
-    dirty = _output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
-    return {"git_commit": commit, "git_dirty": bool(dirty)}
+    try:
+        cmd = ["git", "status", "--porcelain", "--untracked-files=no"]
+        status = subprocess.run(cmd, capture_output=True, text=True, timeout=10, cwd=repo, check=False)
+        changed = status.stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        changed = []
+    return {"git_commit": commit, "git_dirty": bool(changed), "git_modified": [line[3:] for line in changed]}
 
 
-def machine_info(repo: Path) -> dict[str, Any]:
+def machine_info() -> dict[str, Any]:
     server = [PSQL, "-X", "-At", "-h", "127.0.0.1", "-p", str(DIRECT_PORT), "-U", "bench", "-d", "bench"]
     return {
         "nproc": len(os.sched_getaffinity(0)),
@@ -63,5 +69,4 @@ def machine_info(repo: Path) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "trio_version": _package_version("trio"),
         "pgbalancer_version": _package_version("pgbalancer"),
-        **_git(repo),
     }

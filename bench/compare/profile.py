@@ -23,6 +23,7 @@ class ProfileSummary:
     samples: int
     self_time: tuple[FrameShare, ...]  # samples whose innermost frame is this one
     inclusive: tuple[FrameShare, ...]  # samples with this frame anywhere on the stack
+    self_by_file: tuple[FrameShare, ...]  # self time summed per source file
 
 
 def parse_collapsed(text: str) -> list[tuple[list[str], int]]:
@@ -34,6 +35,12 @@ def parse_collapsed(text: str) -> list[tuple[list[str], int]]:
     return stacks
 
 
+def source_file(frame: str) -> str:
+    """`recv (trio/_socket.py:1050)` -> `trio/_socket.py`; a frame without a location stays as is."""
+    _, paren, location = frame.rpartition(" (")
+    return location.rstrip(")").rpartition(":")[0] or frame if paren else frame
+
+
 def _shares(counter: Counter[str], total: int, top: int) -> tuple[FrameShare, ...]:
     return tuple(FrameShare(frame, n, n / total) for frame, n in counter.most_common(top))
 
@@ -42,22 +49,28 @@ def summarize_profile(stacks: Sequence[tuple[list[str], int]], top: int = 15) ->
     total = sum(count for _, count in stacks)
     own: Counter[str] = Counter()
     anywhere: Counter[str] = Counter()
+    by_file: Counter[str] = Counter()
     for frames, count in stacks:
         if frames:
             own[frames[-1]] += count
+            by_file[source_file(frames[-1])] += count
         for frame in set(frames):  # a recursive frame counts once per sample
             anywhere[frame] += count
     if not total:
-        return ProfileSummary(0, (), ())
-    return ProfileSummary(total, _shares(own, total, top), _shares(anywhere, total, top))
+        return ProfileSummary(0, (), (), ())
+    return ProfileSummary(
+        total, _shares(own, total, top), _shares(anywhere, total, top), _shares(by_file, total, top)
+    )
 
 
 def render_profile(summary: ProfileSummary, title: str) -> str:
     lines = [f"### {title}", "", f"{summary.samples:,} samples.", ""]
-    for heading, rows in (
+    tables = (
+        ("self time by source file", summary.self_by_file),
         ("self time (innermost frame)", summary.self_time),
-        ("inclusive", summary.inclusive),
-    ):
+        ("inclusive (frame anywhere on the stack)", summary.inclusive),
+    )
+    for heading, rows in tables:
         lines += [f"| {heading} | samples | share |", "|---|---:|---:|"]
         lines += [f"| `{r.frame}` | {r.samples:,} | {r.share:.1%} |" for r in rows]
         lines.append("")

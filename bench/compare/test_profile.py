@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from compare.profile import parse_collapsed, render_profile, summarize_profile
+from compare.profile import parse_collapsed, render_profile, source_file, summarize_profile
 
 RAW = """run (node.py:10);serve (server.py:5);relay (relay.py:7);recv (socket.py:1) 6
 run (node.py:10);serve (server.py:5);relay (relay.py:7) 3
@@ -21,6 +21,13 @@ def test_self_and_inclusive_shares() -> None:
     inclusive = {f.frame: f.share for f in summary.inclusive}
     assert inclusive["run (node.py:10)"] == pytest.approx(1.0)
     assert inclusive["relay (relay.py:7)"] == pytest.approx(0.9)
+    by_file = {f.frame: f.samples for f in summary.self_by_file}
+    assert by_file == {"socket.py": 6, "relay.py": 3, "trio.py": 1}
+
+
+def test_source_file_of_frames() -> None:
+    assert source_file("_nonblocking_helper (trio/_socket.py:1050)") == "trio/_socket.py"
+    assert source_file("<native>") == "<native>"
 
 
 def test_recursive_frame_counts_once_per_sample() -> None:
