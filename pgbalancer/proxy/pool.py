@@ -15,8 +15,9 @@ touches the bytes a client sends.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -58,6 +59,89 @@ class PoolExhausted(Exception):
     """No server connection could be had in time or within limits (SQLSTATE 53300)."""
 
 
+class PoolKilled(PoolExhausted):
+    """The database was killed (admin console KILL) while this client waited for a server."""
+
+
+@dataclass(slots=True)
+class PoolCounters:
+    """Cumulative traffic and timings of one pool, for SHOW STATS and metrics (never reset).
+
+    ``ServerPool.acquire`` feeds the wait fields and ``server_assignment_count``; the relay
+    feeds the rest. Times are microseconds.
+    """
+
+    xact_count: int = 0
+    query_count: int = 0
+    bytes_received: int = 0
+    bytes_sent: int = 0
+    xact_time_us: int = 0
+    query_time_us: int = 0
+    wait_time_us: int = 0
+    max_wait_us: int = 0
+    server_assignment_count: int = 0
+
+
+class PauseGate:
+    """Whether clients may get a server connection now: the admin console's PAUSE, RESUME and KILL.
+
+    A database is closed while it is paused by name or everything is paused. An acquire that
+    finds it closed waits until it opens; if the database is killed meanwhile, it fails with
+    PoolKilled instead (KILL drops the clients that were there, later ones wait for RESUME).
+    """
+
+    def __init__(self) -> None:
+        self.all_paused = False
+        self.paused_databases: set[str] = set()
+        self._kills: dict[str | None, int] = {}  # kill generation per database; None = all
+        self._changed = trio.Event()
+
+    def blocks(self, database: str) -> bool:
+        return self.all_paused or database in self.paused_databases
+
+    def pause(self, database: str | None) -> None:
+        if database is None:
+            self.all_paused = True
+        else:
+            self.paused_databases.add(database)
+
+    def resume(self, database: str | None) -> bool:
+        """Open one database (or everything, None); False if it was not paused."""
+        if database is None:
+            was_paused = self.all_paused or bool(self.paused_databases)
+            self.all_paused = False
+            self.paused_databases.clear()
+        else:
+            was_paused = database in self.paused_databases
+            self.paused_databases.discard(database)
+        self._notify()
+        return was_paused
+
+    def kill(self, database: str | None) -> None:
+        """Pause, and make every acquire already waiting here fail."""
+        self.pause(database)
+        self._kills[database] = self._kills.get(database, 0) + 1
+        self._notify()
+
+    async def wait_open(self, database: str) -> None:
+        """Wait until ``database`` opens; PoolKilled if it is killed meanwhile."""
+        kills_before = self._kill_generation(database)
+        while self.blocks(database):
+            await self._changed.wait()
+            if self._kill_generation(database) != kills_before:
+                raise PoolKilled(
+                    f"database {database} was killed on the admin console (KILL) while this client "
+                    "waited for a server connection; reconnect after RESUME"
+                )
+
+    def _kill_generation(self, database: str) -> tuple[int, int]:
+        return self._kills.get(None, 0), self._kills.get(database, 0)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+
 def is_retired(server: ServerConnection, limits: PoolLimits, now: float) -> bool:
     """Whether a returned or idle server connection must be closed rather than lent."""
     if limits.max_sessions_per_server and server.sessions_served >= limits.max_sessions_per_server:
@@ -73,9 +157,12 @@ OpenServer = Callable[[], Awaitable[ServerConnection]]
 class ServerPool:
     """Connections for one PoolKey. ``acquire`` waits in a bounded queue; ``release`` returns."""
 
-    def __init__(self, key: PoolKey, limits: PoolLimits) -> None:
+    def __init__(self, key: PoolKey, limits: PoolLimits, pause_gate: PauseGate | None = None) -> None:
         self.key = key
         self.limits = limits
+        self.pause_gate = pause_gate if pause_gate is not None else PauseGate()
+        self.counters = PoolCounters()
+        self._waiting_since: dict[object, float] = {}  # lease -> when its client began to wait
         self._idle: deque[ServerConnection] = deque()
         self._slots = trio.CapacityLimiter(limits.max_size)
         self._leases: dict[int, object] = {}
@@ -101,8 +188,16 @@ class ServerPool:
     async def acquire(self, open_server: OpenServer) -> ServerConnection:
         """Lend a live connection, opening one if below the limit; PoolExhausted on timeout."""
         lease = object()
-        with trio.move_on_after(self.limits.wait_timeout) as wait:
+        queued_at = trio.current_time()
+        with self._queued(lease, queued_at), trio.move_on_after(self.limits.wait_timeout) as wait:
+            if self.pause_gate.blocks(self.key.database):
+                await self.pause_gate.wait_open(self.key.database)
             await self._slots.acquire_on_behalf_of(lease)
+        if wait.cancelled_caught and self.pause_gate.blocks(self.key.database):
+            raise PoolExhausted(
+                f"database {self.key.database} stayed paused (PAUSE on the admin console) for "
+                f"{self.limits.wait_timeout:g}s while this client waited; RESUME it, then reconnect"
+            )
         if wait.cancelled_caught:
             raise PoolExhausted(
                 f"no server connection free in pool {self.key} after waiting {self.limits.wait_timeout:g}s "
@@ -117,7 +212,40 @@ class ServerPool:
             self._slots.release_on_behalf_of(lease)
             raise
         self._leases[id(server)] = lease
+        self._count_assignment(queued_at)
         return server
+
+    @contextlib.contextmanager
+    def _queued(self, lease: object, since: float) -> Iterator[None]:
+        self._waiting_since[lease] = since
+        try:
+            yield
+        finally:
+            del self._waiting_since[lease]
+
+    def _count_assignment(self, queued_at: float) -> None:
+        waited_us = int((trio.current_time() - queued_at) * 1_000_000)
+        counters = self.counters
+        counters.server_assignment_count += 1
+        counters.wait_time_us += waited_us
+        counters.max_wait_us = max(counters.max_wait_us, waited_us)
+
+    @property
+    def waiting_clients(self) -> int:
+        """Clients waiting for a server connection: queued for a slot, or held by a pause."""
+        return len(self._waiting_since)
+
+    def longest_wait_started(self) -> float | None:
+        """When the longest-waiting client began to wait (trio time), or None if nobody waits."""
+        return min(self._waiting_since.values(), default=None)
+
+    @property
+    def logging_in(self) -> int:
+        """Server connections being opened right now (slots taken, not yet lent)."""
+        return max(0, self._slots.borrowed_tokens - len(self._leases))
+
+    def idle_servers(self) -> tuple[ServerConnection, ...]:
+        return tuple(self._idle)
 
     def _take_idle(self) -> ServerConnection | None:
         now = trio.current_time()
@@ -177,6 +305,7 @@ class PoolManager:
         self.limits = limits
         self.max_pools_per_backend = max_pools_per_backend
         self._pools: dict[PoolKey, ServerPool] = {}
+        self.pause_gate = PauseGate()
 
     def pool_for(self, key: PoolKey) -> ServerPool:
         """The pool for ``key``, creating it (and evicting an unused one) if needed."""
@@ -186,7 +315,7 @@ class PoolManager:
         same_backend = [p for p in self._pools.values() if p.key.backend_id == key.backend_id]
         if len(same_backend) >= self.max_pools_per_backend:
             self._evict_one_unused(same_backend, key)
-        pool = ServerPool(key, self.limits)
+        pool = ServerPool(key, self.limits, self.pause_gate)
         self._pools[key] = pool
         return pool
 
@@ -220,3 +349,29 @@ class PoolManager:
 
     def server_connections_to(self, backend_id: int) -> int:
         return sum(p.active + p.idle_count for p in self._pools.values() if p.key.backend_id == backend_id)
+
+    def pools(self, database: str | None = None) -> list[ServerPool]:
+        """Every pool, or those of one database."""
+        return [p for p in self._pools.values() if database is None or p.key.database == database]
+
+    def pause(self, database: str | None) -> None:
+        """Stop lending server connections of ``database`` (None: all) and close its idle ones."""
+        self.pause_gate.pause(database)
+        self.close_idle_of(database)
+
+    def resume(self, database: str | None) -> bool:
+        """Lend again; False if nothing matching was paused."""
+        return self.pause_gate.resume(database)
+
+    def kill(self, database: str | None) -> None:
+        """Pause, fail the clients waiting for a server, and close the idle server connections."""
+        self.pause_gate.kill(database)
+        self.close_idle_of(database)
+
+    def close_idle_of(self, database: str | None) -> None:
+        for pool in self.pools(database):
+            pool.close_idle()
+
+    def busy_server_count(self, database: str | None) -> int:
+        """Server connections lent to clients or being opened (what PAUSE waits for)."""
+        return sum(p.active + p.logging_in for p in self.pools(database))
