@@ -20,6 +20,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,17 @@ class LoadBalanceAlgorithm(StrEnum):
     RANDOM = "random"
 
 
+class SslMode(StrEnum):
+    """TLS modes, with libpq's names (client_tls_sslmode gives them PgBouncer's meaning)."""
+
+    DISABLE = "disable"
+    ALLOW = "allow"
+    PREFER = "prefer"
+    REQUIRE = "require"
+    VERIFY_CA = "verify-ca"
+    VERIFY_FULL = "verify-full"
+
+
 class MqttMode(StrEnum):
     """Where cluster events are published."""
 
@@ -90,6 +102,7 @@ class Category(StrEnum):
     LISTENER = "Proxy listener"
     BACKENDS = "Backends"
     AUTH = "Client authentication"
+    TLS = "TLS"
     POOLING = "Pooling"
     LOAD_BALANCING = "Load balancing"
     HEALTH_CHECK = "Health checks"
@@ -413,6 +426,77 @@ class Config:
         Category.AUTH,
         _L,
         "Users allowed into the admin console database 'pgbalancer', comma separated.",
+    )
+
+    # TLS (PgBouncer's key names; file paths are relative to the config file's directory)
+    client_tls_sslmode: SslMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        SslMode.DISABLE,
+        _choice(SslMode),
+        Category.TLS,
+        _L,
+        """TLS towards clients, with PgBouncer's meaning: disable = answer every SSLRequest with 'N';
+        allow and prefer = TLS when the client asks, plain TCP otherwise; require = refuse plain
+        clients with FATAL 28000 'SSL required'; verify-ca and verify-full = require, and the client
+        must present a certificate signed by client_tls_ca_file (verify-full checks nothing more,
+        as in PgBouncer). Applies to clients that connect after a reload.""",
+    )
+    client_tls_cert_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        "PEM certificate (chain) shown to clients; required unless client_tls_sslmode = disable.",
+    )
+    client_tls_key_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        "Unencrypted PEM key of client_tls_cert_file; required unless client_tls_sslmode = disable.",
+    )
+    client_tls_ca_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        """PEM CA certificates that client certificates must chain to; required when
+        client_tls_sslmode is verify-ca or verify-full, unused otherwise.""",
+    )
+    server_tls_sslmode: SslMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        SslMode.DISABLE,
+        _choice(SslMode),
+        Category.TLS,
+        _L,
+        """TLS towards the backends, with libpq's sslmode meaning: disable = plain TCP; allow = plain
+        first, and TLS again if the backend refuses the plain login with SQLSTATE 28000 (a hostssl
+        pg_hba.conf); prefer = ask for TLS, fall back to plain TCP only if the backend answers 'N';
+        require = TLS, certificate not checked; verify-ca = TLS with a certificate that chains to
+        server_tls_ca_file; verify-full = verify-ca plus the certificate must name backend_hostnameN.
+        The default stays disable so that upgrading changes nothing; prefer or stronger is
+        recommended when backends are reached over a network. Applies to server connections opened
+        after a reload.""",
+    )
+    server_tls_ca_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        """PEM CA certificates the backends' certificates must chain to (verify-ca, verify-full);
+        '' = the system's trusted CAs.""",
+    )
+    server_tls_cert_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        "PEM client certificate pgbalancer presents to the backends ('' = none); needs server_tls_key_file.",
+    )
+    server_tls_key_file: str = _setting(
+        "",
+        _PATH,
+        Category.TLS,
+        _L,
+        "PEM private key of server_tls_cert_file (unencrypted).",
     )
 
     # Pooling (pgpool's names; see "Pooling" in docs/configuration.md for the mapping)
@@ -989,6 +1073,37 @@ def _check_port_clashes(config: Config, build: _Build) -> Iterator[str]:
             taken[port] = key
 
 
+def _check_client_tls_files(config: Config, build: _Build) -> Iterator[str]:
+    mode = config.client_tls_sslmode
+    if mode is SslMode.DISABLE:
+        return
+    for key in ("client_tls_cert_file", "client_tls_key_file"):
+        if not getattr(config, key):
+            yield (
+                f"{build.where('client_tls_sslmode')}: client_tls_sslmode = '{mode}' needs {key}; set it to "
+                "a PEM file, or set client_tls_sslmode = disable"
+            )
+    if mode in (SslMode.VERIFY_CA, SslMode.VERIFY_FULL) and not config.client_tls_ca_file:
+        yield (
+            f"{build.where('client_tls_sslmode')}: client_tls_sslmode = '{mode}' checks client certificates "
+            "but client_tls_ca_file is empty; set it to the PEM file of the CA that signs them, or use "
+            "client_tls_sslmode = require"
+        )
+
+
+def _check_server_tls_pair(config: Config, build: _Build) -> Iterator[str]:
+    if bool(config.server_tls_cert_file) != bool(config.server_tls_key_file):
+        present, missing = (
+            ("server_tls_cert_file", "server_tls_key_file")
+            if config.server_tls_cert_file
+            else ("server_tls_key_file", "server_tls_cert_file")
+        )
+        yield (
+            f"{build.where(present)}: {present} is set but {missing} is empty; a client certificate "
+            f"for the backends needs both, so set {missing} or clear {present}"
+        )
+
+
 _CrossCheck = Callable[[Config, _Build], Iterator[str]]
 
 # Each rule names the keys it reads; it is skipped when one of them already failed to parse, so a
@@ -999,6 +1114,13 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
     (frozenset({"auth_type", "auth_file"}), _check_auth_file_set),
     (frozenset({"watchdog_nodes", "watchdog_secret"}), _check_watchdog_secret),
     (frozenset({"delegate_ip", "delegate_ip_interface"}), _check_delegate_ip),
+    (
+        frozenset(
+            {"client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file"}
+        ),
+        _check_client_tls_files,
+    ),
+    (frozenset({"server_tls_cert_file", "server_tls_key_file"}), _check_server_tls_pair),
     (
         frozenset({"port", "api_port", "mqtt_mode", "mqtt_port", "watchdog_nodes", "watchdog_port"}),
         _check_port_clashes,
@@ -1046,6 +1168,7 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     config, build = _parse(text, str(path), path.parent, os.environ if env is None else env)
     if "auth_file" not in build.failed:
         build.errors.extend(_auth_file_errors(config, build.where("auth_file")))
+    build.errors.extend(_tls_file_errors(config, build))
     if build.errors:
         raise ConfigError(build.errors)
     return config
@@ -1084,6 +1207,57 @@ def _auth_file_errors(config: Config, where: str) -> list[str]:
     except UserlistError as exc:
         return [f"{prefix}: {error}" for error in exc.errors]
     return []
+
+
+_TLS_FILE_KEYS: Final = (
+    "client_tls_cert_file",
+    "client_tls_key_file",
+    "client_tls_ca_file",
+    "server_tls_ca_file",
+    "server_tls_cert_file",
+    "server_tls_key_file",
+)
+
+
+def _tls_file_errors(config: Config, build: _Build) -> list[str]:
+    """Every TLS file named must be a readable PEM file that ssl can load (so --check catches it)."""
+    errors: list[str] = []
+    for key in _TLS_FILE_KEYS:
+        path = getattr(config, key)
+        if not path or key in build.failed:
+            continue
+        prefix = f"{build.where(key)}: {key} = {_quote(path)}"
+        if not Path(path).is_file():
+            errors.append(f"{prefix}: no such file; put the PEM file there or set {key} to its path")
+        elif not os.access(path, os.R_OK):
+            errors.append(f"{prefix}: not readable by this process; make it readable by the pgbalancer user")
+    if errors:
+        return errors
+    return [*_pem_errors(config, build, "client"), *_pem_errors(config, build, "server")]
+
+
+def _pem_errors(config: Config, build: _Build, side: str) -> list[str]:
+    cert, key, ca = (getattr(config, f"{side}_tls_{name}_file") for name in ("cert", "key", "ca"))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    errors: list[str] = []
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(
+                f"{build.where(f'{side}_tls_cert_file')}: {side}_tls_cert_file and {side}_tls_key_file "
+                f"cannot be loaded together ({exc.__class__.__name__}: {exc.strerror or exc.args[-1]}); "
+                "give a PEM certificate and its matching unencrypted PEM private key"
+            )
+    if ca:
+        try:
+            context.load_verify_locations(cafile=ca)
+        except (ssl.SSLError, OSError) as exc:
+            errors.append(
+                f"{build.where(f'{side}_tls_ca_file')}: {side}_tls_ca_file = {_quote(ca)} cannot be loaded "
+                f"({exc.strerror or exc.args[-1]}); give a file of PEM CA certificates"
+            )
+    return errors
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from pgbalancer.pgwire.errors import ProtocolError, SqlState, parse_error_fields
 from pgbalancer.pgwire.framing import Message
 from pgbalancer.pgwire.messages import AuthCode
 from pgbalancer.proxy.netio import MessageChannel, PeerClosed, PgSocket, connect_tcp
+from pgbalancer.proxy.tls import PLAIN_SERVER_TLS, ServerTls, ServerTlsError, start_server_tls
 
 
 @dataclass(frozen=True)
@@ -145,21 +146,45 @@ async def open_server_connection(
     *,
     timeout: float,
     now: float,
+    tls: ServerTls = PLAIN_SERVER_TLS,
 ) -> ServerConnection:
-    """Connect and log in; BackendUnavailable or ServerError on failure."""
+    """Connect (with TLS as ``tls`` says) and log in; BackendUnavailable or ServerError on failure."""
+    try:
+        return await _open_once(address, database, credentials, timeout, now, tls, use_tls=tls.asks_first)
+    except ServerError as exc:
+        if not tls.retries_with_tls(exc.sqlstate):
+            raise
+    return await _open_once(address, database, credentials, timeout, now, tls, use_tls=True)  # sslmode=allow
+
+
+async def _open_once(
+    address: BackendAddress,
+    database: str,
+    credentials: ServerCredentials,
+    timeout: float,
+    now: float,
+    tls: ServerTls,
+    *,
+    use_tls: bool,
+) -> ServerConnection:
     try:
         socket = await connect_tcp(address.host, address.port, timeout)
     except OSError as exc:
         raise BackendUnavailable(f"{address}: {exc}") from exc
-    server = ServerConnection(socket, address, credentials.user, database, now)
     try:
         with trio.fail_after(timeout):
+            if use_tls:
+                socket = await start_server_tls(socket, tls, address.host)
+            server = ServerConnection(socket, address, credentials.user, database, now)
             await _login(server, credentials)
     except trio.TooSlowError as exc:
-        server.close()
+        socket.close()
         raise BackendUnavailable(f"{address}: login did not finish within {timeout:g}s") from exc
+    except (ServerTlsError, PeerClosed) as exc:
+        socket.close()
+        raise BackendUnavailable(f"{address}: {exc}") from exc
     except BaseException:
-        server.close()
+        socket.close()
         raise
     return server
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from pgbalancer.config import Config
+from pgbalancer.config import Config, ConfigError
 from pgbalancer.pgwire.messages import CancelRequest
 from pgbalancer.proxy.backend import (
     BackendAddress,
@@ -29,6 +29,7 @@ from pgbalancer.proxy.clientauth import ClientAuthenticator
 from pgbalancer.proxy.netio import TcpConnection, configure_socket, connect_tcp
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
 from pgbalancer.proxy.session import ClientSession
+from pgbalancer.proxy.tls import TlsContexts
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class ProxyServer:
     def __init__(self, config: Config, userlist: Mapping[str, str]) -> None:
         self.config = config
         self.authenticator = ClientAuthenticator(config.auth_type, userlist)
+        self.tls = TlsContexts.from_config(config)  # built once: sessions only read it
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.sessions: dict[int, ClientSession] = {}
         self._process_ids = itertools.count(secrets.randbelow(1 << 20) + 1)
@@ -132,6 +134,7 @@ class ProxyServer:
                 credentials,
                 timeout=self.config.server_connect_timeout,
                 now=trio.current_time(),
+                tls=self.tls.server,
             )
 
         return pool, await pool.acquire(open_server)
@@ -160,6 +163,10 @@ class ProxyServer:
 
     def apply_config(self, config: Config, userlist: Mapping[str, str]) -> None:
         """Apply reloadable settings; listeners and backends need a restart."""
+        try:
+            self.tls = TlsContexts.from_config(config)
+        except ConfigError as exc:  # load_config checked the files, but they may have changed since
+            log.error("keeping the previous TLS settings: %s", exc)
         self.config = config
         self.authenticator = ClientAuthenticator(config.auth_type, userlist)
         self.pools.set_limits(pool_limits(config), config.max_pool)

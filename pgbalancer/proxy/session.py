@@ -30,6 +30,7 @@ from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
+from pgbalancer.proxy.tls import answer_ssl_request
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -120,12 +121,19 @@ class ClientSession:
             except ProtocolError as exc:
                 await self._fail(exc.sqlstate, exc.message)
             if isinstance(event, StartupMessage):
-                rejection = startup_rejection(event)
+                rejection = self.proxy.tls.client.plaintext_rejection(self.client) or startup_rejection(event)
                 if rejection is not None:
                     await self._fail(*rejection)
                 return event, reader.take_buffered()
-            if isinstance(event, SSLRequest | GSSENCRequest):
-                await self.client.send_all(b"N")  # TLS arrives with the pooling issue
+            if isinstance(event, SSLRequest):
+                try:  # any byte already read here came unencrypted: answer_ssl_request refuses it
+                    self.client = await answer_ssl_request(
+                        self.client, self.proxy.tls.client, reader.take_buffered()
+                    )
+                except ProtocolError as exc:
+                    await self._fail(exc.sqlstate, exc.message)
+            elif isinstance(event, GSSENCRequest):
+                await self.client.send_all(b"N")
             elif isinstance(event, CancelRequest):
                 await self.proxy.forward_cancel(event)
                 return None, b""
