@@ -284,6 +284,19 @@ def _convert_text(text: str) -> str:
     return text
 
 
+def _convert_pool_modes(text: str) -> tuple[tuple[str, PoolMode], ...]:
+    pairs = []
+    for item in _split_list(text):
+        name, separator, mode = item.rpartition(":")
+        if not separator or not name.strip():
+            raise _BadValue(f"{item!r} is not name:mode")
+        try:
+            pairs.append((name.strip(), PoolMode(mode.strip().lower())))
+        except ValueError as exc:
+            raise _BadValue(f"{mode.strip()!r} is not a pool mode") from exc
+    return tuple(pairs)
+
+
 def _render_list(values: tuple[str, ...]) -> str:
     return ",".join(values)
 
@@ -304,6 +317,13 @@ _POSITIVE_SECONDS: Final = _number(
 _WEIGHT: Final = _number(0.0, "a number, 0 or more, such as 1 or 0.5", exclusive=False, type_name="number")
 _MESSAGE_SIZE: Final = _integer(
     1024, 2**30, "a number of bytes between 1024 and 1073741824 (1 GiB)", "integer (bytes)"
+)
+_POOL_MODE_MAP: Final = _Kind(
+    "list of name:mode",
+    "a comma-separated list of name:mode pairs with mode session, transaction or statement, "
+    "such as 'analytics:session'",
+    _convert_pool_modes,
+    lambda pairs: ",".join(f"{name}:{mode}" for name, mode in pairs),
 )
 _BOOL: Final = _Kind("boolean", "on or off (also true/false, yes/no, 1/0)", _convert_bool, _render_bool)
 _LISTEN_ADDRESSES: Final = _Kind(
@@ -579,6 +599,83 @@ class Config:
         _L,
         "Largest protocol message accepted from a client or a server, in bytes; larger is an error.",
     )
+    database_pool_mode: tuple[tuple[str, PoolMode], ...] = _setting(
+        (),
+        _POOL_MODE_MAP,
+        Category.POOLING,
+        _L,
+        """Per-database pool_mode overrides, e.g. 'analytics:session,app:transaction'. A user_pool_mode
+        entry wins over a database entry, which wins over pool_mode.""",
+    )
+    user_pool_mode: tuple[tuple[str, PoolMode], ...] = _setting(
+        (),
+        _POOL_MODE_MAP,
+        Category.POOLING,
+        _L,
+        "Per-user pool_mode overrides, e.g. 'etl:session'. Highest precedence.",
+    )
+    max_prepared_statements: int = _setting(
+        200,
+        _POSITIVE_COUNT,
+        Category.POOLING,
+        _L,
+        """Protocol-level prepared statements each server connection keeps (LRU) in transaction and
+        statement pooling; clients' statements are re-prepared transparently on whichever server
+        they land on.""",
+    )
+    max_unsynced_messages: int = _setting(
+        4096,
+        _COUNT_OR_ZERO,
+        Category.POOLING,
+        _L,
+        """Extended-protocol messages a client may pipeline without a Sync (transaction and statement
+        pooling); beyond it the client gets FATAL 54000 (0 = unlimited).""",
+    )
+    max_client_conn: int = _setting(
+        1000,
+        _POSITIVE_COUNT,
+        Category.POOLING,
+        _L,
+        "Client connections this node accepts at once; one more gets SQLSTATE 53300 at once.",
+    )
+    reserve_pool_size: int = _setting(
+        0,
+        _COUNT_OR_ZERO,
+        Category.POOLING,
+        _L,
+        """Extra server connections a pool may open when a client has waited reserve_pool_timeout
+        seconds (0 = no reserve).""",
+    )
+    reserve_pool_timeout: float = _setting(
+        5.0,
+        _POSITIVE_SECONDS,
+        Category.POOLING,
+        _L,
+        "Seconds a client waits before the reserve pool may serve it.",
+    )
+    client_idle_timeout: int = _setting(
+        0,
+        _SECONDS_OR_ZERO,
+        Category.POOLING,
+        _L,
+        "Close a client connection idle (outside a transaction) this many seconds (0 = never).",
+    )
+    idle_transaction_timeout: int = _setting(
+        0,
+        _SECONDS_OR_ZERO,
+        Category.POOLING,
+        _L,
+        """Close a client that holds a server connection inside a transaction and stays silent this
+        many seconds; the server is rolled back and reused (0 = never).""",
+    )
+
+    def pool_mode_for(self, database: str, user: str) -> PoolMode:
+        """The pool mode for a database/user pair: user override, then database, then pool_mode."""
+        return (
+            dict(self.user_pool_mode).get(user)
+            or dict(self.database_pool_mode).get(database)
+            or self.pool_mode
+        )
 
     # Load balancing
     load_balance_mode: bool = _setting(

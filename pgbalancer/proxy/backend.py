@@ -22,6 +22,7 @@ from pgbalancer.pgwire.errors import ProtocolError, SqlState, parse_error_fields
 from pgbalancer.pgwire.framing import Message
 from pgbalancer.pgwire.messages import AuthCode
 from pgbalancer.proxy.netio import MessageChannel, PeerClosed, PgSocket, connect_tcp
+from pgbalancer.proxy.prepared import ServerStatements
 from pgbalancer.proxy.tls import PLAIN_SERVER_TLS, ServerTls, ServerTlsError, start_server_tls
 
 
@@ -44,6 +45,9 @@ class BackendAddress:
 
     def __str__(self) -> str:
         return f"backend {self.node_id} ({self.host}:{self.port})"
+
+
+DEFAULT_PREPARED_STATEMENTS = 200
 
 
 class BackendUnavailable(Exception):
@@ -72,10 +76,12 @@ class ServerConnection:
         "channel",
         "created_at",
         "database",
+        "dirty",
         "last_used",
         "parameters",
         "sessions_served",
         "socket",
+        "statements",
         "user",
     )
 
@@ -93,6 +99,8 @@ class ServerConnection:
         self.created_at = now
         self.last_used = now
         self.sessions_served = 0
+        self.statements = ServerStatements(DEFAULT_PREPARED_STATEMENTS)
+        self.dirty = False  # holds session state of a client: reset before anyone else gets it
 
     def take_unrelayed_bytes(self) -> bytes:
         """Bytes the handshake reader received but did not consume (forward them first)."""
@@ -112,6 +120,15 @@ class ServerConnection:
                 break
         if error is not None:
             raise ServerError(error)
+
+    async def reset(self, *, rollback: bool, reset_query: str) -> None:
+        """Roll back if needed and run the reset query; the statements it held are gone."""
+        if rollback:
+            await self.run_query("ROLLBACK")
+        if reset_query:
+            await self.run_query(reset_query)
+            self.statements.clear()
+        self.dirty = False
 
     async def _read(self) -> Message:
         try:

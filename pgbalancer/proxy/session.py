@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
+from pgbalancer.config import PoolMode
 from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
@@ -29,8 +30,10 @@ from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, Serve
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
+from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
 from pgbalancer.proxy.tls import answer_ssl_request
+from pgbalancer.proxy.txrelay import TransactionRelay, reset_server
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -92,7 +95,11 @@ class ClientSession:
         if login is None:
             return
         startup, credentials, channel = login
+        mode = self.proxy.config.pool_mode_for(self.database, self.user)
         pool, server = await self._acquire_server(credentials)
+        if mode is not PoolMode.SESSION:
+            await self._serve_pooled_transactions(pool, server, startup, credentials, channel, mode)
+            return
         self.server = server
         try:
             await self._greet(server, startup)
@@ -100,6 +107,44 @@ class ClientSession:
         finally:
             self.server = None
             await self._return_server(pool, server)
+
+    async def _serve_pooled_transactions(
+        self,
+        pool: ServerPool,
+        server: ServerConnection,
+        startup: StartupMessage,
+        credentials: ServerCredentials,
+        channel: MessageChannel,
+        mode: PoolMode,
+    ) -> None:
+        """Transaction/statement pooling: the greeting's server goes back to the pool at once."""
+        try:
+            await self._greet(server, startup)
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        unreported = unreported_settings(startup_settings(startup.parameters), server.parameters)
+        state = ClientSessionState(reported=server.parameters, unreported=unreported)
+        reusable = True
+        if unreported:  # the greeting applied settings other clients must not inherit
+            reusable = await reset_server(
+                server, rollback=False, reset_query=self.proxy.config.server_reset_query
+            )
+        pool.release(server, reusable=reusable)
+        relay = TransactionRelay(
+            self, credentials, channel.reader, state, statement_mode=mode is PoolMode.STATEMENT
+        )
+        farewell = None
+        with trio.CancelScope() as scope:
+            self._relay_scope = scope
+            farewell = await relay.run()
+        self._relay_scope = None
+        if scope.cancelled_caught and relay.client_at_boundary:
+            farewell = error_response(
+                SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
+            )
+        if farewell is not None:
+            await self._send_quietly(farewell)
 
     async def _login(self) -> tuple[StartupMessage, ServerCredentials, MessageChannel] | None:
         """Startup packet and client authentication: no backend is touched yet."""

@@ -49,3 +49,12 @@ def balancer(
 ) -> Iterator[BalancerProcess]:
     with _balancers(pg_cluster, tmp_path_factory.mktemp("balancer")) as start:
         yield start()
+
+
+@pytest.fixture(scope="module", params=["session", "transaction"])
+def pooled_balancer(
+    request: pytest.FixtureRequest, pg_cluster: PgClusterLike, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BalancerProcess]:
+    """A shared node per pool mode; tests using it run once in each mode."""
+    with _balancers(pg_cluster, tmp_path_factory.mktemp(f"balancer-{request.param}")) as start:
+        yield start(pool_mode=request.param, num_init_children=4)

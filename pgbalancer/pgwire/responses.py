@@ -1,0 +1,283 @@
+"""Which server replies belong to which request: the response router of transaction pooling.
+
+PostgreSQL answers requests strictly in order. The router keeps a queue with one entry per
+request the server will answer, and walks the server's byte stream header by header:
+
+* replies to requests the client sent are forwarded untouched (zero-copy slices);
+* replies to requests the proxy injected (a re-prepare on a new server) are dropped;
+* synthetic replies (ParseComplete for a Parse the proxy answered itself) are emitted in
+  the exact position the client expects them;
+* after an ErrorResponse in the extended protocol the server skips everything up to the
+  next Sync, so the router discards those entries too (and reports skipped Parses).
+
+It also reports each ReadyForQuery status and ParameterStatus, which is what the shell
+needs to return a server to the pool at ``ReadyForQuery 'I'``. Pure: no I/O, no clock.
+It inspects message bodies only of ReadyForQuery and ParameterStatus.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pgbalancer.pgwire.errors import ProtocolError
+
+Piece = bytes | memoryview
+
+_HEADER_SIZE = 5
+_ERROR = ord("E")
+_READY = ord("Z")
+_PARAMETER_STATUS = ord("S")
+_PARAMETER_DESCRIPTION = ord("t")
+# Messages the server may send at any time; they belong to no request.
+_ASYNCHRONOUS = frozenset(b"NAS")
+
+
+class Request(enum.IntEnum):
+    PARSE = 1
+    BIND = 2
+    DESCRIBE_STATEMENT = 3
+    DESCRIBE_PORTAL = 4
+    EXECUTE = 5
+    CLOSE = 6
+    SYNC = 7
+    QUERY = 8
+    FUNCTION_CALL = 9
+
+
+# The server message types that complete the reply to each request kind.
+_ENDS_AT: dict[Request, frozenset[int]] = {
+    Request.PARSE: frozenset(b"1"),
+    Request.BIND: frozenset(b"2"),
+    Request.DESCRIBE_STATEMENT: frozenset(b"Tn"),  # after its ParameterDescription 't'
+    Request.DESCRIBE_PORTAL: frozenset(b"Tn"),
+    Request.EXECUTE: frozenset(b"CIs"),  # CommandComplete, EmptyQueryResponse, PortalSuspended
+    Request.CLOSE: frozenset(b"3"),
+    Request.SYNC: frozenset(b"Z"),
+    Request.QUERY: frozenset(b"Z"),
+    Request.FUNCTION_CALL: frozenset(b"Z"),
+}
+# Requests whose reply an ErrorResponse ends (then the server skips to the next Sync).
+_EXTENDED = frozenset(
+    {
+        Request.PARSE,
+        Request.BIND,
+        Request.DESCRIBE_STATEMENT,
+        Request.DESCRIBE_PORTAL,
+        Request.EXECUTE,
+        Request.CLOSE,
+    }
+)
+
+
+@dataclass(slots=True)
+class _Entry:
+    request: Request | None  # None: a synthetic reply, nothing is awaited from the server
+    forward: bool = True  # False: the proxy injected the request; drop its reply
+    synthetic: bytes = b""
+    token: object = None  # given back through on_parse_failed when a Parse did not happen
+
+
+@dataclass(slots=True)
+class _Output:
+    chunk: bytes | bytearray | memoryview
+    pieces: list[Piece] = field(default_factory=list)
+    run_start: int = -1
+    run_end: int = -1
+
+    def keep(self, start: int, end: int) -> None:
+        if start == self.run_end:
+            self.run_end = end
+            return
+        self._flush_run()
+        self.run_start, self.run_end = start, end
+
+    def add(self, data: bytes) -> None:
+        self._flush_run()
+        self.pieces.append(data)
+
+    def _flush_run(self) -> None:
+        if self.run_end > self.run_start:
+            self.pieces.append(memoryview(self.chunk)[self.run_start : self.run_end])
+        self.run_start = self.run_end = -1
+
+    def finish(self) -> list[Piece]:
+        self._flush_run()
+        return self.pieces
+
+
+class ResponseRouter:
+    """Routes one server connection's replies to its current client."""
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 1 << 30,
+        on_parse_failed: Callable[[object], None] | None = None,
+    ) -> None:
+        self._queue: deque[_Entry] = deque()
+        self._skipping = False  # an extended-protocol error: the server ignores requests until Sync
+        self._max_message_size = max_message_size
+        self._on_parse_failed = on_parse_failed
+        self._remaining = 0
+        self._forward_current = True
+        self._capture_current = False
+        self._current_type = 0
+        self._header = bytearray()
+        self._body = bytearray()
+        self._saw_parameter_description = False
+        self.ready_statuses: list[bytes] = []  # ReadyForQuery statuses seen in the last feed
+        self.parameter_changes: list[tuple[str, str]] = []
+        self.last_ready_status = b"I"
+
+    # ---- requests (called as the client's messages go to the server) ----
+
+    def expect(self, request: Request, *, forward: bool = True, token: object = None) -> None:
+        """A request was sent to the server; its reply is forwarded (or dropped if injected)."""
+        if request is Request.SYNC:
+            self._skipping = False
+        elif self._skipping and request in _EXTENDED:
+            if request is Request.PARSE:
+                self._parse_did_not_happen(token)
+            return  # the server will ignore it
+        self._queue.append(_Entry(request, forward, token=token))
+
+    def reply_locally(self, message: bytes) -> None:
+        """The proxy answers a request itself; the reply goes out in the request's position."""
+        if not self._skipping:
+            self._queue.append(_Entry(None, synthetic=message))
+
+    def due_replies(self) -> list[Piece]:
+        """Synthetic replies whose turn has come (nothing awaited from the server before them)."""
+        out = _Output(b"")
+        self._emit_due_synthetic(out)
+        return out.finish()
+
+    @property
+    def outstanding(self) -> int:
+        """Requests still awaiting (or owing) a reply."""
+        return len(self._queue)
+
+    @property
+    def at_boundary(self) -> bool:
+        return self._remaining == 0 and not self._header
+
+    # ---- replies (called with bytes from the server) ----
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[Piece]:
+        """What to send the client for this chunk of server bytes, in order."""
+        self.ready_statuses.clear()
+        self.parameter_changes.clear()
+        out = _Output(chunk)
+        size = len(chunk)
+        position = 0
+        while position < size:
+            if self._remaining:
+                position = self._consume_body(chunk, position, size, out)
+            elif self._header or size - position < _HEADER_SIZE:
+                position = self._collect_split_header(chunk, position, size, out)
+            else:
+                length = int.from_bytes(chunk[position + 1 : position + 5], "big")
+                self._begin(chunk[position], length, out, header=None, header_at=position)
+                position += _HEADER_SIZE
+                if self._remaining == 0:
+                    self._finish(out)
+        self._emit_due_synthetic(out)
+        return out.finish()
+
+    def _collect_split_header(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output
+    ) -> int:
+        needed = _HEADER_SIZE - len(self._header)
+        taken = chunk[position : position + needed]
+        self._header += taken
+        position += len(taken)
+        if len(self._header) == _HEADER_SIZE:
+            header = bytes(self._header)
+            self._header.clear()
+            self._begin(header[0], int.from_bytes(header[1:5], "big"), out, header=header, header_at=-1)
+            if self._remaining == 0:
+                self._finish(out)
+        return position
+
+    def _begin(
+        self, message_type: int, length: int, out: _Output, *, header: bytes | None, header_at: int
+    ) -> None:
+        if length < 4 or length > self._max_message_size:
+            raise ProtocolError(f"server sent an invalid message length {length}")
+        self._emit_due_synthetic(out)
+        self._current_type = message_type
+        self._remaining = length - 4
+        self._forward_current = self._reply_is_forwarded(message_type)
+        self._capture_current = message_type in (_READY, _PARAMETER_STATUS)
+        self._body.clear()
+        if self._forward_current:
+            if header is None:
+                out.keep(header_at, header_at + _HEADER_SIZE)
+            else:
+                out.add(header)
+
+    def _consume_body(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output
+    ) -> int:
+        end = min(size, position + self._remaining)
+        if self._capture_current:
+            self._body += chunk[position:end]
+        if self._forward_current:
+            out.keep(position, end)
+        self._remaining -= end - position
+        if self._remaining == 0:
+            self._finish(out)
+        return end
+
+    def _reply_is_forwarded(self, message_type: int) -> bool:
+        if message_type in _ASYNCHRONOUS or not self._queue or self._queue[0].request is None:
+            return True
+        head = self._queue[0]
+        return head.forward or message_type == _ERROR  # an injected request's error explains what follows
+
+    def _finish(self, out: _Output) -> None:
+        message_type = self._current_type
+        if message_type == _READY:
+            status = bytes(self._body[:1]) or b"I"
+            self.ready_statuses.append(status)
+            self.last_ready_status = status
+        elif message_type == _PARAMETER_STATUS:
+            name, _, rest = bytes(self._body).partition(b"\x00")
+            self.parameter_changes.append(
+                (name.decode(errors="replace"), rest.rstrip(b"\x00").decode(errors="replace"))
+            )
+        if message_type in _ASYNCHRONOUS or not self._queue:
+            return
+        self._complete_head(message_type)
+
+    def _complete_head(self, message_type: int) -> None:
+        head = self._queue[0]
+        assert head.request is not None  # synthetic entries are emitted before any server message
+        if message_type == _ERROR and head.request in _EXTENDED:
+            self._queue.popleft()
+            if head.request is Request.PARSE:
+                self._parse_did_not_happen(head.token)
+            self._skip_to_sync()
+        elif message_type == _PARAMETER_DESCRIPTION and head.request is Request.DESCRIBE_STATEMENT:
+            return
+        elif message_type in _ENDS_AT[head.request]:
+            self._queue.popleft()
+
+    def _skip_to_sync(self) -> None:
+        while self._queue and self._queue[0].request is not Request.SYNC:
+            entry = self._queue.popleft()
+            if entry.request is Request.PARSE:
+                self._parse_did_not_happen(entry.token)
+        if not self._queue:
+            self._skipping = True
+
+    def _emit_due_synthetic(self, out: _Output) -> None:
+        while self._queue and self._queue[0].request is None:
+            out.add(self._queue.popleft().synthetic)
+
+    def _parse_did_not_happen(self, token: object) -> None:
+        if token is not None and self._on_parse_failed is not None:
+            self._on_parse_failed(token)

@@ -1,0 +1,387 @@
+"""Transaction and statement pooling: a server connection per transaction (or statement).
+
+One task reads the client. It parses whole messages, attaches a server connection when
+a message must reach one, rewrites named prepared statements for that server, and sends.
+A pump task per attachment reads the server, routes replies through the ResponseRouter
+(synthetic and dropped replies included), and hands the server back to the pool at
+``ReadyForQuery 'I'`` once every request has its answer. Session state the client
+builds is tracked (sessionstate.py) so it follows the client and never leaks.
+
+This shell holds no protocol decisions of its own: they live in pgwire.responses,
+proxy.prepared and proxy.sessionstate.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+from pgbalancer.pgwire import messages as pgmsg
+from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
+from pgbalancer.pgwire.framing import Message, MessageReader
+from pgbalancer.pgwire.responses import Piece, ResponseRouter
+from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.netio import RECV_SIZE, PeerClosed, PgSocket
+from pgbalancer.proxy.pool import PoolExhausted, ServerPool
+from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
+from pgbalancer.proxy.sessionstate import (
+    ClientSessionState,
+    CommandKind,
+    SessionCommand,
+    classify_session_command,
+)
+
+if TYPE_CHECKING:
+    from pgbalancer.proxy.server import ProxyServer
+    from pgbalancer.proxy.session import ClientSession
+
+log = logging.getLogger(__name__)
+
+_RESET_TIMEOUT = 5.0
+_SYNC_POINTS = frozenset(b"QSF")
+
+
+class RelayEnded(Exception):
+    """The client session must end; what to tell the client (if anything) is attached."""
+
+    def __init__(self, farewell: bytes | None) -> None:
+        super().__init__("relay ended")
+        self.farewell = farewell
+
+
+class _Attachment:
+    """One server connection lent to this client, with its reply router."""
+
+    def __init__(self, pool: ServerPool, server: ServerConnection, router: ResponseRouter) -> None:
+        self.pool = pool
+        self.server = server
+        self.router = router
+        self.lost = False
+
+
+class TransactionRelay:
+    """Serves one authenticated client in transaction or statement pooling mode."""
+
+    def __init__(
+        self,
+        session: ClientSession,
+        credentials: ServerCredentials,
+        reader: MessageReader,
+        state: ClientSessionState,
+        *,
+        statement_mode: bool,
+    ) -> None:
+        self.session = session
+        self.proxy: ProxyServer = session.proxy
+        self.client: PgSocket = session.client
+        self.credentials = credentials
+        self.reader = reader
+        self.state = state
+        self.statements = ClientStatements()
+        self.statement_mode = statement_mode
+        self.attached: _Attachment | None = None
+        self._unsynced = 0
+        self._nursery: trio.Nursery | None = None
+        self._ended: RelayEnded | None = None
+        self.client_at_boundary = True
+
+    async def run(self) -> bytes | None:
+        """Relay until the client leaves; return a FATAL farewell that is safe to send, if any."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._guarded_client_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.client_at_boundary = self.attached is None or self.attached.router.at_boundary
+            with trio.CancelScope(shield=True):
+                await self._detach_on_exit()
+        farewell = self._ended.farewell if self._ended is not None else None
+        return farewell if self.client_at_boundary else None
+
+    async def _guarded_client_loop(self) -> None:
+        try:
+            await self._client_loop()
+        except RelayEnded as ended:  # raised in this task only; the pump reports via _end_from_pump
+            self._ended = ended
+
+    # ---- client side ----
+
+    async def _client_loop(self) -> None:
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        pending = self._drain_client_messages()
+        while True:
+            if pending and await self._handle(pending):
+                return
+            received = await self.client.recv_into(buffer)
+            if received == 0:
+                return
+            self.reader.receive_data(view[:received])
+            pending = self._drain_client_messages()
+
+    def _drain_client_messages(self) -> list[Message]:
+        messages: list[Message] = []
+        try:
+            while isinstance(event := self.reader.next_event(), Message):
+                messages.append(event)
+        except ProtocolError as exc:
+            raise RelayEnded(exc.to_response()) from exc
+        return messages
+
+    async def _handle(self, messages: list[Message]) -> bool:
+        """Process a batch; True when the client said Terminate."""
+        terminated = False
+        for index, message in enumerate(messages):
+            if message.type == b"X":
+                messages, terminated = messages[:index], True
+                break
+        batch: list[Message] = []
+        for message in messages:
+            if message.type == b"Q" and await self._answered_locally(message, batch):
+                continue
+            batch.append(message)
+        if batch:
+            await self._send_to_server(batch)
+        return terminated
+
+    async def _answered_locally(self, message: Message, batch: list[Message]) -> bool:
+        """DEALLOCATE / DISCARD ALL concern this client's statements: pgbalancer answers them."""
+        command = classify_session_command(message.body[:-1].decode("utf-8", "replace"))
+        if command.kind not in (CommandKind.DEALLOCATE, CommandKind.DEALLOCATE_ALL, CommandKind.DISCARD_ALL):
+            return False
+        if batch or (self.attached is not None and self.attached.router.outstanding):
+            return False  # keep ordering simple: only a lone, unpipelined command is answered here
+        if command.kind is CommandKind.DEALLOCATE:
+            self.statements.forget(command.name.encode())
+            tag = b"DEALLOCATE"
+        elif command.kind is CommandKind.DEALLOCATE_ALL:
+            self.statements.clear()
+            tag = b"DEALLOCATE ALL"
+        else:
+            if self.attached is not None and self.attached.router.last_ready_status != b"I":
+                return False  # inside a transaction the server must raise the error itself
+            self.statements.clear()
+            self.state.apply(command, server_reports={})
+            tag = b"DISCARD ALL"
+        status = self.attached.router.last_ready_status if self.attached is not None else b"I"
+        await self.client.send_all(pgmsg.encode_message(b"C", tag + b"\x00") + pgmsg.ready_for_query(status))
+        return True
+
+    async def _send_to_server(self, batch: list[Message]) -> None:
+        self._check_pipeline_depth(batch)
+        attachment = self.attached or await self._attach()
+        self._note_session_effects(batch, attachment.server)
+        rewriter = BatchRewriter(self.statements, attachment.server.statements, attachment.router)
+        data = rewriter.rewrite(batch)
+        if data:
+            try:
+                await attachment.server.socket.send_all(data)
+            except PeerClosed as exc:
+                attachment.lost = True
+                raise RelayEnded(self._server_lost_error(attachment)) from exc
+        await self._send_pieces(attachment.router.due_replies())
+
+    def _check_pipeline_depth(self, batch: list[Message]) -> None:
+        for message in batch:
+            if message.type[0] in _SYNC_POINTS:
+                self._unsynced = 0
+            else:
+                self._unsynced += 1
+        limit = self.proxy.config.max_unsynced_messages
+        if limit and self._unsynced > limit:
+            raise RelayEnded(
+                error_response(
+                    SqlState.PROGRAM_LIMIT_EXCEEDED,
+                    f"more than {limit} protocol messages without Sync",
+                    severity="FATAL",
+                    hint="send Sync more often, or raise max_unsynced_messages",
+                )
+            )
+
+    def _note_session_effects(self, batch: list[Message], server: ServerConnection) -> None:
+        for message in batch:
+            sql = _statement_text(message)
+            if sql is None:
+                continue
+            command = classify_session_command(sql)
+            if command.kind is CommandKind.OTHER:
+                continue
+            if command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.DISCARD_ALL):
+                self.state.apply(command, server_reports=server.parameters)
+            if _leaves_session_state(command):
+                server.dirty = True
+            if self.statement_mode and _opens_transaction(sql):
+                raise RelayEnded(_statement_mode_refusal())
+
+    # ---- attaching and detaching servers ----
+
+    async def _attach(self) -> _Attachment:
+        try:
+            pool, server = await self.proxy.acquire_primary(self.session.database, self.credentials)
+        except PoolExhausted as exc:
+            raise RelayEnded(
+                error_response(SqlState.TOO_MANY_CONNECTIONS, str(exc), severity="FATAL")
+            ) from exc
+        except BackendUnavailable as exc:
+            raise RelayEnded(
+                error_response(
+                    SqlState.CONNECTION_FAILURE,
+                    f"pgbalancer could not connect to the primary: {exc}",
+                    severity="FATAL",
+                )
+            ) from exc
+        except ServerError as exc:
+            raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL")) from exc
+        server.statements.capacity = self.proxy.config.max_prepared_statements
+        try:
+            await self._align_session(server)
+        except BaseException:
+            pool.release(server, reusable=False)
+            raise
+        router = ResponseRouter(
+            max_message_size=self.proxy.config.max_message_size,
+            on_parse_failed=server.statements.discard,
+        )
+        attachment = _Attachment(pool, server, router)
+        self.attached = attachment
+        self.session.server = server
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump, attachment)
+        return attachment
+
+    async def _align_session(self, server: ServerConnection) -> None:
+        sql, leaves_state = self.state.statements_for(server.parameters)
+        if not sql:
+            return
+        try:
+            await server.run_query(sql)
+        except ServerError as exc:
+            raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL")) from exc
+        if leaves_state:
+            server.dirty = True
+
+    async def _pump(self, attachment: _Attachment) -> None:
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
+        router = attachment.router
+        server = attachment.server
+        while True:
+            received = await server.socket.recv_into(buffer)
+            if received == 0:
+                attachment.lost = True
+                await self._end_from_pump(self._server_lost_error(attachment))
+                return
+            try:
+                pieces = router.feed(view[:received])
+            except ProtocolError as exc:
+                attachment.lost = True
+                await self._end_from_pump(exc.to_response())
+                return
+            for name, value in router.parameter_changes:
+                server.parameters[name] = value
+                self.state.note_parameter_status(name, value)
+            await self._send_pieces(pieces)
+            if router.ready_statuses and router.outstanding == 0 and router.at_boundary:
+                if self.statement_mode and router.last_ready_status != b"I":
+                    await self._end_from_pump(_statement_mode_refusal())
+                    return
+                if router.last_ready_status == b"I":
+                    await self._release(attachment)
+                    return
+
+    async def _end_from_pump(self, farewell: bytes | None) -> None:
+        self._ended = RelayEnded(farewell)
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _release(self, attachment: _Attachment) -> None:
+        self.attached = None
+        self.session.server = None
+        server = attachment.server
+        reusable = True
+        if server.dirty:
+            reusable = await reset_server(
+                server, rollback=False, reset_query=self.proxy.config.server_reset_query
+            )
+        attachment.pool.release(server, reusable=reusable)
+
+    async def _detach_on_exit(self) -> None:
+        attachment, self.attached = self.attached, None
+        self.session.server = None
+        if attachment is None:
+            return
+        router = attachment.router
+        at_rest = not attachment.lost and router.outstanding == 0 and router.at_boundary
+        reusable = at_rest
+        if at_rest and (router.last_ready_status != b"I" or attachment.server.dirty):
+            reusable = await reset_server(
+                attachment.server,
+                rollback=router.last_ready_status != b"I",
+                reset_query=self.proxy.config.server_reset_query,
+            )
+        attachment.pool.release(attachment.server, reusable=reusable)
+
+    # ---- output ----
+
+    async def _send_pieces(self, pieces: list[Piece]) -> None:
+        if not pieces:
+            return
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        try:
+            await self.client.send_all(data)
+        except PeerClosed:
+            await self._end_from_pump(None)
+
+    def _server_lost_error(self, attachment: _Attachment) -> bytes | None:
+        if not attachment.router.at_boundary:
+            return None
+        return error_response(
+            SqlState.CONNECTION_FAILURE,
+            f"server connection lost: {attachment.server.address} closed the connection",
+            severity="FATAL",
+            hint="the backend may have restarted; reconnect",
+        )
+
+
+async def reset_server(server: ServerConnection, *, rollback: bool, reset_query: str) -> bool:
+    """Reset a server for the next client; False (close it) if that fails or hangs."""
+    with trio.move_on_after(_RESET_TIMEOUT) as timeout:
+        try:
+            await server.reset(rollback=rollback, reset_query=reset_query)
+        except (ServerError, BackendUnavailable, PeerClosed) as exc:
+            log.warning("closing server connection to %s: reset failed: %s", server.address, exc)
+            return False
+    return not timeout.cancelled_caught
+
+
+def _statement_text(message: Message) -> str | None:
+    """The SQL of a simple Query or of a Parse, if the message carries SQL."""
+    if message.type == b"Q":
+        return message.body[:-1].decode("utf-8", "replace")
+    if message.type == b"P":
+        name_end = message.body.find(b"\x00")
+        query_end = message.body.find(b"\x00", name_end + 1)
+        if name_end >= 0 and query_end > name_end:
+            return message.body[name_end + 1 : query_end].decode("utf-8", "replace")
+    return None
+
+
+def _leaves_session_state(command: SessionCommand) -> bool:
+    return command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.STATEFUL)
+
+
+def _opens_transaction(sql: str) -> bool:
+    words = sql.lstrip().split(None, 1)
+    return bool(words) and words[0].rstrip(";").lower() in ("begin", "start")
+
+
+def _statement_mode_refusal() -> bytes:
+    return error_response(
+        SqlState.FEATURE_NOT_SUPPORTED,
+        "transaction blocks are not allowed in statement pooling mode",
+        severity="FATAL",
+        hint="use pool_mode = transaction for this database or user",
+    )
