@@ -197,6 +197,12 @@ class TlsConnection:
         finally:
             self._usable = self._usable and completed
 
+    @property
+    def description(self) -> str:
+        """Protocol version and cipher suite, such as 'TLSv1.3/TLS_AES_256_GCM_SHA384'."""
+        cipher = self._stream.cipher()
+        return f"{self._stream.version()}/{cipher[0]}" if cipher else str(self._stream.version())
+
     def looks_idle_and_open(self) -> bool:
         """True only if no decrypted byte waits and the socket is quiet (see TcpConnection's).
 
@@ -236,6 +242,13 @@ class TlsConnection:
             ssl_object.unwrap()
         with contextlib.suppress(OSError):  # a full send buffer (EAGAIN) or a gone peer: just close
             os.write(self._sock.fileno(), (delayed if isinstance(delayed, bytes) else b"") + outgoing.read())
+
+
+def tls_description(connection: PgSocket) -> str:
+    """PgBouncer's ``tls`` column of SHOW CLIENTS/SERVERS: 'TLSv1.3/TLS_AES_256_GCM_SHA384', '' if plain."""
+    if not isinstance(connection, TlsConnection):
+        return ""
+    return connection.description
 
 
 async def answer_ssl_request(client: PgSocket, tls: ClientTls, unread: bytes) -> PgSocket:

@@ -132,6 +132,31 @@ def test_large_results_and_copy_both_ways_through_tls(
     assert lines[99999] == "99999\tname-99999"
 
 
+def test_transaction_pooling_over_tls_on_both_sides(
+    tls_cluster: LocalPgCluster, tls_files: TlsFiles, tmp_path: Path
+) -> None:
+    settings: dict[str, Setting] = {
+        **client_tls(tls_files, "require"),
+        "pool_mode": "transaction",
+        "server_tls_sslmode": "verify-full",
+        "server_tls_ca_file": str(tls_files.ca),
+    }
+    with (
+        balancer_for(tls_cluster, tmp_path / "tx", **settings) as node,
+        connect(node, sslmode="require") as first,
+        connect(node, sslmode="require") as second,
+    ):
+        for round_number in range(20):  # server connections change hands between transactions
+            for conn in (first, second):
+                with conn.transaction():
+                    row = conn.execute(
+                        f"SELECT ssl, {round_number} FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
+                    )
+                    assert row.fetchone() == (True, round_number)
+        assert uses_tls(first)
+        assert uses_tls(second)
+
+
 def test_cancel_reaches_the_backend_through_tls(
     balancer_factory: BalancerFactory, tls_files: TlsFiles, pg_cluster: PgClusterLike, poll: Poll
 ) -> None:

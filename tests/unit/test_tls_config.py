@@ -28,6 +28,7 @@ from pgbalancer.proxy.tls import (
     TlsHandshakeFailed,
     answer_ssl_request,
     start_server_tls,
+    tls_description,
 )
 from tests.integration.tls_support import TlsFiles, make_tls_files
 
@@ -236,6 +237,8 @@ async def test_tls_connections_carry_bytes_both_ways_at_once(tls_files: TlsFiles
         nursery.start_soon(accepted.send_all, memoryview(payload))
         nursery.start_soon(connected.send_all, payload)
     assert results == {"at accepted": payload, "at connected": payload}
+    assert tls_description(accepted).startswith("TLSv1.")
+    assert tls_description(connected) == tls_description(accepted)
     accepted.close()
     connected.close()
 
@@ -314,3 +317,4 @@ async def test_verify_full_refuses_a_certificate_for_another_host(tls_files: Tls
 
 def test_disabled_client_tls_lets_plain_clients_in(plain: TcpConnection) -> None:
     assert ClientTls(SslMode.DISABLE, None).plaintext_rejection(plain) is None
+    assert tls_description(plain) == ""
