@@ -448,6 +448,49 @@ class Config:
         "Users allowed into the admin console database 'pgbalancer', comma separated.",
     )
 
+    auth_user: str = _setting(
+        "",
+        _TEXT,
+        Category.AUTH,
+        _L,
+        """User that looks up the secrets of clients missing from auth_file by running auth_query on
+        the primary ('' = off; PgBouncer's meaning). The looked-up SCRAM verifier or md5 hash is used
+        exactly like an auth_file entry, including the backend login by SCRAM pass-through, so no
+        plaintext password is needed anywhere. auth_user itself logs in like any user: put its
+        plaintext password in auth_file (an md5 hash works only if the server uses md5 for it), or
+        let the server trust it in pg_hba.conf; a SCRAM verifier entry cannot log auth_user in.
+        Needs auth_type md5 or scram-sha-256. pgbalancer keeps at most 2 auth_user connections per
+        database.""",
+    )
+    auth_query: str = _setting(
+        "SELECT usename, passwd FROM pg_shadow WHERE usename=$1",
+        _TEXT,
+        Category.AUTH,
+        _L,
+        """Query that returns the stored secret of user $1: one row with a column named passwd (or
+        exactly two columns, the secret second), or no row / NULL for an unknown user. The user name
+        is sent as a bound parameter, never pasted into the SQL. Reading pg_shadow needs a
+        superuser; otherwise point it at a SECURITY DEFINER function owned by one, such as
+        'SELECT usename, passwd FROM pgbalancer.user_lookup($1)', executable only by auth_user.""",
+    )
+    auth_dbname: str = _setting(
+        "",
+        _TEXT,
+        Category.AUTH,
+        _L,
+        """Database auth_user connects to to run auth_query; '' = the database the client asked
+        for (as in PgBouncer), so auth_query must then work in every database.""",
+    )
+    auth_query_cache_ttl: int = _setting(
+        0,
+        _integer(0, 3600, "a whole number of seconds between 0 (no caching) and 3600", "integer (seconds)"),
+        Category.AUTH,
+        _L,
+        """Seconds a secret found by auth_query is reused for later logins of the same user and
+        database without asking the server again (0 = ask on every login). A changed password takes
+        effect after at most this long; unknown users are never cached. At most 10000 entries.""",
+    )
+
     # TLS (PgBouncer's key names; file paths are relative to the config file's directory)
     client_tls_sslmode: SslMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
         SslMode.DISABLE,
@@ -1133,6 +1176,23 @@ def _check_auth_file_set(config: Config, build: _Build) -> Iterator[str]:
         )
 
 
+def _check_auth_query(config: Config, build: _Build) -> Iterator[str]:
+    if not config.auth_user:
+        return
+    if config.auth_type is AuthType.TRUST:
+        yield (
+            f"{build.where('auth_user')}: auth_user = {_quote(config.auth_user)} but auth_type = trust asks "
+            "no password, so auth_query would never run; set auth_type = scram-sha-256 (or md5), or "
+            "set auth_user = ''"
+        )
+    if "$1" not in config.auth_query:
+        yield (
+            f"{build.where('auth_query')}: auth_query = {_quote(config.auth_query)} does not use $1, "
+            "the user name being looked up; write it like "
+            "'SELECT usename, passwd FROM pg_shadow WHERE usename=$1'"
+        )
+
+
 def _check_watchdog_secret(config: Config, build: _Build) -> Iterator[str]:
     if config.watchdog_nodes and not config.watchdog_secret:
         yield (
@@ -1209,6 +1269,7 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
     (frozenset({"backends"}), _check_backends_exist),
     (frozenset({"backends", "load_balance_mode"}), _check_weights),
     (frozenset({"auth_type", "auth_file"}), _check_auth_file_set),
+    (frozenset({"auth_user", "auth_type", "auth_query"}), _check_auth_query),
     (frozenset({"watchdog_nodes", "watchdog_secret"}), _check_watchdog_secret),
     (frozenset({"delegate_ip", "delegate_ip_interface"}), _check_delegate_ip),
     (

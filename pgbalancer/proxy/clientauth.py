@@ -1,10 +1,12 @@
-"""Client authentication: trust, md5 and scram-sha-256 against the auth file.
+"""Client authentication: trust, md5 and scram-sha-256 against the auth file (or auth_query).
 
 Follows PgBouncer's meaning of ``auth_type`` and of the userlist entries: a plaintext
 password works with every method, an ``md5…`` hash with md5, and a SCRAM verifier with
 SCRAM (and with md5 clients upgraded to SCRAM, as PgBouncer does). Unknown users go
 through the same challenge as known ones, with a mock secret, so the exchange itself
 does not reveal whether the user exists. Secrets never reach logs or error texts.
+A user missing from the auth file is looked up in the injected ``SecretSource`` (auth_query,
+see ``authquery.py``); whatever it returns is used exactly like an auth-file entry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
+from typing import Protocol
 
 from pgbalancer.config import AuthType
 from pgbalancer.pgwire import messages as pgmsg
@@ -74,18 +77,32 @@ def _failure(user: str, known: bool) -> ClientAuthFailed:
     return ClientAuthFailed(sqlstate, f'password authentication failed for user "{user}"')
 
 
+class SecretSource(Protocol):
+    """Where secrets of users missing from the auth file come from (auth_query)."""
+
+    async def lookup(self, user: str, database: str) -> str | None:
+        """The stored secret, None for an unknown user; ClientAuthFailed if it cannot tell."""
+        ...
+
+
 class ClientAuthenticator:
     """Runs the auth exchange for one node; holds derived verifiers and the mock-secret key."""
 
-    def __init__(self, auth_type: AuthType, userlist: Mapping[str, str]) -> None:
+    def __init__(
+        self, auth_type: AuthType, userlist: Mapping[str, str], secret_source: SecretSource | None = None
+    ) -> None:
         self.auth_type = auth_type
         self.userlist = dict(userlist)
+        self.secret_source = secret_source
         self._mock_key = secrets.token_bytes(32)
         self._derived: dict[tuple[str, str], ScramVerifier] = {}
 
-    async def authenticate(self, channel: MessageChannel, user: str) -> ServerCredentials:
-        """Challenge the client; return backend credentials or raise ClientAuthFailed."""
-        stored = self.userlist.get(user)
+    async def authenticate(self, channel: MessageChannel, user: str, database: str = "") -> ServerCredentials:
+        """Challenge the client; return backend credentials or raise ClientAuthFailed.
+
+        ``database`` is the one the client asked for; auth_query runs there unless auth_dbname is set.
+        """
+        stored = await self._lookup(user, database)
         method = choose_method(self.auth_type, stored)
         if method is Method.TRUST:
             return credentials_from_secret(user, stored)
@@ -101,6 +118,13 @@ class ClientAuthenticator:
         if verifier is not None:
             return ServerCredentials(user, scram_client_key=client_key, scram_server_key=verifier.server_key)
         return credentials_from_secret(user, stored)
+
+    async def _lookup(self, user: str, database: str) -> str | None:
+        """The user's stored secret: the auth file first, then the secret source (never under trust)."""
+        stored = self.userlist.get(user)
+        if stored is not None or self.secret_source is None or self.auth_type is AuthType.TRUST:
+            return stored
+        return await self.secret_source.lookup(user, database)
 
     async def _md5(self, channel: MessageChannel, user: str, stored: str | None) -> None:
         salt = secrets.token_bytes(4)
