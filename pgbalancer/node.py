@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -39,6 +40,9 @@ class Node:
         self.config_path = config_path
         self.config = config
         self.proxy = ProxyServer(config, userlist)
+        # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to this node.
+        self.proxy.reload_callback = self.reload
+        self.proxy.shutdown_callback = partial(os.kill, os.getpid(), signal.SIGTERM)
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import trio
 
 from pgbalancer.config import Config, ConfigError
 from pgbalancer.pgwire.messages import CancelRequest
+from pgbalancer.proxy.admin_commands import STATS_PERIOD, StatsHistory
 from pgbalancer.proxy.backend import (
     BackendAddress,
     BackendUnavailable,
@@ -71,6 +73,11 @@ class ProxyServer:
         self._process_ids = itertools.count(secrets.randbelow(1 << 20) + 1)
         self.listening: list[ListenAddress] = []
         self.accepted_total = 0
+        # Wired by the node, read by the admin console: RELOAD = SIGHUP, SHUTDOWN = SIGTERM.
+        self.reload_callback: Callable[[], None] | None = None
+        self.shutdown_callback: Callable[[], None] | None = None
+        self.started_at = time.time()  # wall clock, shown by the admin console
+        self.stats_history = StatsHistory(STATS_PERIOD, time.monotonic())  # SHOW STATS' avg_* window
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[ListenAddress]] = trio.TASK_STATUS_IGNORED

@@ -26,6 +26,7 @@ from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
 from pgbalancer.pgwire.messages import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from pgbalancer.pgwire.scan import HeaderScanner
+from pgbalancer.proxy.admin import ADMIN_DATABASES, serve_admin_console
 from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
@@ -95,6 +96,9 @@ class ClientSession:
         if login is None:
             return
         startup, credentials, channel = login
+        if self.database in ADMIN_DATABASES:
+            await serve_admin_console(self.proxy, self, channel)
+            return
         mode = self.proxy.config.pool_mode_for(self.database, self.user)
         pool, server = await self._acquire_server(credentials)
         if mode is not PoolMode.SESSION:
