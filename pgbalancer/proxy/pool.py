@@ -42,6 +42,8 @@ class PoolLimits:
     max_sessions_per_server: int
     max_age: float
     wait_timeout: float
+    reserve_size: int = 0  # extra connections for clients that waited reserve_timeout
+    reserve_timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,16 @@ class ServerPool:
         self._waiting_since: dict[object, float] = {}  # lease -> when its client began to wait
         self._idle: deque[ServerConnection] = deque()
         self._slots = trio.CapacityLimiter(limits.max_size)
+        self._reserve = trio.CapacityLimiter(max(1, limits.reserve_size))
         self._leases: dict[int, object] = {}
+        self._limiter_of: dict[object, trio.CapacityLimiter] = {}  # lease -> the limiter it holds
         self.opened_total = 0
         self.closed_total = 0
 
     def set_limits(self, limits: PoolLimits) -> None:
         self.limits = limits
         self._slots.total_tokens = limits.max_size
+        self._reserve.total_tokens = max(1, limits.reserve_size)
 
     @property
     def active(self) -> int:
@@ -192,7 +197,7 @@ class ServerPool:
         with self._queued(lease, queued_at), trio.move_on_after(self.limits.wait_timeout) as wait:
             if self.pause_gate.blocks(self.key.database):
                 await self.pause_gate.wait_open(self.key.database)
-            await self._slots.acquire_on_behalf_of(lease)
+            self._limiter_of[lease] = await self._take_slot(lease)
         if wait.cancelled_caught and self.pause_gate.blocks(self.key.database):
             raise PoolExhausted(
                 f"database {self.key.database} stayed paused (PAUSE on the admin console) for "
@@ -209,11 +214,33 @@ class ServerPool:
                 server = await open_server()
                 self.opened_total += 1
         except BaseException:
-            self._slots.release_on_behalf_of(lease)
+            self._limiter_of.pop(lease).release_on_behalf_of(lease)
             raise
         self._leases[id(server)] = lease
         self._count_assignment(queued_at)
         return server
+
+    async def _take_slot(self, lease: object) -> trio.CapacityLimiter:
+        """A regular slot; once the client has waited reserve_timeout, a reserve slot will do."""
+        if not self.limits.reserve_size:
+            await self._slots.acquire_on_behalf_of(lease)
+            return self._slots
+        with trio.move_on_after(self.limits.reserve_timeout):
+            await self._slots.acquire_on_behalf_of(lease)
+            return self._slots
+        won: list[trio.CapacityLimiter] = []
+
+        async def race(limiter: trio.CapacityLimiter, scope: trio.CancelScope) -> None:
+            await limiter.acquire_on_behalf_of(lease)
+            won.append(limiter)
+            scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(race, self._slots, nursery.cancel_scope)
+            nursery.start_soon(race, self._reserve, nursery.cancel_scope)
+        for extra in won[1:]:  # both were granted in the same tick: keep one
+            extra.release_on_behalf_of(lease)
+        return won[0]
 
     @contextlib.contextmanager
     def _queued(self, lease: object, since: float) -> Iterator[None]:
@@ -242,7 +269,10 @@ class ServerPool:
     @property
     def logging_in(self) -> int:
         """Server connections being opened right now (slots taken, not yet lent)."""
-        return max(0, self._slots.borrowed_tokens - len(self._leases))
+        borrowed = self._slots.borrowed_tokens + (
+            self._reserve.borrowed_tokens if self.limits.reserve_size else 0
+        )
+        return max(0, borrowed - len(self._leases))
 
     def idle_servers(self) -> tuple[ServerConnection, ...]:
         return tuple(self._idle)
@@ -261,7 +291,7 @@ class ServerPool:
         """Take a connection back; close it unless it is clean and within its limits."""
         lease = self._leases.pop(id(server), None)
         if lease is not None:
-            self._slots.release_on_behalf_of(lease)
+            self._limiter_of.pop(lease).release_on_behalf_of(lease)
         now = trio.current_time()
         server.sessions_served += 1
         server.last_used = now

@@ -45,6 +45,8 @@ def pool_limits(config: Config) -> PoolLimits:
         max_sessions_per_server=config.child_max_connections,
         max_age=config.connection_life_time,
         wait_timeout=config.query_wait_timeout,
+        reserve_size=config.reserve_pool_size,
+        reserve_timeout=config.reserve_pool_timeout,
     )
 
 

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 _SYNC_POINTS = b"QSF"
 _RESTFUL_LAST_CLIENT_MESSAGES = frozenset(b"QSFcf") | {0}
 _RESET_TIMEOUT = 5.0
+_DRAIN_SECONDS = 1.0
+_DRAIN_LIMIT = 16 * 1024 * 1024
 
 
 class SessionEnded(Exception):
@@ -64,6 +66,7 @@ class ClientSession:
         self.database = ""
         self._relay_scope: trio.CancelScope | None = None
         self._relay_result: _Relay | None = None
+        self._said_goodbye = False  # a final error went out: drain before closing
 
     async def run(self) -> None:
         try:
@@ -81,7 +84,21 @@ class ClientSession:
                 )
             )
         finally:
+            if self._said_goodbye:
+                await self._drain_client()
             self.client.close()
+
+    async def _drain_client(self) -> None:
+        """Read what the client still sends for a moment, so closing does not reset the
+        connection (a TCP RST would destroy the FATAL error we just sent before it is read)."""
+        buffer = bytearray(RECV_SIZE)
+        with trio.CancelScope(shield=True), trio.move_on_after(_DRAIN_SECONDS):
+            drained = 0
+            while drained < _DRAIN_LIMIT:
+                received = await self.client.recv_into(buffer)
+                if received == 0:
+                    return
+                drained += received
 
     def request_shutdown(self) -> None:
         if self._relay_scope is not None:
@@ -156,6 +173,13 @@ class ClientSession:
         if startup is None:
             return None
         self.user, self.database = startup.user, startup.database
+        limit = self.proxy.config.max_client_conn
+        if len(self.proxy.sessions) > limit:  # this session is already counted
+            await self._fail(
+                SqlState.TOO_MANY_CONNECTIONS,
+                f"no more connections allowed (max_client_conn = {limit})",
+                hint="raise max_client_conn, or pool connections in the application",
+            )
         channel = MessageChannel(self.client, self.proxy.config.max_message_size)
         if leftover:  # (an empty feed would mean EOF to the reader)
             channel.reader.receive_data(leftover)
@@ -304,6 +328,7 @@ class ClientSession:
         raise SessionEnded(message)
 
     async def _send_quietly(self, data: bytes) -> None:
+        self._said_goodbye = True
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(PeerClosed):
             await self.client.send_all(data)
 

@@ -116,11 +116,35 @@ class TransactionRelay:
         while True:
             if pending and await self._handle(pending):
                 return
-            received = await self.client.recv_into(buffer)
+            received = await self._receive_within_idle_limits(buffer)
             if received == 0:
                 return
             self.reader.receive_data(view[:received])
             pending = self._drain_client_messages()
+
+    async def _receive_within_idle_limits(self, buffer: bytearray) -> int:
+        config = self.proxy.config
+        in_transaction = self.attached is not None
+        limit = config.idle_transaction_timeout if in_transaction else config.client_idle_timeout
+        if not limit:
+            return await self.client.recv_into(buffer)
+        with trio.move_on_after(limit):
+            return await self.client.recv_into(buffer)
+        if in_transaction:
+            raise RelayEnded(
+                error_response(
+                    SqlState.IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                    f"terminating connection: idle in transaction for {limit}s (idle_transaction_timeout)",
+                    severity="FATAL",
+                )
+            )
+        raise RelayEnded(
+            error_response(
+                SqlState.IDLE_SESSION_TIMEOUT,
+                f"terminating connection: idle for {limit}s (client_idle_timeout)",
+                severity="FATAL",
+            )
+        )
 
     def _drain_client_messages(self) -> list[Message]:
         messages: list[Message] = []
@@ -206,15 +230,13 @@ class TransactionRelay:
             sql = _statement_text(message)
             if sql is None:
                 continue
+            if self.statement_mode and _opens_transaction(sql):
+                raise RelayEnded(_statement_mode_refusal())
             command = classify_session_command(sql)
-            if command.kind is CommandKind.OTHER:
-                continue
             if command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.DISCARD_ALL):
                 self.state.apply(command, server_reports=server.parameters)
             if _leaves_session_state(command):
                 server.dirty = True
-            if self.statement_mode and _opens_transaction(sql):
-                raise RelayEnded(_statement_mode_refusal())
 
     # ---- attaching and detaching servers ----
 
