@@ -63,6 +63,7 @@ from pgbalancer.proxy.admin_commands import (
 )
 from pgbalancer.proxy.netio import MessageChannel, PeerClosed, PgSocket, connect_tcp
 from pgbalancer.proxy.pool import ServerPool
+from pgbalancer.proxy.tls import tls_description
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.backend import ServerConnection
@@ -385,7 +386,6 @@ def _pool_rows(proxy: ProxyServer) -> list[PoolRow]:
     for pool in proxy.pools.pools():
         grouped[pool.key.database, pool.key.user].append(pool)
     now = trio.current_time()
-    pool_mode = str(proxy.config.pool_mode)
     rows = [
         PoolRow(
             ADMIN_DATABASE, ADMIN_DATABASE, len(_console_sessions(proxy)), 0, 0, 0, 0, 0, _ADMIN_POOL_MODE
@@ -405,7 +405,7 @@ def _pool_rows(proxy: ProxyServer) -> list[PoolRow]:
                 sv_idle=sum(p.idle_count for p in pools),
                 sv_login=sum(p.logging_in for p in pools),
                 maxwait_us=int((now - min(started)) * 1_000_000) if started else 0,
-                pool_mode=pool_mode,
+                pool_mode=str(proxy.config.pool_mode_for(database, user)),
             )
         )
     return rows
@@ -453,7 +453,7 @@ def _client_rows(proxy: ProxyServer, clock: _Clock) -> list[ConnectionRow]:
                 ptr=_ptr(session),
                 link=_ptr(server) if server is not None else "",
                 remote_pid=0,
-                tls="",
+                tls=tls_description(session.client),
                 application_name=str(getattr(session, "application_name", "") or ""),
                 id=session.process_id,
             )
@@ -489,7 +489,7 @@ def _server_row(
         ptr=_ptr(server),
         link=_ptr(client) if client is not None else "",
         remote_pid=server.backend_pid,
-        tls="",
+        tls=tls_description(server.socket),
         application_name=str(getattr(client, "application_name", "") or ""),
         id=server.backend_pid,
     )
@@ -529,9 +529,17 @@ def _database_rows(proxy: ProxyServer) -> list[DatabaseRow]:
                 current_connections=sum(p.active + p.idle_count for p in pools.pools(name)),
                 current_client_connections=sum(1 for s in sessions if s.database == name),
                 paused=pools.pause_gate.blocks(name),
+                pool_mode=_database_pool_mode(proxy, name),
+                reserve_pool_size=config.reserve_pool_size,
             )
         )
     return rows
+
+
+def _database_pool_mode(proxy: ProxyServer, database: str) -> str | None:
+    """The database's own pool_mode override, or None (PgBouncer's NULL) when pool_mode applies."""
+    override = dict(proxy.config.database_pool_mode).get(database)
+    return str(override) if override is not None else None
 
 
 def _stat_totals(proxy: ProxyServer) -> dict[str, StatTotals]:

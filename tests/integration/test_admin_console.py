@@ -23,6 +23,7 @@ from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, BENCH_DB, PgClusterLike
 from tests.integration.proxy_support import USERLIST, BalancerFactory, base_settings, write_userlist
 from tests.integration.test_node_lifecycle import asyncpg_login_sqlstate
+from tests.integration.tls_support import make_tls_files
 from tests.unit.test_admin_commands import (
     PGBOUNCER_DATABASES,
     PGBOUNCER_POOLS,
@@ -38,10 +39,14 @@ PSQL = Path("/usr/lib/postgresql/15/bin/psql")
 Row = dict[str, Any]
 
 
-def console(node: BalancerProcess, database: str = "pgbalancer", user: str = ADMIN) -> psycopg.Connection:
+def console(
+    node: BalancerProcess, database: str = "pgbalancer", user: str = ADMIN, **conninfo: str
+) -> psycopg.Connection:
     """A console connection; ClientCursor keeps psycopg on the simple query protocol, as psql is."""
     return psycopg.connect(
-        node.dsn(user, database, USERLIST[user]), autocommit=True, cursor_factory=psycopg.ClientCursor
+        node.dsn(user, database, USERLIST[user], **conninfo),
+        autocommit=True,
+        cursor_factory=psycopg.ClientCursor,
     )
 
 
@@ -217,6 +222,25 @@ def test_psql_plain_expanded_and_unaligned_output(admin_node: BalancerProcess) -
     assert wrong.returncode == 1 and "invalid command" in wrong.stderr
 
 
+def test_show_clients_tls_column(balancer_factory: BalancerFactory, tmp_path: Path) -> None:
+    files = make_tls_files(tmp_path / "tls")
+    node = balancer_factory(
+        admin_users=ADMIN,
+        client_tls_sslmode="allow",
+        client_tls_cert_file=str(files.server.cert),
+        client_tls_key_file=str(files.server.key),
+    )
+    tls_dsn = node.dsn("app_scram", APP_DB, USERLIST["app_scram"], sslmode="require")
+    with psycopg.connect(tls_dsn, autocommit=True) as over_tls, console(node, sslmode="disable") as admin:
+        over_tls.execute("SELECT 1")
+        (client,) = rows_where(admin, "CLIENTS", user="app_scram")
+        assert client["tls"].startswith("TLSv1.")
+        (console_row,) = rows_where(admin, "CLIENTS", user=ADMIN)
+        assert console_row["tls"] == ""
+        (server,) = rows_where(admin, "SERVERS", database=APP_DB)
+        assert server["tls"] == ""  # the backend side is plain here
+
+
 # --------------------------------------------------------------------------- PAUSE / RESUME / KILL
 
 
@@ -261,6 +285,32 @@ def test_kill_disconnects_the_databases_clients(balancer_factory: BalancerFactor
         with app_client(node) as again:
             assert again.execute("SELECT 3").fetchone() == (3,)
     bystander.close()
+
+
+def test_in_transaction_pooling_pause_holds_the_next_query_of_a_connected_client(
+    balancer_factory: BalancerFactory,
+) -> None:
+    node = balancer_factory(admin_users=ADMIN, pool_mode="transaction")
+    with app_client(node) as client, console(node) as admin, console(node) as watcher:
+        client.execute("SELECT 1")
+        assert admin.execute("PAUSE").statusmessage == "PAUSE"  # idle between transactions: no wait
+        assert show(watcher, "STATE")[1][1] == {"key": "paused", "value": "yes"}
+        with in_thread(lambda: client.execute("SELECT 7").fetchone()) as query:
+            (pool,) = wait_for(lambda: rows_where(watcher, "POOLS", database=APP_DB, cl_waiting=1))
+            assert pool["pool_mode"] == "transaction" and not query
+            admin.execute("RESUME")
+            wait_for(lambda: query, message="the held query to run")
+        assert query == [(7,)]
+
+
+def test_in_transaction_pooling_kill_drops_idle_clients_too(balancer_factory: BalancerFactory) -> None:
+    node = balancer_factory(admin_users=ADMIN, pool_mode="transaction")
+    with app_client(node) as client, console(node) as admin:
+        client.execute("SELECT 1")
+        admin.execute("KILL app")
+        with pytest.raises(psycopg.OperationalError):
+            client.execute("SELECT 1")
+        assert not rows_where(admin, "CLIENTS", database=APP_DB)
 
 
 # --------------------------------------------------------------------------- RELOAD / SHUTDOWN
