@@ -30,7 +30,7 @@ from pgbalancer.proxy.admin import ADMIN_DATABASES, serve_admin_console
 from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
-from pgbalancer.proxy.pool import PoolExhausted, ServerPool
+from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
 from pgbalancer.proxy.tls import answer_ssl_request
@@ -124,7 +124,7 @@ class ClientSession:
         self.server = server
         try:
             await self._greet(server, startup)
-            await self._relay(server, channel)
+            await self._relay(server, channel, pool.counters)
         finally:
             self.server = None
             await self._return_server(pool, server)
@@ -257,8 +257,8 @@ class ClientSession:
         greeting += server.take_unrelayed_bytes()
         await self.client.send_all(greeting)
 
-    async def _relay(self, server: ServerConnection, channel: MessageChannel) -> None:
-        relay = _Relay(self.client, server)
+    async def _relay(self, server: ServerConnection, channel: MessageChannel, counters: PoolCounters) -> None:
+        relay = _Relay(self.client, server, counters)
         pending_from_client = channel.reader.take_buffered()
         with trio.CancelScope() as scope:
             self._relay_scope = scope
@@ -336,9 +336,10 @@ class ClientSession:
 class _Relay:
     """Both directions of one session's byte relay, with the bookkeeping that decides reuse."""
 
-    def __init__(self, client: PgSocket, server: ServerConnection) -> None:
+    def __init__(self, client: PgSocket, server: ServerConnection, counters: PoolCounters) -> None:
         self.client = client
         self.server = server
+        self.counters = counters
         self.client_scanner = HeaderScanner(capture=b"X", count=_SYNC_POINTS)
         self.server_scanner = HeaderScanner(capture=b"ZS", count=b"Z")
         self.transaction_status = b"I"
@@ -385,6 +386,7 @@ class _Relay:
                 return
             chunk = chunk[:start]
         if chunk:
+            self.counters.bytes_received += len(chunk)
             try:
                 await self.server.socket.send_all(chunk)
             except PeerClosed:
@@ -400,9 +402,12 @@ class _Relay:
                 self.server_closed = True
                 return
             chunk = view[:received]
+            self.counters.bytes_sent += received
             for message in scanner.feed(chunk):
                 if message.type == b"Z":
                     self.transaction_status = message.body
+                    self.counters.query_count += 1
+                    self.counters.xact_count += message.body == b"I"
                 else:
                     name, value = pgmsg.parse_parameter_status(message.body)
                     self.server.parameters[name] = value

@@ -59,6 +59,26 @@ class _Attachment:
         self.server = server
         self.router = router
         self.lost = False
+        self.attached_at = trio.current_time()
+        self.request_started_at = self.attached_at
+
+    def count_request(self, size: int) -> None:
+        if not self.router.outstanding:
+            self.request_started_at = trio.current_time()
+        self.pool.counters.bytes_received += size
+
+    def count_replies(self, size: int) -> None:
+        counters = self.pool.counters
+        counters.bytes_sent += size
+        answered = len(self.router.ready_statuses)
+        if answered:
+            counters.query_count += answered
+            counters.query_time_us += int((trio.current_time() - self.request_started_at) * 1_000_000)
+
+    def count_transaction(self) -> None:
+        counters = self.pool.counters
+        counters.xact_count += 1
+        counters.xact_time_us += int((trio.current_time() - self.attached_at) * 1_000_000)
 
 
 class TransactionRelay:
@@ -200,6 +220,7 @@ class TransactionRelay:
         self._note_session_effects(batch, attachment.server)
         rewriter = BatchRewriter(self.statements, attachment.server.statements, attachment.router)
         data = rewriter.rewrite(batch)
+        attachment.count_request(len(data))
         if data:
             try:
                 await attachment.server.socket.send_all(data)
@@ -305,6 +326,7 @@ class TransactionRelay:
             for name, value in router.parameter_changes:
                 server.parameters[name] = value
                 self.state.note_parameter_status(name, value)
+            attachment.count_replies(received)
             await self._send_pieces(pieces)
             if router.ready_statuses and router.outstanding == 0 and router.at_boundary:
                 if self.statement_mode and router.last_ready_status != b"I":
@@ -320,6 +342,7 @@ class TransactionRelay:
         self._nursery.cancel_scope.cancel()
 
     async def _release(self, attachment: _Attachment) -> None:
+        attachment.count_transaction()
         self.attached = None
         self.session.server = None
         server = attachment.server
