@@ -163,14 +163,17 @@ def _join(ports: Sequence[int]) -> str:
 # ---- pgbalancer -------------------------------------------------------------------------------------
 
 
+DEMO_POOL_SIZE = 4
+
+
 def balancer_settings(cluster: LocalPgCluster, port: int, paths: DemoPaths) -> dict[str, Setting]:
     settings: dict[str, Setting] = {
         "listen_addresses": LOCALHOST,
         "port": port,
-        # Only session pooling exists so far; switch to transaction once the proxy has it.
-        "pool_mode": "session",
+        # Transaction pooling: the 8 pgbench clients share at most 4 server connections.
+        "pool_mode": "transaction",
         "auth_type": "trust",
-        "num_init_children": 20,
+        "num_init_children": DEMO_POOL_SIZE,
         "max_pool": 4,
         "pid_file": str(paths.pid_file),
     }
@@ -475,8 +478,19 @@ def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
     return (
         f"Throughput\n{throughput}\n\n"
         f"Which backend served what (xact_commit delta in db {BENCH_DB}, from pg_stat_database)\n{served}\n\n"
-        f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}"
+        f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}\n\n"
+        f"Transaction pooling: each pgbench run's clients ({clients_of(results)}) shared at most "
+        f"{DEMO_POOL_SIZE} server connections (num_init_children = {DEMO_POOL_SIZE}); a client holds one "
+        "only for the length of a transaction."
     )
+
+
+def clients_of(results: Sequence[RunResult]) -> str:
+    counts = []
+    for result in results:
+        args = result.workload.args
+        counts.append(f"{args[args.index('-c') + 1]} in {result.workload.title}")
+    return ", ".join(counts)
 
 
 def _role_word(in_recovery: bool | None) -> str:
