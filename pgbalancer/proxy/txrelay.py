@@ -347,11 +347,13 @@ class TransactionRelay:
         self.session.server = None
         server = attachment.server
         reusable = True
-        if server.dirty:
-            reusable = await reset_server(
-                server, rollback=False, reset_query=self.proxy.config.server_reset_query
-            )
-        attachment.pool.release(server, reusable=reusable)
+        # Shielded: a session ending mid-reset must still give the pool its slot back.
+        with trio.CancelScope(shield=True):
+            if server.dirty:
+                reusable = await reset_server(
+                    server, rollback=False, reset_query=self.proxy.config.server_reset_query
+                )
+            attachment.pool.release(server, reusable=reusable)
 
     async def _detach_on_exit(self) -> None:
         attachment, self.attached = self.attached, None
