@@ -817,11 +817,24 @@ class Config:
 
     # Process
     workers: int = _setting(
-        1,
-        _POSITIVE_COUNT,
+        1,  # issue 3 wants 0 (one per CPU) as the default: flip it together with tests/unit/test_config.py
+        _integer(0, 256, "a whole number between 0 (one per CPU) and 256"),
         Category.PROCESS,
         _R,
-        "Proxy worker processes sharing the listener with SO_REUSEPORT (1 = this process only).",
+        """Proxy worker processes sharing the port with SO_REUSEPORT: 0 = one per CPU the node may
+        run on, 1 = a single process (no supervisor). With more than one, a supervisor process
+        forks the workers, restarts any that dies, passes SIGHUP on and owns pid_file; cancel
+        requests reach the right worker through worker_socket_dir. Each worker has its own pools,
+        so server connections per backend multiply by the number of workers.""",
+    )
+    worker_socket_dir: str = _setting(
+        "/tmp",
+        _PATH,
+        Category.PROCESS,
+        _R,
+        """Directory of the workers' peer sockets, pgbalancer-<port>-worker<N>.sock (mode 0600),
+        through which a worker passes a cancel request to the worker that owns the session.
+        Unused with workers = 1.""",
     )
     log_level: LogLevel = _setting(  # noqa: RUF009 (enum defaults are immutable)
         LogLevel.INFO, _choice(LogLevel), Category.PROCESS, _L, "Least severe log level written."

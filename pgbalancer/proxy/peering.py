@@ -128,6 +128,7 @@ def parse_peer_packet(packet: bytes) -> CancelRequest | None:
 
 _LISTEN_BACKLOG: Final = 0xFFFF  # the kernel clamps it to net.core.somaxconn
 _PEER_READ_TIMEOUT: Final = 5.0
+_MAX_UNIX_PATH: Final = 107  # sun_path holds 108 bytes with the terminating NUL (Linux)
 
 
 async def open_reuseport_listeners(port: int, *, host: str | None = None) -> list[trio.SocketListener]:
@@ -283,11 +284,23 @@ async def _read_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
 
 async def _bind_peer_socket(path: str) -> trio.socket.SocketType:
     """Bind and listen on ``path`` with mode 0600, replacing a stale socket file left by a crash."""
-    if os.path.exists(path):
+    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
+        raise OSError(
+            errno.ENAMETOOLONG,
+            f"the worker peer socket path {path} is longer than a Unix socket allows "
+            f"({_MAX_UNIX_PATH} bytes); set worker_socket_dir to a shorter directory",
+        )
+    if os.path.lexists(path):
         await _remove_stale_socket(path)
     sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
     try:
-        await sock.bind(path)
+        try:
+            await sock.bind(path)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot create the worker peer socket {path}: {exc.strerror}; check worker_socket_dir",
+            ) from exc
         # chmod after bind leaves a tiny window; harmless, since the socket accepts only what the
         # public TCP port accepts anyway (a cancel with a 31-bit random key), and nothing else.
         os.chmod(path, 0o600)
