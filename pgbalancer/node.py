@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -21,8 +21,10 @@ import trio
 
 from pgbalancer import __version__
 from pgbalancer.config import Config, ConfigError, PoolMode, diff_configs, load_config
+from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effective_worker_count
 
 log = logging.getLogger("pgbalancer")
 
@@ -36,19 +38,31 @@ def load_auth_file(config: Config) -> dict[str, str]:
 class Node:
     """One pgbalancer node: the proxy today; health, API, MQTT and Raft join as they land."""
 
-    def __init__(self, config_path: Path, config: Config, userlist: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        userlist: Mapping[str, str],
+        worker: WorkerContext | None = None,
+    ) -> None:
         self.config_path = config_path
         self.config = config
-        self.proxy = ProxyServer(config, userlist)
-        # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to this node.
-        self.proxy.reload_callback = self.reload
-        self.proxy.shutdown_callback = partial(os.kill, os.getpid(), signal.SIGTERM)
+        self.worker = worker  # set when this process is one worker of a multi-worker node
+        self.peering = _cancel_peering(config, worker)
+        self.proxy = ProxyServer(config, userlist, self.peering)
+        # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to the node (a worker's supervisor).
+        node_pid = os.getpid() if worker is None else os.getppid()
+        reload_node = partial(os.kill, node_pid, signal.SIGHUP)
+        self.proxy.reload_callback = self.reload if worker is None else reload_node
+        self.proxy.shutdown_callback = partial(os.kill, node_pid, signal.SIGTERM)
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
+                if self.peering is not None:  # first: a live peer socket means the port is taken
+                    await nursery.start(self.peering.serve, self.proxy.cancel_here)
                 await nursery.start(self.proxy.serve)
-                _write_pid_file(self.config.pid_file)
+                self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
                 async for signum in signals:
                     if signum == signal.SIGHUP:
@@ -65,7 +79,14 @@ class Node:
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
         self.proxy.pools.close_all_idle()
-        _remove_pid_file(self.config.pid_file)
+        if self.worker is None:  # a worker's supervisor owns the pid file
+            _remove_pid_file(self.config.pid_file)
+
+    def _announce_ready(self) -> None:
+        if self.worker is None:
+            _write_pid_file(self.config.pid_file)
+        else:
+            self.worker.report_ready()
 
     def reload(self) -> None:
         """Re-read the config; apply live keys, log the ones that need a restart."""
@@ -84,6 +105,12 @@ class Node:
             list(diff.applied_live),
             list(diff.restart_required),
         )
+
+
+def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:
+    if worker is None:
+        return None
+    return CancelPeering(worker.index, worker.count, config.worker_socket_dir, config.port)
 
 
 def _write_pid_file(path: str) -> None:
@@ -137,13 +164,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     _setup_logging(str(config.log_level))
     _warn_about_unbuilt_settings(config)
-    node = Node(args.config_file, config, userlist)
+    worker_count = effective_worker_count(config.workers, available_cpus())
+    if worker_count > 1:
+        run_worker = partial(_run_node, args.config_file, config, userlist)
+        return Supervisor(worker_count, run_worker, pid_file=config.pid_file).run()
+    return _run_node(args.config_file, config, userlist)
+
+
+def _run_node(
+    config_path: Path, config: Config, userlist: Mapping[str, str], worker: WorkerContext | None = None
+) -> int:
+    node = Node(config_path, config, userlist, worker)
     try:
         trio.run(node.run)
-    except OSError as exc:
-        print(f"pgbalancer: cannot start: {exc}", file=sys.stderr)
+    except (OSError, ExceptionGroup) as exc:
+        startup_errors = _only_os_errors(exc)
+        if not startup_errors:
+            raise
+        reasons = "; ".join(map(str, startup_errors))
+        # One write, so the lines of workers failing together do not interleave.
+        sys.stderr.write(f"pgbalancer: cannot start (port {config.port}): {reasons}\n")
         return 1
     return 0
+
+
+def _only_os_errors(exc: BaseException) -> list[OSError]:
+    """The OSErrors (bind failures and the like) that ``exc`` consists of; [] if anything else is in it."""
+    if isinstance(exc, OSError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    leaves = [_only_os_errors(inner) for inner in exc.exceptions]
+    return [error for errors in leaves for error in errors] if all(leaves) else []
 
 
 if __name__ == "__main__":

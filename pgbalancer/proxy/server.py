@@ -8,7 +8,6 @@ issue replaces it with the cluster view); this class only asks.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import time
@@ -29,6 +28,7 @@ from pgbalancer.proxy.backend import (
 )
 from pgbalancer.proxy.clientauth import ClientAuthenticator
 from pgbalancer.proxy.netio import TcpConnection, configure_socket, connect_tcp
+from pgbalancer.proxy.peering import CancelPeering, ProcessIdAllocator, open_reuseport_listeners
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
 from pgbalancer.proxy.session import ClientSession
 from pgbalancer.proxy.tls import TlsContexts
@@ -66,13 +66,18 @@ def bind_hosts(listen_addresses: tuple[str, ...]) -> list[str | None]:
 class ProxyServer:
     """Accepts clients and serves them; one instance per node process."""
 
-    def __init__(self, config: Config, userlist: Mapping[str, str]) -> None:
+    def __init__(
+        self, config: Config, userlist: Mapping[str, str], peering: CancelPeering | None = None
+    ) -> None:
         self.config = config
+        self.peering = peering  # set in a worker process of a multi-worker node
         self.authenticator = ClientAuthenticator(config.auth_type, userlist)
         self.tls = TlsContexts.from_config(config)  # built once: sessions only read it
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.sessions: dict[int, ClientSession] = {}
-        self._process_ids = itertools.count(secrets.randbelow(1 << 20) + 1)
+        # A worker's index sits in the top bits of its process ids, so a cancel key names its worker.
+        worker_index = peering.worker_index if peering is not None else 0
+        self._process_ids = ProcessIdAllocator(worker_index, start=secrets.randbelow(1 << 20) + 1)
         self.listening: list[ListenAddress] = []
         self.accepted_total = 0
         # Wired by the node, read by the admin console: RELOAD = SIGHUP, SHUTDOWN = SIGTERM.
@@ -86,7 +91,10 @@ class ProxyServer:
     ) -> None:
         listeners: list[trio.SocketListener] = []
         for host in bind_hosts(self.config.listen_addresses):
-            listeners.extend(await trio.open_tcp_listeners(self.config.port, host=host))
+            if self.peering is None:
+                listeners.extend(await trio.open_tcp_listeners(self.config.port, host=host))
+            else:  # sibling workers bind the same port
+                listeners.extend(await open_reuseport_listeners(self.config.port, host=host))
         self.listening = [ListenAddress(*listener.socket.getsockname()[:2]) for listener in listeners]
         log.info("proxy listening on %s", ", ".join(f"{a.host}:{a.port}" for a in self.listening))
         try:
@@ -110,7 +118,7 @@ class ProxyServer:
             configure_socket(sock)
             self.accepted_total += 1
             peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-            session = ClientSession(self, TcpConnection(sock, peer), next(self._process_ids) & 0x7FFFFFFF)
+            session = ClientSession(self, TcpConnection(sock, peer), self._process_ids.next_id(self.sessions))
             nursery.start_soon(self._run_session, session)
 
     async def _run_session(self, session: ClientSession) -> None:
@@ -149,7 +157,14 @@ class ProxyServer:
         return pool, await pool.acquire(open_server)
 
     async def forward_cancel(self, request: CancelRequest) -> None:
-        """Send the server-side cancel for the session that owns this (pid, key), if any."""
+        """Act on a client's CancelRequest: cancel here, or pass it to the worker that owns the key."""
+        if self.peering is None:
+            await self.cancel_here(request)
+        else:  # the owner's own server cancel may take up to server_connect_timeout
+            await self.peering.dispatch(request, self.cancel_here, 2 * self.config.server_connect_timeout)
+
+    async def cancel_here(self, request: CancelRequest) -> None:
+        """Send the server-side cancel for this process's session that owns this (pid, key), if any."""
         session = self.sessions.get(request.process_id)
         if session is None or session.secret_key != request.secret_key:
             return  # PostgreSQL also ignores unknown cancel keys silently

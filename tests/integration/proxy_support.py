@@ -36,6 +36,7 @@ def base_settings(cluster: PgClusterLike, workdir: Path) -> dict[str, Setting]:
         "max_pool": 4,
         "client_login_timeout": 10,
         "log_level": "info",
+        "workers": 1,  # one process, so a node's server connections can be counted by its pid
     }
     for node_id, node in enumerate(cluster.nodes):
         settings[f"backend_hostname{node_id}"] = node.host
