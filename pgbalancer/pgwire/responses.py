@@ -31,6 +31,8 @@ _ERROR = ord("E")
 _READY = ord("Z")
 _PARAMETER_STATUS = ord("S")
 _PARAMETER_DESCRIPTION = ord("t")
+# CopyInResponse, CopyBothResponse: from here the server waits for the client's data.
+_COPY_FROM_CLIENT = frozenset(b"GW")
 # Messages the server may send at any time; they belong to no request.
 _ASYNCHRONOUS = frozenset(b"NAS")
 
@@ -131,6 +133,7 @@ class ResponseRouter:
         self.ready_statuses: list[bytes] = []  # ReadyForQuery statuses seen in the last feed
         self.parameter_changes: list[tuple[str, str]] = []
         self.last_ready_status = b"I"
+        self.awaits_client_data = False  # the last feed started a COPY from the client
 
     # ---- requests (called as the client's messages go to the server) ----
 
@@ -170,6 +173,7 @@ class ResponseRouter:
         """What to send the client for this chunk of server bytes, in order."""
         self.ready_statuses.clear()
         self.parameter_changes.clear()
+        self.awaits_client_data = False
         out = _Output(chunk)
         size = len(chunk)
         position = 0
@@ -210,6 +214,8 @@ class ResponseRouter:
         self._emit_due_synthetic(out)
         self._current_type = message_type
         self._remaining = length - 4
+        if message_type in _COPY_FROM_CLIENT:
+            self.awaits_client_data = True
         self._forward_current = self._reply_is_forwarded(message_type)
         self._capture_current = message_type in (_READY, _PARAMETER_STATUS)
         self._body.clear()

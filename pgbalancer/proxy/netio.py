@@ -21,6 +21,23 @@ from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, Message, MessageReader
 RECV_SIZE = 65536
 
 
+class ReceiveBuffer:
+    """A receive buffer that starts small, so idle clients cost little, and doubles each time
+    a read fills it (bulk transfers get large reads)."""
+
+    __slots__ = ("data", "view")
+
+    def __init__(self, size: int = 8192) -> None:
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+
+    def grow_if_filled(self, received: int) -> None:
+        size = len(self.data)
+        if received == size and size < RECV_SIZE:  # views into the old buffer stay valid
+            self.data = bytearray(size * 2)
+            self.view = memoryview(self.data)
+
+
 class PeerClosed(Exception):
     """The peer closed the connection (or it broke) while we needed more bytes."""
 

@@ -13,6 +13,7 @@ proxy.prepared and proxy.sessionstate.
 
 from __future__ import annotations
 
+import enum
 import logging
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import Message, MessageReader
 from pgbalancer.pgwire.responses import Piece, ResponseRouter
 from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
-from pgbalancer.proxy.netio import RECV_SIZE, PeerClosed, PgSocket
+from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
 from pgbalancer.proxy.sessionstate import (
@@ -41,6 +42,17 @@ log = logging.getLogger(__name__)
 
 _RESET_TIMEOUT = 5.0
 _SYNC_POINTS = frozenset(b"QSF")
+_NO_EFFECT = SessionCommand(CommandKind.OTHER)
+
+
+class _Step(enum.Enum):
+    """What one read from the server led to."""
+
+    MORE = "more replies are due"
+    ANSWERED = "every request is answered; the server stays with the client (in a transaction)"
+    RELEASED = "the server went back to the pool"
+    ENDED = "the session is over"
+    COPY_IN = "the server waits for the client's COPY data"
 
 
 class RelayEnded(Exception):
@@ -59,6 +71,7 @@ class _Attachment:
         self.server = server
         self.router = router
         self.lost = False
+        self.pump_running = False  # a task reads this server concurrently with the client
         self.attached_at = trio.current_time()
         self.request_started_at = self.attached_at
 
@@ -103,6 +116,7 @@ class TransactionRelay:
         self.statement_mode = statement_mode
         self.attached: _Attachment | None = None
         self._unsynced = 0
+        self._server_buffer = ReceiveBuffer()
         self._nursery: trio.Nursery | None = None
         self._ended: RelayEnded | None = None
         self.client_at_boundary = True
@@ -130,16 +144,16 @@ class TransactionRelay:
     # ---- client side ----
 
     async def _client_loop(self) -> None:
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        buffer = ReceiveBuffer()
         pending = self._drain_client_messages()
         while True:
             if pending and await self._handle(pending):
                 return
-            received = await self._receive_within_idle_limits(buffer)
+            received = await self._receive_within_idle_limits(buffer.data)
             if received == 0:
                 return
-            self.reader.receive_data(view[:received])
+            self.reader.receive_data(buffer.view[:received])
+            buffer.grow_if_filled(received)
             pending = self._drain_client_messages()
 
     async def _receive_within_idle_limits(self, buffer: bytearray) -> int:
@@ -183,17 +197,21 @@ class TransactionRelay:
                 messages, terminated = messages[:index], True
                 break
         batch: list[Message] = []
+        effects: list[tuple[str, SessionCommand]] = []  # SQL in the batch, classified once
         for message in messages:
-            if message.type == b"Q" and await self._answered_locally(message, batch):
+            sql = _statement_text(message)
+            command = classify_session_command(sql) if sql is not None else _NO_EFFECT
+            if message.type == b"Q" and await self._answered_locally(command, batch):
                 continue
             batch.append(message)
+            if sql is not None:
+                effects.append((sql, command))
         if batch:
-            await self._send_to_server(batch)
+            await self._send_to_server(batch, effects)
         return terminated
 
-    async def _answered_locally(self, message: Message, batch: list[Message]) -> bool:
+    async def _answered_locally(self, command: SessionCommand, batch: list[Message]) -> bool:
         """DEALLOCATE / DISCARD ALL concern this client's statements: pgbalancer answers them."""
-        command = classify_session_command(message.body[:-1].decode("utf-8", "replace"))
         if command.kind not in (CommandKind.DEALLOCATE, CommandKind.DEALLOCATE_ALL, CommandKind.DISCARD_ALL):
             return False
         if batch or (self.attached is not None and self.attached.router.outstanding):
@@ -214,10 +232,10 @@ class TransactionRelay:
         await self.client.send_all(pgmsg.encode_message(b"C", tag + b"\x00") + pgmsg.ready_for_query(status))
         return True
 
-    async def _send_to_server(self, batch: list[Message]) -> None:
+    async def _send_to_server(self, batch: list[Message], effects: list[tuple[str, SessionCommand]]) -> None:
         self._check_pipeline_depth(batch)
         attachment = self.attached or await self._attach()
-        self._note_session_effects(batch, attachment.server)
+        self._note_session_effects(effects, attachment.server)
         rewriter = BatchRewriter(self.statements, attachment.server.statements, attachment.router)
         data = rewriter.rewrite(batch)
         attachment.count_request(len(data))
@@ -228,6 +246,23 @@ class TransactionRelay:
                 attachment.lost = True
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
         await self._send_pieces(attachment.router.due_replies())
+        await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
+
+    async def _collect_replies(self, attachment: _Attachment, *, inline: bool) -> None:
+        """Read the replies in this task when the batch ends at a sync point (one task per
+        transaction: fewer wake-ups); hand over to a concurrent pump for open-ended exchanges
+        (pipelines without Sync, COPY from the client), where the client keeps sending."""
+        if attachment.pump_running:
+            return
+        if inline:
+            step = _Step.MORE
+            while step is _Step.MORE:
+                step = await self._read_server_once(attachment)
+            if step is not _Step.COPY_IN:
+                return
+        attachment.pump_running = True
+        assert self._nursery is not None
+        self._nursery.start_soon(self._pump, attachment)
 
     def _check_pipeline_depth(self, batch: list[Message]) -> None:
         for message in batch:
@@ -246,14 +281,12 @@ class TransactionRelay:
                 )
             )
 
-    def _note_session_effects(self, batch: list[Message], server: ServerConnection) -> None:
-        for message in batch:
-            sql = _statement_text(message)
-            if sql is None:
-                continue
+    def _note_session_effects(
+        self, effects: list[tuple[str, SessionCommand]], server: ServerConnection
+    ) -> None:
+        for sql, command in effects:
             if self.statement_mode and _opens_transaction(sql):
                 raise RelayEnded(_statement_mode_refusal())
-            command = classify_session_command(sql)
             if command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.DISCARD_ALL):
                 self.state.apply(command, server_reports=server.parameters)
             if _leaves_session_state(command):
@@ -291,8 +324,6 @@ class TransactionRelay:
         attachment = _Attachment(pool, server, router)
         self.attached = attachment
         self.session.server = server
-        assert self._nursery is not None
-        self._nursery.start_soon(self._pump, attachment)
         return attachment
 
     async def _align_session(self, server: ServerConnection) -> None:
@@ -307,34 +338,41 @@ class TransactionRelay:
             server.dirty = True
 
     async def _pump(self, attachment: _Attachment) -> None:
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
-        router = attachment.router
-        server = attachment.server
-        while True:
-            received = await server.socket.recv_into(buffer)
-            if received == 0:
-                attachment.lost = True
-                await self._end_from_pump(self._server_lost_error(attachment))
-                return
-            try:
-                pieces = router.feed(view[:received])
-            except ProtocolError as exc:
-                attachment.lost = True
-                await self._end_from_pump(exc.to_response())
-                return
-            for name, value in router.parameter_changes:
-                server.parameters[name] = value
-                self.state.note_parameter_status(name, value)
-            attachment.count_replies(received)
-            await self._send_pieces(pieces)
-            if router.ready_statuses and router.outstanding == 0 and router.at_boundary:
-                if self.statement_mode and router.last_ready_status != b"I":
-                    await self._end_from_pump(_statement_mode_refusal())
-                    return
-                if router.last_ready_status == b"I":
-                    await self._release(attachment)
-                    return
+        step = _Step.MORE
+        while step not in (_Step.RELEASED, _Step.ENDED):
+            step = await self._read_server_once(attachment)
+
+    async def _read_server_once(self, attachment: _Attachment) -> _Step:
+        """Read one chunk from the server, route it to the client, and release if done."""
+        buffer, router, server = self._server_buffer, attachment.router, attachment.server
+        received = await server.socket.recv_into(buffer.data)
+        if received == 0:
+            attachment.lost = True
+            await self._end_from_pump(self._server_lost_error(attachment))
+            return _Step.ENDED
+        try:
+            pieces = router.feed(buffer.view[:received])
+        except ProtocolError as exc:
+            attachment.lost = True
+            await self._end_from_pump(exc.to_response())
+            return _Step.ENDED
+        for name, value in router.parameter_changes:
+            server.parameters[name] = value
+            self.state.note_parameter_status(name, value)
+        attachment.count_replies(received)
+        await self._send_pieces(pieces)
+        buffer.grow_if_filled(received)
+        if router.awaits_client_data:
+            return _Step.COPY_IN
+        if not (router.ready_statuses and router.outstanding == 0 and router.at_boundary):
+            return _Step.MORE
+        if self.statement_mode and router.last_ready_status != b"I":
+            await self._end_from_pump(_statement_mode_refusal())
+            return _Step.ENDED
+        if router.last_ready_status != b"I":
+            return _Step.ANSWERED
+        await self._release(attachment)
+        return _Step.RELEASED
 
     async def _end_from_pump(self, farewell: bytes | None) -> None:
         self._ended = RelayEnded(farewell)
