@@ -34,8 +34,13 @@ USER = "app_scram"
 
 
 def start_node(balancer_factory: BalancerFactory, **overrides: str | int) -> BalancerProcess:
-    node = balancer_factory(workers=WORKERS, **overrides)
-    wait_for(lambda: len(worker_pids(node)) == WORKERS, timeout=10, message="both workers running")
+    node = balancer_factory(workers=WORKERS, **overrides)  # returns once the first worker listens
+
+    def every_worker_listens() -> bool:
+        workers = worker_pids(node)
+        return len(workers) == WORKERS and sorted(listener_pids(node.port)) == sorted(workers)
+
+    wait_for(every_worker_listens, timeout=10, message="both workers listening")
     return node
 
 
@@ -85,9 +90,8 @@ def connections_on_every_worker(
 
 
 def test_connections_spread_over_both_workers_sharing_the_port(balancer_factory: BalancerFactory) -> None:
-    node = start_node(balancer_factory)
-    workers = worker_pids(node)
-    assert sorted(listener_pids(node.port)) == sorted(workers)  # one SO_REUSEPORT listener each
+    node = start_node(balancer_factory)  # it also waits for one SO_REUSEPORT listener per worker
+    assert len(listener_pids(node.port)) == WORKERS
     with connections_on_every_worker(node) as by_worker:
         for index, conn in by_worker.items():
             assert conn.execute("SELECT current_user").fetchone() == (USER,), index
