@@ -150,6 +150,8 @@ def test_show_databases_stats_lists_and_version(admin_node: BalancerProcess) -> 
         (stats,) = rows_where(admin, "STATS", database=APP_DB)
         assert isinstance(stats["total_server_assignment_count"], Decimal)
         assert stats["total_server_assignment_count"] >= 1
+        assert stats["total_query_count"] >= 1  # the relay feeds the traffic counters live
+        assert stats["total_received"] > 0 and stats["total_sent"] > 0
         lists = {row["list"]: row["items"] for row in show(admin, "LISTS")[1]}
         assert lists["used_clients"] >= 2 and lists["pools"] >= 2
         assert show(admin, "VERSION")[1] == [{"version": "pgbalancer 0.1.0"}]
@@ -176,6 +178,27 @@ def test_show_pool_nodes_lists_every_backend(admin_node: BalancerProcess, pg_clu
     assert [n["role"] for n in nodes] == ["primary", "standby", "standby"]
     assert nodes[0]["status"] == "up" and {n["pg_status"] for n in nodes} == {"up"}
     assert [n["lb_weight"] for n in nodes] == ["0.333333"] * 3
+
+
+def test_what_pgbouncer_exporter_reads(admin_node: BalancerProcess) -> None:
+    """The exporter's scrape: these queries (with the semicolon), and the shapes it parses."""
+    with app_client(admin_node) as client, console(admin_node) as admin:
+        client.execute("SELECT 1")
+        results = {what: show(admin, f"{what};") for what in ("STATS", "VERSION", "LISTS", "CONFIG")}
+        results |= {what: show(admin, f"{what};") for what in ("DATABASES", "STATS_TOTALS", "POOLS")}
+    assert results["VERSION"][0] == ["version"]
+    header, lists = results["LISTS"]
+    assert header == ["list", "items"] and all(isinstance(row["items"], int) for row in lists)
+    header, config = results["CONFIG"]
+    assert len(header) == 4
+    settings = {row["key"]: row["value"] for row in config}
+    assert float(settings["max_client_conn"]) > 0  # the one config value it turns into a metric
+    wanted_totals = {"database", "query_count", "query_time", "bytes_received", "bytes_sent", "wait_time"}
+    assert wanted_totals | {"xact_count", "xact_time"} <= set(results["STATS_TOTALS"][0])
+    for label in ("database", "user"):
+        assert all(isinstance(row[label], str) for row in results["POOLS"][1])
+    for row in results["DATABASES"][1]:
+        assert float(row["pool_size"]) >= 0 and float(row["current_connections"]) >= 0
 
 
 def test_unknown_command_is_42601_and_the_console_keeps_working(admin_node: BalancerProcess) -> None:
