@@ -63,7 +63,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--shared", type=Path, help="the shared/ directory holding bench/ (default: ../shared)")
     p.add_argument("--out", type=Path, help="results directory (default bench/results/<timestamp>)")
     p.add_argument(
-        "--pool-mode", choices=POOL_MODES, default="session", help="pgbalancer pool_mode (default session)"
+        "--pool-mode",
+        choices=POOL_MODES,
+        default="transaction",
+        help="pgbalancer pool_mode (default transaction, PgBouncer's mode in peers.sh)",
     )
     p.add_argument("--port", type=int, default=6543, help="pgbalancer's port (default 6543)")
     p.add_argument(
@@ -233,9 +236,7 @@ def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyPr
 def _header(args: argparse.Namespace, plan: Plan) -> str:
     lines = [f"## pgbench comparison, {args.reps} rep(s), time scale {args.time_scale}"]
     if plan.with_pgbalancer:
-        lines.append(
-            f"pgbalancer ran in pool_mode = {args.pool_mode} (transaction mode is not implemented yet)"
-        )
+        lines.append(f"pgbalancer ran in pool_mode = {args.pool_mode} (PgBouncer: transaction)")
     lines += [f"{name}: skipped, {reason}" for name, reason in plan.skipped.items()]
     return "\n".join(lines) + "\n"
 

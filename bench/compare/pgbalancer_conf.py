@@ -26,7 +26,7 @@ class ProxyConfig:
     backends: Sequence[Backend]
     listen_address: str = "127.0.0.1"
     port: int = 6543
-    pool_mode: str = "session"
+    pool_mode: str = "transaction"
     auth_type: str = "trust"
     # The pool size per (backend, database, user) pool, like PgBouncer's default_pool_size = 20.
     num_init_children: int = 20

@@ -111,7 +111,7 @@ def test_config_text_has_backends_and_extra_keys_last() -> None:
         extra=parse_extra(["server_reset_query=''", "health_check_period=5", "log_level=warning"]),
     )
     lines = render(config).splitlines()
-    assert "backend_port1 = 5434" in lines and "pool_mode = 'session'" in lines
+    assert "backend_port1 = 5434" in lines and "pool_mode = 'transaction'" in lines
     assert lines[-3:] == ["server_reset_query = ''", "health_check_period = 5", "log_level = 'warning'"]
 
 
