@@ -142,7 +142,7 @@ class MessageChannel:
     def __init__(self, socket: PgSocket, max_message_size: int) -> None:
         self.socket = socket
         self.reader = MessageReader(max_message_size)
-        self._buffer = bytearray(RECV_SIZE)
+        self._buffer = ReceiveBuffer(1024)  # handshakes are small; it grows if a message is not
 
     async def read_message(self) -> Message:
         """The next complete message; PeerClosed on EOF, ProtocolError on malformed input."""
@@ -153,13 +153,14 @@ class MessageChannel:
             if event is CLOSED:
                 raise PeerClosed(f"{self.socket.peer}: connection closed")
             assert event is NEED_DATA
-            received = await self.socket.recv_into(self._buffer)
+            received = await self.socket.recv_into(self._buffer.data)
             if received == 0:
                 self.reader.receive_data(b"")
                 with contextlib.suppress(ProtocolError):
                     self.reader.next_event()
                 raise PeerClosed(f"{self.socket.peer}: connection closed")
-            self.reader.receive_data(memoryview(self._buffer)[:received])
+            self.reader.receive_data(self._buffer.view[:received])
+            self._buffer.grow_if_filled(received)
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         await self.socket.send_all(data)

@@ -29,7 +29,7 @@ from pgbalancer.pgwire.scan import HeaderScanner
 from pgbalancer.proxy.admin import ADMIN_DATABASES, serve_admin_console
 from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
 from pgbalancer.proxy.clientauth import ClientAuthFailed
-from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket
+from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
@@ -368,13 +368,13 @@ class _Relay:
     async def _pump_client_to_server(self, pending_from_client: bytes) -> None:
         if pending_from_client:
             await self._forward_client_bytes(memoryview(pending_from_client))
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        buffer = ReceiveBuffer()
         while not (self.client_terminated or self.server_closed):
-            received = await self.client.recv_into(buffer)
+            received = await self.client.recv_into(buffer.data)
             if received == 0:
                 return
-            await self._forward_client_bytes(view[:received])
+            await self._forward_client_bytes(buffer.view[:received])
+            buffer.grow_if_filled(received)
 
     async def _forward_client_bytes(self, chunk: memoryview) -> None:
         captured = self.client_scanner.feed(chunk)
@@ -393,15 +393,14 @@ class _Relay:
                 self.server_closed = True
 
     async def _pump_server_to_client(self) -> None:
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        buffer = ReceiveBuffer()
         scanner = self.server_scanner
         while True:
-            received = await self.server.socket.recv_into(buffer)
+            received = await self.server.socket.recv_into(buffer.data)
             if received == 0:
                 self.server_closed = True
                 return
-            chunk = view[:received]
+            chunk = buffer.view[:received]
             self.counters.bytes_sent += received
             for message in scanner.feed(chunk):
                 if message.type == b"Z":
@@ -415,6 +414,7 @@ class _Relay:
                 await self.client.send_all(chunk)
             except PeerClosed:
                 return  # the client left; the server side's state is still known exactly
+            buffer.grow_if_filled(received)
 
     def left_server_at_rest(self) -> bool:
         """True when the server finished every request and nothing was cut mid-message."""
