@@ -19,6 +19,7 @@ import trio
 from pgbalancer.config import Config, ConfigError
 from pgbalancer.pgwire.messages import CancelRequest
 from pgbalancer.proxy.admin_commands import STATS_PERIOD, StatsHistory
+from pgbalancer.proxy.authquery import AuthQuerySettings, AuthQuerySource
 from pgbalancer.proxy.backend import (
     BackendAddress,
     BackendUnavailable,
@@ -71,8 +72,9 @@ class ProxyServer:
     ) -> None:
         self.config = config
         self.peering = peering  # set in a worker process of a multi-worker node
-        self.authenticator = ClientAuthenticator(config.auth_type, userlist)
         self.tls = TlsContexts.from_config(config)  # built once: sessions only read it
+        self.auth_query = self._auth_query_source(config, userlist)
+        self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.sessions: dict[int, ClientSession] = {}
         # A worker's index sits in the top bits of its process ids, so a cancel key names its worker.
@@ -132,6 +134,8 @@ class ProxyServer:
         while True:
             await trio.sleep(1)
             self.pools.close_expired_idle()
+            if self.auth_query is not None:
+                self.auth_query.close_expired_idle()
 
     def primary_address(self) -> BackendAddress:
         # Until health checks and the cluster view exist, backend 0 is the primary.
@@ -192,8 +196,30 @@ class ProxyServer:
         except ConfigError as exc:  # load_config checked the files, but they may have changed since
             log.error("keeping the previous TLS settings: %s", exc)
         self.config = config
-        self.authenticator = ClientAuthenticator(config.auth_type, userlist)
+        if self.auth_query is not None:
+            self.auth_query.close()  # auth_user, its password or the query may have changed
+        self.auth_query = self._auth_query_source(config, userlist)
+        self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools.set_limits(pool_limits(config), config.max_pool)
+
+    def _auth_query_source(self, config: Config, userlist: Mapping[str, str]) -> AuthQuerySource | None:
+        if not config.auth_user:
+            return None
+        return AuthQuerySource(
+            AuthQuerySettings.from_config(config), userlist, self.primary_address, self._open_for_auth_query
+        )
+
+    async def _open_for_auth_query(
+        self, address: BackendAddress, database: str, credentials: ServerCredentials
+    ) -> ServerConnection:
+        return await open_server_connection(
+            address,
+            database,
+            credentials,
+            timeout=self.config.server_connect_timeout,
+            now=trio.current_time(),
+            tls=self.tls.server,
+        )
 
     def request_shutdown(self) -> None:
         for session in list(self.sessions.values()):
