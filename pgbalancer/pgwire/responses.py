@@ -141,10 +141,10 @@ class ResponseRouter:
         """A request was sent to the server; its reply is forwarded (or dropped if injected)."""
         if request is Request.SYNC:
             self._skipping = False
-        elif self._skipping and request in _EXTENDED:
+        elif self._skipping:  # after an extended-protocol error the server discards all until Sync
             if request is Request.PARSE:
                 self._parse_did_not_happen(token)
-            return  # the server will ignore it
+            return
         self._queue.append(_Entry(request, forward, token=token))
 
     def reply_locally(self, message: bytes) -> None:
