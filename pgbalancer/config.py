@@ -586,7 +586,8 @@ class Config:
         Category.POOLING,
         _L,
         """How many distinct (database, user) pools each backend may hold, so one backend gets at
-        most num_init_children times max_pool server connections from this node.""",
+        most num_init_children times max_pool server connections from each worker process (see
+        workers).""",
     )
     child_life_time: int = _setting(
         300,
@@ -817,7 +818,7 @@ class Config:
 
     # Process
     workers: int = _setting(
-        1,  # issue 3 wants 0 (one per CPU) as the default: flip it together with tests/unit/test_config.py
+        0,
         _integer(0, 256, "a whole number between 0 (one per CPU) and 256"),
         Category.PROCESS,
         _R,
@@ -1572,8 +1573,9 @@ one event loop with shared pools. It keeps pgpool's key names, with this meaning
   lent from it to clients.
 - `num_init_children` is the maximum number of server connections in one pool. Clients beyond it
   wait in that pool's queue; the error on timeout names the pool.
-- `max_pool` is how many distinct (database, user) pools one backend may hold. So one node opens
-  at most `num_init_children * max_pool` server connections to each backend; size PostgreSQL's
+- `max_pool` is how many distinct (database, user) pools one backend may hold. Each worker process
+  (`workers`) has its own pools, so one node opens at most
+  `num_init_children * max_pool * workers` server connections to each backend; size PostgreSQL's
   `max_connections` for that times the number of pgbalancer nodes.
 - `child_life_time` closes a server connection that stayed idle in its pool that many seconds.
 - `child_max_connections` retires a server connection after it served that many client sessions.

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from pgbalancer import __version__
-from pgbalancer.config import Config, ConfigError, PoolMode, diff_configs, load_config
+from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
@@ -123,16 +123,6 @@ def _remove_pid_file(path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _warn_about_unbuilt_settings(config: Config) -> None:
-    # Only session pooling exists so far; say so instead of silently pooling differently.
-    if config.pool_mode != PoolMode.SESSION:
-        log.warning(
-            "pool_mode = %s is not implemented yet: every client keeps one server connection for its "
-            "whole session (session pooling); set pool_mode = session to silence this warning",
-            config.pool_mode,
-        )
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="pgbalancer", description="PostgreSQL pooler and load balancer node"
@@ -163,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config_file}: configuration is valid ({len(config.backends)} backends)")
         return 0
     _setup_logging(str(config.log_level))
-    _warn_about_unbuilt_settings(config)
     worker_count = effective_worker_count(config.workers, available_cpus())
     if worker_count > 1:
         run_worker = partial(_run_node, args.config_file, config, userlist)

@@ -4,7 +4,7 @@ Mapping of the pgpool-style settings (documented in docs/configuration.md):
 
 * ``num_init_children``: the most server connections one pool holds (active + idle);
 * ``max_pool``: how many distinct database/user pools one backend may hold, so one
-  backend sees at most ``num_init_children x max_pool`` connections from a node;
+  backend sees at most ``num_init_children x max_pool`` connections from a worker process;
 * ``child_life_time``: an idle server connection older than this (idle time) is closed;
 * ``child_max_connections``: client sessions one server connection serves before retiring;
 * ``connection_life_time``: the maximum age of a server connection.

@@ -219,7 +219,7 @@ class ClientSession:
 
     async def _authenticate(self, channel: MessageChannel) -> ServerCredentials:
         try:
-            credentials = await self.proxy.authenticator.authenticate(channel, self.user)
+            credentials = await self.proxy.authenticator.authenticate(channel, self.user, self.database)
         except ClientAuthFailed as exc:
             log.info("authentication failed for user %r from %s", self.user, self.client.peer)
             await self._fail(exc.sqlstate, exc.message)

@@ -195,10 +195,6 @@ def test_auth_user_switched_on_by_reload(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="session.py does not yet pass the client's database to ClientAuthenticator.authenticate",
-)
 def test_auth_dbname_defaults_to_the_clients_database(function_node_default_db: BalancerProcess) -> None:
     assert current_user(function_node_default_db, SCRAM_ROLE, SCRAM_PASSWORD) == SCRAM_ROLE
 

@@ -82,7 +82,7 @@ def test_defaults_of_pooling_and_process_keys() -> None:
     assert (config.server_connect_timeout, config.client_login_timeout) == (5.0, 60.0)
     assert config.query_wait_timeout == 120.0
     assert config.max_message_size == 268435456
-    assert (config.workers, config.log_level, config.pid_file) == (1, LogLevel.INFO, "")
+    assert (config.workers, config.log_level, config.pid_file) == (0, LogLevel.INFO, "")  # 0: one per CPU
     assert (config.health_check_user, config.health_check_password) == ("postgres", "")
     assert config.health_check_database == "postgres"
 
