@@ -163,15 +163,17 @@ def _join(ports: Sequence[int]) -> str:
 # ---- pgbalancer -------------------------------------------------------------------------------------
 
 
-DEMO_POOL_SIZE = 4
+DEMO_WORKERS = 2
+DEMO_POOL_SIZE = 2  # per worker process: each worker has its own pools
 
 
 def balancer_settings(cluster: LocalPgCluster, port: int, paths: DemoPaths) -> dict[str, Setting]:
     settings: dict[str, Setting] = {
         "listen_addresses": LOCALHOST,
         "port": port,
-        # Transaction pooling: the 8 pgbench clients share at most 4 server connections.
+        # Transaction pooling: the 8 pgbench clients share at most 2 x 2 = 4 server connections.
         "pool_mode": "transaction",
+        "workers": DEMO_WORKERS,
         "auth_type": "trust",
         "num_init_children": DEMO_POOL_SIZE,
         "max_pool": 4,
@@ -480,8 +482,8 @@ def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
         f"Which backend served what (xact_commit delta in db {BENCH_DB}, from pg_stat_database)\n{served}\n\n"
         f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}\n\n"
         f"Transaction pooling: each pgbench run's clients ({clients_of(results)}) shared at most "
-        f"{DEMO_POOL_SIZE} server connections (num_init_children = {DEMO_POOL_SIZE}); a client holds one "
-        "only for the length of a transaction."
+        f"{DEMO_WORKERS * DEMO_POOL_SIZE} server connections ({DEMO_WORKERS} worker processes x "
+        f"num_init_children = {DEMO_POOL_SIZE}); a client holds one only for the length of a transaction."
     )
 
 
