@@ -7,6 +7,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 
 import asyncpg
 import psycopg
@@ -14,7 +15,7 @@ import pytest
 
 from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
-from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
+from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from pgbalancer.pgwire.errors import parse_error_fields
 from tests.integration.proxy_support import USERLIST, BalancerFactory
 
@@ -288,5 +289,33 @@ def test_backend_restart_while_clients_idle_costs_at_most_one_error(
         except psycopg.OperationalError:
             errors += 1
     assert errors == 0  # idle clients hold no server connection; dead pooled ones are replaced
+    for conn in clients:
+        conn.close()
+
+
+@pytest.mark.slow
+def test_real_server_restart_under_idle_clients(
+    balancer_factory: BalancerFactory, pg_cluster_factory: Callable[..., LocalPgCluster]
+) -> None:
+    cluster = pg_cluster_factory(standbys=0)
+    node = balancer_factory(
+        pool_mode="transaction",
+        num_init_children=2,
+        backend_hostname0=cluster.primary.host,
+        backend_port0=cluster.primary.port,  # backend 0 is the primary; the others are not used yet
+    )
+    clients = [connect(node) for _ in range(3)]
+    for conn in clients:
+        assert scalar(conn, "SELECT 1") == 1
+    cluster.stop_node(cluster.primary)
+    cluster.start_node(cluster.primary)
+    errors = 0
+    for conn in clients:
+        for _ in range(2):
+            try:
+                assert scalar(conn, "SELECT 2") == 2
+            except psycopg.OperationalError:
+                errors += 1
+    assert errors <= 1
     for conn in clients:
         conn.close()
