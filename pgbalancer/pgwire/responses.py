@@ -27,6 +27,7 @@ from pgbalancer.pgwire.errors import ProtocolError
 Piece = bytes | memoryview
 
 _HEADER_SIZE = 5
+_HOLD_LIMIT = 64 * 1024  # larger replies stream through even when a chunk ends inside them
 _ERROR = ord("E")
 _READY = ord("Z")
 _PARAMETER_STATUS = ord("S")
@@ -126,6 +127,8 @@ class ResponseRouter:
         self._remaining = 0
         self._forward_current = True
         self._capture_current = False
+        self._hold_current = False
+        self._held = bytearray()
         self._current_type = 0
         self._header = bytearray()
         self._body = bytearray()
@@ -165,7 +168,13 @@ class ResponseRouter:
 
     @property
     def at_boundary(self) -> bool:
+        """The server's stream is between messages."""
         return self._remaining == 0 and not self._header
+
+    @property
+    def client_at_boundary(self) -> bool:
+        """Everything sent to the client so far ends between messages (held-back bytes aside)."""
+        return self._remaining == 0 or not self._forward_current or self._hold_current
 
     # ---- replies (called with bytes from the server) ----
 
@@ -184,7 +193,7 @@ class ResponseRouter:
                 position = self._collect_split_header(chunk, position, size, out)
             else:
                 length = int.from_bytes(chunk[position + 1 : position + 5], "big")
-                self._begin(chunk[position], length, out, header=None, header_at=position)
+                self._begin(chunk, chunk[position], length, out, header=None, header_at=position)
                 position += _HEADER_SIZE
                 if self._remaining == 0:
                     self._finish(out)
@@ -201,13 +210,21 @@ class ResponseRouter:
         if len(self._header) == _HEADER_SIZE:
             header = bytes(self._header)
             self._header.clear()
-            self._begin(header[0], int.from_bytes(header[1:5], "big"), out, header=header, header_at=-1)
+            length = int.from_bytes(header[1:5], "big")
+            self._begin(chunk, header[0], length, out, header=header, header_at=position - _HEADER_SIZE)
             if self._remaining == 0:
                 self._finish(out)
         return position
 
     def _begin(
-        self, message_type: int, length: int, out: _Output, *, header: bytes | None, header_at: int
+        self,
+        chunk: bytes | bytearray | memoryview,
+        message_type: int,
+        length: int,
+        out: _Output,
+        *,
+        header: bytes | None,
+        header_at: int,
     ) -> None:
         if length < 4 or length > self._max_message_size:
             raise ProtocolError(f"server sent an invalid message length {length}")
@@ -219,11 +236,18 @@ class ResponseRouter:
         self._forward_current = self._reply_is_forwarded(message_type)
         self._capture_current = message_type in (_READY, _PARAMETER_STATUS)
         self._body.clear()
-        if self._forward_current:
-            if header is None:
-                out.keep(header_at, header_at + _HEADER_SIZE)
-            else:
-                out.add(header)
+        # A small reply that does not end in this chunk is held back until it is whole, so the
+        # client's stream is always between messages after a send (a FATAL can then be added).
+        ends_in_chunk = header_at + _HEADER_SIZE + self._remaining <= len(chunk)
+        self._hold_current = self._forward_current and not ends_in_chunk and self._remaining <= _HOLD_LIMIT
+        if not self._forward_current:
+            return
+        if self._hold_current:
+            self._held[:] = header if header is not None else chunk[header_at : header_at + _HEADER_SIZE]
+        elif header is None:
+            out.keep(header_at, header_at + _HEADER_SIZE)
+        else:
+            out.add(header)
 
     def _consume_body(
         self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output
@@ -231,7 +255,9 @@ class ResponseRouter:
         end = min(size, position + self._remaining)
         if self._capture_current:
             self._body += chunk[position:end]
-        if self._forward_current:
+        if self._hold_current:
+            self._held += chunk[position:end]
+        elif self._forward_current:
             out.keep(position, end)
         self._remaining -= end - position
         if self._remaining == 0:
@@ -245,6 +271,9 @@ class ResponseRouter:
         return head.forward or message_type == _ERROR  # an injected request's error explains what follows
 
     def _finish(self, out: _Output) -> None:
+        if self._hold_current:
+            out.add(bytes(self._held))
+            self._hold_current = False
         message_type = self._current_type
         if message_type == _READY:
             status = bytes(self._body[:1]) or b"I"

@@ -66,7 +66,6 @@ class ClientSession:
         self.database = ""
         self._relay_scope: trio.CancelScope | None = None
         self._relay_result: _Relay | None = None
-        self._said_goodbye = False  # a final error went out: drain before closing
 
     async def run(self) -> None:
         try:
@@ -84,8 +83,7 @@ class ClientSession:
                 )
             )
         finally:
-            if self._said_goodbye:
-                await self._drain_client()
+            await self._drain_client()  # returns at once if the client already closed
             self.client.close()
 
     async def _drain_client(self) -> None:
@@ -328,7 +326,6 @@ class ClientSession:
         raise SessionEnded(message)
 
     async def _send_quietly(self, data: bytes) -> None:
-        self._said_goodbye = True
         with trio.CancelScope(shield=True), trio.move_on_after(1), contextlib.suppress(PeerClosed):
             await self.client.send_all(data)
 

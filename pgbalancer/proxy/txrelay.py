@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _RESET_TIMEOUT = 5.0
+_BOUNDARY_WAIT = 1.0
 _SYNC_POINTS = frozenset(b"QSF")
 _NO_EFFECT = SessionCommand(CommandKind.OTHER)
 
@@ -127,13 +128,24 @@ class TransactionRelay:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await self._guarded_client_loop()
+                await self._let_replies_reach_a_boundary()
                 nursery.cancel_scope.cancel()
         finally:
-            self.client_at_boundary = self.attached is None or self.attached.router.at_boundary
+            self.client_at_boundary = self.attached is None or self.attached.router.client_at_boundary
             with trio.CancelScope(shield=True):
                 await self._detach_on_exit()
         farewell = self._ended.farewell if self._ended is not None else None
         return farewell if self.client_at_boundary else None
+
+    async def _let_replies_reach_a_boundary(self) -> None:
+        """Before a FATAL is injected, let a reply being relayed finish (it is mid-message only
+        because TCP split it), so the error lands between messages."""
+        attachment = self.attached
+        if self._ended is None or attachment is None or not attachment.pump_running:
+            return
+        with trio.move_on_after(_BOUNDARY_WAIT):
+            while not attachment.router.client_at_boundary:
+                await trio.sleep(0.005)
 
     async def _guarded_client_loop(self) -> None:
         try:
@@ -421,7 +433,7 @@ class TransactionRelay:
             await self._end_from_pump(None)
 
     def _server_lost_error(self, attachment: _Attachment) -> bytes | None:
-        if not attachment.router.at_boundary:
+        if not attachment.router.client_at_boundary:
             return None
         return error_response(
             SqlState.CONNECTION_FAILURE,

@@ -246,8 +246,30 @@ def test_synthetic_reply_waits_while_the_reply_before_it_is_incomplete() -> None
     router = ResponseRouter()
     router.expect(Request.EXECUTE)
     router.reply_locally(CLOSE_COMPLETE)
-    assert joined(router.feed(DATA_ROW + SELECT_1[:7])) == DATA_ROW + SELECT_1[:7]
-    assert joined(router.feed(SELECT_1[7:])) == SELECT_1[7:] + CLOSE_COMPLETE
+    assert joined(router.feed(DATA_ROW + SELECT_1[:7])) == DATA_ROW  # the partial reply is held back
+    assert router.client_at_boundary and not router.at_boundary
+    assert joined(router.feed(SELECT_1[7:])) == SELECT_1 + CLOSE_COMPLETE
+
+
+def test_small_partial_replies_are_held_whole_so_the_client_stream_stays_between_messages() -> None:
+    router = ResponseRouter()
+    router.expect(Request.EXECUTE)
+    stream = DATA_ROW + DATA_ROW + SELECT_1
+    for cut in range(1, len(stream)):
+        router = ResponseRouter()
+        router.expect(Request.EXECUTE)
+        first = joined(router.feed(stream[:cut]))
+        assert router.client_at_boundary  # a FATAL could be appended here without corrupting anything
+        assert first + joined(router.feed(stream[cut:])) == stream
+
+
+def test_a_large_reply_streams_through_without_being_held() -> None:
+    router = ResponseRouter()
+    router.expect(Request.EXECUTE)
+    big_row = frame(b"D", b"\x00\x01" + (200_000).to_bytes(4, "big") + b"x" * 200_000)
+    first = joined(router.feed(big_row[:1000]))
+    assert first == big_row[:1000]
+    assert not router.client_at_boundary
 
 
 def test_synthetic_reply_precedes_an_asynchronous_message_that_follows_its_turn() -> None:
