@@ -80,7 +80,7 @@ class _Entry:
     request: Request | None  # None: a synthetic reply, nothing is awaited from the server
     forward: bool = True  # False: the proxy injected the request; drop its reply
     synthetic: bytes = b""
-    token: object = None  # given back through on_parse_failed when a Parse did not happen
+    token: object = None  # given back through on_request_lost if the server never performs it
 
 
 @dataclass(slots=True)
@@ -118,12 +118,12 @@ class ResponseRouter:
         self,
         *,
         max_message_size: int = 1 << 30,
-        on_parse_failed: Callable[[object], None] | None = None,
+        on_request_lost: Callable[[object], None] | None = None,
     ) -> None:
         self._queue: deque[_Entry] = deque()
         self._skipping = False  # an extended-protocol error: the server ignores requests until Sync
         self._max_message_size = max_message_size
-        self._on_parse_failed = on_parse_failed
+        self._on_request_lost = on_request_lost
         self._remaining = 0
         self._forward_current = True
         self._capture_current = False
@@ -145,8 +145,7 @@ class ResponseRouter:
         if request is Request.SYNC:
             self._skipping = False
         elif self._skipping:  # after an extended-protocol error the server discards all until Sync
-            if request is Request.PARSE:
-                self._parse_did_not_happen(token)
+            self._request_did_not_happen(token)
             return
         self._queue.append(_Entry(request, forward, token=token))
 
@@ -293,8 +292,7 @@ class ResponseRouter:
         assert head.request is not None  # synthetic entries are emitted before any server message
         if message_type == _ERROR and head.request in _EXTENDED:
             self._queue.popleft()
-            if head.request is Request.PARSE:
-                self._parse_did_not_happen(head.token)
+            self._request_did_not_happen(head.token)
             self._skip_to_sync()
         elif message_type == _PARAMETER_DESCRIPTION and head.request is Request.DESCRIBE_STATEMENT:
             return
@@ -304,8 +302,7 @@ class ResponseRouter:
     def _skip_to_sync(self) -> None:
         while self._queue and self._queue[0].request is not Request.SYNC:
             entry = self._queue.popleft()
-            if entry.request is Request.PARSE:
-                self._parse_did_not_happen(entry.token)
+            self._request_did_not_happen(entry.token)
         if not self._queue:
             self._skipping = True
 
@@ -313,6 +310,6 @@ class ResponseRouter:
         while self._queue and self._queue[0].request is None:
             out.add(self._queue.popleft().synthetic)
 
-    def _parse_did_not_happen(self, token: object) -> None:
-        if token is not None and self._on_parse_failed is not None:
-            self._on_parse_failed(token)
+    def _request_did_not_happen(self, token: object) -> None:
+        if token is not None and self._on_request_lost is not None:
+            self._on_request_lost(token)

@@ -37,6 +37,13 @@ _SIMPLE_REQUESTS = {
 
 
 @dataclass(frozen=True, slots=True)
+class EvictedStatement:
+    """Token of an eviction Close: if the server never performs it, the statement is still there."""
+
+    server_name: str
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedStatement:
     server_name: str
     definition: bytes  # the Parse body after the name: query, parameter count and types
@@ -78,9 +85,16 @@ class ServerStatements:
             return evicted
         return None
 
-    def discard(self, name: object) -> None:
-        if isinstance(name, str):
-            self._names.pop(name, None)
+    def discard(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def request_lost(self, token: object) -> None:
+        """The server never performed a request (an error made it skip to Sync): undo its effect."""
+        if isinstance(token, EvictedStatement):  # the server still holds it: remember it again
+            self._names[token.server_name] = None
+            self._names.move_to_end(token.server_name, last=False)
+        elif isinstance(token, str):  # a Parse that did not happen
+            self.discard(token)
 
     def clear(self) -> None:
         self._names.clear()
@@ -149,7 +163,7 @@ class BatchRewriter:
         evicted = self.server.add(statement.server_name)
         if evicted is not None:
             self.out += encode_message(b"C", b"S" + evicted.encode() + b"\x00")
-            self.router.expect(Request.CLOSE, forward=False)
+            self.router.expect(Request.CLOSE, forward=False, token=EvictedStatement(evicted))
         self.out += encode_message(b"P", statement.server_name.encode() + b"\x00" + statement.definition)
         self.router.expect(Request.PARSE, forward=forward, token=statement.server_name)
 

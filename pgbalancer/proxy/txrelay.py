@@ -331,7 +331,7 @@ class TransactionRelay:
             raise
         router = ResponseRouter(
             max_message_size=self.proxy.config.max_message_size,
-            on_parse_failed=server.statements.discard,
+            on_request_lost=server.statements.request_lost,
         )
         attachment = _Attachment(pool, server, router)
         self.attached = attachment

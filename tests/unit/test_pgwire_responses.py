@@ -57,7 +57,7 @@ def joined(pieces: list[Piece]) -> bytes:
 
 def router_recording_failures() -> tuple[ResponseRouter, list[object]]:
     failed: list[object] = []
-    return ResponseRouter(on_parse_failed=failed.append), failed
+    return ResponseRouter(on_request_lost=failed.append), failed
 
 
 def expect_all(router: ResponseRouter, *requests: Request) -> None:
