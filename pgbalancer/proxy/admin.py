@@ -347,7 +347,7 @@ async def _stop_sessions(proxy: ProxyServer, sessions: list[ClientSession]) -> i
         if not alive or trio.current_time() >= deadline:
             return len(alive)
         for session in alive:  # again each round: one may have reached its relay meanwhile
-            session.request_shutdown()
+            session.request_shutdown("administrator command (KILL)")
         await trio.sleep(_POLL_INTERVAL)
 
 
@@ -544,8 +544,7 @@ def _database_pool_mode(proxy: ProxyServer, database: str) -> str | None:
 
 def _stat_totals(proxy: ProxyServer) -> dict[str, StatTotals]:
     totals: dict[str, StatTotals] = {ADMIN_DATABASE: StatTotals()}
-    for pool in proxy.pools.pools():
-        c = pool.counters
+    for key, c in proxy.pools.counters_by_pool():
         pool_totals = StatTotals(
             server_assignment_count=c.server_assignment_count,
             xact_count=c.xact_count,
@@ -556,7 +555,7 @@ def _stat_totals(proxy: ProxyServer) -> dict[str, StatTotals]:
             query_time_us=c.query_time_us,
             wait_time_us=c.wait_time_us,
         )
-        totals[pool.key.database] = totals.get(pool.key.database, StatTotals()) + pool_totals
+        totals[key.database] = totals.get(key.database, StatTotals()) + pool_totals
     return totals
 
 

@@ -335,6 +335,7 @@ class PoolManager:
         self.limits = limits
         self.max_pools_per_backend = max_pools_per_backend
         self._pools: dict[PoolKey, ServerPool] = {}
+        self._evicted_counters: dict[PoolKey, PoolCounters] = {}  # of pools dropped to honour max_pool
         self.pause_gate = PauseGate()
 
     def pool_for(self, key: PoolKey) -> ServerPool:
@@ -346,6 +347,7 @@ class PoolManager:
         if len(same_backend) >= self.max_pools_per_backend:
             self._evict_one_unused(same_backend, key)
         pool = ServerPool(key, self.limits, self.pause_gate)
+        pool.counters = self._evicted_counters.pop(key, pool.counters)  # totals never go down
         self._pools[key] = pool
         return pool
 
@@ -354,6 +356,7 @@ class PoolManager:
             if pool.active == 0 and pool.waiting == 0:
                 pool.close_idle()
                 del self._pools[pool.key]
+                self._evicted_counters[pool.key] = pool.counters
                 return
         raise PoolExhausted(
             f"backend {wanted.backend_id} already has {self.max_pools_per_backend} busy database/user pools, "
@@ -376,6 +379,13 @@ class PoolManager:
 
     def statistics(self) -> list[PoolStatistics]:
         return [pool.statistics() for pool in self._pools.values()]
+
+    def counters_by_pool(self) -> list[tuple[PoolKey, PoolCounters]]:
+        """Counters of every pool ever used, including ones evicted for max_pool."""
+        live = [(pool.key, pool.counters) for pool in self._pools.values()]
+        return live + [
+            (key, counters) for key, counters in self._evicted_counters.items() if key not in self._pools
+        ]
 
     def server_connections_to(self, backend_id: int) -> int:
         return sum(p.active + p.idle_count for p in self._pools.values() if p.key.backend_id == backend_id)

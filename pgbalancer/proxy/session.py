@@ -66,6 +66,10 @@ class ClientSession:
         self.database = ""
         self._relay_scope: trio.CancelScope | None = None
         self._relay_result: _Relay | None = None
+        self.end_reason = "pgbalancer shutdown"
+        self.connected_at = trio.current_time()
+        self.last_request_at: float | None = None  # the relays update it per client request
+        self.application_name = ""
 
     async def run(self) -> None:
         try:
@@ -98,7 +102,9 @@ class ClientSession:
                     return
                 drained += received
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, reason: str = "pgbalancer shutdown") -> None:
+        """End the session; the client is told ``terminating connection due to <reason>``."""
+        self.end_reason = reason
         if self._relay_scope is not None:
             self._relay_scope.cancel()
 
@@ -160,7 +166,7 @@ class ClientSession:
         self._relay_scope = None
         if scope.cancelled_caught and relay.client_at_boundary:
             farewell = error_response(
-                SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
+                SqlState.ADMIN_SHUTDOWN, f"terminating connection due to {self.end_reason}", severity="FATAL"
             )
         if farewell is not None:
             await self._send_quietly(farewell)
@@ -171,6 +177,7 @@ class ClientSession:
         if startup is None:
             return None
         self.user, self.database = startup.user, startup.database
+        self.application_name = startup.parameters.get("application_name", "")
         limit = self.proxy.config.max_client_conn
         if len(self.proxy.sessions) > limit:  # this session is already counted
             await self._fail(
@@ -267,8 +274,7 @@ class ClientSession:
         if farewell is not None and relay.server_scanner.at_boundary:  # never inject mid-message
             await self._send_quietly(farewell)
 
-    @staticmethod
-    def _farewell(relay: _Relay, *, shutting_down: bool) -> bytes | None:
+    def _farewell(self, relay: _Relay, *, shutting_down: bool) -> bytes | None:
         """The FATAL error that tells the client why the relay ended, if it did not choose to."""
         if relay.protocol_error is not None:
             return error_response(
@@ -276,7 +282,7 @@ class ClientSession:
             )
         if shutting_down:
             return error_response(
-                SqlState.ADMIN_SHUTDOWN, "terminating connection due to pgbalancer shutdown", severity="FATAL"
+                SqlState.ADMIN_SHUTDOWN, f"terminating connection due to {self.end_reason}", severity="FATAL"
             )
         if relay.server_closed:
             return error_response(

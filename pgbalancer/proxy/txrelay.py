@@ -203,6 +203,7 @@ class TransactionRelay:
 
     async def _handle(self, messages: list[Message]) -> bool:
         """Process a batch; True when the client said Terminate."""
+        self.session.last_request_at = trio.current_time()
         terminated = False
         for index, message in enumerate(messages):
             if message.type == b"X":

@@ -9,7 +9,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PURE_PACKAGES = ("pgbalancer.pgwire", "pgbalancer.routing", "pgbalancer.cache", "pgbalancer.ha")
-PURE_MODULES = ("pgbalancer.config", "pgbalancer.userlist", "pgbalancer.proxy.startup")
+PURE_MODULES = (
+    "pgbalancer.config",
+    "pgbalancer.userlist",
+    "pgbalancer.proxy.startup",
+    "pgbalancer.proxy.prepared",
+    "pgbalancer.proxy.sessionstate",
+    "pgbalancer.proxy.admin_commands",
+)
 IO_IMPORTS = ("trio", "socket", "select", "threading", "asyncio", "selectors", "subprocess", "pysyncobj")
 SHELLS = ("pgbalancer.proxy", "pgbalancer.health", "pgbalancer.api", "pgbalancer.events", "pgbalancer.cli")
 
