@@ -28,12 +28,14 @@ from compare.harness import (
     PEERS,
     HarnessError,
     Peer,
+    ProfiledLoad,
     SharedScripts,
     find_py_spy,
     install_peers,
     is_installed,
     locate_shared,
     probe_latency,
+    process_tree,
     profile_under_load,
 )
 from compare.machine import git_state, machine_info
@@ -182,15 +184,33 @@ def _profile(args: argparse.Namespace, plan: Plan, pid: int) -> None:
     """py-spy over pgbalancer under the ro load; writes profile.raw and profile.md."""
     py_spy = find_py_spy(args.pgbalancer.parent)
     raw = plan.out / "profile.raw"
-    pgbench_output = profile_under_load(py_spy, pid, args.port, args.profile, raw)
+    load = profile_under_load(py_spy, pid, args.port, args.profile, raw)
     summary = summarize_profile(parse_collapsed(raw.read_text()))
-    tps = next((line for line in pgbench_output.splitlines() if line.startswith("tps =")), "tps = ?")
-    title = f"py-spy, {args.profile} s of pgbalancer under pgbench -S -c 16 -j 2 ({tps} while sampled)"
-    (plan.out / "profile.md").write_text(render_profile(summary, title) + "\n")
-    print(render_profile(summary, title), flush=True)
+    text = render_profile(summary, _profile_title(args.profile, load))
+    (plan.out / "profile.md").write_text(text + "\n")
+    print(text, flush=True)
 
 
-def _measure(args: argparse.Namespace, plan: Plan, shared: SharedScripts) -> list[results.LatencyProbe]:
+def _profile_title(seconds: int, load: ProfiledLoad) -> str:
+    tps = next((ln for ln in load.pgbench_output.splitlines() if ln.startswith("tps =")), "tps = ?")
+    processed = results.parse_pgbench_count(load.pgbench_output)
+    cpu = ""
+    if processed:
+        user_us, system_us = (value / processed * 1e6 for value in (load.user_s, load.system_s))
+        cpu = f"; pgbalancer CPU per transaction: {user_us:.1f} µs user + {system_us:.1f} µs system"
+    return (
+        f"py-spy, {seconds} s of pgbalancer ({load.processes} process(es)) under pgbench -S -c 16 -j 2"
+        f" ({tps.split('(')[0].strip()} while sampled{cpu})"
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    probes: list[results.LatencyProbe]
+    pgbalancer_processes: int | None  # supervisor + forked workers, counted once the load ran
+
+
+def _measure(args: argparse.Namespace, plan: Plan, shared: SharedScripts) -> Measured:
     conf = plan.out / "pgbalancer.conf"
     with contextlib.ExitStack() as stack:
         pid = None
@@ -204,12 +224,14 @@ def _measure(args: argparse.Namespace, plan: Plan, shared: SharedScripts) -> lis
             find_py_spy(args.pgbalancer.parent)  # fail before the long part, not after it
         shared.bench(_bench_args(args, plan, conf), plan.out / "bench.log")
         probes = _latency_probes(plan, args) if args.probe_seconds > 0 else []
+        processes = len(process_tree(pid)) if pid is not None else None
         if args.profile and pid is not None:
             _profile(args, plan, pid)
-        return probes
+        return Measured(probes, processes)
 
 
-def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyProbe], started: str) -> str:
+def _report(args: argparse.Namespace, plan: Plan, measured: Measured, started: str) -> str:
+    probes = measured.probes
     runs = results.parse_runs((plan.out / "bench" / "runs.csv").read_text())
     scenarios = results.summarize(runs)
     goals = results.evaluate_goals(scenarios, probes, CANDIDATE) if plan.with_pgbalancer else []
@@ -218,6 +240,7 @@ def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyPr
         "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": ["bench/pgbench_compare", *sys.argv[1:]],
         "pool_mode": args.pool_mode if plan.with_pgbalancer else None,
+        "pgbalancer_processes": measured.pgbalancer_processes,
         "options": {"reps": args.reps, "time_scale": args.time_scale, "scenarios": args.scenarios},
         "targets": plan.targets(args.port),
         "skipped": plan.skipped,
@@ -233,10 +256,14 @@ def _report(args: argparse.Namespace, plan: Plan, probes: list[results.LatencyPr
     return table
 
 
-def _header(args: argparse.Namespace, plan: Plan) -> str:
+def _header(args: argparse.Namespace, plan: Plan, measured: Measured) -> str:
     lines = [f"## pgbench comparison, {args.reps} rep(s), time scale {args.time_scale}"]
     if plan.with_pgbalancer:
-        lines.append(f"pgbalancer ran in pool_mode = {args.pool_mode} (PgBouncer: transaction)")
+        processes = measured.pgbalancer_processes
+        lines.append(
+            f"pgbalancer ran in pool_mode = {args.pool_mode} (PgBouncer: transaction) as {processes}"
+            " process(es) (a supervisor plus its workers when more than one)"
+        )
     lines += [f"{name}: skipped, {reason}" for name, reason in plan.skipped.items()]
     return "\n".join(lines) + "\n"
 
@@ -272,12 +299,12 @@ def run(argv: Sequence[str]) -> int:
         )
         plan = _plan(args)
         with _cluster_and_peers(shared, [p.name for p in plan.peers], args.keep_up):
-            probes = _measure(args, plan, shared)
-            table = _report(args, plan, probes, started)
+            measured = _measure(args, plan, shared)
+            table = _report(args, plan, measured, started)
     except (HarnessError, ValueError) as error:
         print(f"pgbench_compare: {error}", file=sys.stderr)
         return 1
-    print("\n" + _header(args, plan) + "\n" + table)
+    print("\n" + _header(args, plan, measured) + "\n" + table)
     print(f"results: {plan.out}/compare.json")
     return 0
 

@@ -155,29 +155,56 @@ def find_py_spy(venv_bin: Path) -> Path:
     return Path(on_path)
 
 
-def profile_under_load(py_spy: Path, pid: int, port: int, seconds: int, raw_out: Path) -> str:
-    """py-spy samples `pid` for `seconds` while pgbench -S -c 16 loads it; returns pgbench's output.
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (pgbalancer's forked workers), from /proc's children lists."""
+    found, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        try:
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        pending += [int(c) for c in children]
+    return found
 
-    --nonblocking keeps py-spy from pausing the proxy at every sample, so throughput is disturbed
-    only by the sampler's own CPU; idle (event-loop wait) samples are left out by py-spy's default;
-    --function aggregates lines into their function.
+
+def user_system_seconds(pids: Sequence[int]) -> tuple[float, float]:
+    """CPU seconds spent in user space and in the kernel by these live processes."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user = system = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        user, system = user + int(fields[11]), system + int(fields[12])
+    return user / ticks, system / ticks
+
+
+@dataclass(frozen=True)
+class ProfiledLoad:
+    pgbench_output: str
+    user_s: float  # pgbalancer's (all its processes) CPU during the whole pgbench run
+    system_s: float
+    processes: int
+
+
+def profile_under_load(py_spy: Path, pid: int, port: int, seconds: int, raw_out: Path) -> ProfiledLoad:
+    """py-spy samples pgbalancer for `seconds` while pgbench -S -c 16 loads it.
+
+    --subprocesses follows forked workers; --nonblocking keeps py-spy from pausing the proxy at every
+    sample; idle (event-loop wait) samples are left out by py-spy's default; --function aggregates
+    lines into their function. py-spy samples wall time of non-idle threads, so time spent runnable
+    but preempted shows up too: the user/system CPU split read from /proc is the CPU-only view.
     """
     load = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-S", "-c", "16", "-j", "2"]
     load += ["-T", str(seconds + 6), "-n", "bench"]
-    record = [
-        str(py_spy),
-        "record",
-        "-p",
-        str(pid),
-        "-d",
-        str(seconds),
-        "-r",
-        "200",
-        "--nonblocking",
-        "--function",
-    ]
-    record += ["-f", "raw", "-o", str(raw_out)]
+    record = [str(py_spy), "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "--nonblocking"]
+    record += ["--function", "--subprocesses", "-f", "raw", "-o", str(raw_out)]
     print("==> " + " ".join(load) + "\n==> (after 3 s) " + " ".join(record), flush=True)
+    pids = process_tree(pid)
+    user_before, system_before = user_system_seconds(pids)
     with subprocess.Popen(load, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as pgbench:
         try:
             pgbench.wait(timeout=3)  # warm-up; it only returns early when pgbench failed
@@ -186,4 +213,5 @@ def profile_under_load(py_spy: Path, pid: int, port: int, seconds: int, raw_out:
         output, _ = pgbench.communicate()
     if pgbench.returncode != 0:
         raise HarnessError(f"pgbench under py-spy failed: {output.strip()}")
-    return output
+    user_after, system_after = user_system_seconds(pids)
+    return ProfiledLoad(output, user_after - user_before, system_after - system_before, len(pids))

@@ -217,6 +217,14 @@ def parse_pgbench_log(text: str) -> list[int]:
     return latencies
 
 
+def parse_pgbench_count(output: str) -> int:
+    """`number of transactions actually processed: N` from pgbench's report, 0 when absent."""
+    for line in output.splitlines():
+        if line.startswith("number of transactions actually processed:"):
+            return _int(line.partition(":")[2].split("/")[0])
+    return 0
+
+
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
     """Nearest-rank percentile of already sorted values (fraction in [0, 1])."""
     if not sorted_values:

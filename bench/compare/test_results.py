@@ -120,3 +120,10 @@ def test_config_rejects_bad_values() -> None:
         ProxyConfig(backends=[Backend("127.0.0.1", 5433)], pool_mode="bogus")
     with pytest.raises(ValueError, match="KEY=VALUE"):
         parse_extra(["no_equals_sign"])
+
+
+def test_pgbench_count() -> None:
+    report = "number of transactions actually processed: 290778\nlatency average = 0.5 ms\n"
+    assert results.parse_pgbench_count(report) == 290778
+    assert results.parse_pgbench_count("number of transactions actually processed: 120/160\n") == 120
+    assert results.parse_pgbench_count("pgbench: error") == 0
