@@ -40,15 +40,31 @@ _TRACKED_LOWER = {name.lower(): name for name in TRACKED_PARAMETERS}
 _COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _SET = re.compile(
     r"set\s+(?:session\s+)?(?!local\b|transaction\b|role\b|session\s+authorization\b|constraints\b)"
-    r"([a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\bto\b)\s*(.+?)\s*;?\s*\Z",
+    r"([a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\bto\b)\s*(.+)\Z",
     re.IGNORECASE | re.DOTALL,
 )
-_RESET = re.compile(r"reset\s+([a-z_][a-z0-9_$.]*)\s*;?\s*\Z", re.IGNORECASE)
+_RESET = re.compile(r"reset\s+([a-z_][a-z0-9_$.]*)\Z", re.IGNORECASE)
 _DEALLOCATE = re.compile(
-    r"deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[a-z_][a-z0-9_$]*)\s*;?\s*\Z", re.IGNORECASE
+    r"deallocate\s+(?:prepare\s+)?(\"(?:[^\"]|\"\")+\"|[a-z_][a-z0-9_$]*)\Z", re.IGNORECASE
 )
-_DEALLOCATE_ALL = re.compile(r"deallocate\s+(?:prepare\s+)?all\s*;?\s*\Z", re.IGNORECASE)
-_DISCARD_ALL = re.compile(r"discard\s+all\s*;?\s*\Z", re.IGNORECASE)
+_DEALLOCATE_ALL = re.compile(r"deallocate\s+(?:prepare\s+)?all\Z", re.IGNORECASE)
+_DISCARD_ALL = re.compile(r"discard\s+all\Z", re.IGNORECASE)
+_FIRST_WORD = re.compile(r"[a-z]+", re.IGNORECASE)
+_STATE_KEYWORDS = frozenset(
+    {
+        "set",
+        "reset",
+        "listen",
+        "unlisten",
+        "prepare",
+        "load",
+        "discard",
+        "deallocate",
+        "create",
+        "declare",
+        "select",
+    }
+)
 _STATEFUL = re.compile(
     r"(?:set|reset|listen|unlisten|prepare|load|discard|create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\b"
     r"|declare\b.*\bwith\s+hold\b|select\b.*\binto\s+(?:temp|temporary)\b)",
@@ -82,30 +98,23 @@ def strip_leading_comments(sql: str) -> str:
 
 def classify_session_command(sql: str) -> SessionCommand:
     """What a simple Query does to session state (conservative: unsure means STATEFUL)."""
-    text = strip_leading_comments(sql)
-    head = text[:12].lower()
-    if not head.startswith(
-        (
-            "set",
-            "reset",
-            "listen",
-            "unlisten",
-            "prepare",
-            "load",
-            "discard",
-            "deallocate",
-            "create",
-            "declare",
-            "select",
-        )
-    ):
+    body = _without_terminator(strip_leading_comments(sql))
+    if ";" in body:  # several statements: any of them may leave state behind
+        return SessionCommand(CommandKind.STATEFUL) if _mentions_state(body) else _OTHER
+    word = _FIRST_WORD.match(body)
+    if word is None or word.group(0).lower() not in _STATE_KEYWORDS:
         return _OTHER
-    single = text.count(";") <= 1 and not text.rstrip().rstrip(";").count(";")
-    if single:
-        command = _single_statement_command(text)
-        if command is not None:
-            return command
-    return SessionCommand(CommandKind.STATEFUL) if _mentions_state(text) else _OTHER
+    command = _single_statement_command(body)
+    if command is not None:
+        return command
+    return SessionCommand(CommandKind.STATEFUL) if _STATEFUL.match(body) else _OTHER
+
+
+def _without_terminator(text: str) -> str:
+    r"""The statement without trailing blanks and one trailing ';' (done here, not in the
+    patterns: optional tails like ``\s*;?\s*\Z`` backtrack quadratically on long blanks)."""
+    text = text.rstrip()
+    return text[:-1].rstrip() if text.endswith(";") else text
 
 
 def _single_statement_command(text: str) -> SessionCommand | None:
@@ -119,7 +128,7 @@ def _single_statement_command(text: str) -> SessionCommand | None:
         name = match.group(1)
         name = name[1:-1].replace('""', '"') if name.startswith('"') else name.lower()
         return SessionCommand(CommandKind.DEALLOCATE, name)
-    if (match := _RESET.match(text)) and match.group(1).lower() != "all":
+    if match := _RESET.match(text):  # including RESET ALL (name "all")
         return SessionCommand(CommandKind.RESET, match.group(1).lower())
     return None
 
@@ -144,6 +153,8 @@ class ClientSessionState:
         reported = {name.lower() for name in server_reports}
         if command.kind is CommandKind.SET and command.name not in reported:
             self.unreported_sql[command.name] = command.value_sql
+        elif command.kind is CommandKind.RESET and command.name == "all":
+            self.unreported_sql.clear()
         elif command.kind is CommandKind.RESET:
             self.unreported_sql.pop(command.name, None)
         elif command.kind is CommandKind.DISCARD_ALL:

@@ -1,12 +1,15 @@
-"""Pure startup decisions: which settings a client asked for, the SETs to apply, what to refuse."""
+"""Pure session decisions: startup settings, the SETs to apply, what to refuse, SQL classification."""
 
 from __future__ import annotations
+
+import time
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pgbalancer.pgwire.messages import PROTOCOL_VERSION_3, StartupMessage
+from pgbalancer.proxy.sessionstate import CommandKind, classify_session_command
 from pgbalancer.proxy.startup import (
     StartupSettingsError,
     quote_literal,
@@ -77,3 +80,23 @@ def test_any_parameters_either_parse_to_safe_names_or_raise_our_error(parameters
     for name in settings:
         assert name.replace("_", "").replace(".", "").replace("$", "").isalnum()
         assert f"SET {name} TO E'" in sql
+
+
+def test_session_classifier_is_linear_on_hostile_statements() -> None:
+    """Long blank runs once made optional regex tails backtrack quadratically (a DoS on the loop)."""
+    blanks = " " * 200_000
+    hostile = [
+        f"SET a = x{blanks}y",
+        f"DEALLOCATE x{blanks}y",
+        f"RESET x{blanks}y",
+        f"set {blanks}a{blanks}={blanks}",
+    ]
+    started = time.process_time()
+    for sql in hostile:
+        classify_session_command(sql)
+    assert time.process_time() - started < 2.0  # quadratic behaviour took minutes here
+
+
+def test_a_set_hidden_after_another_statement_is_still_seen() -> None:
+    assert classify_session_command("UPDATE t SET x = 1; SET work_mem = '1GB'").kind is CommandKind.STATEFUL
+    assert classify_session_command("RESET ALL").kind is CommandKind.RESET
