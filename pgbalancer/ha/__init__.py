@@ -1,0 +1,1 @@
+"""High availability, pure: the cluster view snapshot and the failover planner."""

@@ -1,0 +1,43 @@
+"""The cluster view snapshot: lookups, derived sets, and copy-on-change."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgbalancer.ha.view import BackendRole, BackendState, BackendStatus, ClusterView, initial_view
+
+
+def three_nodes() -> ClusterView:
+    return initial_view(((0, "db0", 5432, 1.0), (1, "db1", 5432, 1.0), (2, "db2", 5432, 0.0)))
+
+
+def test_initial_view_presumes_backend_zero_primary() -> None:
+    view = three_nodes()
+    assert view.primary_id == 0 and view.epoch == 0
+    assert view.primary is not None and view.primary.address == "db0:5432"
+    assert all(state.role is BackendRole.UNKNOWN for state in view)
+
+
+def test_readable_skips_down_and_zero_weight() -> None:
+    view = three_nodes().with_backend(BackendState(1, "db1", 5432, status=BackendStatus.DOWN))
+    assert [s.node_id for s in view.readable()] == [0]
+    assert [s.node_id for s in view.up_standbys()] == [2]
+
+
+def test_a_down_primary_is_no_primary() -> None:
+    view = three_nodes().with_backend(BackendState(0, "db0", 5432, status=BackendStatus.DOWN))
+    assert view.primary_id == 0 and view.primary is None
+
+
+def test_changes_make_new_views_and_failover_bumps_the_epoch() -> None:
+    before = three_nodes()
+    after = before.with_primary(1)
+    assert (before.primary_id, before.epoch) == (0, 0)
+    assert (after.primary_id, after.epoch) == (1, 1)
+    assert after.with_primary(1, new_epoch=False).epoch == 1
+
+
+def test_unknown_node_id_names_the_known_ones() -> None:
+    with pytest.raises(KeyError, match="no backend 7 \\(known: 0, 1, 2\\)"):
+        three_nodes().backend(7)
+    assert not three_nodes().has(7)
