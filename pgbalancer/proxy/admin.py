@@ -502,7 +502,8 @@ def _database_names(proxy: ProxyServer) -> list[str]:
 
 
 def _database_rows(proxy: ProxyServer) -> list[DatabaseRow]:
-    config, primary, pools = proxy.config, proxy.primary_address(), proxy.pools
+    config, pools = proxy.config, proxy.pools
+    primary = proxy.cluster_view.backend(proxy.cluster_view.primary_id or 0)  # shown even when down
     sessions = _logged_in_sessions(proxy)
     rows = [
         DatabaseRow(
@@ -591,7 +592,7 @@ async def _backend_rows(proxy: ProxyServer) -> list[BackendNodeRow]:
     async with trio.open_nursery() as nursery:
         for backend in backends:
             nursery.start_soon(_probe, backend.node_id, backend.hostname, backend.port, reachable)
-    primary_id = proxy.primary_address().node_id
+    primary_id = proxy.cluster_view.primary_id
     pools_by_node: dict[int, list[ServerPool]] = defaultdict(list)
     for pool in proxy.pools.pools():
         pools_by_node[pool.key.backend_id].append(pool)

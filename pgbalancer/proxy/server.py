@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from pgbalancer.config import Config, ConfigError
+from pgbalancer.ha.view import ClusterView, initial_view
 from pgbalancer.pgwire.messages import CancelRequest
 from pgbalancer.proxy.admin_commands import STATS_PERIOD, StatsHistory
 from pgbalancer.proxy.authquery import AuthQuerySettings, AuthQuerySource
@@ -76,6 +77,10 @@ class ProxyServer:
         self.auth_query = self._auth_query_source(config, userlist)
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
+        # Until the health checker reports, backend 0 is presumed primary.
+        self.cluster_view = initial_view(
+            tuple((b.node_id, b.hostname, b.port, b.weight) for b in config.backends)
+        )
         self.sessions: dict[int, ClientSession] = {}
         # A worker's index sits in the top bits of its process ids, so a cancel key names its worker.
         worker_index = peering.worker_index if peering is not None else 0
@@ -138,9 +143,18 @@ class ProxyServer:
                 self.auth_query.close_expired_idle()
 
     def primary_address(self) -> BackendAddress:
-        # Until health checks and the cluster view exist, backend 0 is the primary.
-        backend = self.config.backends[0]
-        return BackendAddress(backend.node_id, backend.hostname, backend.port)
+        """Where writes go now, from the current cluster view; BackendUnavailable if no primary is up."""
+        primary = self.cluster_view.primary
+        if primary is None:
+            raise BackendUnavailable(
+                f"no primary is up (cluster view epoch {self.cluster_view.epoch}); "
+                "check the backends, or promote a standby"
+            )
+        return BackendAddress(primary.node_id, primary.host, primary.port)
+
+    def update_cluster_view(self, view: ClusterView) -> None:
+        """Adopt a newer snapshot (from the health checker, later from Raft); readers keep theirs."""
+        self.cluster_view = view
 
     async def acquire_primary(
         self, database: str, credentials: ServerCredentials
