@@ -37,6 +37,8 @@ from pgbalancer.proxy.tls import TlsContexts
 
 log = logging.getLogger(__name__)
 
+ViewListener = Callable[[ClusterView, ClusterView, str, Mapping[str, object]], None]
+
 _ACCEPT_BACKOFF = 0.05
 
 
@@ -78,6 +80,7 @@ class ProxyServer:
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         # Until the health checker reports, backend 0 is presumed primary.
+        self.view_listeners: list[ViewListener] = []
         self.cluster_view = initial_view(
             tuple((b.node_id, b.hostname, b.port, b.weight) for b in config.backends)
         )
@@ -152,9 +155,16 @@ class ProxyServer:
             )
         return BackendAddress(primary.node_id, primary.host, primary.port)
 
-    def update_cluster_view(self, view: ClusterView) -> None:
-        """Adopt a newer snapshot (from the health checker, later from Raft); readers keep theirs."""
-        self.cluster_view = view
+    def update_cluster_view(
+        self, view: ClusterView, reason: str = "", details: Mapping[str, object] | None = None
+    ) -> None:
+        """Adopt a newer snapshot (from the health checker, later from Raft); readers keep theirs.
+
+        Listeners (events, metrics) hear (old, new, reason, details) and must not block.
+        """
+        old, self.cluster_view = self.cluster_view, view
+        for listener in self.view_listeners:
+            listener(old, view, reason, details or {})
 
     async def acquire_primary(
         self, database: str, credentials: ServerCredentials
