@@ -31,6 +31,8 @@ _STARTUP_ENCODING: Final = "utf-8"
 _STARTUP_ERRORS: Final = "surrogateescape"
 
 _INT32: Final = struct.Struct("!I")
+_SIGNED_INT16: Final = struct.Struct("!h")
+_SIGNED_INT32: Final = struct.Struct("!i")
 _TWO_INT32: Final = struct.Struct("!II")
 _UINT32_MAX: Final = 0xFFFFFFFF
 
@@ -396,3 +398,43 @@ def query(sql: str) -> bytes:
 
 def terminate() -> bytes:
     return b"X\x00\x00\x00\x04"
+
+
+def parse_row_description(body: bytes) -> tuple[str, ...]:
+    """Column names of a RowDescription ('T') body."""
+    try:
+        (count,) = _SIGNED_INT16.unpack_from(body)
+        names: list[str] = []
+        offset = 2
+        for _ in range(count):
+            end = body.index(b"\0", offset)
+            names.append(body[offset:end].decode("utf-8", "replace"))
+            offset = end + 1 + 18  # table oid, attnum, type oid, typlen, typmod, format
+        if offset != len(body):
+            raise ProtocolError("malformed RowDescription: length does not match its fields")
+    except (struct.error, ValueError) as exc:
+        raise ProtocolError(f"malformed RowDescription: {exc}") from exc
+    return tuple(names)
+
+
+def parse_data_row(body: bytes) -> tuple[bytes | None, ...]:
+    """Column values of a DataRow ('D') body; None is SQL NULL."""
+    try:
+        (count,) = _SIGNED_INT16.unpack_from(body)
+        values: list[bytes | None] = []
+        offset = 2
+        for _ in range(count):
+            (length,) = _SIGNED_INT32.unpack_from(body, offset)
+            offset += 4
+            if length < 0:
+                values.append(None)
+                continue
+            if offset + length > len(body):
+                raise ProtocolError("malformed DataRow: a value runs past the message")
+            values.append(body[offset : offset + length])
+            offset += length
+    except struct.error as exc:
+        raise ProtocolError(f"malformed DataRow: {exc}") from exc
+    if offset != len(body):
+        raise ProtocolError("malformed DataRow: length does not match its values")
+    return tuple(values)

@@ -292,19 +292,21 @@ class ResponseRouter:
         assert head.request is not None  # synthetic entries are emitted before any server message
         if message_type == _ERROR and head.request in _EXTENDED:
             self._queue.popleft()
-            self._request_did_not_happen(head.token)
-            self._skip_to_sync()
+            self._skip_to_sync(first_lost=head.token)
         elif message_type == _PARAMETER_DESCRIPTION and head.request is Request.DESCRIBE_STATEMENT:
             return
         elif message_type in _ENDS_AT[head.request]:
             self._queue.popleft()
 
-    def _skip_to_sync(self) -> None:
+    def _skip_to_sync(self, first_lost: object) -> None:
+        lost = [first_lost]
         while self._queue and self._queue[0].request is not Request.SYNC:
-            entry = self._queue.popleft()
-            self._request_did_not_happen(entry.token)
+            lost.append(self._queue.popleft().token)
         if not self._queue:
             self._skipping = True
+        # Undo last-sent-first, so an undone eviction does not undo the Parse that followed it.
+        for token in reversed(lost):
+            self._request_did_not_happen(token)
 
     def _emit_due_synthetic(self, out: _Output) -> None:
         while self._queue and self._queue[0].request is None:

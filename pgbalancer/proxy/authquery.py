@@ -29,7 +29,7 @@ import trio
 from pgbalancer.config import Config
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, parse_error_fields
 from pgbalancer.pgwire.framing import Message
-from pgbalancer.pgwire.messages import encode_message
+from pgbalancer.pgwire.messages import encode_message, parse_data_row, parse_row_description
 from pgbalancer.proxy.backend import (
     BackendAddress,
     BackendUnavailable,
@@ -101,46 +101,6 @@ def _cstring(text: str) -> bytes:
     if b"\0" in raw:
         raise ValueError("a protocol string must not contain NUL")
     return raw + b"\0"
-
-
-def parse_row_description(body: bytes) -> tuple[str, ...]:
-    """Column names of a RowDescription ('T') body."""
-    try:
-        (count,) = _INT16.unpack_from(body)
-        names: list[str] = []
-        offset = 2
-        for _ in range(count):
-            end = body.index(b"\0", offset)
-            names.append(body[offset:end].decode("utf-8", "replace"))
-            offset = end + 1 + 18  # table oid, attnum, type oid, typlen, typmod, format
-        if offset != len(body):
-            raise ProtocolError("malformed RowDescription: length does not match its fields")
-    except (struct.error, ValueError) as exc:
-        raise ProtocolError(f"malformed RowDescription: {exc}") from exc
-    return tuple(names)
-
-
-def parse_data_row(body: bytes) -> tuple[bytes | None, ...]:
-    """Column values of a DataRow ('D') body; None is SQL NULL."""
-    try:
-        (count,) = _INT16.unpack_from(body)
-        values: list[bytes | None] = []
-        offset = 2
-        for _ in range(count):
-            (length,) = _INT32.unpack_from(body, offset)
-            offset += 4
-            if length < 0:
-                values.append(None)
-                continue
-            if offset + length > len(body):
-                raise ProtocolError("malformed DataRow: a value runs past the message")
-            values.append(body[offset : offset + length])
-            offset += length
-    except struct.error as exc:
-        raise ProtocolError(f"malformed DataRow: {exc}") from exc
-    if offset != len(body):
-        raise ProtocolError("malformed DataRow: length does not match its values")
-    return tuple(values)
 
 
 def secret_from_result(columns: tuple[str, ...], rows: list[tuple[bytes | None, ...]]) -> str | None:

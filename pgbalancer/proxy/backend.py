@@ -71,6 +71,7 @@ class ServerConnection:
 
     __slots__ = (
         "address",
+        "aligned_with",
         "backend_pid",
         "backend_secret",
         "channel",
@@ -101,6 +102,7 @@ class ServerConnection:
         self.sessions_served = 0
         self.statements = ServerStatements(DEFAULT_PREPARED_STATEMENTS)
         self.dirty = False  # holds session state of a client: reset before anyone else gets it
+        self.aligned_with: tuple[int, int] | None = None  # the client settings it was last set to
 
     def take_unrelayed_bytes(self) -> bytes:
         """Bytes the handshake reader received but did not consume (forward them first)."""
@@ -108,11 +110,23 @@ class ServerConnection:
 
     async def run_query(self, sql: str) -> None:
         """Run the proxy's own simple query, discarding rows; ServerError on ErrorResponse."""
+        await self.fetch_rows(sql)
+
+    async def fetch_rows(self, sql: str) -> list[tuple[str | None, ...]]:
+        """Run the proxy's own simple query; its rows as text; ServerError on ErrorResponse."""
         await self.socket.send_all(pgmsg.query(sql))
         error: dict[str, str] | None = None
+        rows: list[tuple[str | None, ...]] = []
         while True:
             message = await self._read()
-            if message.type == b"E" and error is None:
+            if message.type == b"D":
+                rows.append(
+                    tuple(
+                        None if v is None else v.decode("utf-8", "replace")
+                        for v in pgmsg.parse_data_row(message.body)
+                    )
+                )
+            elif message.type == b"E" and error is None:
                 error = parse_error_fields(message.body)
             elif message.type == b"G":  # COPY FROM STDIN in a proxy query: refuse it
                 await self.socket.send_all(_copy_fail("pgbalancer does not feed COPY in its own queries"))
@@ -120,6 +134,7 @@ class ServerConnection:
                 break
         if error is not None:
             raise ServerError(error)
+        return rows
 
     async def reset(self, *, rollback: bool, reset_query: str) -> None:
         """Roll back if needed and run the reset query; the statements it held are gone."""
@@ -129,6 +144,7 @@ class ServerConnection:
             await self.run_query(reset_query)
             self.statements.clear()
         self.dirty = False
+        self.aligned_with = None
 
     async def _read(self) -> Message:
         try:

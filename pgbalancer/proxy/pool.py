@@ -194,20 +194,15 @@ class ServerPool:
         """Lend a live connection, opening one if below the limit; PoolExhausted on timeout."""
         lease = object()
         queued_at = trio.current_time()
-        with self._queued(lease, queued_at), trio.move_on_after(self.limits.wait_timeout) as wait:
-            if self.pause_gate.blocks(self.key.database):
-                await self.pause_gate.wait_open(self.key.database)
-            self._limiter_of[lease] = await self._take_slot(lease)
-        if wait.cancelled_caught and self.pause_gate.blocks(self.key.database):
-            raise PoolExhausted(
-                f"database {self.key.database} stayed paused (PAUSE on the admin console) for "
-                f"{self.limits.wait_timeout:g}s while this client waited; RESUME it, then reconnect"
-            )
-        if wait.cancelled_caught:
-            raise PoolExhausted(
-                f"no server connection free in pool {self.key} after waiting {self.limits.wait_timeout:g}s "
-                f"(all {self.limits.max_size} in use); raise num_init_children or reduce client concurrency"
-            )
+        if self._took_free_slot(lease):  # the common case: no queue, no timers
+            wait = None
+        else:
+            with self._queued(lease, queued_at), trio.move_on_after(self.limits.wait_timeout) as wait:
+                if self.pause_gate.blocks(self.key.database):
+                    await self.pause_gate.wait_open(self.key.database)
+                self._limiter_of[lease] = await self._take_slot(lease)
+        if wait is not None:
+            self._raise_if_timed_out(wait)
         try:
             server = self._take_idle()
             if server is None:
@@ -219,6 +214,29 @@ class ServerPool:
         self._leases[id(server)] = lease
         self._count_assignment(queued_at)
         return server
+
+    def _took_free_slot(self, lease: object) -> bool:
+        """Take a regular slot at once if one is free and nothing holds clients back."""
+        if self.pause_gate.blocks(self.key.database) or self._waiting_since:
+            return False  # keep the queue fair: waiters go first
+        try:
+            self._slots.acquire_on_behalf_of_nowait(lease)
+        except trio.WouldBlock:
+            return False
+        self._limiter_of[lease] = self._slots
+        return True
+
+    def _raise_if_timed_out(self, wait: trio.CancelScope) -> None:
+        if wait.cancelled_caught and self.pause_gate.blocks(self.key.database):
+            raise PoolExhausted(
+                f"database {self.key.database} stayed paused (PAUSE on the admin console) for "
+                f"{self.limits.wait_timeout:g}s while this client waited; RESUME it, then reconnect"
+            )
+        if wait.cancelled_caught:
+            raise PoolExhausted(
+                f"no server connection free in pool {self.key} after waiting {self.limits.wait_timeout:g}s "
+                f"(all {self.limits.max_size} in use); raise num_init_children or reduce client concurrency"
+            )
 
     async def _take_slot(self, lease: object) -> trio.CapacityLimiter:
         """A regular slot; once the client has waited reserve_timeout, a reserve slot will do."""

@@ -19,8 +19,9 @@ Classification looks only at leading keywords after comments; it never executes 
 from __future__ import annotations
 
 import enum
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pgbalancer.proxy.startup import quote_literal
@@ -36,8 +37,9 @@ TRACKED_PARAMETERS = (
     "IntervalStyle",
 )
 _TRACKED_LOWER = {name.lower(): name for name in TRACKED_PARAMETERS}
+_identities = itertools.count(1)
 
-_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
+_BLANKS = re.compile(r"\s*")
 _SET = re.compile(
     r"set\s+(?:session\s+)?(?!local\b|transaction\b|role\b|session\s+authorization\b|constraints\b)"
     r"([a-z_][a-z0-9_$]*(?:\.[a-z_][a-z0-9_$]*)?)\s*(?:=|\bto\b)\s*(.+)\Z",
@@ -66,7 +68,8 @@ _STATE_KEYWORDS = frozenset(
     }
 )
 _STATEFUL = re.compile(
-    r"(?:set|reset|listen|unlisten|prepare|load|discard|create\s+(?:(?:global|local)\s+)?(?:temp|temporary)\b"
+    r"(?:set|reset|listen|unlisten|prepare|deallocate|load|discard"
+    r"|create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?(?:temp|temporary)\b"
     r"|declare\b.*\bwith\s+hold\b|select\b.*\binto\s+(?:temp|temporary)\b)",
     re.IGNORECASE | re.DOTALL,
 )
@@ -93,7 +96,42 @@ _OTHER = SessionCommand(CommandKind.OTHER)
 
 
 def strip_leading_comments(sql: str) -> str:
-    return sql[_COMMENTS.match(sql).end() :]  # type: ignore[union-attr]  # the pattern always matches
+    """``sql`` without leading blanks, ``--`` comments and (nested) ``/* */`` comments."""
+    position, size = 0, len(sql)
+    while position < size:
+        position = _BLANKS.match(sql, position).end()  # type: ignore[union-attr]  # always matches
+        if sql.startswith("--", position):
+            line_end = sql.find("\n", position)
+            position = size if line_end < 0 else line_end + 1
+        elif sql.startswith("/*", position):
+            position = _end_of_block_comment(sql, position)
+        else:
+            break
+    return sql[position:]
+
+
+def _end_of_block_comment(sql: str, start: int) -> int:
+    """Index after the block comment opening at ``start``; PostgreSQL's block comments nest.
+
+    The next opener and closer are looked up once each and reused until passed, so the scan
+    stays linear however the comment is built."""
+    depth, position = 0, start
+    next_open, next_close = sql.find("/*", position), sql.find("*/", position + 2)
+    while True:
+        if next_close < 0:
+            return len(sql)  # unterminated: the rest is comment
+        if 0 <= next_open < next_close:
+            depth += 1
+            position = next_open + 2
+            next_open = sql.find("/*", position)
+        else:
+            depth -= 1
+            position = next_close + 2
+            if depth == 0:
+                return position
+            next_close = sql.find("*/", position)
+            if next_open < position:
+                next_open = sql.find("/*", position)
 
 
 def classify_session_command(sql: str) -> SessionCommand:
@@ -138,38 +176,72 @@ def _mentions_state(text: str) -> bool:
 
 
 class ClientSessionState:
-    """What one client has set up for its session, independent of any server connection."""
+    """What one client has set up for its session, independent of any server connection.
+
+    Three layers, applied in this order on whichever server the client lands on:
+    the settings the server reports (ParameterStatus), the settings from the client's
+    startup packet, and the session-level settings the server itself reported holding
+    after the client last changed any (``pg_settings`` with source ``session``). Asking
+    the server, rather than replaying the client's SET text, gets failed SETs, rolled-back
+    transactions, RESET to the startup value and trailing comments right.
+    """
 
     def __init__(self, reported: Mapping[str, str], unreported: Mapping[str, str]) -> None:
+        self.identity = next(_identities)
+        self.version = 0  # bumped on every change, so servers can tell they are still aligned
         self.reported = {name: value for name, value in reported.items() if name.lower() in _TRACKED_LOWER}
-        self.unreported_sql = {name: quote_literal(value) for name, value in unreported.items()}
+        self.startup = dict(unreported)
+        self.session: dict[str, str] = {}
+
+    @property
+    def fingerprint(self) -> tuple[int, int]:
+        """Which client, in which version of its settings."""
+        return self.identity, self.version
 
     def note_parameter_status(self, name: str, value: str) -> None:
         if name.lower() in _TRACKED_LOWER:
-            self.reported[_TRACKED_LOWER[name.lower()]] = value
+            canonical = _TRACKED_LOWER[name.lower()]
+            if self.reported.get(canonical) != value:
+                self.reported[canonical] = value
+                self.version += 1
 
-    def apply(self, command: SessionCommand, *, server_reports: Mapping[str, str]) -> None:
-        """Remember a SET/RESET/DISCARD ALL; settings the server reports arrive by ParameterStatus."""
-        reported = {name.lower() for name in server_reports}
-        if command.kind is CommandKind.SET and command.name not in reported:
-            self.unreported_sql[command.name] = command.value_sql
-        elif command.kind is CommandKind.RESET and command.name == "all":
-            self.unreported_sql.clear()
-        elif command.kind is CommandKind.RESET:
-            self.unreported_sql.pop(command.name, None)
-        elif command.kind is CommandKind.DISCARD_ALL:
-            self.unreported_sql.clear()
+    def adopt_session_settings(
+        self, settings: Iterable[tuple[str, str]], server_parameters: Mapping[str, str]
+    ) -> None:
+        """Take the server's word for the client's session-level settings (reported ones aside)."""
+        reported = {name.lower() for name in server_parameters}
+        self.session = {name: value for name, value in settings if name.lower() not in reported}
+        self.version += 1
+
+    def forget_session_settings(self) -> None:
+        """DISCARD ALL: back to the startup settings."""
+        self.session.clear()
+        self.version += 1
 
     def statements_for(self, server_parameters: Mapping[str, str]) -> tuple[str, bool]:
         """(SQL making a server match this client, whether it leaves unreported state behind)."""
         current = {name.lower(): value for name, value in server_parameters.items()}
-        statements = [
-            f"SET {name} TO {quote_literal(value)}"
-            for name, value in self.reported.items()
-            if current.get(name.lower()) != value
-        ]
-        statements += [f"SET {name} TO {value_sql}" for name, value_sql in self.unreported_sql.items()]
-        return "; ".join(statements), bool(self.unreported_sql)
+        pairs = [(name, value) for name, value in self.reported.items() if current.get(name.lower()) != value]
+        unreported = {**self.startup, **self.session}
+        pairs += unreported.items()
+        if not pairs:
+            return "", False
+        # set_config parses a value like postgresql.conf does, so list values survive the trip.
+        calls = ", ".join(
+            f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+            for name, value in pairs
+        )
+        return f"SELECT {calls}", bool(unreported)
+
+
+SESSION_SETTINGS_QUERY = (
+    "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings WHERE source = 'session'"
+)
+
+
+def changes_settings(command: SessionCommand) -> bool:
+    """Whether, after this command, the server should be asked which settings the session holds."""
+    return command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.DISCARD_ALL, CommandKind.STATEFUL)
 
 
 def unreported_settings(settings: Mapping[str, str], server_parameters: Mapping[str, str]) -> dict[str, str]:

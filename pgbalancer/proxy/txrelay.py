@@ -28,9 +28,11 @@ from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
 from pgbalancer.proxy.sessionstate import (
+    SESSION_SETTINGS_QUERY,
     ClientSessionState,
     CommandKind,
     SessionCommand,
+    changes_settings,
     classify_session_command,
 )
 
@@ -117,6 +119,7 @@ class TransactionRelay:
         self.statement_mode = statement_mode
         self.attached: _Attachment | None = None
         self._unsynced = 0
+        self._settings_touched = False  # a SET/RESET/... ran: ask the server what the session holds
         self._server_buffer = ReceiveBuffer()
         self._nursery: trio.Nursery | None = None
         self._ended: RelayEnded | None = None
@@ -239,7 +242,7 @@ class TransactionRelay:
             if self.attached is not None and self.attached.router.last_ready_status != b"I":
                 return False  # inside a transaction the server must raise the error itself
             self.statements.clear()
-            self.state.apply(command, server_reports={})
+            self.state.forget_session_settings()
             tag = b"DISCARD ALL"
         status = self.attached.router.last_ready_status if self.attached is not None else b"I"
         await self.client.send_all(pgmsg.encode_message(b"C", tag + b"\x00") + pgmsg.ready_for_query(status))
@@ -257,6 +260,7 @@ class TransactionRelay:
                 await attachment.server.socket.send_all(data)
             except PeerClosed as exc:
                 attachment.lost = True
+                self.proxy.suspect_backend(attachment.server.address.node_id, "server connection broke")
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
         await self._send_pieces(attachment.router.due_replies())
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
@@ -300,8 +304,8 @@ class TransactionRelay:
         for sql, command in effects:
             if self.statement_mode and _opens_transaction(sql):
                 raise RelayEnded(_statement_mode_refusal())
-            if command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.DISCARD_ALL):
-                self.state.apply(command, server_reports=server.parameters)
+            if changes_settings(command):
+                self._settings_touched = True
             if _leaves_session_state(command):
                 server.dirty = True
 
@@ -340,8 +344,11 @@ class TransactionRelay:
         return attachment
 
     async def _align_session(self, server: ServerConnection) -> None:
+        if server.aligned_with == self.state.fingerprint:
+            return  # this client had it last, unchanged since: nothing to SET
         sql, leaves_state = self.state.statements_for(server.parameters)
         if not sql:
+            server.aligned_with = self.state.fingerprint
             return
         try:
             await server.run_query(sql)
@@ -349,6 +356,7 @@ class TransactionRelay:
             raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL")) from exc
         if leaves_state:
             server.dirty = True
+        server.aligned_with = self.state.fingerprint
 
     async def _pump(self, attachment: _Attachment) -> None:
         step = _Step.MORE
@@ -361,6 +369,7 @@ class TransactionRelay:
         received = await server.socket.recv_into(buffer.data)
         if received == 0:
             attachment.lost = True
+            self.proxy.suspect_backend(server.address.node_id, "server closed the connection")
             await self._end_from_pump(self._server_lost_error(attachment))
             return _Step.ENDED
         try:
@@ -400,11 +409,23 @@ class TransactionRelay:
         reusable = True
         # Shielded: a session ending mid-reset must still give the pool its slot back.
         with trio.CancelScope(shield=True):
+            if self._settings_touched:
+                await self._learn_session_settings(server)
             if server.dirty:
                 reusable = await reset_server(
                     server, rollback=False, reset_query=self.proxy.config.server_reset_query
                 )
             attachment.pool.release(server, reusable=reusable)
+
+    async def _learn_session_settings(self, server: ServerConnection) -> None:
+        self._settings_touched = False
+        try:
+            rows = await server.fetch_rows(SESSION_SETTINGS_QUERY)
+        except (ServerError, BackendUnavailable, PeerClosed) as exc:
+            log.warning("could not read session settings from %s: %s", server.address, exc)
+            return
+        pairs = [(name, value) for name, value in rows if name is not None and value is not None]
+        self.state.adopt_session_settings(pairs, server.parameters)
 
     async def _detach_on_exit(self) -> None:
         attachment, self.attached = self.attached, None
@@ -468,7 +489,9 @@ def _statement_text(message: Message) -> str | None:
 
 
 def _leaves_session_state(command: SessionCommand) -> bool:
-    return command.kind in (CommandKind.SET, CommandKind.RESET, CommandKind.STATEFUL)
+    """Forwarded commands after which the server must be reset before anyone else uses it
+    (a forwarded DEALLOCATE or DISCARD drops prepared statements other clients rely on)."""
+    return command.kind is not CommandKind.OTHER
 
 
 def _opens_transaction(sql: str) -> bool:

@@ -319,3 +319,37 @@ def test_real_server_restart_under_idle_clients(
     assert errors <= 1
     for conn in clients:
         conn.close()
+
+
+def test_a_failed_set_does_not_poison_the_session(one_server: BalancerProcess) -> None:
+    with connect(one_server) as conn:
+        baseline = scalar(conn, "SHOW work_mem")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            conn.execute("SET work_mem = 'lots'")
+        assert scalar(conn, "SELECT 'still fine'") == "still fine"
+        assert scalar(conn, "SHOW work_mem") == baseline
+
+
+def test_a_set_rolled_back_with_its_transaction_is_not_replayed(one_server: BalancerProcess) -> None:
+    with connect(one_server) as conn, connect(one_server) as other:
+        baseline = scalar(conn, "SHOW work_mem")
+        conn.execute("BEGIN")
+        conn.execute("SET work_mem = '3MB'")
+        conn.execute("ROLLBACK")
+        scalar(other, "SELECT 1")  # the server serves someone else in between
+        assert scalar(conn, "SHOW work_mem") == baseline
+
+
+def test_a_trailing_comment_after_a_set_loses_nothing(one_server: BalancerProcess) -> None:
+    with connect(one_server) as conn, connect(one_server) as other:
+        conn.execute("SET work_mem = '7MB' -- a note")
+        conn.execute("SET statement_timeout = '5s'")
+        scalar(other, "SELECT 1")
+        assert (scalar(conn, "SHOW work_mem"), scalar(conn, "SHOW statement_timeout")) == ("7MB", "5s")
+
+
+def test_one_clients_deallocate_all_never_breaks_anothers_statements(one_server: BalancerProcess) -> None:
+    with connect(one_server) as victim, connect(one_server) as vandal:
+        assert scalar_prepared(victim, 1) == 2
+        vandal.execute("SELECT 1; DEALLOCATE ALL")
+        assert scalar_prepared(victim, 2) == 3
