@@ -260,7 +260,6 @@ class TransactionRelay:
                 await attachment.server.socket.send_all(data)
             except PeerClosed as exc:
                 attachment.lost = True
-                self.proxy.suspect_backend(attachment.server.address.node_id, "server connection broke")
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
         await self._send_pieces(attachment.router.due_replies())
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
@@ -369,7 +368,6 @@ class TransactionRelay:
         received = await server.socket.recv_into(buffer.data)
         if received == 0:
             attachment.lost = True
-            self.proxy.suspect_backend(server.address.node_id, "server closed the connection")
             await self._end_from_pump(self._server_lost_error(attachment))
             return _Step.ENDED
         try:

@@ -18,7 +18,7 @@ from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.auth import ScramClientExchange, make_scram_verifier, md5_client_response
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import Message, MessageReader
-from pgbalancer.pgwire.messages import AuthCode, encode_message
+from pgbalancer.pgwire.messages import AuthCode, encode_message, parse_data_row, parse_row_description
 from pgbalancer.proxy.authquery import (
     AuthQueryError,
     AuthQuerySettings,
@@ -26,8 +26,6 @@ from pgbalancer.proxy.authquery import (
     LookupResponse,
     SecretCache,
     lookup_messages,
-    parse_data_row,
-    parse_row_description,
     secret_from_result,
 )
 from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerConnection, ServerCredentials
