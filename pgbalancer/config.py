@@ -767,7 +767,88 @@ class Config:
         _R,
         "Addresses the REST API and /metrics listen on, comma separated; '*' means every interface.",
     )
-    api_port: int = _setting(8080, _PORT, Category.API, _R, "TCP port of the REST API and /metrics.")
+    api_port: int = _setting(
+        8080,
+        _integer(
+            0,
+            65535,
+            "a TCP port number between 1 and 65535, or 0 to turn the REST API and /metrics off",
+            "port",
+        ),
+        Category.API,
+        _R,
+        """TCP port of the REST API and /metrics; 0 = no REST API and no /metrics. With more than one
+        worker process, worker 0 serves it, so its pool and client figures are worker 0's.""",
+    )
+    api_user_file: str = _setting(
+        "",
+        _PATH,
+        Category.API,
+        _L,
+        """REST API users, one '"name" "password-or-verifier" "role"' per line, role admin (may act)
+        or viewer (may read). The password is a SCRAM-SHA-256 verifier, an md5 hash (of password +
+        name, as PostgreSQL stores it) or plaintext (development only: a warning is logged). Empty =
+        no API users: only /healthz, /readyz, /metrics and openapi.json answer. Re-read on reload.""",
+    )
+    api_jwt_secret: str = _setting(
+        "",
+        _TEXT,
+        Category.API,
+        _L,
+        """HS256 key that signs and verifies API tokens, at least 32 characters. Required (or
+        api_jwt_secret_file) when api_listen_addresses goes beyond localhost; on localhost without
+        one, each start draws a random key, so tokens do not outlive a restart. Changing it on
+        reload invalidates every token issued before.""",
+        secret=True,
+    )
+    api_jwt_secret_file: str = _setting(
+        "",
+        _PATH,
+        Category.API,
+        _L,
+        """File holding the HS256 key instead of api_jwt_secret (surrounding whitespace ignored), so
+        the secret need not sit in pgbalancer.conf. Re-read on reload.""",
+    )
+    api_jwt_issuer: str = _setting(
+        "pgbalancer", _TEXT, Category.API, _L, "iss claim put in API tokens and required of them."
+    )
+    api_jwt_audience: str = _setting(
+        "pgbalancer-api", _TEXT, Category.API, _L, "aud claim put in API tokens and required of them."
+    )
+    api_token_ttl: int = _setting(
+        3600,
+        _integer(60, 86400, "a whole number of seconds between 60 and 86400", "integer (seconds)"),
+        Category.API,
+        _L,
+        "Seconds an API token from POST /api/v1/auth/login stays valid.",
+    )
+    api_login_rate_limit: int = _setting(
+        10,
+        _COUNT_OR_ZERO,
+        Category.API,
+        _L,
+        """Failed password logins (POST /api/v1/auth/login or HTTP Basic) one source address may make
+        per minute; beyond it the API answers 429 without checking the password (0 = unlimited).""",
+    )
+    api_metrics_auth: bool = _setting(
+        False,
+        _BOOL,
+        Category.API,
+        _L,
+        """Require API credentials (any role, Bearer token or HTTP Basic) for /metrics; off lets
+        Prometheus scrape without them.""",
+    )
+    api_tls_cert_file: str = _setting(
+        "",
+        _PATH,
+        Category.API,
+        _R,
+        """PEM certificate (chain) of the REST API; with api_tls_key_file the API speaks HTTPS only.
+        '' = plain HTTP (a warning is logged when the API listens beyond localhost).""",
+    )
+    api_tls_key_file: str = _setting(
+        "", _PATH, Category.API, _R, "Unencrypted PEM private key of api_tls_cert_file."
+    )
 
     # MQTT events
     mqtt_mode: MqttMode = _setting(  # noqa: RUF009 (enum defaults are immutable)
@@ -1227,8 +1308,46 @@ def _check_delegate_ip(config: Config, build: _Build) -> Iterator[str]:
         )
 
 
+def _is_loopback_name(address: str) -> bool:
+    """localhost or a loopback IP (127.0.0.0/8, ::1): reachable from this machine only."""
+    ip_text = address.split("%", 1)[0]
+    return address == "localhost" or (_is_ip_address(ip_text) and ipaddress.ip_address(ip_text).is_loopback)
+
+
+def _check_api_security(config: Config, build: _Build) -> Iterator[str]:
+    if config.api_jwt_secret and config.api_jwt_secret_file:
+        yield (
+            f"{build.where('api_jwt_secret_file')}: both api_jwt_secret and api_jwt_secret_file are set; "
+            "keep only one of them"
+        )
+    if config.api_jwt_secret and len(config.api_jwt_secret) < 32:
+        yield (
+            f"{build.where('api_jwt_secret')}: api_jwt_secret is shorter than 32 characters, too weak for "
+            "HS256; set it to a long random string (e.g. the output of 'openssl rand -hex 32')"
+        )
+    exposed = [a for a in config.api_listen_addresses if not _is_loopback_name(a)]
+    if config.api_port and exposed and not (config.api_jwt_secret or config.api_jwt_secret_file):
+        yield (
+            f"{build.where('api_listen_addresses')}: api_listen_addresses = {_quote(exposed[0])} reaches "
+            "beyond localhost but no API token key is set; set api_jwt_secret_file (or api_jwt_secret) to a "
+            "random key of at least 32 characters, or set api_listen_addresses = localhost"
+        )
+    if bool(config.api_tls_cert_file) != bool(config.api_tls_key_file):
+        present, missing = (
+            ("api_tls_cert_file", "api_tls_key_file")
+            if config.api_tls_cert_file
+            else ("api_tls_key_file", "api_tls_cert_file")
+        )
+        yield (
+            f"{build.where(present)}: {present} is set but {missing} is empty; HTTPS for the REST API needs "
+            f"both, so set {missing} or clear {present}"
+        )
+
+
 def _check_port_clashes(config: Config, build: _Build) -> Iterator[str]:
-    listeners = {"port": config.port, "api_port": config.api_port}
+    listeners = {"port": config.port}
+    if config.api_port:  # 0 = the API is off
+        listeners["api_port"] = config.api_port
     if config.mqtt_mode is MqttMode.EMBEDDED:
         listeners["mqtt_port"] = config.mqtt_port
     if config.watchdog_nodes:
@@ -1293,6 +1412,19 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
         _check_client_tls_files,
     ),
     (frozenset({"server_tls_cert_file", "server_tls_key_file"}), _check_server_tls_pair),
+    (
+        frozenset(
+            {
+                "api_port",
+                "api_listen_addresses",
+                "api_jwt_secret",
+                "api_jwt_secret_file",
+                "api_tls_cert_file",
+                "api_tls_key_file",
+            }
+        ),
+        _check_api_security,
+    ),
     (
         frozenset({"port", "api_port", "mqtt_mode", "mqtt_port", "watchdog_nodes", "watchdog_port"}),
         _check_port_clashes,

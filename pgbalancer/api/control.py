@@ -1,0 +1,51 @@
+"""What the REST API asks of the node and of the failover engine, as small interfaces.
+
+The node implements :class:`NodeControl` (reload exactly like SIGHUP, and report what changed); the
+failover engine, once it exists, implements :class:`BackendOperations`. The API depends only on
+these shapes, so it can be served (and tested) without the rest of the node.
+
+It must never: import the node (wiring is the top layer) or do any work itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pgbalancer.config import ConfigDiff
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What one reload did: the keys that changed, or why the running config was kept."""
+
+    changed: tuple[str, ...] = ()
+    applied_live: tuple[str, ...] = ()
+    restart_required: tuple[str, ...] = ()
+    error: str = ""  # non-empty: the reload failed and the running config was kept
+
+    @classmethod
+    def from_diff(cls, diff: ConfigDiff) -> ReloadOutcome:
+        return cls(diff.changed, diff.applied_live, diff.restart_required)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+class NodeControl(Protocol):
+    async def reload(self) -> ReloadOutcome:
+        """Reload the config as SIGHUP does and return what the reload did."""
+        ...
+
+
+class BackendOperations(Protocol):
+    """The failover engine's operator actions on one backend (pgpool's attach/detach/promote/recovery)."""
+
+    async def attach(self, node_id: int) -> object: ...
+
+    async def detach(self, node_id: int) -> object: ...
+
+    async def promote(self, node_id: int) -> object: ...
+
+    async def rejoin(self, node_id: int) -> object: ...

@@ -1,0 +1,236 @@
+"""Prometheus metrics of one pgbalancer node, served as text on ``GET /metrics``.
+
+A custom collector reads the live state (sessions, pools, pool counters, the cluster view and the
+view-change listener) at scrape time, so the hot path does no metrics work at all. The API's own
+requests are measured with an ordinary Counter and Histogram. Everything lives in a registry of
+this node (never prometheus-client's global one), so several nodes can share a test process.
+
+Pending on other issues, and so not exported yet: per-statement latency histograms (need a hook in
+the relays; query and transaction times are exported as summaries from the pool counters), cache,
+Raft term and leader, and the adaptive balancer's estimates.
+
+It must never: change the state it reads; put a secret in a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from pgbalancer import __version__
+from pgbalancer.api import snapshots
+from pgbalancer.api.snapshots import ClusterEvents, NodeInfo
+
+if TYPE_CHECKING:
+    from pgbalancer.proxy.server import ProxyServer
+
+_POOL_LABELS: Final = ["backend", "database", "user"]
+_US: Final = 1_000_000
+
+
+class ProxyCollector(Collector):
+    """Reads the proxy's state into metric families at every scrape."""
+
+    def __init__(self, proxy: ProxyServer, node: NodeInfo, events: ClusterEvents) -> None:
+        self.proxy = proxy
+        self.node = node
+        self.events = events
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._node()
+        yield from self._clients()
+        yield from self._pools()
+        yield from self._traffic()
+        yield from self._backends()
+        yield from self._cluster()
+
+    def _node(self) -> Iterator[Metric]:
+        info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
+        info.add_metric(
+            [],
+            {
+                "version": __version__,
+                "node_id": self.node.node_id,
+                "worker": str(self.node.worker_index),
+                "workers": str(self.node.worker_count),
+            },
+        )
+        yield info
+        yield GaugeMetricFamily(
+            "pgbalancer_start_time_seconds",
+            "When this process started (Unix time)",
+            value=self.proxy.started_at,
+        )
+        yield GaugeMetricFamily(
+            "pgbalancer_paused",
+            "1 while every database is paused (PAUSE / POST /control/pause)",
+            value=int(self.proxy.pools.pause_gate.all_paused),
+        )
+
+    def _clients(self) -> Iterator[Metric]:
+        counts = snapshots.client_counts(self.proxy)
+        clients = GaugeMetricFamily("pgbalancer_clients", "Client connections by state", labels=["state"])
+        for state in ("active", "waiting", "idle", "logging_in", "admin_console"):
+            clients.add_metric([state], counts[state])
+        yield clients
+        yield CounterMetricFamily(
+            "pgbalancer_clients_accepted", "Client connections accepted", value=counts["accepted_total"]
+        )
+
+    def _pools(self) -> Iterator[Metric]:
+        servers = GaugeMetricFamily(
+            "pgbalancer_pool_server_connections",
+            "Server connections by pool and state",
+            labels=[*_POOL_LABELS, "state"],
+        )
+        waiting = GaugeMetricFamily(
+            "pgbalancer_pool_waiting_clients", "Clients waiting for a server connection", labels=_POOL_LABELS
+        )
+        max_size = GaugeMetricFamily(
+            "pgbalancer_pool_max_size", "Server connections a pool may hold", labels=_POOL_LABELS
+        )
+        opened = CounterMetricFamily(
+            "pgbalancer_pool_servers_opened", "Server connections opened", labels=_POOL_LABELS
+        )
+        closed = CounterMetricFamily(
+            "pgbalancer_pool_servers_closed", "Server connections closed", labels=_POOL_LABELS
+        )
+        for pool in self.proxy.pools.pools():
+            labels = _pool_labels(pool.key.backend_id, pool.key.database, pool.key.user)
+            servers.add_metric([*labels, "active"], pool.active)
+            servers.add_metric([*labels, "idle"], pool.idle_count)
+            servers.add_metric([*labels, "logging_in"], pool.logging_in)
+            waiting.add_metric(labels, pool.waiting_clients)
+            max_size.add_metric(labels, pool.limits.max_size)
+            opened.add_metric(labels, pool.opened_total)
+            closed.add_metric(labels, pool.closed_total)
+        yield from (servers, waiting, max_size, opened, closed)
+
+    def _traffic(self) -> Iterator[Metric]:
+        queries = CounterMetricFamily(
+            "pgbalancer_queries", "Statements answered, by route (backend) and pool", labels=_POOL_LABELS
+        )
+        xacts = CounterMetricFamily("pgbalancer_transactions", "Transactions finished", labels=_POOL_LABELS)
+        received = CounterMetricFamily(
+            "pgbalancer_received_bytes", "Bytes received from clients", labels=_POOL_LABELS
+        )
+        sent = CounterMetricFamily("pgbalancer_sent_bytes", "Bytes sent to clients", labels=_POOL_LABELS)
+        query_time = SummaryMetricFamily(
+            "pgbalancer_query_duration_seconds", "Time statements spent on a server", labels=_POOL_LABELS
+        )
+        xact_time = SummaryMetricFamily(
+            "pgbalancer_transaction_duration_seconds", "Time transactions held a server", labels=_POOL_LABELS
+        )
+        wait_time = SummaryMetricFamily(
+            "pgbalancer_client_wait_seconds",
+            "Time clients waited for a server connection",
+            labels=_POOL_LABELS,
+        )
+        for key, c in self.proxy.pools.counters_by_pool():
+            labels = _pool_labels(key.backend_id, key.database, key.user)
+            queries.add_metric(labels, c.query_count)
+            xacts.add_metric(labels, c.xact_count)
+            received.add_metric(labels, c.bytes_received)
+            sent.add_metric(labels, c.bytes_sent)
+            query_time.add_metric(labels, count_value=c.query_count, sum_value=c.query_time_us / _US)
+            xact_time.add_metric(labels, count_value=c.xact_count, sum_value=c.xact_time_us / _US)
+            wait_time.add_metric(
+                labels, count_value=c.server_assignment_count, sum_value=c.wait_time_us / _US
+            )
+        yield from (queries, xacts, received, sent, query_time, xact_time, wait_time)
+
+    def _backends(self) -> Iterator[Metric]:
+        labels = ["backend", "host", "port"]
+        up = GaugeMetricFamily(
+            "pgbalancer_backend_up", "1 if the cluster view has the backend up", labels=labels
+        )
+        primary = GaugeMetricFamily(
+            "pgbalancer_backend_primary", "1 for the backend that takes writes", labels=labels
+        )
+        score = GaugeMetricFamily("pgbalancer_backend_health_score", "Health score, 0 to 1", labels=labels)
+        weight = GaugeMetricFamily("pgbalancer_backend_weight", "Configured balancing weight", labels=labels)
+        share = GaugeMetricFamily(
+            "pgbalancer_backend_traffic_share", "Share of all statements this backend answered", labels=labels
+        )
+        lag_bytes = GaugeMetricFamily(
+            "pgbalancer_backend_replication_lag_bytes", "Replication lag behind the primary", labels=labels
+        )
+        lag_seconds = GaugeMetricFamily(
+            "pgbalancer_backend_replication_lag_seconds", "Replication lag behind the primary", labels=labels
+        )
+        view = self.proxy.cluster_view
+        totals = snapshots.totals_by_backend(self.proxy)
+        all_queries = sum(c.query_count for c in totals.values())
+        for state in view:
+            values = [str(state.node_id), state.host, str(state.port)]
+            up.add_metric(values, int(state.is_up))
+            primary.add_metric(values, int(state.node_id == view.primary_id))
+            score.add_metric(values, state.health_score)
+            weight.add_metric(values, state.weight)
+            answered = totals[state.node_id].query_count if state.node_id in totals else 0
+            share.add_metric(values, answered / all_queries if all_queries else 0.0)
+            if state.lag_bytes is not None:
+                lag_bytes.add_metric(values, state.lag_bytes)
+            if state.lag_seconds is not None:
+                lag_seconds.add_metric(values, state.lag_seconds)
+        yield from (up, primary, score, weight, share, lag_bytes, lag_seconds)
+
+    def _cluster(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "pgbalancer_cluster_epoch",
+            "Failover epoch of the cluster view",
+            value=self.proxy.cluster_view.epoch,
+        )
+        yield CounterMetricFamily(
+            "pgbalancer_failovers",
+            "Times the primary changed since this process started",
+            value=self.events.failovers,
+        )
+        changes = CounterMetricFamily(
+            "pgbalancer_cluster_view_changes", "Cluster view updates adopted, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(self.events.view_changes.items()):
+            changes.add_metric([reason], count)
+        yield changes
+
+
+def _pool_labels(backend_id: int, database: str, user: str) -> list[str]:
+    return [str(backend_id), database, user]
+
+
+class ApiMetrics:
+    """The node's registry: the proxy collector plus the API's own request metrics."""
+
+    def __init__(self, proxy: ProxyServer, node: NodeInfo, events: ClusterEvents) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ProxyCollector(proxy, node, events))
+        self.requests = Counter(
+            "pgbalancer_api_requests",
+            "REST API requests by endpoint, method and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.request_duration = Histogram(
+            "pgbalancer_api_request_duration_seconds",
+            "REST API request latency",
+            ["endpoint"],
+            registry=self.registry,
+        )
+        self.login_failures = Counter(
+            "pgbalancer_api_login_failures", "Failed API password logins", registry=self.registry
+        )
+        self.login_refusals = Counter(
+            "pgbalancer_api_login_rate_limited",
+            "API logins refused by api_login_rate_limit",
+            registry=self.registry,
+        )

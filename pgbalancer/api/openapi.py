@@ -1,0 +1,496 @@
+"""The OpenAPI 3.0 description of the REST API, served at ``GET /api/v1/openapi.json``.
+
+It is the contract the schema-fuzzing test holds the implementation to: every route, every status
+it can answer and the exact shape of every JSON body. Endpoints of features other issues are still
+building (balancer, cache, watchdog, backend operations) are described with the 503 they answer
+today. Pure data: no I/O.
+
+It must never: describe a field the API does not send, or leave out a status the API can answer.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Final
+
+from pgbalancer import __version__
+
+API_PREFIX: Final = "/api/v1"
+
+Schema = dict[str, Any]
+
+
+def _obj(properties: dict[str, Schema], *, optional: tuple[str, ...] = (), extra: bool = False) -> Schema:
+    """An object schema whose properties are all required except ``optional``."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": [name for name in properties if name not in optional],
+        "additionalProperties": extra,
+    }
+
+
+def _nullable(schema: Schema) -> Schema:
+    return {**schema, "nullable": True}
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_INT: Final[Schema] = {"type": "integer"}
+_COUNT: Final[Schema] = {"type": "integer", "minimum": 0}
+_NUMBER: Final[Schema] = {"type": "number"}
+_SECONDS: Final[Schema] = {"type": "number", "minimum": 0}
+_STRING: Final[Schema] = {"type": "string"}
+_BOOL: Final[Schema] = {"type": "boolean"}
+_SHARE: Final[Schema] = {"type": "number", "minimum": 0, "maximum": 1}
+_NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
+_STRINGS: Final[Schema] = {"type": "array", "items": _STRING}
+
+_POOL: Final = _obj(
+    {
+        "backend_id": _INT,
+        "database": _STRING,
+        "user": _STRING,
+        "pool_mode": {"type": "string", "enum": ["session", "transaction", "statement"]},
+        "active": _COUNT,
+        "idle": _COUNT,
+        "logging_in": _COUNT,
+        "waiting": _COUNT,
+        "max_size": _COUNT,
+        "max_wait_seconds": _SECONDS,
+        "max_wait_seconds_ever": _SECONDS,
+        "prepared_statements": _COUNT,
+        "paused": _BOOL,
+        "opened_total": _COUNT,
+        "closed_total": _COUNT,
+        "queries_total": _COUNT,
+        "transactions_total": _COUNT,
+    }
+)
+
+_NODE_FIELDS: Final[dict[str, Schema]] = {
+    "node_id": _INT,
+    "host": _STRING,
+    "port": _INT,
+    "role": {"type": "string", "enum": ["primary", "standby", "unknown"]},
+    "is_primary": _BOOL,
+    "status": {"type": "string", "enum": ["up", "down", "quarantined"]},
+    "detached": _BOOL,
+    "weight": {"type": "number", "minimum": 0},
+    "replication_lag_bytes": _nullable(_COUNT),
+    "replication_lag_seconds": _nullable(_SECONDS),
+    "health_score": _SHARE,
+    "checked_at": _nullable(_NUMBER),
+    "queries_total": _COUNT,
+    "traffic_share": _SHARE,
+    "server_connections": _COUNT,
+}
+
+_HEALTH_HISTORY: Final[dict[str, Schema]] = {
+    "checks_observed": _COUNT,
+    "success_rate": _nullable(_SHARE),
+    "status_changes": {
+        "type": "array",
+        "items": _obj({"at": _NUMBER, "from": _STRING, "to": _STRING, "reason": _STRING}),
+    },
+}
+
+SCHEMAS: Final[dict[str, Schema]] = {
+    "Error": _obj({"error": _STRING, "message": _STRING}, extra=True),
+    "LoginRequest": _obj({"username": _NAME, "password": {"type": "string", "maxLength": 4096}}),
+    "LoginResponse": _obj(
+        {
+            "token": _STRING,
+            "token_type": {"type": "string", "enum": ["Bearer"]},
+            "expires_in": {"type": "integer", "minimum": 1},
+            "role": {"type": "string", "enum": ["admin", "viewer"]},
+        }
+    ),
+    "Healthz": _obj({"status": {"type": "string", "enum": ["ok"]}, "uptime_seconds": _SECONDS}),
+    "Readyz": _obj(
+        {
+            "ready": _BOOL,
+            "reachable_backends": {"type": "array", "items": _INT},
+            "quorum": _BOOL,
+            "reasons": _STRINGS,
+        }
+    ),
+    "Status": _obj(
+        {
+            "version": _STRING,
+            "node_id": _STRING,
+            "worker": _obj({"index": _COUNT, "count": {"type": "integer", "minimum": 1}}),
+            "started_at": _NUMBER,
+            "uptime_seconds": _SECONDS,
+            "pool_mode": {"type": "string", "enum": ["session", "transaction", "statement"]},
+            "paused": _BOOL,
+            "paused_databases": _STRINGS,
+            "clients": _obj(
+                {
+                    "total": _COUNT,
+                    "active": _COUNT,
+                    "waiting": _COUNT,
+                    "idle": _COUNT,
+                    "logging_in": _COUNT,
+                    "admin_console": _COUNT,
+                    "accepted_total": _COUNT,
+                }
+            ),
+            "servers": _obj({"total": _COUNT, "active": _COUNT, "idle": _COUNT, "logging_in": _COUNT}),
+            "backends": _obj({"up": _COUNT, "total": _COUNT}),
+            "primary_id": _nullable(_INT),
+            "epoch": _COUNT,
+            "queries_total": _COUNT,
+            "transactions_total": _COUNT,
+            "queries_per_second": _SECONDS,
+        }
+    ),
+    "Node": _obj(_NODE_FIELDS),
+    "NodeList": _obj(
+        {"primary_id": _nullable(_INT), "epoch": _COUNT, "nodes": {"type": "array", "items": _ref("Node")}}
+    ),
+    "NodeDetail": _obj(
+        {
+            **_NODE_FIELDS,
+            "replay_lsn": _nullable(_STRING),
+            "backend_connections": _nullable(_COUNT),
+            "backend_max_connections": _nullable(_COUNT),
+            "data_directory": _STRING,
+            "transactions_total": _COUNT,
+            "bytes_received_total": _COUNT,
+            "bytes_sent_total": _COUNT,
+            "pools": {"type": "array", "items": _ref("Pool")},
+            "health": _obj(_HEALTH_HISTORY),
+        }
+    ),
+    "NodeActionResult": _obj({"node_id": _INT, "action": _STRING, "result": _STRING}),
+    "Pool": _POOL,
+    "Pools": _obj(
+        {"paused": _BOOL, "paused_databases": _STRINGS, "pools": {"type": "array", "items": _ref("Pool")}}
+    ),
+    "HealthStats": _obj(
+        {
+            "health_checks_running": _BOOL,
+            "period_seconds": _SECONDS,
+            "backends": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "node_id": _INT,
+                        "status": {"type": "string", "enum": ["up", "down", "quarantined"]},
+                        "health_score": _SHARE,
+                        "checked_at": _nullable(_NUMBER),
+                        **_HEALTH_HISTORY,
+                    }
+                ),
+            },
+        }
+    ),
+    "Config": _obj(
+        {
+            "settings": {
+                "type": "object",
+                "additionalProperties": {
+                    "oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}],
+                },
+            }
+        }
+    ),
+    "ReloadResult": _obj(
+        {
+            "reloaded": {"type": "boolean", "enum": [True]},
+            "changed": _STRINGS,
+            "applied_live": _STRINGS,
+            "restart_required": _STRINGS,
+        }
+    ),
+    "EmptyRequest": _obj({}),
+    "PauseRequest": _obj(
+        {
+            "database": _nullable(_NAME),
+            "timeout": {"type": "number", "minimum": 0, "maximum": 60, "default": 30},
+        },
+        optional=("database", "timeout"),
+    ),
+    "PauseResult": _obj(
+        {
+            "paused": {"type": "boolean", "enum": [True]},
+            "database": _nullable(_STRING),
+            "drained": _BOOL,
+            "busy_servers": _COUNT,
+        }
+    ),
+    "ResumeRequest": _obj({"database": _nullable(_NAME)}, optional=("database",)),
+    "ResumeResult": _obj({"resumed": {"type": "boolean", "enum": [True]}, "database": _nullable(_STRING)}),
+    "CacheInvalidateRequest": _obj({"table": _nullable(_NAME)}, optional=("table",)),
+}
+
+
+def _json(schema: Schema, description: str) -> Schema:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> Schema:
+    return _json(_ref("Error"), description)
+
+
+_AUTH_ERRORS: Final = {
+    "401": _error(
+        "No credentials, a bad token (forged, expired, other key or algorithm) or a wrong password"
+    ),
+    "429": _error("Too many failed password logins from this address (HTTP Basic); see Retry-After"),
+}
+_ADMIN_ERRORS: Final = {**_AUTH_ERRORS, "403": _error("The user is a viewer; this needs the admin role")}
+_SECURITY: Final[list[dict[str, list[str]]]] = [{"bearerAuth": []}, {"basicAuth": []}]
+_NODE_ID: Final = {
+    "name": "node_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+    "description": "Backend number N of backend_hostnameN",
+}
+
+
+def _body(schema_name: str) -> Schema:
+    return {"required": False, "content": {"application/json": {"schema": _ref(schema_name)}}}
+
+
+def _operation(
+    summary: str,
+    responses: dict[str, Schema],
+    *,
+    role: str | None = "viewer",
+    body: str | None = None,
+    parameters: list[Schema] | None = None,
+    tag: str = "status",
+) -> Schema:
+    operation: Schema = {"summary": summary, "tags": [tag], "responses": dict(responses)}
+    if role is None:
+        operation["security"] = []
+    else:
+        operation["security"] = _SECURITY
+        operation["responses"].update(_ADMIN_ERRORS if role == "admin" else _AUTH_ERRORS)
+        operation["description"] = (
+            f"Needs the {role} role{' (viewers are refused with 403)' if role == 'admin' else ''}."
+        )
+    if body is not None:
+        operation["requestBody"] = _body(body)
+        operation["responses"].setdefault(
+            "400", _error("The body is not a JSON object of the documented fields")
+        )
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+def _pending(
+    summary: str, feature: str, *, role: str = "viewer", body: str | None = None, tag: str
+) -> Schema:
+    return _operation(
+        summary,
+        {"503": _error(f"Pending: {feature} is not built yet (the body names the feature)")},
+        role=role,
+        body=body,
+        tag=tag,
+    )
+
+
+def _node_action(verb: str, what: str) -> Schema:
+    return _operation(
+        what,
+        {
+            "200": _json(_ref("NodeActionResult"), f"The backend was {verb}"),
+            "404": _error("No such backend"),
+            "503": _error("Not available until health checks and the failover engine are enabled"),
+        },
+        role="admin",
+        parameters=[_NODE_ID],
+        tag="nodes",
+    )
+
+
+def _paths() -> dict[str, Schema]:
+    p = API_PREFIX
+    ok = _json
+    return {
+        f"{p}/auth/login": {
+            "post": {
+                **_operation(
+                    "Log in with an API user's password; get an HS256 JWT",
+                    {
+                        "200": ok(_ref("LoginResponse"), "A Bearer token for the Authorization header"),
+                        "400": _error("The body is not {username, password}"),
+                        "401": _error("Wrong user name or password"),
+                        "429": _error("Too many failed logins from this address; see Retry-After"),
+                    },
+                    role=None,
+                    tag="auth",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("LoginRequest")}},
+                },
+            }
+        },
+        f"{p}/status": {"get": _operation("Node status", {"200": ok(_ref("Status"), "Live node status")})},
+        f"{p}/nodes": {
+            "get": _operation("Every backend", {"200": ok(_ref("NodeList"), "Backends")}, tag="nodes")
+        },
+        f"{p}/nodes/{{node_id}}": {
+            "get": _operation(
+                "One backend in detail",
+                {"200": ok(_ref("NodeDetail"), "The backend"), "404": _error("No such backend")},
+                parameters=[_NODE_ID],
+                tag="nodes",
+            )
+        },
+        f"{p}/nodes/{{node_id}}/attach": {
+            "post": _node_action("attached", "Attach a backend (back into service)")
+        },
+        f"{p}/nodes/{{node_id}}/detach": {
+            "post": _node_action("detached", "Detach a backend (no more traffic)")
+        },
+        f"{p}/nodes/{{node_id}}/promote": {"post": _node_action("promoted", "Promote a standby to primary")},
+        f"{p}/nodes/{{node_id}}/recovery": {
+            "post": _node_action("rejoined", "Rejoin a failed old primary as a standby (pg_rewind)")
+        },
+        f"{p}/health/stats": {
+            "get": _operation(
+                "Health-check history per backend", {"200": ok(_ref("HealthStats"), "Health")}, tag="nodes"
+            )
+        },
+        f"{p}/pools": {"get": _operation("Every pool", {"200": ok(_ref("Pools"), "Pools")}, tag="pools")},
+        f"{p}/ai/stats": {
+            "get": _pending("Adaptive balancer estimates", "the adaptive balancer", tag="balancer")
+        },
+        f"{p}/cache/stats": {"get": _pending("Result cache statistics", "the result cache", tag="cache")},
+        f"{p}/cache/invalidate": {
+            "post": _pending(
+                "Clear the result cache, all or by table",
+                "the result cache",
+                role="admin",
+                body="CacheInvalidateRequest",
+                tag="cache",
+            )
+        },
+        f"{p}/watchdog/info": {
+            "get": _pending("Watchdog cluster view", "the watchdog (Raft)", tag="watchdog")
+        },
+        f"{p}/control/reload": {
+            "post": _operation(
+                "Reload the config (as SIGHUP)",
+                {
+                    "200": ok(_ref("ReloadResult"), "Which keys changed, applied live or needing a restart"),
+                    "422": _error("The new config is invalid; the running one was kept"),
+                    "503": _error("No node to reload"),
+                },
+                role="admin",
+                body="EmptyRequest",
+                tag="control",
+            )
+        },
+        f"{p}/control/pause": {
+            "post": _operation(
+                "Pause like PgBouncer: wait until server connections are released",
+                {
+                    "200": ok(
+                        _ref("PauseResult"),
+                        "Paused (drained tells whether every server was released in time)",
+                    ),
+                    "409": _error("Already paused, resumed while draining, or several workers"),
+                },
+                role="admin",
+                body="PauseRequest",
+                tag="control",
+            )
+        },
+        f"{p}/control/resume": {
+            "post": _operation(
+                "Resume after a pause",
+                {
+                    "200": ok(_ref("ResumeResult"), "Resumed"),
+                    "409": _error("Not paused, or several workers"),
+                },
+                role="admin",
+                body="ResumeRequest",
+                tag="control",
+            )
+        },
+        f"{p}/config": {
+            "get": _operation(
+                "The effective config, secrets redacted",
+                {"200": ok(_ref("Config"), "Settings")},
+                tag="config",
+            )
+        },
+        f"{p}/healthz": {
+            "get": _operation(
+                "Liveness", {"200": ok(_ref("Healthz"), "The node runs")}, role=None, tag="probes"
+            )
+        },
+        f"{p}/readyz": {
+            "get": _operation(
+                "Readiness: a backend is reachable and the node has quorum",
+                {"200": ok(_ref("Readyz"), "Ready"), "503": ok(_ref("Readyz"), "Not ready; reasons say why")},
+                role=None,
+                tag="probes",
+            )
+        },
+        f"{p}/openapi.json": {
+            "get": _operation(
+                "This document",
+                {
+                    "200": {
+                        "description": "OpenAPI 3.0 document",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+                role=None,
+                tag="meta",
+            )
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text exposition format)",
+                "tags": ["meta"],
+                "security": [{}, *_SECURITY],
+                "description": "Open unless api_metrics_auth = on.",
+                "responses": {
+                    "200": {
+                        "description": "Metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_AUTH_ERRORS,
+                },
+            }
+        },
+    }
+
+
+_DOCUMENT: Final[Schema] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "pgbalancer REST API",
+        "version": __version__,
+        "description": (
+            "Operate one pgbalancer node. Log in with POST /api/v1/auth/login and send the token as "
+            "'Authorization: Bearer <token>'; HTTP Basic with the same users also works. Viewers may read, "
+            "admins may also act. Errors are JSON objects {error, message}."
+        ),
+    },
+    "paths": _paths(),
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            "basicAuth": {"type": "http", "scheme": "basic"},
+        },
+    },
+}
+
+
+def openapi_document() -> Schema:
+    """A fresh copy of the document (callers may not change the shared one)."""
+    return copy.deepcopy(_DOCUMENT)

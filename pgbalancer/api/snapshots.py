@@ -1,0 +1,343 @@
+"""Read the live proxy state into the JSON documents the REST API and /metrics serve.
+
+Every figure comes from the running objects (sessions, pools and their counters, the cluster
+view, the config), read at the moment of the request; nothing is cached or made up. With several
+worker processes this is the state of the worker serving the API (worker 0).
+
+It must never: change anything it reads; touch a backend or a socket; show a secret.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from pgbalancer import __version__
+from pgbalancer.ha.view import BackendState, ClusterView
+from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
+from pgbalancer.proxy.pool import PoolCounters, PoolKey, ServerPool
+
+if TYPE_CHECKING:
+    from pgbalancer.proxy.server import ProxyServer
+
+Json = dict[str, Any]
+
+_RATE_WINDOW: Final = 60.0  # queries_per_second covers about the last minute
+_SAMPLE_SPACING: Final = 1.0
+_COUNTER_FIELDS: Final = tuple(f.name for f in fields(PoolCounters))
+_HISTORY_LENGTH: Final = 50  # status changes kept per backend for /health/stats
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """Who serves the API: the node's id and which worker process the figures belong to."""
+
+    node_id: str
+    worker_index: int = 0
+    worker_count: int = 1
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Converts trio times (what pools, sessions and views record) to wall-clock epoch seconds."""
+
+    wall: float
+    trio_now: float
+
+    @classmethod
+    def now(cls) -> Clock:
+        return cls(time.time(), trio.current_time())
+
+    def to_wall(self, trio_time: float | None) -> float | None:
+        return None if trio_time is None else round(self.wall - (self.trio_now - trio_time), 3)
+
+
+class QueryRate:
+    """Queries per second over roughly the last minute, from samples taken whenever it is read."""
+
+    def __init__(self, window: float = _RATE_WINDOW) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def per_second(self, now: float, total: int, since: float) -> float:
+        """Rate up to ``now`` (monotonic); without a sample a second old yet, the average since ``since``."""
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= _SAMPLE_SPACING:  # bounded: one sample a second
+            samples.append((now, total))
+        # Keep one sample at or before the window start, so the rate spans the whole window.
+        while len(samples) > 1 and samples[1][0] <= now - self.window:
+            samples.popleft()
+        oldest_time, oldest_total = samples[0]
+        start_time, start_total = (
+            (oldest_time, oldest_total) if now - oldest_time >= _SAMPLE_SPACING else (since, 0)
+        )
+        elapsed = now - start_time
+        return round((total - start_total) / elapsed, 3) if elapsed > 0 else 0.0
+
+
+@dataclass
+class _BackendHistory:
+    checks: int = 0
+    successes: int = 0
+    changes: deque[Json] = field(default_factory=lambda: deque(maxlen=_HISTORY_LENGTH))
+
+
+class ClusterEvents:
+    """Listens to cluster-view changes: failovers, per-backend status history and observed probes.
+
+    Registered in ``ProxyServer.view_listeners``; called synchronously with (old, new, reason,
+    details) and must not block.
+    """
+
+    def __init__(self) -> None:
+        self.failovers = 0  # changes of the primary (a new epoch with another primary_id)
+        self.view_changes: dict[str, int] = defaultdict(int)
+        self._backends: dict[int, _BackendHistory] = defaultdict(_BackendHistory)
+
+    def __call__(
+        self, old: ClusterView, new: ClusterView, reason: str, details: Mapping[str, object]
+    ) -> None:
+        self.view_changes[reason or "unspecified"] += 1
+        if new.primary_id != old.primary_id:
+            self.failovers += 1
+        wall = time.time()
+        for state in new.backends:
+            before = old.backend(state.node_id) if old.has(state.node_id) else None
+            history = self._backends[state.node_id]
+            if state.checked_at is not None and (before is None or before.checked_at != state.checked_at):
+                history.checks += 1
+                history.successes += state.is_up
+            if before is not None and before.status != state.status:
+                history.changes.append(
+                    {
+                        "at": round(wall, 3),
+                        "from": str(before.status),
+                        "to": str(state.status),
+                        "reason": reason,
+                    }
+                )
+
+    def backend_history(self, node_id: int) -> Json:
+        history = self._backends.get(node_id, _BackendHistory())
+        return {
+            "checks_observed": history.checks,
+            "success_rate": round(history.successes / history.checks, 4) if history.checks else None,
+            "status_changes": list(history.changes),
+        }
+
+
+# --------------------------------------------------------------------------- clients and servers
+
+
+def client_counts(proxy: ProxyServer) -> Json:
+    sessions = list(proxy.sessions.values())
+    logged_in = [s for s in sessions if s.user]
+    pooled = [s for s in logged_in if s.database not in ADMIN_DATABASES]
+    active = sum(1 for s in pooled if s.server is not None)
+    waiting = sum(p.waiting_clients for p in proxy.pools.pools())
+    return {
+        "total": len(sessions),
+        "active": active,
+        "waiting": waiting,
+        "idle": max(0, len(pooled) - active - waiting),
+        "logging_in": len(sessions) - len(logged_in),
+        "admin_console": len(logged_in) - len(pooled),
+        "accepted_total": proxy.accepted_total,
+    }
+
+
+def server_counts(proxy: ProxyServer) -> Json:
+    pools = proxy.pools.pools()
+    active = sum(p.active for p in pools)
+    idle = sum(p.idle_count for p in pools)
+    login = sum(p.logging_in for p in pools)
+    return {"total": active + idle + login, "active": active, "idle": idle, "logging_in": login}
+
+
+def totals_by_backend(proxy: ProxyServer) -> dict[int, PoolCounters]:
+    totals: dict[int, PoolCounters] = defaultdict(PoolCounters)
+    for key, counters in proxy.pools.counters_by_pool():
+        total = totals[key.backend_id]
+        for name in _COUNTER_FIELDS:
+            if name == "max_wait_us":
+                total.max_wait_us = max(total.max_wait_us, counters.max_wait_us)
+            else:
+                setattr(total, name, getattr(total, name) + getattr(counters, name))
+    return totals
+
+
+def query_total(proxy: ProxyServer) -> int:
+    return sum(counters.query_count for _, counters in proxy.pools.counters_by_pool())
+
+
+def status(proxy: ProxyServer, node: NodeInfo, rate: QueryRate) -> Json:
+    view = proxy.cluster_view
+    counters = [c for _, c in proxy.pools.counters_by_pool()]
+    queries = sum(c.query_count for c in counters)
+    now = time.time()
+    return {
+        "version": __version__,
+        "node_id": node.node_id,
+        "worker": {"index": node.worker_index, "count": node.worker_count},
+        "started_at": round(proxy.started_at, 3),
+        "uptime_seconds": round(max(0.0, now - proxy.started_at), 3),
+        "pool_mode": str(proxy.config.pool_mode),
+        "paused": proxy.pools.pause_gate.all_paused,
+        "paused_databases": sorted(proxy.pools.pause_gate.paused_databases),
+        "clients": client_counts(proxy),
+        "servers": server_counts(proxy),
+        "backends": {"up": sum(1 for b in view if b.is_up), "total": len(view.backends)},
+        "primary_id": view.primary_id,
+        "epoch": view.epoch,
+        "queries_total": queries,
+        "transactions_total": sum(c.xact_count for c in counters),
+        "queries_per_second": rate.per_second(time.monotonic(), queries, _monotonic_start(proxy)),
+    }
+
+
+def _monotonic_start(proxy: ProxyServer) -> float:
+    return time.monotonic() - max(0.0, time.time() - proxy.started_at)
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def format_lsn(lsn: int | None) -> str | None:
+    """PostgreSQL's text form of a WAL position: high/low 32 bits in hex."""
+    return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def _shares(proxy: ProxyServer) -> tuple[dict[int, PoolCounters], int]:
+    totals = totals_by_backend(proxy)
+    return totals, sum(c.query_count for c in totals.values())
+
+
+def backend_summary(proxy: ProxyServer, state: BackendState, clock: Clock) -> Json:
+    totals, all_queries = _shares(proxy)
+    counters = totals.get(state.node_id, PoolCounters())
+    return {
+        "node_id": state.node_id,
+        "host": state.host,
+        "port": state.port,
+        "role": str(state.role),
+        "is_primary": state.node_id == proxy.cluster_view.primary_id,
+        "status": str(state.status),
+        "detached": state.detached,
+        "weight": state.weight,
+        "replication_lag_bytes": state.lag_bytes,
+        "replication_lag_seconds": state.lag_seconds,
+        "health_score": state.health_score,
+        "checked_at": clock.to_wall(state.checked_at),
+        "queries_total": counters.query_count,
+        "traffic_share": round(counters.query_count / all_queries, 4) if all_queries else 0.0,
+        "server_connections": proxy.pools.server_connections_to(state.node_id),
+    }
+
+
+def nodes(proxy: ProxyServer) -> Json:
+    view, clock = proxy.cluster_view, Clock.now()
+    return {
+        "primary_id": view.primary_id,
+        "epoch": view.epoch,
+        "nodes": [backend_summary(proxy, state, clock) for state in view],
+    }
+
+
+def node_detail(proxy: ProxyServer, node_id: int, events: ClusterEvents) -> Json | None:
+    view, clock = proxy.cluster_view, Clock.now()
+    if not view.has(node_id):
+        return None
+    state = view.backend(node_id)
+    configured = next((b for b in proxy.config.backends if b.node_id == node_id), None)
+    counters = totals_by_backend(proxy).get(node_id, PoolCounters())
+    return {
+        **backend_summary(proxy, state, clock),
+        "replay_lsn": format_lsn(state.replay_lsn),
+        "backend_connections": state.connections,
+        "backend_max_connections": state.max_connections,
+        "data_directory": configured.data_directory if configured is not None else "",
+        "transactions_total": counters.xact_count,
+        "bytes_received_total": counters.bytes_received,
+        "bytes_sent_total": counters.bytes_sent,
+        "pools": [pool_entry(proxy, p, clock) for p in proxy.pools.pools() if p.key.backend_id == node_id],
+        "health": events.backend_history(node_id),
+    }
+
+
+def known_node_ids(proxy: ProxyServer) -> list[int]:
+    return [state.node_id for state in proxy.cluster_view]
+
+
+# --------------------------------------------------------------------------- pools
+
+
+def _prepared_statements(proxy: ProxyServer, pool: ServerPool) -> int:
+    idle = sum(len(server.statements) for server in pool.idle_servers())
+    lent = sum(
+        len(s.server.statements)
+        for s in proxy.sessions.values()
+        if s.server is not None
+        and _key_of(s.server.address.node_id, s.server.database, s.server.user) == pool.key
+    )
+    return idle + lent
+
+
+def _key_of(backend_id: int, database: str, user: str) -> PoolKey:
+    return PoolKey(backend_id, database, user)
+
+
+def pool_entry(proxy: ProxyServer, pool: ServerPool, clock: Clock) -> Json:
+    started = pool.longest_wait_started()
+    counters = pool.counters
+    return {
+        "backend_id": pool.key.backend_id,
+        "database": pool.key.database,
+        "user": pool.key.user,
+        "pool_mode": str(proxy.config.pool_mode_for(pool.key.database, pool.key.user)),
+        "active": pool.active,
+        "idle": pool.idle_count,
+        "logging_in": pool.logging_in,
+        "waiting": pool.waiting_clients,
+        "max_size": pool.limits.max_size,
+        "max_wait_seconds": round(clock.trio_now - started, 6) if started is not None else 0.0,
+        "max_wait_seconds_ever": counters.max_wait_us / 1_000_000,
+        "prepared_statements": _prepared_statements(proxy, pool),
+        "paused": proxy.pools.pause_gate.blocks(pool.key.database),
+        "opened_total": pool.opened_total,
+        "closed_total": pool.closed_total,
+        "queries_total": counters.query_count,
+        "transactions_total": counters.xact_count,
+    }
+
+
+def pools(proxy: ProxyServer) -> Json:
+    clock = Clock.now()
+    gate = proxy.pools.pause_gate
+    return {
+        "paused": gate.all_paused,
+        "paused_databases": sorted(gate.paused_databases),
+        "pools": [pool_entry(proxy, pool, clock) for pool in proxy.pools.pools()],
+    }
+
+
+def health_stats(proxy: ProxyServer, events: ClusterEvents) -> Json:
+    view, clock = proxy.cluster_view, Clock.now()
+    return {
+        "health_checks_running": any(state.checked_at is not None for state in view),
+        "period_seconds": proxy.config.health_check_period,
+        "backends": [
+            {
+                "node_id": state.node_id,
+                "status": str(state.status),
+                "health_score": state.health_score,
+                "checked_at": clock.to_wall(state.checked_at),
+                **events.backend_history(state.node_id),
+            }
+            for state in view
+        ],
+    }

@@ -1,0 +1,428 @@
+"""The REST API application in process: authentication, roles, JSON errors, bodies and the spec.
+
+A real ProxyServer without connected clients sits under the app (its backend is never contacted,
+except by /readyz's probe of a closed port). Integration tests run the same endpoints against a
+real node and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import time
+from typing import Any
+
+import jwt
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from quart.typing import TestClientProtocol as QuartClient
+from quart_trio import QuartTrio
+
+from pgbalancer.api.app import ApiState, create_app
+from pgbalancer.api.control import ReloadOutcome
+from pgbalancer.api.openapi import API_PREFIX, openapi_document
+from pgbalancer.api.settings import load_api_settings
+from pgbalancer.api.snapshots import NodeInfo
+from pgbalancer.api.users import parse_api_users
+from pgbalancer.config import parse_config_text
+from pgbalancer.devtools import free_tcp_port
+from pgbalancer.ha.view import BackendStatus
+from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
+from pgbalancer.proxy.server import ProxyServer
+
+KEY = "0123456789abcdef0123456789abcdef"
+USERS = (
+    f'"root" "{make_scram_verifier("root-pw", b"saltsaltsaltsalt", 4096).encode()}" "admin"\n'
+    f'"watcher" "{md5_password_hash("watcher", "watch-pw")}" "viewer"\n'
+)
+P = API_PREFIX
+
+
+class FakeControl:
+    def __init__(self, outcome: ReloadOutcome) -> None:
+        self.outcome = outcome
+        self.calls = 0
+
+    async def reload(self) -> ReloadOutcome:
+        self.calls += 1
+        return self.outcome
+
+
+def make_state(extra: str = "", control: FakeControl | None = None) -> ApiState:
+    text = (
+        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {free_tcp_port()}\n"
+        "backend_hostname1 = '127.0.0.1'\nbackend_port1 = 1\n"
+        f"auth_type = trust\napi_jwt_secret = '{KEY}'\napi_login_rate_limit = 3\n{extra}"
+    )
+    config = parse_config_text(text)
+    settings = dataclasses.replace(load_api_settings(config), users=parse_api_users(USERS))
+    return ApiState(
+        proxy=ProxyServer(config, {}), settings=settings, node=NodeInfo("test:1"), control=control
+    )
+
+
+@pytest.fixture
+def state() -> ApiState:
+    return make_state(control=FakeControl(ReloadOutcome(("pool_mode",), ("pool_mode",), ())))
+
+
+@pytest.fixture
+def app(state: ApiState) -> QuartTrio:
+    return create_app(state)
+
+
+@pytest.fixture
+def client(app: QuartTrio) -> QuartClient:
+    return app.test_client()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def login(client: QuartClient, user: str = "root", password: str = "root-pw") -> str:
+    response = await client.post(f"{P}/auth/login", json={"username": user, "password": password})
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    body = await response.get_json()
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600
+    token: str = body["token"]
+    return token
+
+
+async def json_of(response: Any) -> dict[str, Any]:
+    assert response.content_type == "application/json"
+    body: dict[str, Any] = await response.get_json()
+    return body
+
+
+def everything_paused(state: ApiState) -> bool:
+    return state.proxy.pools.pause_gate.all_paused
+
+
+def forged(**claims: Any) -> str:
+    now = int(time.time())
+    payload = {"sub": "root", "role": "admin", "iat": now, "exp": now + 60, "jti": "j", "iss": "pgbalancer"}
+    payload["aud"] = "pgbalancer-api"
+    payload.update(claims)
+    return jwt.encode(payload, claims.pop("key", KEY), algorithm="HS256")
+
+
+# --------------------------------------------------------------------------- authentication
+
+
+async def test_login_returns_a_bearer_token_carrying_the_users_role(client: QuartClient) -> None:
+    token = await login(client, "watcher", "watch-pw")
+    claims = jwt.decode(token, KEY, algorithms=["HS256"], audience="pgbalancer-api")
+    assert (claims["sub"], claims["role"], claims["iss"]) == ("watcher", "viewer", "pgbalancer")
+    response = await client.get(f"{P}/status", headers=bearer(token))
+    assert response.status_code == 200
+    assert (await json_of(response))["node_id"] == "test:1"
+
+
+async def test_wrong_password_is_401_json_and_never_echoes_the_password(client: QuartClient) -> None:
+    response = await client.post(f"{P}/auth/login", json={"username": "root", "password": "guess-123"})
+    body = await json_of(response)
+    assert response.status_code == 401 and body["error"] == "unauthorized"
+    assert "guess-123" not in json.dumps(body)
+    assert "Bearer" in response.headers["WWW-Authenticate"]
+
+
+async def test_http_basic_works_with_the_same_users(client: QuartClient) -> None:
+    assert (await client.get(f"{P}/pools", headers=basic("watcher", "watch-pw"))).status_code == 200
+    response = await client.post(f"{P}/control/resume", headers=basic("watcher", "watch-pw"))
+    assert response.status_code == 403
+    assert (await client.get(f"{P}/pools", headers=basic("watcher", "nope"))).status_code == 401
+    assert (await client.get(f"{P}/pools", headers={"Authorization": "Basic !!!"})).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        forged(key="another-key-another-key-another-key"),
+        forged(exp=int(time.time()) - 10),
+        forged(aud="elsewhere"),
+        forged(iss="elsewhere"),
+        jwt.encode({"sub": "root", "role": "admin"}, KEY, algorithm="HS256"),
+        "e30.e30.",
+    ],
+    ids=["other-key", "expired", "audience", "issuer", "missing-claims", "garbage"],
+)
+async def test_bad_tokens_get_401_json_and_change_nothing(
+    state: ApiState, client: QuartClient, token: str
+) -> None:
+    response = await client.post(f"{P}/control/pause", headers=bearer(token), json={})
+    body = await json_of(response)
+    assert response.status_code == 401 and body["error"] == "unauthorized" and body["message"]
+    assert not state.proxy.pools.pause_gate.all_paused
+
+
+async def test_alg_none_token_is_refused(state: ApiState, client: QuartClient) -> None:
+    now = int(time.time())
+    claims = {"sub": "root", "role": "admin", "iat": now, "exp": now + 60, "jti": "j"}
+    claims |= {"iss": "pgbalancer", "aud": "pgbalancer-api"}
+    header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode()
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    token = f"{header}.{payload}."
+    response = await client.post(f"{P}/control/pause", headers=bearer(token), json={})
+    assert response.status_code == 401
+    assert "algorithm" in (await json_of(response))["message"]
+    assert not state.proxy.pools.pause_gate.all_paused
+
+
+async def test_viewer_on_an_admin_endpoint_is_403_and_nothing_changes(
+    state: ApiState, client: QuartClient
+) -> None:
+    token = await login(client, "watcher", "watch-pw")
+    for path in ("control/pause", "control/reload", "nodes/0/detach", "cache/invalidate"):
+        response = await client.post(f"{P}/{path}", headers=bearer(token), json={})
+        assert response.status_code == 403, path
+        assert (await json_of(response))["error"] == "forbidden"
+    assert not state.proxy.pools.pause_gate.all_paused
+    assert isinstance(state.control, FakeControl) and state.control.calls == 0
+
+
+async def test_a_token_grants_no_more_than_the_user_file_grants_now(
+    state: ApiState, client: QuartClient
+) -> None:
+    token = await login(client)
+    state.apply_settings(dataclasses.replace(state.settings, users=parse_api_users('"root" "x" "viewer"\n')))
+    assert (await client.post(f"{P}/control/resume", headers=bearer(token))).status_code == 403
+    state.apply_settings(dataclasses.replace(state.settings, users=parse_api_users('"other" "x" "admin"\n')))
+    response = await client.get(f"{P}/status", headers=bearer(token))
+    assert response.status_code == 401
+    assert "no longer an API user" in (await json_of(response))["message"]
+
+
+async def test_failed_logins_are_rate_limited_per_source_address(
+    state: ApiState, client: QuartClient
+) -> None:
+    attacker, other = {"client": ("192.0.2.7", 4000)}, {"client": ("192.0.2.8", 4000)}
+    wrong = {"username": "root", "password": "wrong"}
+    for _ in range(3):
+        response = await client.post(f"{P}/auth/login", json=wrong, scope_base=attacker)
+        assert response.status_code == 401
+    refused = await client.post(
+        f"{P}/auth/login", json={"username": "root", "password": "root-pw"}, scope_base=attacker
+    )
+    assert refused.status_code == 429
+    assert (await json_of(refused))["error"] == "too_many_failed_logins"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    basic_refused = await client.get(f"{P}/status", headers=basic("root", "root-pw"), scope_base=attacker)
+    assert basic_refused.status_code == 429
+    allowed = await client.post(
+        f"{P}/auth/login", json={"username": "root", "password": "root-pw"}, scope_base=other
+    )
+    assert allowed.status_code == 200
+
+
+async def test_unauthenticated_requests_are_401_except_the_open_endpoints(client: QuartClient) -> None:
+    for path in ("status", "nodes", "nodes/0", "pools", "health/stats", "config", "ai/stats"):
+        response = await client.get(f"{P}/{path}")
+        assert response.status_code == 401, path
+        assert (await json_of(response))["error"] == "unauthorized"
+    assert (await client.get(f"{P}/healthz")).status_code == 200
+    assert (await client.get(f"{P}/openapi.json")).status_code == 200
+    assert (await client.get("/metrics")).status_code == 200
+
+
+async def test_metrics_can_require_credentials() -> None:
+    client = create_app(make_state("api_metrics_auth = on\n")).test_client()
+    assert (await client.get("/metrics")).status_code == 401
+    assert (await client.get("/metrics", headers=basic("watcher", "watch-pw"))).status_code == 200
+
+
+# --------------------------------------------------------------------------- errors and bodies
+
+
+async def test_unknown_paths_and_methods_answer_json(client: QuartClient) -> None:
+    missing = await client.get(f"{P}/nope")
+    assert missing.status_code == 404 and (await json_of(missing))["error"] == "not_found"
+    wrong_method = await client.delete(f"{P}/status")
+    assert wrong_method.status_code == 405 and "GET" in wrong_method.headers["Allow"]
+    assert (await json_of(wrong_method))["error"] == "method_not_allowed"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[1]",
+        b"{",
+        b'{"database": 5}',
+        b'{"timeout": -1}',
+        b'{"timeout": true}',
+        b'{"timeout": 61}',
+        b'{"x": 1}',
+    ],
+)
+async def test_bad_bodies_are_400_and_do_not_pause(state: ApiState, client: QuartClient, body: bytes) -> None:
+    token = await login(client)
+    response = await client.post(f"{P}/control/pause", headers=bearer(token), data=body)
+    assert response.status_code == 400
+    assert (await json_of(response))["error"] == "bad_request"
+    assert not state.proxy.pools.pause_gate.all_paused
+
+
+async def test_login_body_must_name_user_and_password(client: QuartClient) -> None:
+    for body in ({"username": "root"}, {"username": "", "password": "x"}, {"user": "root", "password": "x"}):
+        assert (await client.post(f"{P}/auth/login", json=body)).status_code == 400
+
+
+# --------------------------------------------------------------------------- acting
+
+
+async def test_pause_and_resume(state: ApiState, client: QuartClient) -> None:
+    headers = bearer(await login(client))
+    paused = await client.post(f"{P}/control/pause", headers=headers, json={"timeout": 1})
+    assert await json_of(paused) == {"paused": True, "database": None, "drained": True, "busy_servers": 0}
+    assert everything_paused(state)
+    again = await client.post(f"{P}/control/pause", headers=headers)
+    assert again.status_code == 409 and (await json_of(again))["error"] == "already_paused"
+    resumed = await client.post(f"{P}/control/resume", headers=headers)
+    assert await json_of(resumed) == {"resumed": True, "database": None}
+    assert not everything_paused(state)
+    assert (await client.post(f"{P}/control/resume", headers=headers)).status_code == 409
+    app_only = await client.post(f"{P}/control/pause", headers=headers, json={"database": "app"})
+    assert (await json_of(app_only))["database"] == "app"
+    assert state.proxy.pools.pause_gate.blocks("app") and not state.proxy.pools.pause_gate.blocks("bench")
+    assert (
+        await client.post(f"{P}/control/pause", headers=headers, json={"database": "pgbouncer"})
+    ).status_code == 400
+
+
+async def test_pause_is_refused_with_several_workers() -> None:
+    state = make_state()
+    state.node = NodeInfo("test:1", worker_index=0, worker_count=4)
+    client = create_app(state).test_client()
+    response = await client.post(f"{P}/control/pause", headers=basic("root", "root-pw"))
+    assert response.status_code == 409 and "worker 0 only" in (await json_of(response))["message"]
+    assert not state.proxy.pools.pause_gate.all_paused
+
+
+async def test_reload_reports_the_nodes_answer(state: ApiState, client: QuartClient) -> None:
+    headers = bearer(await login(client))
+    response = await client.post(f"{P}/control/reload", headers=headers)
+    assert await json_of(response) == {
+        "reloaded": True,
+        "changed": ["pool_mode"],
+        "applied_live": ["pool_mode"],
+        "restart_required": [],
+    }
+    assert isinstance(state.control, FakeControl)
+    state.control.outcome = ReloadOutcome(error="pgbalancer.conf:3: port = 'x': not an integer")
+    failed = await client.post(f"{P}/control/reload", headers=headers)
+    assert failed.status_code == 422
+    assert "the running config was kept" in (await json_of(failed))["message"]
+
+
+async def test_pending_features_answer_503_naming_them(client: QuartClient) -> None:
+    headers = bearer(await login(client))
+    for method, path, feature in [
+        ("GET", "ai/stats", "balancer"),
+        ("GET", "cache/stats", "cache"),
+        ("POST", "cache/invalidate", "cache"),
+        ("GET", "watchdog/info", "watchdog"),
+        ("POST", "nodes/1/detach", "failover"),
+    ]:
+        url = f"{P}/{path}"
+        response = await (
+            client.get(url, headers=headers) if method == "GET" else client.post(url, headers=headers)
+        )
+        assert response.status_code == 503, path
+        assert (await json_of(response))["feature"] == feature
+    assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
+
+
+# --------------------------------------------------------------------------- reading
+
+
+async def test_readyz_probes_the_backends(client: QuartClient) -> None:
+    response = await client.get(f"{P}/readyz")
+    body = await json_of(response)
+    assert response.status_code == 503
+    assert body == {
+        "ready": False,
+        "reachable_backends": [],
+        "quorum": True,
+        "reasons": ["no backend accepts TCP connections"],
+    }
+
+
+async def test_nodes_follow_the_cluster_view(state: ApiState, client: QuartClient) -> None:
+    headers = basic("watcher", "watch-pw")
+    view = state.proxy.cluster_view
+    down = view.with_backend(dataclasses.replace(view.backend(1), status=BackendStatus.DOWN, checked_at=1.0))
+    state.proxy.update_cluster_view(down, reason="probe failed")
+    nodes = await json_of(await client.get(f"{P}/nodes", headers=headers))
+    assert [(n["node_id"], n["status"], n["is_primary"]) for n in nodes["nodes"]] == [
+        (0, "up", True),
+        (1, "down", False),
+    ]
+    detail = await json_of(await client.get(f"{P}/nodes/1", headers=headers))
+    assert detail["health"]["status_changes"][0] | {"at": 0} == {
+        "at": 0,
+        "from": "up",
+        "to": "down",
+        "reason": "probe failed",
+    }
+    assert detail["health"]["checks_observed"] == 1 and detail["health"]["success_rate"] == 0.0
+    state.proxy.update_cluster_view(down.with_primary(1), reason="failover")
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "pgbalancer_failovers_total 1.0" in metrics
+    assert 'pgbalancer_backend_up{backend="1",host="127.0.0.1",port="1"} 0.0' in metrics
+
+
+async def test_config_is_redacted(client: QuartClient) -> None:
+    response = await client.get(f"{P}/config", headers=basic("watcher", "watch-pw"))
+    text = await response.get_data(as_text=True)
+    settings = json.loads(text)["settings"]
+    assert settings["api_jwt_secret"] == "********" and KEY not in text
+    assert settings["api_login_rate_limit"] == 3 and settings["backend_port1"] == 1
+
+
+async def test_metrics_parse_and_count_the_apis_own_requests(client: QuartClient) -> None:
+    await client.get(f"{P}/healthz")
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+    }
+    assert {
+        "pgbalancer_clients",
+        "pgbalancer_queries",
+        "pgbalancer_backend_up",
+        "pgbalancer_api_requests",
+    } <= set(families)
+    requests = {
+        (s.labels["endpoint"], s.labels["status"]): s.value
+        for s in families["pgbalancer_api_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert requests[(f"{P}/healthz", "200")] == 1.0
+
+
+# --------------------------------------------------------------------------- the OpenAPI document
+
+
+def test_every_route_is_in_the_spec_and_every_spec_path_is_a_route(app: QuartTrio) -> None:
+    spec = openapi_document()
+    routes = {
+        (re.sub(r"<int:(\w+)>", r"{\1}", rule.rule), method.lower())
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods or ()
+        if method not in {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
+    assert routes == documented
+
+
+def test_the_spec_references_resolve() -> None:
+    spec = openapi_document()
+    text = json.dumps(spec)
+    for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
+        assert name in spec["components"]["schemas"], name
