@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -20,6 +21,10 @@ from pathlib import Path
 import trio
 
 from pgbalancer import __version__
+from pgbalancer.api.control import ReloadOutcome
+from pgbalancer.api.service import ApiService
+from pgbalancer.api.settings import ApiSettings, ApiSettingsError, load_api_settings
+from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
@@ -29,6 +34,7 @@ from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effect
 log = logging.getLogger("pgbalancer")
 
 _SHUTDOWN_GRACE = 5.0
+_RELOAD_WAIT = 5.0  # how long POST /control/reload waits for a worker's SIGHUP round trip
 
 
 def load_auth_file(config: Config) -> dict[str, str]:
@@ -44,9 +50,13 @@ class Node:
         config: Config,
         userlist: Mapping[str, str],
         worker: WorkerContext | None = None,
+        api_settings: ApiSettings | None = None,
     ) -> None:
         self.config_path = config_path
         self.config = config
+        self.api_settings = api_settings if api_settings is not None else load_api_settings(config)
+        self.reload_count = 0  # reloads attempted, and what the last one did (POST /control/reload)
+        self.last_reload = ReloadOutcome()
         self.worker = worker  # set when this process is one worker of a multi-worker node
         self.peering = _cancel_peering(config, worker)
         self.proxy = ProxyServer(config, userlist, self.peering)
@@ -55,12 +65,15 @@ class Node:
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
         self.proxy.reload_callback = self.reload if worker is None else reload_node
         self.proxy.shutdown_callback = partial(os.kill, node_pid, signal.SIGTERM)
+        self.api = self._api_service(config, worker)
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 if self.peering is not None:  # first: a live peer socket means the port is taken
                     await nursery.start(self.peering.serve, self.proxy.cancel_here)
+                if self.api is not None:  # before the proxy: once the proxy accepts, the API answers
+                    await nursery.start(self.api.serve)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
@@ -72,7 +85,20 @@ class Node:
                     await self._shutdown(nursery)
                     return
 
+    def _api_service(self, config: Config, worker: WorkerContext | None) -> ApiService | None:
+        """The REST API, unless api_port = 0; with several workers only worker 0 serves it."""
+        if not config.api_port or (worker is not None and worker.index != 0):
+            return None
+        node = NodeInfo(
+            f"{socket.gethostname()}:{config.port}",
+            worker.index if worker is not None else 0,
+            worker.count if worker is not None else 1,
+        )
+        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self))
+
     async def _shutdown(self, nursery: trio.Nursery) -> None:
+        if self.api is not None:
+            self.api.request_shutdown()
         self.proxy.request_shutdown()
         with trio.move_on_after(_SHUTDOWN_GRACE):
             while self.proxy.sessions:
@@ -89,22 +115,49 @@ class Node:
             self.worker.report_ready()
 
     def reload(self) -> None:
-        """Re-read the config; apply live keys, log the ones that need a restart."""
+        """Re-read the config; apply live keys, log the ones that need a restart (SIGHUP, RELOAD)."""
+        self.last_reload = self._reload()
+        self.reload_count += 1
+
+    def _reload(self) -> ReloadOutcome:
         try:
             new_config = load_config(self.config_path)
             userlist = load_auth_file(new_config)
-        except (ConfigError, UserlistError) as exc:
+            api_settings = load_api_settings(new_config, self.api_settings)
+        except (ConfigError, UserlistError, ApiSettingsError) as exc:
             log.error("reload failed, keeping the running config:\n%s", exc)
-            return
+            return ReloadOutcome(error=str(exc))
         diff = diff_configs(self.config, new_config)
         self.proxy.apply_config(new_config, userlist)
         self.config = new_config
+        self.api_settings = api_settings
+        if self.api is not None:
+            self.api.apply_settings(new_config, api_settings)
         log.info(
             "config reloaded: changed=%s applied_live=%s restart_required=%s",
             list(diff.changed),
             list(diff.applied_live),
             list(diff.restart_required),
         )
+        return ReloadOutcome.from_diff(diff)
+
+
+class _ApiControl:
+    """What POST /api/v1/control/reload does: the same reload as SIGHUP, and what it changed."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def reload(self) -> ReloadOutcome:
+        node, before = self.node, self.node.reload_count
+        if node.proxy.reload_callback is not None:
+            node.proxy.reload_callback()  # a worker's reload comes back as SIGHUP from its supervisor
+        with trio.move_on_after(_RELOAD_WAIT):
+            while node.reload_count == before:
+                await trio.sleep(0.05)
+        if node.reload_count == before:
+            return ReloadOutcome(error=f"no reload happened within {_RELOAD_WAIT:g}s; see the node's log")
+        return node.last_reload
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:
@@ -146,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.config_file)
         userlist = load_auth_file(config)
-    except (ConfigError, UserlistError) as exc:
+        api_settings = load_api_settings(config)
+    except (ConfigError, UserlistError, ApiSettingsError) as exc:
         print(f"pgbalancer: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     if args.check:
@@ -155,15 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(str(config.log_level))
     worker_count = effective_worker_count(config.workers, available_cpus())
     if worker_count > 1:
-        run_worker = partial(_run_node, args.config_file, config, userlist)
+        run_worker = partial(_run_node, args.config_file, config, userlist, api_settings)
         return Supervisor(worker_count, run_worker, pid_file=config.pid_file).run()
-    return _run_node(args.config_file, config, userlist)
+    return _run_node(args.config_file, config, userlist, api_settings)
 
 
 def _run_node(
-    config_path: Path, config: Config, userlist: Mapping[str, str], worker: WorkerContext | None = None
+    config_path: Path,
+    config: Config,
+    userlist: Mapping[str, str],
+    api_settings: ApiSettings,
+    worker: WorkerContext | None = None,
 ) -> int:
-    node = Node(config_path, config, userlist, worker)
+    node = Node(config_path, config, userlist, worker, api_settings)
     try:
         trio.run(node.run)
     except (OSError, ExceptionGroup) as exc:

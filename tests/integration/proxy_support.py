@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+
+from pgbalancer.config import load_config
 from pgbalancer.devtools import free_tcp_port
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.pgcluster import PgClusterLike
+from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
 
 # Client-side passwords pgbalancer checks; the backend secrets come from the same entries.
 USERLIST = {
@@ -18,6 +22,39 @@ USERLIST = {
 }
 
 BalancerFactory = Callable[..., BalancerProcess]
+
+# REST API users of every test node: name -> (password, role). The file stores a SCRAM verifier for
+# the admin and an md5 hash for the viewer, as an operator would.
+API_USERS = {"api_admin": ("api-admin-secret", "admin"), "api_viewer": ("api-viewer-secret", "viewer")}
+
+
+def write_api_users(path: Path, users: dict[str, tuple[str, str]] = API_USERS) -> Path:
+    lines = []
+    for name, (password, role) in users.items():
+        stored = (
+            make_scram_verifier(password, name.encode().ljust(16, b"s")).encode()
+            if role == "admin"
+            else md5_password_hash(name, password)
+        )
+        lines.append(f'"{name}" "{stored}" "{role}"\n')
+    path.write_text("".join(lines))
+    return path
+
+
+def api_base_url(node: BalancerProcess) -> str:
+    """http://127.0.0.1:<api_port> of a test node (read back from its config file)."""
+    return f"http://127.0.0.1:{load_config(node.config_path).api_port}"
+
+
+def api_login(node: BalancerProcess, user: str = "api_admin", password: str | None = None) -> str:
+    """A Bearer token from POST /api/v1/auth/login for one of API_USERS."""
+    secret = API_USERS[user][0] if password is None else password
+    response = httpx.post(
+        f"{api_base_url(node)}/api/v1/auth/login", json={"username": user, "password": secret}, timeout=10
+    )
+    response.raise_for_status()
+    token: str = response.json()["token"]
+    return token
 
 
 def write_userlist(path: Path, entries: dict[str, str]) -> Path:
@@ -37,6 +74,8 @@ def base_settings(cluster: PgClusterLike, workdir: Path) -> dict[str, Setting]:
         "client_login_timeout": 10,
         "log_level": "info",
         "workers": 1,  # one process, so a node's server connections can be counted by its pid
+        "api_port": free_tcp_port(),  # every test node would bind 8080 otherwise
+        "api_user_file": str(write_api_users(workdir / "api_users.txt")),
     }
     for node_id, node in enumerate(cluster.nodes):
         settings[f"backend_hostname{node_id}"] = node.host
