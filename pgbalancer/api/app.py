@@ -40,6 +40,7 @@ from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, QueryRate
 from pgbalancer.api.tokens import TokenRejected, issue_token, verify_token
 from pgbalancer.api.users import ApiUser, Role
 from pgbalancer.config import redacted_settings
+from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.netio import connect_tcp
 
@@ -64,6 +65,8 @@ PENDING_FEATURES: Final = {
         "wired into this node yet)"
     ),
 }
+
+_OPERATION_REFUSALS: Final = {"not_found": 404, "conflict": 409, "unavailable": 503}
 
 _Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -461,8 +464,20 @@ class _Routes:
                 "recovery": operations.rejoin,
             }[action]
             log.info("REST API: %s of backend %d by %r", action, node_id, g.principal.name)
-            result = await operation(node_id)
-            return json_response({"node_id": node_id, "action": action, "result": str(result)})
+            try:
+                outcome = await operation(node_id)
+            except HaOperationError as exc:  # refused: nothing was changed
+                status = _OPERATION_REFUSALS.get(exc.kind, 409)
+                raise ApiError(status, exc.kind, exc.message) from None
+            return json_response(
+                {
+                    "node_id": node_id,
+                    "action": action,
+                    "primary_id": outcome.primary_id,
+                    "epoch": outcome.epoch,
+                    "notes": list(outcome.notes),
+                }
+            )
 
         node_action.__name__ = f"node_{action}"
         return node_action

@@ -165,7 +165,15 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "health": _obj(_HEALTH_HISTORY),
         }
     ),
-    "NodeActionResult": _obj({"node_id": _INT, "action": _STRING, "result": _STRING}),
+    "NodeActionResult": _obj(
+        {
+            "node_id": _INT,
+            "action": _STRING,
+            "primary_id": _nullable(_INT),
+            "epoch": _COUNT,
+            "notes": _STRINGS,
+        }
+    ),
     "Pool": _POOL,
     "Pools": _obj(
         {"paused": _BOOL, "paused_databases": _STRINGS, "pools": {"type": "array", "items": _ref("Pool")}}
@@ -301,9 +309,14 @@ def _node_action(verb: str, what: str) -> Schema:
     return _operation(
         what,
         {
-            "200": _json(_ref("NodeActionResult"), f"The backend was {verb}"),
+            "200": _json(_ref("NodeActionResult"), f"The backend was {verb}; notes say what happened"),
             "404": _error("No such backend"),
-            "503": _error("Not available until health checks and the failover engine are enabled"),
+            "409": _error(
+                "Refused in the current cluster state (the message says what to do); nothing changed"
+            ),
+            "503": _error(
+                "The failover engine is not running here, or the operation could not be carried out"
+            ),
         },
         role="admin",
         parameters=[_NODE_ID],

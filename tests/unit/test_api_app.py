@@ -28,6 +28,7 @@ from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.api.users import parse_api_users
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port
+from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.ha.view import BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
 from pgbalancer.proxy.server import ProxyServer
@@ -336,6 +337,63 @@ async def test_pending_features_answer_503_naming_them(client: QuartClient) -> N
         assert response.status_code == 503, path
         assert (await json_of(response))["feature"] == feature
     assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeOutcome:
+    primary_id: int | None
+    epoch: int
+    notes: tuple[str, ...]
+
+
+class FakeOperations:
+    """Stands in for the failover engine: records calls, refuses backend 1 like the planner would."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def _do(self, action: str, node_id: int) -> FakeOutcome:
+        if node_id == 1:
+            raise HaOperationError("backend 1 is the primary; promote a standby instead", "conflict")
+        self.calls.append((action, node_id))
+        return FakeOutcome(0, 3, (f"backend {node_id} {action}",))
+
+    async def attach(self, node_id: int) -> FakeOutcome:
+        return await self._do("attach", node_id)
+
+    async def detach(self, node_id: int) -> FakeOutcome:
+        return await self._do("detach", node_id)
+
+    async def promote(self, node_id: int) -> FakeOutcome:
+        return await self._do("promote", node_id)
+
+    async def rejoin(self, node_id: int) -> FakeOutcome:
+        return await self._do("rejoin", node_id)
+
+
+async def test_backend_operations_reach_the_failover_engine(state: ApiState, client: QuartClient) -> None:
+    operations = FakeOperations()
+    state.operations = operations
+    headers = bearer(await login(client))
+    for action, called in (
+        ("detach", "detach"),
+        ("attach", "attach"),
+        ("promote", "promote"),
+        ("recovery", "rejoin"),
+    ):
+        response = await client.post(f"{P}/nodes/0/{action}", headers=headers)
+        assert await json_of(response) == {
+            "node_id": 0,
+            "action": action,
+            "primary_id": 0,
+            "epoch": 3,
+            "notes": [f"backend 0 {called}"],
+        }
+    assert operations.calls == [("detach", 0), ("attach", 0), ("promote", 0), ("rejoin", 0)]
+    refused = await client.post(f"{P}/nodes/1/detach", headers=headers)
+    assert refused.status_code == 409 and "promote a standby" in (await json_of(refused))["message"]
+    viewer = await client.post(f"{P}/nodes/0/detach", headers=basic("watcher", "watch-pw"))
+    assert viewer.status_code == 403 and len(operations.calls) == 4
 
 
 # --------------------------------------------------------------------------- reading
