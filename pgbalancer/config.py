@@ -347,6 +347,36 @@ _PATH: Final = _Kind("path", "a file path", _convert_path, is_path=True)
 _TEXT: Final = _Kind("string", "a string", _convert_text)
 
 
+def _convert_fraction(text: str) -> float:
+    if not _NUMBER_RE.fullmatch(text.strip()):
+        raise _BadValue("not a number")
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise _BadValue("out of range")
+    return value
+
+
+def _convert_function_patterns(text: str) -> tuple[str, ...]:
+    patterns = _convert_names(text)
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _BadValue(f"{_quote(pattern)} is not a valid regular expression ({exc})") from None
+    return patterns
+
+
+_FRACTION: Final = _Kind(
+    "number (0-1)", "a number between 0 and 1, such as 0.1", _convert_fraction, _render_number
+)
+_FUNCTION_PATTERNS: Final = _Kind(
+    "list of function names",
+    "a comma-separated list of function names or regular expressions, such as 'get_.*,report_totals'",
+    _convert_function_patterns,
+    _render_list,
+)
+
+
 # --------------------------------------------------------------------------- field declarations
 
 
@@ -738,6 +768,67 @@ class Config:
         """How a read-only statement picks its backend: adaptive learns from latency, errors and
         statement complexity; round_robin; weighted (by backend_weightN); least_connections;
         random.""",
+    )
+    read_only_function_list: tuple[str, ...] = _setting(
+        (),
+        _FUNCTION_PATTERNS,
+        Category.LOAD_BALANCING,
+        _L,
+        """Functions that never write, as in Pgpool-II: a read calling any other function that is not a
+        known read-only built-in goes to the primary. Entries are regular expressions matched against the
+        whole name (bare or schema-qualified), case-insensitively. nextval, setval, pg_advisory_*, lo_* and
+        other writing built-ins go to the primary whatever the lists say.""",
+    )
+    write_function_list: tuple[str, ...] = _setting(
+        (),
+        _FUNCTION_PATTERNS,
+        Category.LOAD_BALANCING,
+        _L,
+        """Functions that may write (regular expressions, as read_only_function_list); a read calling one
+        goes to the primary. Set alone (read_only_function_list empty), it means, as in Pgpool-II, that
+        every other function is read-only.""",
+    )
+    lazy_begin: bool = _setting(
+        True,
+        _BOOL,
+        Category.LOAD_BALANCING,
+        _L,
+        """Hold BEGIN back (pgbalancer answers it) and send it with the transaction's first statement: a
+        transaction that starts with a read at READ COMMITTED is balanced like one, and moves to the
+        primary at its first write if it has only read so far. Off: every transaction not declared READ
+        ONLY runs on the primary.""",
+    )
+    read_your_writes: bool = _setting(
+        True,
+        _BOOL,
+        Category.LOAD_BALANCING,
+        _L,
+        """After a session commits a write, its reads go to the primary or to a standby that has replayed
+        past that commit's WAL position (causal consistency per client connection).""",
+    )
+    ai_learning_rate: float = _setting(
+        0.1,
+        _FRACTION,
+        Category.LOAD_BALANCING,
+        _L,
+        """How fast the adaptive balancer's latency and error estimates follow new observations
+        (exponential weighting; errors and timeouts always teach at least 0.5).""",
+    )
+    ai_exploration_rate: float = _setting(
+        0.2,
+        _FRACTION,
+        Category.LOAD_BALANCING,
+        _L,
+        """Share of reads the adaptive balancer sends to a node drawn by weight rather than by score while
+        it knows little; it decays toward ai_exploration_floor as samples accumulate.""",
+    )
+    ai_exploration_floor: float = _setting(
+        0.02,
+        _FRACTION,
+        Category.LOAD_BALANCING,
+        _L,
+        """Least share of exploring reads once the adaptive balancer is confident (capped at
+        ai_exploration_rate); keeps every node observed, so a recovered node wins its traffic back.""",
     )
 
     # Health checks
