@@ -234,7 +234,9 @@ def test_pause_blocks_a_new_query_until_resume(api_node: BalancerProcess, admin:
     assert results == [42]
 
 
-def test_backend_operations(admin: httpx.Client, viewer: httpx.Client) -> None:
+def test_a_detached_backend_shows_down_and_gets_no_traffic(
+    api_node: BalancerProcess, admin: httpx.Client, viewer: httpx.Client
+) -> None:
     """Detach and attach a standby (the node's view only; PostgreSQL is untouched)."""
     detached = admin.post(f"{P}/nodes/2/detach")
     if detached.status_code == 503:  # this node runs without the failover engine
@@ -244,6 +246,10 @@ def test_backend_operations(admin: httpx.Client, viewer: httpx.Client) -> None:
     try:
         node = get(viewer, "nodes/2")
         assert node["detached"] and node["status"] == "down"
+        with connect(api_node) as conn:
+            for _ in range(20):
+                conn.execute("SELECT 1")
+        assert get(viewer, "nodes/2")["queries_total"] == node["queries_total"]
     finally:
         attached = admin.post(f"{P}/nodes/2/attach")
     assert attached.status_code == 200, attached.text
