@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -194,6 +195,25 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def raise_open_files_limit() -> int:
+    """Lift the soft open-files limit to the hard one and return the soft limit now in force.
+
+    Every client and server connection is a file descriptor. The soft limit of 1,024 that a PAM
+    login (runuser, su) or a systemd service gets by default caps a node at about 1,000 clients,
+    while the hard limit is usually far higher. Forked workers inherit the raised limit.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as exc:  # e.g. an unlimited hard limit above the kernel's nr_open
+        log.warning("could not raise the open-files soft limit from %d to %d: %s", soft, hard, exc)
+        return soft
+    log.info("raised the open-files soft limit from %d to %d (the hard limit)", soft, hard)
+    return hard
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
@@ -207,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config_file}: configuration is valid ({len(config.backends)} backends)")
         return 0
     _setup_logging(str(config.log_level))
+    raise_open_files_limit()
     worker_count = effective_worker_count(config.workers, available_cpus())
     if worker_count > 1:
         run_worker = partial(_run_node, args.config_file, config, userlist, api_settings)
