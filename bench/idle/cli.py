@@ -31,6 +31,7 @@ from compare.harness import (
     PSQL,
     HarnessError,
     SharedScripts,
+    answers_select_1,
     install_peers,
     is_installed,
     locate_shared,
@@ -167,7 +168,14 @@ def _pgbench(port: int, args: argparse.Namespace, log: Path) -> PgbenchRun:
     cmd = [PGBENCH, "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-S", "-n"]
     cmd += ["-c", str(args.pgbench_clients), "-j", "2", "-T", str(args.pgbench_seconds), "bench"]
     print("==> " + " ".join(cmd), flush=True)
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # A pooler that stopped accepting leaves pgbench's connect waiting forever: bound it.
+    env = {**os.environ, "PGCONNECT_TIMEOUT": "30"}
+    limit_s = args.pgbench_seconds + 90
+    try:
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit_s, check=False)
+    except subprocess.TimeoutExpired:
+        log.write_text(f"pgbench did not finish within {limit_s} s\n")
+        return PgbenchRun(None, f"pgbench did not finish within {limit_s} s")
     log.write_text(done.stdout + done.stderr)
     tps = report.parse_pgbench_tps(done.stdout)
     if done.returncode != 0 or tps is None:
@@ -187,6 +195,8 @@ def _measure_pooler(
     nofile = nofile_soft_limit(pid)
     if nofile is not None and nofile < idle + 50:
         print(f"!! {target}'s open-files soft limit is {nofile}: it cannot hold {idle:,} clients", flush=True)
+    if not answers_select_1(port):  # the same warm-up for every pooler: one server connection open
+        raise HarnessError(f"{target} on port {port} does not answer select 1")
     before = _settled_memory(pid, args.settle_seconds)
     clients: IdleClients | None = None
     try:
@@ -312,7 +322,7 @@ def _notes(max_connections: str | None, args: argparse.Namespace) -> list[str]:
         f" max_client_conn {args.max_client_conn}, api_port 0, mqtt_mode off; `{CANDIDATE}` is workers = 1"
         " (one process: its RSS is the goal's figure), `pgbalancer_wN` is workers = N (RSS summed over the"
         " supervisor and its workers; pss_* fields split the pages they share)",
-        "each pooler is started fresh for every N; RSS before = after its first `select 1`, RSS with idle ="
+        "each pooler is started fresh for every N; RSS before = after a `select 1` through it, RSS with idle ="
         f" {args.settle_seconds:g} s after the last idle handshake, before pgbench",
     ]
 
