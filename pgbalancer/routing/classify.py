@@ -1055,9 +1055,12 @@ def _judge_functions(statement: StatementInfo, policy: FunctionPolicy) -> Statem
 
 
 def _combine(statements: tuple[StatementInfo, ...], hint: RouteHint | None, problem: str) -> Classification:
-    features = NO_FEATURES
-    for statement in statements:
-        features = features.merged(statement.features)
+    if len(statements) == 1:
+        features = statements[0].features
+    else:
+        features = NO_FEATURES
+        for statement in statements:
+            features = features.merged(statement.features)
     if problem:
         kind = StatementKind.UNKNOWN
     elif not statements:

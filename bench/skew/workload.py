@@ -1,0 +1,99 @@
+"""The routing_skew workload and its report, pure: pgbench scripts, output parsing, percentiles, table.
+
+A read-heavy mix through pgbalancer in autocommit (so every read is routed on its own):
+point reads, a few heavier range reads, and a small share of writes, as pgbench scripts with
+weights. Nothing here runs a process or touches a file except ``write_scripts``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SCRIPTS = {
+    "point_read": (
+        "\\set aid random(1, 100000 * :scale)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n"
+    ),
+    "range_read": (
+        "\\set bid random(1, :scale)\n"
+        "SELECT count(*), sum(abalance) FROM pgbench_accounts WHERE bid = :bid AND aid % 97 = 0;\n"
+    ),
+    "write": (
+        "\\set aid random(1, 100000 * :scale)\n\\set delta random(-5000, 5000)\n"
+        "UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;\n"
+    ),
+}
+WEIGHTS = {"point_read": 85, "range_read": 10, "write": 5}  # percent of transactions
+
+_TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
+_LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
+
+
+def write_scripts(directory: Path) -> list[str]:
+    """Writes the scripts; returns pgbench's ``-f file@weight`` arguments."""
+    arguments = []
+    for name, body in SCRIPTS.items():
+        path = directory / f"{name}.sql"
+        path.write_text(body)
+        arguments += ["-f", f"{path}@{WEIGHTS[name]}"]
+    return arguments
+
+
+@dataclass(frozen=True)
+class RunResult:
+    scenario: str
+    algorithm: str
+    tps: float
+    latency_avg_ms: float
+    latency_p99_ms: float
+
+
+def parse_summary(output: str) -> tuple[float, float]:
+    """(TPS, average latency in ms) from pgbench's summary; ValueError names what is missing."""
+    tps = _TPS.search(output)
+    latency = _LATENCY.search(output)
+    if tps is None or latency is None:
+        raise ValueError("pgbench printed no 'tps = ... (without initial connection time)' or latency line")
+    return float(tps.group(1)), float(latency.group(1))
+
+
+def latencies_ms(log_lines: Iterable[str]) -> list[float]:
+    """Per-transaction latencies from pgbench ``-l`` logs (third field, microseconds)."""
+    values = []
+    for line in log_lines:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2].isdigit():
+            values.append(int(fields[2]) / 1000.0)
+    return values
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def table(results: Sequence[RunResult]) -> str:
+    """Markdown: one row per scenario and algorithm, with ratios to round_robin in that scenario."""
+    lines = [
+        "| scenario | algorithm | TPS | vs round_robin | mean latency (ms) | p99 (ms) | p99 vs round_robin |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    baseline = {r.scenario: r for r in results if r.algorithm == "round_robin"}
+    for result in results:
+        base = baseline.get(result.scenario)
+        tps_ratio = f"{result.tps / base.tps:.2f}x" if base and base.tps else "-"
+        p99_ratio = (
+            f"{result.latency_p99_ms / base.latency_p99_ms:.2f}x" if base and base.latency_p99_ms else "-"
+        )
+        lines.append(
+            f"| {result.scenario} | {result.algorithm} | {result.tps:.0f} | {tps_ratio} | "
+            f"{result.latency_avg_ms:.2f} | {result.latency_p99_ms:.2f} | {p99_ratio} |"
+        )
+    return "\n".join(lines) + "\n"
