@@ -769,6 +769,22 @@ class Config:
         statement complexity; round_robin; weighted (by backend_weightN); least_connections;
         random.""",
     )
+    delay_threshold: int = _setting(
+        0,
+        _integer(0, 2**62, "a number of bytes, 0 or more (0 = no limit)", "integer (bytes)"),
+        Category.LOAD_BALANCING,
+        _L,
+        """Replication lag in bytes of WAL above which a standby gets no reads and is not re-added
+        after a failure (0 = no limit).""",
+    )
+    delay_threshold_by_time: float = _setting(
+        0.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.LOAD_BALANCING,
+        _L,
+        """Replication lag in seconds above which a standby gets no reads and is not re-added after a
+        failure (0 = no limit).""",
+    )
     read_only_function_list: tuple[str, ...] = _setting(
         (),
         _FUNCTION_PATTERNS,
@@ -833,7 +849,14 @@ class Config:
 
     # Health checks
     health_check_period: float = _setting(
-        5.0, _POSITIVE_SECONDS, Category.HEALTH_CHECK, _L, "Seconds between two probes of each backend."
+        5.0,
+        _POSITIVE_SECONDS,
+        Category.HEALTH_CHECK,
+        _L,
+        """Seconds between two probes of each backend. Shorter finds a dead primary sooner (1 gives
+        failover in a second or two) at the cost of one connection per backend per period and worker;
+        older setups used 30, which leaves writes failing for that long. A connection error seen by
+        a client session triggers a probe at once, whatever the period.""",
     )
     health_check_user: str = _setting(
         "postgres", _TEXT, Category.HEALTH_CHECK, _L, "User the health checker logs in as."
@@ -848,6 +871,70 @@ class Config:
     )
     health_check_database: str = _setting(
         "postgres", _TEXT, Category.HEALTH_CHECK, _L, "Database the health checker connects to."
+    )
+    health_check_timeout: float = _setting(
+        10.0,
+        _POSITIVE_SECONDS,
+        Category.HEALTH_CHECK,
+        _L,
+        "Seconds one probe attempt may take (connect, log in, query) before it counts as failed.",
+    )
+    health_check_max_retries: int = _setting(
+        1,
+        _integer(0, 100, "a whole number between 0 and 100"),
+        Category.HEALTH_CHECK,
+        _L,
+        """Extra attempts before a backend is confirmed down. A primary that restarts within
+        health_check_max_retries x health_check_retry_delay seconds is not failed over; raise it if
+        crash recovery takes longer on your servers, lower it (0) for the fastest failover.""",
+    )
+    health_check_retry_delay: float = _setting(
+        1.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.HEALTH_CHECK,
+        _L,
+        "Seconds between two attempts of one probe.",
+    )
+    failover_on_backend_error: bool = _setting(
+        True,
+        _BOOL,
+        Category.HEALTH_CHECK,
+        _L,
+        """on: a connection-level error on a server connection makes pgbalancer re-probe that backend
+        at once (a standby is kept out of read routing meanwhile). Only a failed re-probe marks it down,
+        so one killed connection (pg_terminate_backend) never causes a failover. off: errors are
+        ignored and only the periodic health check finds failures.""",
+    )
+    auto_failback: bool = _setting(
+        True,
+        _BOOL,
+        Category.HEALTH_CHECK,
+        _L,
+        """Re-add a standby that was down once it answers again, is in recovery and lags less than
+        delay_threshold / delay_threshold_by_time. Never applies to an old primary: that one is
+        fenced until it is rejoined as a standby.""",
+    )
+    failover_command: str = _setting(
+        "",
+        _TEXT,
+        Category.HEALTH_CHECK,
+        _L,
+        """Shell command run when a backend is confirmed down ('' = built-in behaviour). When the
+        primary failed it replaces the built-in pg_promote() and must promote node %m; pgbalancer then
+        waits until that node leaves recovery. Pgpool-II's substitutions: %d failed node id, %h failed
+        host, %p failed port, %D failed data directory, %m new primary id, %H new primary host, %r new
+        primary port, %R new primary data directory, %M and %P old primary id, %N old primary host,
+        %S old primary port, %% a percent sign. It runs as the owner of the new primary's data
+        directory when pgbalancer is root and backend_data_directoryN is set.""",
+    )
+    follow_primary_command: str = _setting(
+        "",
+        _TEXT,
+        Category.HEALTH_CHECK,
+        _L,
+        """Shell command run for each standby after a failover or switchover, instead of the
+        built-in ALTER SYSTEM SET primary_conninfo + pg_reload_conf() ('' = built-in). Same
+        substitutions as failover_command, with %d, %h, %p and %D naming the standby.""",
     )
 
     # REST API and metrics
@@ -947,10 +1034,72 @@ class Config:
         _choice(MqttMode),
         Category.EVENTS,
         _R,
-        """embedded = run an MQTT broker inside pgbalancer on mqtt_port; external = publish to a
-        broker already listening on mqtt_port; off = publish no events.""",
+        """embedded = run an MQTT broker inside pgbalancer on mqtt_port; external = publish to the
+        broker at mqtt_broker_url; off = publish no events.""",
     )
     mqtt_port: int = _setting(1883, _PORT, Category.EVENTS, _R, "TCP port of the MQTT broker.")
+    mqtt_listen_addresses: tuple[str, ...] = _setting(
+        ("localhost",),
+        _LISTEN_ADDRESSES,
+        Category.EVENTS,
+        _R,
+        """Addresses the embedded MQTT broker listens on, comma separated; '*' means every interface.
+        With more than one worker process, only worker 0 runs the broker.""",
+    )
+    mqtt_allow_anonymous: bool = _setting(
+        False,
+        _BOOL,
+        Category.EVENTS,
+        _L,
+        """Let MQTT clients without a user name into the embedded broker (they may subscribe, never
+        publish into pgbalancer/#). Off: only the users of mqtt_user_file get in.""",
+    )
+    mqtt_user_file: str = _setting(
+        "",
+        _PATH,
+        Category.EVENTS,
+        _L,
+        """Users of the embedded MQTT broker, in auth_file's format ('"user" "password"', the password
+        plaintext, an md5 hash or a SCRAM-SHA-256 verifier). Empty = no users. Re-read on reload.""",
+    )
+    mqtt_broker_url: str = _setting(
+        "",
+        _TEXT,
+        Category.EVENTS,
+        _R,
+        """The broker events are published to with mqtt_mode = external, as
+        mqtt://[user:password@]host[:port] or mqtts://...""",
+        secret=True,
+    )
+    mqtt_stats_interval: float = _setting(
+        10.0,
+        _POSITIVE_SECONDS,
+        Category.EVENTS,
+        _L,
+        "Seconds between two pgbalancer/stats/pools events; also the period of pgbalancer/cluster/health.",
+    )
+    mqtt_tls_cert_file: str = _setting(
+        "",
+        _PATH,
+        Category.EVENTS,
+        _R,
+        """PEM certificate (chain) of the embedded broker's TLS listener on mqtt_tls_port; with
+        mqtt_tls_key_file. '' = no TLS listener.""",
+    )
+    mqtt_tls_key_file: str = _setting(
+        "", _PATH, Category.EVENTS, _R, "Unencrypted PEM private key of mqtt_tls_cert_file."
+    )
+    mqtt_tls_port: int = _setting(
+        8883, _PORT, Category.EVENTS, _R, "TCP port of the embedded broker's TLS listener (MQTT over TLS)."
+    )
+    node_name: str = _setting(
+        "",
+        _TEXT,
+        Category.PROCESS,
+        _R,
+        """Name of this pgbalancer node in events (the 'node' field of every MQTT payload) and, later,
+        among Raft peers. '' = the machine's host name.""",
+    )
 
     # Watchdog (Raft)
     watchdog_nodes: tuple[str, ...] = _setting(
@@ -1435,6 +1584,38 @@ def _check_api_security(config: Config, build: _Build) -> Iterator[str]:
         )
 
 
+def _check_mqtt(config: Config, build: _Build) -> Iterator[str]:
+    if config.mqtt_mode is MqttMode.EXTERNAL and not config.mqtt_broker_url:
+        yield (
+            f"{build.where('mqtt_mode')}: mqtt_mode = external but mqtt_broker_url is empty; set it to the "
+            "broker, such as 'mqtt://user:password@broker.example.com:1883', or set mqtt_mode = embedded"
+        )
+    if config.mqtt_broker_url and not re.match(r"mqtts?://[^/?#]", config.mqtt_broker_url):
+        yield (
+            f"{build.where('mqtt_broker_url')}: mqtt_broker_url is not mqtt://host[:port] or "
+            "mqtts://host[:port]; write it like 'mqtt://user:password@broker.example.com:1883'"
+        )
+    if bool(config.mqtt_tls_cert_file) != bool(config.mqtt_tls_key_file):
+        present, missing = (
+            ("mqtt_tls_cert_file", "mqtt_tls_key_file")
+            if config.mqtt_tls_cert_file
+            else ("mqtt_tls_key_file", "mqtt_tls_cert_file")
+        )
+        yield (
+            f"{build.where(present)}: {present} is set but {missing} is empty; the broker's TLS listener "
+            f"needs both, so set {missing} or clear {present}"
+        )
+    if (
+        config.mqtt_mode is MqttMode.EMBEDDED
+        and config.mqtt_tls_cert_file
+        and config.mqtt_tls_port == config.mqtt_port
+    ):
+        yield (
+            f"{build.where('mqtt_tls_port')}: mqtt_tls_port = {config.mqtt_tls_port} is also mqtt_port; give "
+            "the TLS listener its own port (8883 is usual)"
+        )
+
+
 def _check_port_clashes(config: Config, build: _Build) -> Iterator[str]:
     listeners = {"port": config.port}
     if config.api_port:  # 0 = the API is off
@@ -1520,6 +1701,19 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
         frozenset({"port", "api_port", "mqtt_mode", "mqtt_port", "watchdog_nodes", "watchdog_port"}),
         _check_port_clashes,
     ),
+    (
+        frozenset(
+            {
+                "mqtt_mode",
+                "mqtt_port",
+                "mqtt_broker_url",
+                "mqtt_tls_cert_file",
+                "mqtt_tls_key_file",
+                "mqtt_tls_port",
+            }
+        ),
+        _check_mqtt,
+    ),
 )
 
 
@@ -1563,6 +1757,8 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
     config, build = _parse(text, str(path), path.parent, os.environ if env is None else env)
     if "auth_file" not in build.failed:
         build.errors.extend(_auth_file_errors(config, build.where("auth_file")))
+    if "mqtt_user_file" not in build.failed:
+        build.errors.extend(_mqtt_user_file_errors(config, build.where("mqtt_user_file")))
     build.errors.extend(_tls_file_errors(config, build))
     if build.errors:
         raise ConfigError(build.errors)
@@ -1601,6 +1797,17 @@ def _auth_file_errors(config: Config, where: str) -> list[str]:
         load_userlist(auth_file)
     except UserlistError as exc:
         return [f"{prefix}: {error}" for error in exc.errors]
+    return []
+
+
+def _mqtt_user_file_errors(config: Config, where: str) -> list[str]:
+    if not config.mqtt_user_file:
+        return []
+    try:
+        load_userlist(config.mqtt_user_file)
+    except UserlistError as exc:
+        prefix = f"{where}: mqtt_user_file = {_quote(config.mqtt_user_file)}"
+        return [f"{prefix}: {error.replace('auth_file', 'mqtt_user_file')}" for error in exc.errors]
     return []
 
 

@@ -105,6 +105,7 @@ def test_every_key_is_an_attribute_with_a_documented_spec() -> None:
     assert {key for key, spec in SETTINGS.items() if spec.secret} == {
         "watchdog_secret",
         "health_check_password",
+        "mqtt_broker_url",  # may hold the external broker's password
         "api_jwt_secret",
     }
 
@@ -113,7 +114,7 @@ def test_every_default_spelt_as_the_file_would_parses_back_to_itself() -> None:
     text = "".join(
         f"{key} = '{str(value).replace(chr(39), chr(39) * 2)}'\n"
         for key, value in redacted_settings(Config()).items()
-        if key not in {"health_check_password", "watchdog_secret", "api_jwt_secret", "auth_type"}
+        if key not in {"health_check_password", "watchdog_secret", "api_jwt_secret", "mqtt_broker_url", "auth_type"}
     )
     assert parse_config_text(text + MINIMAL) == dataclasses.replace(
         Config(auth_type=AuthType.TRUST), backends=parse("").backends
