@@ -322,8 +322,8 @@ def _notes(max_connections: str | None, args: argparse.Namespace) -> list[str]:
         f" max_client_conn {args.max_client_conn}, api_port 0, mqtt_mode off; `{CANDIDATE}` is workers = 1"
         " (one process: its RSS is the goal's figure), `pgbalancer_wN` is workers = N (RSS summed over the"
         " supervisor and its workers; pss_* fields split the pages they share)",
-        "each pooler is started fresh for every N; RSS before = after a `select 1` through it, RSS with idle ="
-        f" {args.settle_seconds:g} s after the last idle handshake, before pgbench",
+        "each pooler is started fresh for every N; RSS before = after a `select 1` through it,"
+        f" RSS with idle = {args.settle_seconds:g} s after the last idle handshake, before pgbench",
     ]
 
 

@@ -36,6 +36,7 @@ class Measurement:
     pgbench_error: str | None = None
     # Derived by with_ratios:
     kib_per_idle_client: float | None = None
+    pss_kib_per_idle_client: float | None = None  # the same from Pss: shared pages of forked workers split
     kib_per_idle_client_vs_pgbouncer: float | None = None
     tps_vs_pgbouncer: float | None = None
     tps_vs_direct: float | None = None
@@ -96,15 +97,27 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def kib_per_idle_client(m: Measurement) -> float | None:
-    if not m.idle_open or m.rss_before_kib is None or m.rss_idle_kib is None:
+def _per_client(m: Measurement, before_kib: int | None, with_idle_kib: int | None) -> float | None:
+    if not m.idle_open or before_kib is None or with_idle_kib is None:
         return None
-    return (m.rss_idle_kib - m.rss_before_kib) / m.idle_open
+    return (with_idle_kib - before_kib) / m.idle_open
+
+
+def kib_per_idle_client(m: Measurement) -> float | None:
+    """RSS growth per idle client held (the goal's figure)."""
+    return _per_client(m, m.rss_before_kib, m.rss_idle_kib)
 
 
 def with_ratios(measurements: Sequence[Measurement]) -> list[Measurement]:
     """Each measurement with its KiB per idle client and ratios to PgBouncer (same N) and direct (N=0)."""
-    per_client = [replace(m, kib_per_idle_client=kib_per_idle_client(m)) for m in measurements]
+    per_client = [
+        replace(
+            m,
+            kib_per_idle_client=kib_per_idle_client(m),
+            pss_kib_per_idle_client=_per_client(m, m.pss_before_kib, m.pss_idle_kib),
+        )
+        for m in measurements
+    ]
     baseline = {m.idle_requested: m for m in per_client if m.target == BASELINE}
     direct_tps = next((m.tps for m in per_client if m.target == DIRECT), None)
     out = []

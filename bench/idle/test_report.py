@@ -6,6 +6,8 @@ Run with `.venv/bin/pytest bench/idle/test_report.py -q`. They never start a pro
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from idle import report
@@ -97,6 +99,16 @@ def test_kib_per_idle_client_and_ratios() -> None:
     assert rows["pgbalancer", 0].kib_per_idle_client is None  # no idle clients, no per-client figure
     assert rows["pgbalancer", 5000].kib_per_idle_client == pytest.approx(50.0)  # per client held
     assert rows["pgbalancer", 5000].tps_vs_pgbouncer is None  # PgBouncer was not measured at 5,000
+
+
+def test_pss_per_idle_client_when_pss_was_read() -> None:
+    run = replace(
+        measured("pgbalancer_w2", 1000, 150000, 180000, 1.0), pss_before_kib=60000, pss_idle_kib=95000
+    )
+    (row,) = report.with_ratios([run])
+    assert row.kib_per_idle_client == pytest.approx(30.0)
+    assert row.pss_kib_per_idle_client == pytest.approx(35.0)
+    assert report.with_ratios(RUNS)[1].pss_kib_per_idle_client is None
 
 
 def test_goal_needs_every_idle_client_held() -> None:
