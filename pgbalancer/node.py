@@ -28,7 +28,6 @@ from pgbalancer.api.settings import ApiSettings, ApiSettingsError, load_api_sett
 from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
-from pgbalancer.health.controller import HaController
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
@@ -68,25 +67,19 @@ class Node:
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
         self.proxy.reload_callback = self.reload if worker is None else reload_node
         self.proxy.shutdown_callback = partial(os.kill, node_pid, signal.SIGTERM)
-        # Health checks and failover: with several workers only worker 0 acts; the others observe.
-        self.ha = HaController(config, self.proxy, executes=worker is None or worker.index == 0)
-        self.proxy.ha = self.ha
-        self.api = self._api_service(config, worker)
-        if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
-            self.api.state.operations = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
         self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
+        self.api = self._api_service(config, worker)
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 if self.peering is not None:  # first: a live peer socket means the port is taken
                     await nursery.start(self.peering.serve, self.proxy.cancel_here)
-                if self.events is not None:  # before the proxy: a taken MQTT port fails the start
-                    await nursery.start(self.events.run)
                 if self.api is not None:  # before the proxy: once the proxy accepts, the API answers
                     await nursery.start(self.api.serve)
-                await nursery.start(self.ha.run)
+                if self.events is not None:  # before the proxy: a taken MQTT port fails the start
+                    await nursery.start(self.events.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
@@ -142,13 +135,12 @@ class Node:
             return ReloadOutcome(error=str(exc))
         diff = diff_configs(self.config, new_config)
         self.proxy.apply_config(new_config, userlist)
-        self.ha.apply_config(new_config)
         self.config = new_config
+        if self.events is not None:
+            self.events.config_reloaded(diff, new_config)
         self.api_settings = api_settings
         if self.api is not None:
             self.api.apply_settings(new_config, api_settings)
-        if self.events is not None:
-            self.events.config_reloaded(diff, new_config)
         log.info(
             "config reloaded: changed=%s applied_live=%s restart_required=%s",
             list(diff.changed),

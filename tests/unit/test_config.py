@@ -114,7 +114,8 @@ def test_every_default_spelt_as_the_file_would_parses_back_to_itself() -> None:
     text = "".join(
         f"{key} = '{str(value).replace(chr(39), chr(39) * 2)}'\n"
         for key, value in redacted_settings(Config()).items()
-        if key not in {"health_check_password", "watchdog_secret", "api_jwt_secret", "mqtt_broker_url", "auth_type"}
+        if key
+        not in {"health_check_password", "watchdog_secret", "api_jwt_secret", "mqtt_broker_url", "auth_type"}
     )
     assert parse_config_text(text + MINIMAL) == dataclasses.replace(
         Config(auth_type=AuthType.TRUST), backends=parse("").backends
