@@ -42,6 +42,7 @@ from pgbalancer.routing.router import (
     RoutingSettings,
     SessionRouting,
     TxnPhase,
+    parse_lsn,
 )
 
 __all__ = [
@@ -70,4 +71,5 @@ __all__ = [
     "classify",
     "combine",
     "complexity_score",
+    "parse_lsn",
 ]

@@ -32,7 +32,7 @@ The shell's side of the contract (proxy/txrelay.py):
 3. ``commit_lsn``: when ``decision.wants_commit_lsn``, the shell may pipeline ``SELECT
    pg_current_wal_insert_lsn()`` right after the client's batch on the same primary
    connection (no extra round trip; the server runs it after the commit, so it is at or past
-   the commit record) and pass the value. Without it, the commit time is the token: a
+   the commit record) and pass ``parse_lsn(value)``. Without it, the commit time is the token: a
    standby then qualifies once it has replayed past a primary WAL position probed after the
    commit (the health checker's ``replay_lsn`` of the primary).
 
@@ -480,6 +480,19 @@ class Router:
 
     def statistics(self, now: float) -> BalancerStatistics:
         return self.balancer.statistics(now)
+
+
+def parse_lsn(text: str | bytes) -> int | None:
+    """A WAL position as PostgreSQL prints it ('16/B374D848') as one integer; None if it is not one."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    high, separator, low = text.strip().partition("/")
+    if not separator or not (0 < len(high) <= 8 and 0 < len(low) <= 8):
+        return None
+    try:
+        return (int(high, 16) << 32) | int(low, 16)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -22,6 +22,7 @@ from pgbalancer.routing.router import (
     RoutingSettings,
     SessionRouting,
     TxnPhase,
+    parse_lsn,
 )
 
 PRIMARY = 0
@@ -587,3 +588,21 @@ def test_defaults_from_an_empty_config() -> None:
 def test_bad_routing_settings_are_refused(line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config_text(f"backend_hostname0 = db\nauth_type = trust\n{line}\n")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("0/0", 0),
+        ("16/B374D848", (0x16 << 32) | 0xB374D848),
+        (b"0/3000060", 0x3000060),
+        (" 1/0\n", 1 << 32),
+        ("", None),
+        ("16", None),
+        ("x/1", None),
+        ("1/2/3", None),
+        ("123456789/0", None),
+    ],
+)
+def test_lsn_text_is_parsed(text: str | bytes, value: int | None) -> None:
+    assert parse_lsn(text) == value
