@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -260,22 +260,30 @@ def test_a_detached_backend_shows_down_and_gets_no_traffic(
 
 
 @pytest.mark.parametrize(
-    "token",
+    ("make_token", "reason"),
     [
-        signed(key="some-other-key-some-other-key-0123"),
-        signed(exp=int(time.time()) - 60, iat=int(time.time()) - 3660),
-        signed(aud="another-api"),
-        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0."
-        + jwt.utils.base64url_encode(b'{"sub":"api_admin","role":"admin"}').decode()
-        + ".",
+        (lambda: signed(key="some-other-key-some-other-key-0123"), "signature"),
+        (lambda: signed(exp=int(time.time()) - 60, iat=int(time.time()) - 3660), "expired"),
+        (lambda: signed(aud="another-api"), "another service"),
+        (
+            lambda: (
+                "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0."
+                + jwt.utils.base64url_encode(b'{"sub":"api_admin","role":"admin"}').decode()
+                + "."
+            ),
+            "algorithm",
+        ),
     ],
     ids=["other-key", "expired", "audience", "alg-none"],
 )
-def test_bad_tokens_get_401_json_and_nothing_changes(api_node: BalancerProcess, token: str) -> None:
+def test_bad_tokens_get_401_json_and_nothing_changes(
+    api_node: BalancerProcess, make_token: Callable[[], str], reason: str
+) -> None:
     base = api_base_url(api_node)
-    response = httpx.post(f"{base}{P}/control/pause", headers={"Authorization": f"Bearer {token}"}, json={})
+    headers = {"Authorization": f"Bearer {make_token()}"}
+    response = httpx.post(f"{base}{P}/control/pause", headers=headers, json={})
     assert response.status_code == 401
-    assert response.json()["error"] == "unauthorized"
+    assert response.json()["error"] == "unauthorized" and reason in response.json()["message"]
     assert response.headers["content-type"] == "application/json"
     status = httpx.get(f"{base}{P}/status", headers={"Authorization": f"Bearer {signed()}"}).json()
     assert status["paused"] is False
@@ -355,11 +363,19 @@ def test_https_when_a_cert_and_key_are_configured(balancer_factory: BalancerFact
 
 def test_worker_zero_serves_the_api_for_a_multi_worker_node(balancer_factory: BalancerFactory) -> None:
     node = balancer_factory(workers=2)
-    headers = {"Authorization": f"Bearer {api_login(node)}"}
+    # The proxy port answers as soon as any worker listens; worker 0's API may come a moment later.
+    token = wait_for(
+        lambda: api_login(node), timeout=10, message="worker 0's API", retry_on=(httpx.ConnectError,)
+    )
+    headers = {"Authorization": f"Bearer {token}"}
     status = httpx.get(f"{api_base_url(node)}{P}/status", headers=headers).json()
     assert status["worker"] == {"index": 0, "count": 2}
     refused = httpx.post(f"{api_base_url(node)}{P}/control/pause", headers=headers)
     assert refused.status_code == 409 and refused.json()["error"] == "not_supported_with_workers"
+    # A worker's reload makes the round trip through the supervisor (SIGHUP to every worker).
+    node.config_path.write_text(node.config_path.read_text().replace("max_pool = '4'", "max_pool = '5'"))
+    reloaded = httpx.post(f"{api_base_url(node)}{P}/control/reload", headers=headers, timeout=15)
+    assert reloaded.json()["changed"] == ["max_pool"]
 
 
 def test_api_port_zero_turns_the_api_off(balancer_factory: BalancerFactory) -> None:

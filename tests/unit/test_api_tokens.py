@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 
 import jwt
 import pytest
@@ -68,19 +69,19 @@ def test_expired_token_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "reason"),
+    ("make_token", "reason"),
     [
-        (unsigned_token(claims()), "algorithm not allowed"),
-        (jwt.encode(claims(), b"x" * 32, algorithm="HS256"), "signature does not verify"),
-        (jwt.encode(claims(), KEY, algorithm="HS512"), "algorithm not allowed"),
-        (jwt.encode(claims(aud="someone-else"), KEY, algorithm="HS256"), "another service"),
-        (jwt.encode(claims(iss="someone-else"), KEY, algorithm="HS256"), "another service"),
-        (jwt.encode(claims(jti=None), KEY, algorithm="HS256"), "malformed or incomplete"),
-        (jwt.encode(claims(exp=None), KEY, algorithm="HS256"), "malformed or incomplete"),
-        (jwt.encode(claims(role="root"), KEY, algorithm="HS256"), "malformed or incomplete"),
-        (jwt.encode(claims(sub=7), KEY, algorithm="HS256"), "malformed or incomplete"),
-        ("not.a.token", "malformed or incomplete"),
-        ("", "malformed or incomplete"),
+        (lambda: unsigned_token(claims()), "algorithm not allowed"),
+        (lambda: jwt.encode(claims(), b"x" * 32, algorithm="HS256"), "signature does not verify"),
+        (lambda: jwt.encode(claims(), KEY, algorithm="HS512"), "algorithm not allowed"),
+        (lambda: jwt.encode(claims(aud="someone-else"), KEY, algorithm="HS256"), "another service"),
+        (lambda: jwt.encode(claims(iss="someone-else"), KEY, algorithm="HS256"), "another service"),
+        (lambda: jwt.encode(claims(jti=None), KEY, algorithm="HS256"), "malformed or incomplete"),
+        (lambda: jwt.encode(claims(exp=None), KEY, algorithm="HS256"), "malformed or incomplete"),
+        (lambda: jwt.encode(claims(role="root"), KEY, algorithm="HS256"), "malformed or incomplete"),
+        (lambda: jwt.encode(claims(sub=7), KEY, algorithm="HS256"), "malformed or incomplete"),
+        (lambda: "not.a.token", "malformed or incomplete"),
+        (lambda: "", "malformed or incomplete"),
     ],
     ids=[
         "alg-none",
@@ -96,9 +97,9 @@ def test_expired_token_is_rejected() -> None:
         "empty",
     ],
 )
-def test_bad_tokens_are_rejected(token: str, reason: str) -> None:
+def test_bad_tokens_are_rejected(make_token: Callable[[], str], reason: str) -> None:
     with pytest.raises(TokenRejected, match=reason):
-        verify_token(SETTINGS, token)
+        verify_token(SETTINGS, make_token())
 
 
 def test_a_payload_changed_after_signing_is_rejected() -> None:
