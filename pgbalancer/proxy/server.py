@@ -34,6 +34,7 @@ from pgbalancer.proxy.peering import CancelPeering, ProcessIdAllocator, open_reu
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
 from pgbalancer.proxy.session import ClientSession
 from pgbalancer.proxy.tls import TlsContexts
+from pgbalancer.routing.router import Router, RoutingSettings
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class ProxyServer:
         self.auth_query = self._auth_query_source(config, userlist)
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
+        self.router = Router(RoutingSettings.from_config(config))  # read/write split and balancer
         # Until the health checker reports, backend 0 is presumed primary.
         self.view_listeners: list[ViewListener] = []
         self.cluster_view = initial_view(
@@ -166,10 +168,25 @@ class ProxyServer:
         for listener in self.view_listeners:
             listener(old, view, reason, details or {})
 
+    async def acquire_backend(
+        self, node_id: int, database: str, credentials: ServerCredentials
+    ) -> tuple[ServerPool, ServerConnection]:
+        """A server connection to the backend the router chose (the primary's path waits out failovers)."""
+        if node_id == self.cluster_view.primary_id:
+            return await self.acquire_primary(database, credentials)
+        state = self.cluster_view.backend(node_id)
+        return await self._acquire_from(
+            BackendAddress(state.node_id, state.host, state.port), database, credentials
+        )
+
     async def acquire_primary(
         self, database: str, credentials: ServerCredentials
     ) -> tuple[ServerPool, ServerConnection]:
-        address = self.primary_address()
+        return await self._acquire_from(self.primary_address(), database, credentials)
+
+    async def _acquire_from(
+        self, address: BackendAddress, database: str, credentials: ServerCredentials
+    ) -> tuple[ServerPool, ServerConnection]:
         pool = self.pools.pool_for(PoolKey(address.node_id, database, credentials.user))
 
         async def open_server() -> ServerConnection:
@@ -220,6 +237,7 @@ class ProxyServer:
         except ConfigError as exc:  # load_config checked the files, but they may have changed since
             log.error("keeping the previous TLS settings: %s", exc)
         self.config = config
+        self.router.configure(RoutingSettings.from_config(config))
         if self.auth_query is not None:
             self.auth_query.close()  # auth_user, its password or the query may have changed
         self.auth_query = self._auth_query_source(config, userlist)

@@ -67,6 +67,7 @@ class ClientSession:
         self._relay_scope: trio.CancelScope | None = None
         self._relay_result: _Relay | None = None
         self.end_reason = "pgbalancer shutdown"
+        self._nothing_left_to_read = False
         self.connected_at = trio.current_time()
         self.last_request_at: float | None = None  # the relays update it per client request
         self.application_name = ""
@@ -87,7 +88,8 @@ class ClientSession:
                 )
             )
         finally:
-            await self._drain_client()  # returns at once if the client already closed
+            if not self._nothing_left_to_read:
+                await self._drain_client()  # returns at once if the client already closed
             self.client.close()
 
     async def _drain_client(self) -> None:
@@ -214,6 +216,7 @@ class ClientSession:
                 await self.client.send_all(b"N")
             elif isinstance(event, CancelRequest):
                 await self.proxy.forward_cancel(event)
+                self._nothing_left_to_read = True  # the canceller waits for us to close, at once
                 return None, b""
             elif event is CLOSED:
                 return None, b""

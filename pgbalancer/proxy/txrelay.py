@@ -22,11 +22,12 @@ import trio
 from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import Message, MessageReader
-from pgbalancer.pgwire.responses import Piece, ResponseRouter
+from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter
 from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
+from pgbalancer.proxy.routed import BatchRouting
 from pgbalancer.proxy.sessionstate import (
     SESSION_SETTINGS_QUERY,
     ClientSessionState,
@@ -35,6 +36,7 @@ from pgbalancer.proxy.sessionstate import (
     changes_settings,
     classify_session_command,
 )
+from pgbalancer.routing.router import RouteAction
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -75,6 +77,7 @@ class _Attachment:
         self.router = router
         self.lost = False
         self.pump_running = False  # a task reads this server concurrently with the client
+        self.errors_before = 0  # the router's error count when the batch in flight was sent
         self.attached_at = trio.current_time()
         self.request_started_at = self.attached_at
 
@@ -120,6 +123,8 @@ class TransactionRelay:
         self.attached: _Attachment | None = None
         self._unsynced = 0
         self._settings_touched = False  # a SET/RESET/... ran: ask the server what the session holds
+        self.routing = BatchRouting(self.proxy.router)
+        self._rolling_back = False  # a lazily balanced transaction is being moved off a standby
         self._server_buffer = ReceiveBuffer()
         self._nursery: trio.Nursery | None = None
         self._ended: RelayEnded | None = None
@@ -250,10 +255,29 @@ class TransactionRelay:
 
     async def _send_to_server(self, batch: list[Message], effects: list[tuple[str, SessionCommand]]) -> None:
         self._check_pipeline_depth(batch)
-        attachment = self.attached or await self._attach()
+        decision = self.routing.decide(
+            batch,
+            self.proxy.cluster_view,
+            trio.current_time(),
+            attached=self._node_with_replies_due(),
+            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
+        )
+        if decision.action not in (RouteAction.SEND, RouteAction.MIGRATE):
+            await self.client.send_all(self.routing.local_replies(batch, decision))
+            return
+        if decision.action is RouteAction.MIGRATE:
+            await self._roll_back_where_attached()
+        assert decision.node_id is not None
+        attachment = await self._attachment_on(decision.node_id)
+        attachment.errors_before = attachment.router.errors
         self._note_session_effects(effects, attachment.server)
+        data = bytearray()
+        held_begin = self.routing.take_held_begin(decision)
+        if held_begin is not None:  # answered to the client already: drop the server's replies
+            attachment.router.expect(Request.QUERY, forward=False)
+            data += pgmsg.query(held_begin)
         rewriter = BatchRewriter(self.statements, attachment.server.statements, attachment.router)
-        data = rewriter.rewrite(batch)
+        data += rewriter.rewrite(batch)
         attachment.count_request(len(data))
         if data:
             try:
@@ -310,9 +334,37 @@ class TransactionRelay:
 
     # ---- attaching and detaching servers ----
 
-    async def _attach(self) -> _Attachment:
+    def _node_with_replies_due(self) -> int | None:
+        attachment = self.attached
+        if attachment is None or not attachment.router.outstanding:
+            return None
+        return attachment.server.address.node_id
+
+    async def _attachment_on(self, node_id: int) -> _Attachment:
+        """The server connection for this batch: the one held if it is on that node, else a new one."""
+        attachment = self.attached
+        if attachment is not None and attachment.server.address.node_id == node_id:
+            return attachment
+        if attachment is not None:  # idle between routing decisions on another node: hand it back
+            await self._release(attachment)
+        return await self._attach(node_id)
+
+    async def _roll_back_where_attached(self) -> None:
+        """MIGRATE: end the lazily balanced read transaction on its standby before the write."""
+        attachment = self.attached
+        if attachment is None:
+            return
+        attachment.router.expect(Request.QUERY, forward=False)
+        await attachment.server.socket.send_all(pgmsg.query("ROLLBACK"))
+        self._rolling_back = True
         try:
-            pool, server = await self.proxy.acquire_primary(self.session.database, self.credentials)
+            await self._collect_replies(attachment, inline=True)
+        finally:
+            self._rolling_back = False
+
+    async def _attach(self, node_id: int) -> _Attachment:
+        try:
+            pool, server = await self.proxy.acquire_backend(node_id, self.session.database, self.credentials)
         except PoolExhausted as exc:
             raise RelayEnded(
                 error_response(SqlState.TOO_MANY_CONNECTIONS, str(exc), severity="FATAL")
@@ -386,6 +438,12 @@ class TransactionRelay:
             return _Step.COPY_IN
         if not (router.ready_statuses and router.outstanding == 0 and router.at_boundary):
             return _Step.MORE
+        if not self._rolling_back:
+            now = trio.current_time()
+            ok = router.errors == attachment.errors_before
+            self.routing.ready(
+                router.last_ready_status, ok=ok, latency=now - attachment.request_started_at, now=now
+            )
         if self.statement_mode and router.last_ready_status != b"I":
             await self._end_from_pump(_statement_mode_refusal())
             return _Step.ENDED
@@ -426,6 +484,7 @@ class TransactionRelay:
         self.state.adopt_session_settings(pairs, server.parameters)
 
     async def _detach_on_exit(self) -> None:
+        self.routing.abandon()
         attachment, self.attached = self.attached, None
         self.session.server = None
         if attachment is None:

@@ -74,6 +74,8 @@ def base_settings(cluster: PgClusterLike, workdir: Path) -> dict[str, Setting]:
         "client_login_timeout": 10,
         "log_level": "info",
         "workers": 1,  # one process, so a node's server connections can be counted by its pid
+        # Everything on the primary, so tests can compare server pids; test_routing turns it on.
+        "load_balance_mode": False,
         "mqtt_mode": "off",  # test nodes would all bind 1883; the events tests turn it on with free ports
         "api_port": free_tcp_port(),  # every test node would bind 8080 otherwise
         "api_user_file": str(write_api_users(workdir / "api_users.txt")),

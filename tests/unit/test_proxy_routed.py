@@ -1,0 +1,106 @@
+"""The relay's routing glue: batch classification, local replies, held BEGIN (no sockets)."""
+
+from __future__ import annotations
+
+import random
+
+from pgbalancer.ha.view import initial_view
+from pgbalancer.pgwire.errors import parse_error_fields
+from pgbalancer.pgwire.framing import Message
+from pgbalancer.proxy.routed import BatchRouting
+from pgbalancer.routing.router import RouteAction, Router, RoutingSettings
+
+VIEW = initial_view(((0, "primary", 5432, 1.0), (1, "standby", 5432, 1.0)))
+
+
+def query(sql: str) -> Message:
+    return Message(b"Q", sql.encode() + b"\x00")
+
+
+def parse(name: bytes, sql: str) -> Message:
+    return Message(b"P", name + b"\x00" + sql.encode() + b"\x00\x00\x00")
+
+
+def bind(name: bytes) -> Message:
+    return Message(b"B", b"\x00" + name + b"\x00\x00\x00\x00\x00\x00\x00")
+
+
+SYNC = Message(b"S", b"")
+EXECUTE = Message(b"E", b"\x00\x00\x00\x00\x00")
+
+
+def routing() -> BatchRouting:
+    return BatchRouting(Router(RoutingSettings(), rng=random.Random(7)))
+
+
+def decide(state: BatchRouting, batch: list[Message]) -> RouteAction:
+    return state.decide(batch, VIEW, 0.0, attached=None, standard_conforming_strings=True).action
+
+
+def test_writes_go_to_the_primary() -> None:
+    state = routing()
+    decision = state.decide(
+        [query("INSERT INTO t VALUES (1)")], VIEW, 0.0, attached=None, standard_conforming_strings=True
+    )
+    assert (decision.action, decision.node_id) == (RouteAction.SEND, 0)
+
+
+def test_a_named_statement_is_remembered_for_its_later_binds() -> None:
+    state = routing()
+    state.decide(
+        [parse(b"ins", "INSERT INTO t VALUES ($1)"), SYNC],
+        VIEW,
+        0.0,
+        attached=None,
+        standard_conforming_strings=True,
+    )
+    state.ready(b"I", ok=True, latency=0.001, now=0.0)
+    later = state.decide(
+        [bind(b"ins"), EXECUTE, SYNC], VIEW, 1.0, attached=None, standard_conforming_strings=True
+    )
+    assert later.node_id == 0  # the INSERT, not an unknown statement balanced somewhere
+
+
+def test_a_bind_of_an_unseen_statement_goes_to_the_primary() -> None:
+    decision = routing().decide(
+        [bind(b"never"), EXECUTE, SYNC], VIEW, 0.0, attached=None, standard_conforming_strings=True
+    )
+    assert decision.node_id == 0
+
+
+def test_lazy_begin_is_answered_locally_then_sent_with_the_first_statement() -> None:
+    state = routing()
+    begin = [query("BEGIN")]
+    held = state.decide(begin, VIEW, 0.0, attached=None, standard_conforming_strings=True)
+    assert held.action is RouteAction.HOLD_BEGIN
+    assert state.local_replies(begin, held) == b"C\x00\x00\x00\x0aBEGIN\x00" + b"Z\x00\x00\x00\x05T"
+    first = state.decide([query("SELECT 1")], VIEW, 0.0, attached=None, standard_conforming_strings=True)
+    assert first.action is RouteAction.SEND and first.send_held_begin
+    assert state.take_held_begin(first) == "BEGIN"
+    assert state.take_held_begin(held) is None  # only decisions that ask for it get it
+
+
+def test_local_replies_mirror_an_extended_batch() -> None:
+    state = routing()
+    batch = [parse(b"", "BEGIN"), bind(b""), EXECUTE, SYNC]
+    decision = state.decide(batch, VIEW, 0.0, attached=None, standard_conforming_strings=True)
+    assert decision.action is RouteAction.HOLD_BEGIN
+    replies = state.local_replies(batch, decision)
+    assert replies == (
+        b"1\x00\x00\x00\x04" + b"2\x00\x00\x00\x04" + b"C\x00\x00\x00\x0aBEGIN\x00" + b"Z\x00\x00\x00\x05T"
+    )
+
+
+def test_no_node_up_is_refused_with_an_error_and_ready_for_query() -> None:
+    from pgbalancer.ha.view import BackendState, BackendStatus
+
+    down = VIEW.with_backend(BackendState(0, "primary", 5432, status=BackendStatus.DOWN))
+    state = routing()
+    decision = state.decide(
+        [query("INSERT INTO t VALUES (1)")], down, 0.0, attached=None, standard_conforming_strings=True
+    )
+    assert decision.action is RouteAction.REFUSE
+    reply = state.local_replies([query("INSERT INTO t VALUES (1)")], decision)
+    assert reply[:1] == b"E" and reply.endswith(b"Z\x00\x00\x00\x05I")
+    length = int.from_bytes(reply[1:5], "big")
+    assert parse_error_fields(reply[5 : 1 + length])["C"] == "08006"
