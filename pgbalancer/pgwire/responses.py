@@ -137,7 +137,6 @@ class ResponseRouter:
         self.parameter_changes: list[tuple[str, str]] = []
         self.last_ready_status = b"I"
         self.awaits_client_data = False  # the last feed started a COPY from the client
-        self.errors = 0  # ErrorResponses seen so far (a balancer learns from them)
 
     # ---- requests (called as the client's messages go to the server) ----
 
@@ -275,8 +274,6 @@ class ResponseRouter:
             out.add(bytes(self._held))
             self._hold_current = False
         message_type = self._current_type
-        if message_type == _ERROR:
-            self.errors += 1
         if message_type == _READY:
             status = bytes(self._body[:1]) or b"I"
             self.ready_statuses.append(status)

@@ -86,6 +86,12 @@ class BatchRouting:
         if decision is not None and decision.query_class is not None:
             self.router.observe(decision, latency, ok, now)
 
+    def failed(self, *, latency: float, now: float) -> None:
+        """The node serving the batch in flight failed (its connection broke): the balancer learns it."""
+        decision, self.decision = self.decision, None
+        if decision is not None and decision.query_class is not None:
+            self.router.observe(decision, latency, False, now)
+
     def abandon(self) -> None:
         """The client left with a batch in flight."""
         decision, self.decision = self.decision, None

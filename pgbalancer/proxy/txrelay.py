@@ -77,7 +77,6 @@ class _Attachment:
         self.router = router
         self.lost = False
         self.pump_running = False  # a task reads this server concurrently with the client
-        self.errors_before = 0  # the router's error count when the batch in flight was sent
         self.attached_at = trio.current_time()
         self.request_started_at = self.attached_at
 
@@ -269,7 +268,6 @@ class TransactionRelay:
             await self._roll_back_where_attached()
         assert decision.node_id is not None
         attachment = await self._attachment_on(decision.node_id)
-        attachment.errors_before = attachment.router.errors
         self._note_session_effects(effects, attachment.server)
         data = bytearray()
         held_begin = self.routing.take_held_begin(decision)
@@ -420,6 +418,8 @@ class TransactionRelay:
         received = await server.socket.recv_into(buffer.data)
         if received == 0:
             attachment.lost = True
+            now = trio.current_time()
+            self.routing.failed(latency=now - attachment.request_started_at, now=now)  # teaches at once
             await self._end_from_pump(self._server_lost_error(attachment))
             return _Step.ENDED
         try:
@@ -440,7 +440,7 @@ class TransactionRelay:
             return _Step.MORE
         if not self._rolling_back:
             now = trio.current_time()
-            ok = router.errors == attachment.errors_before
+            ok = True  # a client's own SQL error says nothing about the node (failures: see above)
             self.routing.ready(
                 router.last_ready_status, ok=ok, latency=now - attachment.request_started_at, now=now
             )

@@ -104,3 +104,14 @@ def test_no_node_up_is_refused_with_an_error_and_ready_for_query() -> None:
     assert reply[:1] == b"E" and reply.endswith(b"Z\x00\x00\x00\x05I")
     length = int.from_bytes(reply[1:5], "big")
     assert parse_error_fields(reply[5 : 1 + length])["C"] == "08006"
+
+
+def test_a_failed_node_is_reported_to_the_balancer_at_once() -> None:
+    state = routing()
+    reads = [query("SELECT 1")]
+    decision = state.decide(reads, VIEW, 0.0, attached=None, standard_conforming_strings=True)
+    assert decision.query_class is not None and decision.node_id is not None
+    state.failed(latency=0.5, now=0.5)
+    nodes = {node.node_id: node for node in state.router.statistics(1.0).nodes}
+    assert nodes[decision.node_id].error_rate == 1.0  # one read, one failure: learnt at once
+    assert state.decision is None
