@@ -769,6 +769,22 @@ class Config:
         statement complexity; round_robin; weighted (by backend_weightN); least_connections;
         random.""",
     )
+    delay_threshold: int = _setting(
+        0,
+        _integer(0, 2**62, "a number of bytes, 0 or more (0 = no limit)", "integer (bytes)"),
+        Category.LOAD_BALANCING,
+        _L,
+        """Replication lag in bytes of WAL above which a standby gets no reads and is not re-added
+        after a failure (0 = no limit).""",
+    )
+    delay_threshold_by_time: float = _setting(
+        0.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.LOAD_BALANCING,
+        _L,
+        """Replication lag in seconds above which a standby gets no reads and is not re-added after a
+        failure (0 = no limit).""",
+    )
     read_only_function_list: tuple[str, ...] = _setting(
         (),
         _FUNCTION_PATTERNS,
@@ -833,7 +849,14 @@ class Config:
 
     # Health checks
     health_check_period: float = _setting(
-        5.0, _POSITIVE_SECONDS, Category.HEALTH_CHECK, _L, "Seconds between two probes of each backend."
+        5.0,
+        _POSITIVE_SECONDS,
+        Category.HEALTH_CHECK,
+        _L,
+        """Seconds between two probes of each backend. Shorter finds a dead primary sooner (1 gives
+        failover in a second or two) at the cost of one connection per backend per period and worker;
+        older setups used 30, which leaves writes failing for that long. A connection error seen by
+        a client session triggers a probe at once, whatever the period.""",
     )
     health_check_user: str = _setting(
         "postgres", _TEXT, Category.HEALTH_CHECK, _L, "User the health checker logs in as."
@@ -848,6 +871,70 @@ class Config:
     )
     health_check_database: str = _setting(
         "postgres", _TEXT, Category.HEALTH_CHECK, _L, "Database the health checker connects to."
+    )
+    health_check_timeout: float = _setting(
+        10.0,
+        _POSITIVE_SECONDS,
+        Category.HEALTH_CHECK,
+        _L,
+        "Seconds one probe attempt may take (connect, log in, query) before it counts as failed.",
+    )
+    health_check_max_retries: int = _setting(
+        1,
+        _integer(0, 100, "a whole number between 0 and 100"),
+        Category.HEALTH_CHECK,
+        _L,
+        """Extra attempts before a backend is confirmed down. A primary that restarts within
+        health_check_max_retries x health_check_retry_delay seconds is not failed over; raise it if
+        crash recovery takes longer on your servers, lower it (0) for the fastest failover.""",
+    )
+    health_check_retry_delay: float = _setting(
+        1.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.HEALTH_CHECK,
+        _L,
+        "Seconds between two attempts of one probe.",
+    )
+    failover_on_backend_error: bool = _setting(
+        True,
+        _BOOL,
+        Category.HEALTH_CHECK,
+        _L,
+        """on: a connection-level error on a server connection makes pgbalancer re-probe that backend
+        at once (a standby is kept out of read routing meanwhile). Only a failed re-probe marks it down,
+        so one killed connection (pg_terminate_backend) never causes a failover. off: errors are
+        ignored and only the periodic health check finds failures.""",
+    )
+    auto_failback: bool = _setting(
+        True,
+        _BOOL,
+        Category.HEALTH_CHECK,
+        _L,
+        """Re-add a standby that was down once it answers again, is in recovery and lags less than
+        delay_threshold / delay_threshold_by_time. Never applies to an old primary: that one is
+        fenced until it is rejoined as a standby.""",
+    )
+    failover_command: str = _setting(
+        "",
+        _TEXT,
+        Category.HEALTH_CHECK,
+        _L,
+        """Shell command run when a backend is confirmed down ('' = built-in behaviour). When the
+        primary failed it replaces the built-in pg_promote() and must promote node %m; pgbalancer then
+        waits until that node leaves recovery. Pgpool-II's substitutions: %d failed node id, %h failed
+        host, %p failed port, %D failed data directory, %m new primary id, %H new primary host, %r new
+        primary port, %R new primary data directory, %M and %P old primary id, %N old primary host,
+        %S old primary port, %% a percent sign. It runs as the owner of the new primary's data
+        directory when pgbalancer is root and backend_data_directoryN is set.""",
+    )
+    follow_primary_command: str = _setting(
+        "",
+        _TEXT,
+        Category.HEALTH_CHECK,
+        _L,
+        """Shell command run for each standby after a failover or switchover, instead of the
+        built-in ALTER SYSTEM SET primary_conninfo + pg_reload_conf() ('' = built-in). Same
+        substitutions as failover_command, with %d, %h, %p and %D naming the standby.""",
     )
 
     # REST API and metrics

@@ -28,6 +28,7 @@ from pgbalancer.api.settings import ApiSettings, ApiSettingsError, load_api_sett
 from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
+from pgbalancer.health.controller import HaController
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
@@ -67,9 +68,14 @@ class Node:
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
         self.proxy.reload_callback = self.reload if worker is None else reload_node
         self.proxy.shutdown_callback = partial(os.kill, node_pid, signal.SIGTERM)
+        # Health checks and failover: with several workers only worker 0 acts; the others observe.
+        self.ha = HaController(config, self.proxy, executes=worker is None or worker.index == 0)
+        self.proxy.ha = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
         self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
         self.api = self._api_service(config, worker)
+        if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
+            self.api.state.operations = self.ha
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -80,6 +86,7 @@ class Node:
                     await nursery.start(self.api.serve)
                 if self.events is not None:  # before the proxy: a taken MQTT port fails the start
                     await nursery.start(self.events.run)
+                await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
@@ -135,6 +142,7 @@ class Node:
             return ReloadOutcome(error=str(exc))
         diff = diff_configs(self.config, new_config)
         self.proxy.apply_config(new_config, userlist)
+        self.ha.apply_config(new_config)
         self.config = new_config
         if self.events is not None:
             self.events.config_reloaded(diff, new_config)

@@ -89,13 +89,15 @@ class Observations:
     latest successful facts of each backend from any round (how the cluster's system identifier is
     remembered while its primary is down). With a watchdog, ``down_votes`` counts the nodes that see
     each backend down and ``quorum`` is the majority; alone, a backend is confirmed down by its own
-    failed probe.
+    failed probe. ``epoch`` is the view's epoch when probing began: probes older than a promotion
+    describe a cluster that no longer exists (the new primary still "in recovery") and are ignored.
     """
 
     probes: Mapping[int, Probe] = field(default_factory=dict)
     last_facts: Mapping[int, ServerFacts] = field(default_factory=dict)
     down_votes: Mapping[int, int] | None = None
     quorum: int = 1
+    epoch: int | None = None  # the view's epoch when probing began; None = taken under the decision lock
 
     def confirmed_down(self, node_id: int) -> bool:
         if self.down_votes is not None:
@@ -114,7 +116,9 @@ class HaPolicy:
     """The knobs of the planner (from the config); ``executes`` False means observe-only."""
 
     executes: bool = True  # False: adopt what is seen, never promote or re-point (workers other than 0)
-    auto_failback: bool = True  # a standby that recovers is re-added once its lag is under the thresholds
+    auto_failback: bool = (
+        True  # a recovered standby is re-added once it streams and lags under the thresholds
+    )
     confirm_suspicions: bool = True  # failover_on_backend_error: errors trigger an immediate re-probe
     delay_threshold_bytes: int = 0  # 0: no limit
     delay_threshold_seconds: float = 0.0  # 0: no limit
@@ -171,11 +175,10 @@ class Plan:
 
 @dataclass(frozen=True)
 class Switchover:
-    """A validated planned switchover: ``paused`` holds writes (the primary is quarantined)."""
+    """A validated planned switchover (the shell holds new writes while it runs)."""
 
     old_primary_id: int
     new_primary_id: int
-    paused: ClusterView
 
 
 class HaOperationError(Exception):
@@ -224,6 +227,10 @@ def plan_suspicion(view: ClusterView, node_ids: Iterable[int], policy: HaPolicy)
 def plan_round(view: ClusterView, obs: Observations, now: float, policy: HaPolicy) -> Plan:
     """Fold one probe round into the view: statuses, measurements, who the primary is, and what to do."""
     del now  # the probes carry their own times; kept in the signature for the watchdog's leases
+    if obs.epoch is not None and obs.epoch != view.epoch:
+        return Plan(
+            view, (), (f"probes begun in epoch {obs.epoch} ignored: the view is at epoch {view.epoch}",)
+        )
     notes: list[str] = []
     sysid = cluster_system_id(view, obs)
     primary_facts = obs.fresh(view.primary_id) if view.primary_id is not None else None
@@ -344,15 +351,17 @@ def _next_status(
         notes.append(f"backend {node_id} answered its re-probe: back in service")
         return BackendStatus.UP
     if was is BackendStatus.DOWN and node_id != primary_id:
-        return _failback(state, policy, notes)
+        return _failback(state, facts.streaming_from, policy, notes)
     return was if node_id != primary_id else BackendStatus.UP
 
 
-def _failback(state: BackendState, policy: HaPolicy, notes: list[str]) -> BackendStatus:
+def _failback(
+    state: BackendState, streaming_from: str | None, policy: HaPolicy, notes: list[str]
+) -> BackendStatus:
     if not policy.auto_failback:
         return BackendStatus.DOWN
-    if not lag_within_thresholds(state, policy):
-        return BackendStatus.DOWN
+    if streaming_from is None or not lag_within_thresholds(state, policy):
+        return BackendStatus.DOWN  # not receiving WAL: it would serve ever staler reads
     notes.append(
         f"standby {state.node_id} is back (lag {state.lag_bytes} bytes, {state.lag_seconds} s): re-added"
     )
@@ -643,7 +652,7 @@ def plan_manual_promote(view: ClusterView, obs: Observations, node_id: int) -> P
 
 
 def plan_switchover(view: ClusterView, obs: Observations, node_id: int) -> Switchover:
-    """Validate a planned switchover to ``node_id``; its ``paused`` view holds new writes back."""
+    """Validate a planned switchover to ``node_id``."""
     facts = check_promotable(view, obs, node_id)
     primary = view.primary
     if primary is None:
@@ -656,21 +665,12 @@ def plan_switchover(view: ClusterView, obs: Observations, node_id: int) -> Switc
             f"backend {node_id} is not streaming from the primary, so it could never catch up; "
             "check its primary_conninfo and the primary's pg_stat_replication"
         )
-    paused = view.with_backend(replace(primary, status=BackendStatus.QUARANTINED))
-    return Switchover(primary.node_id, node_id, paused)
+    return Switchover(primary.node_id, node_id)
 
 
 def caught_up(facts: ServerFacts, target_lsn: int) -> bool:
     """Whether a switchover candidate holds all WAL up to the old primary's final position."""
     return facts.in_recovery and facts.wal_held >= target_lsn
-
-
-def resume_primary(view: ClusterView, primary_id: int) -> ClusterView:
-    """Undo a switchover's pause: the old primary takes writes again."""
-    state = view.backend(primary_id)
-    if state.status is not BackendStatus.QUARANTINED:
-        return view
-    return view.with_backend(replace(state, status=BackendStatus.UP))
 
 
 def plan_rejoin(view: ClusterView, node_id: int) -> BackendState:

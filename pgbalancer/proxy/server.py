@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -39,6 +40,22 @@ from pgbalancer.routing.router import Router, RoutingSettings
 log = logging.getLogger(__name__)
 
 ViewListener = Callable[[ClusterView, ClusterView, str, Mapping[str, object]], None]
+
+
+class HaHooks(Protocol):
+    """What the proxy asks of the health checker (pgbalancer.health.controller.HaController)."""
+
+    def suspect_backend(self, node_id: int | None, reason: str = "") -> None: ...
+
+    def request_probe(self) -> None: ...
+
+    async def wait_for_primary(self, failed_node_id: int | None, deadline: float) -> bool: ...
+
+    @property
+    def holding_writes(self) -> bool: ...
+
+    async def wait_writes_open(self, deadline: float) -> None: ...
+
 
 _ACCEPT_BACKOFF = 0.05
 
@@ -82,7 +99,8 @@ class ProxyServer:
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.router = Router(RoutingSettings.from_config(config))  # read/write split and balancer
         # Until the health checker reports, backend 0 is presumed primary.
-        self.view_listeners: list[ViewListener] = []
+        self.view_listeners: list[ViewListener] = [self._fence_on_view_change]
+        self.ha: HaHooks | None = None  # set by the node when health checking runs
         self.cluster_view = initial_view(
             tuple((b.node_id, b.hostname, b.port, b.weight) for b in config.backends)
         )
@@ -151,6 +169,8 @@ class ProxyServer:
         """Where writes go now, from the current cluster view; BackendUnavailable if no primary is up."""
         primary = self.cluster_view.primary
         if primary is None:
+            if self.ha is not None:  # so a primary that came back is noticed without waiting a period
+                self.ha.request_probe()
             raise BackendUnavailable(
                 f"no primary is up (cluster view epoch {self.cluster_view.epoch}); "
                 "check the backends, or promote a standby"
@@ -168,6 +188,11 @@ class ProxyServer:
         for listener in self.view_listeners:
             listener(old, view, reason, details or {})
 
+    def suspect_backend(self, node_id: int, reason: str = "") -> None:
+        """A server connection to ``node_id`` failed at connect or died mid-stream: have it re-probed."""
+        if self.ha is not None:
+            self.ha.suspect_backend(node_id, reason)
+
     async def acquire_backend(
         self, node_id: int, database: str, credentials: ServerCredentials
     ) -> tuple[ServerPool, ServerConnection]:
@@ -182,7 +207,24 @@ class ProxyServer:
     async def acquire_primary(
         self, database: str, credentials: ServerCredentials
     ) -> tuple[ServerPool, ServerConnection]:
-        return await self._acquire_from(self.primary_address(), database, credentials)
+        """A server connection to the primary. During a switchover, and when the primary cannot be
+        reached (the health checker re-probes it and fails over if it is down), this waits up to
+        server_connect_timeout, so a client idle between transactions continues on the new primary
+        without reconnecting."""
+        deadline = trio.current_time() + self.config.server_connect_timeout
+        if self.ha is not None and self.ha.holding_writes:  # a switchover: continue on the new primary
+            await self.ha.wait_writes_open(deadline)
+        while True:
+            address: BackendAddress | None = None
+            try:
+                address = self.primary_address()
+                return await self._acquire_from(address, database, credentials)
+            except BackendUnavailable:
+                failed = address.node_id if address is not None else self.cluster_view.primary_id
+                if self.ha is None or trio.current_time() >= deadline:
+                    raise
+                if not await self.ha.wait_for_primary(failed, deadline):
+                    raise
 
     async def _acquire_from(
         self, address: BackendAddress, database: str, credentials: ServerCredentials
@@ -229,6 +271,30 @@ class ProxyServer:
                     sock.close()
         except (OSError, BackendUnavailable, trio.TooSlowError) as exc:
             log.warning("could not forward cancel to %s: %s", server.address, exc)
+
+    def _fence_on_view_change(
+        self, old: ClusterView, new: ClusterView, reason: str, details: Mapping[str, object]
+    ) -> None:
+        del reason, details
+        if old.primary_id is not None and new.primary_id != old.primary_id:
+            self.fence_backend(old.primary_id, f"failover: backend {old.primary_id} is no longer the primary")
+        for state in new:
+            if not state.is_up and old.has(state.node_id) and old.backend(state.node_id).is_up:
+                self._close_idle_servers_of(state.node_id)
+
+    def fence_backend(self, node_id: int, reason: str) -> None:
+        """Stop using a backend now: close its idle server connections and end the sessions holding
+        one (their clients get 57P01 with ``reason``). Never blocks."""
+        self._close_idle_servers_of(node_id)
+        for session in list(self.sessions.values()):
+            server = session.server
+            if server is not None and server.address.node_id == node_id:
+                session.request_shutdown(reason)
+
+    def _close_idle_servers_of(self, node_id: int) -> None:
+        for pool in self.pools.pools():
+            if pool.key.backend_id == node_id:
+                pool.close_idle()
 
     def apply_config(self, config: Config, userlist: Mapping[str, str]) -> None:
         """Apply reloadable settings; listeners and backends need a restart."""

@@ -288,6 +288,7 @@ class ClientSession:
                 SqlState.ADMIN_SHUTDOWN, f"terminating connection due to {self.end_reason}", severity="FATAL"
             )
         if relay.server_closed:
+            self.proxy.suspect_backend(relay.server.address.node_id, "server closed the connection")
             return error_response(
                 SqlState.CONNECTION_FAILURE,
                 f"server connection lost: {relay.server.address} closed the connection",

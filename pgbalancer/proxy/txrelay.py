@@ -282,6 +282,7 @@ class TransactionRelay:
                 await attachment.server.socket.send_all(data)
             except PeerClosed as exc:
                 attachment.lost = True
+                self.proxy.suspect_backend(attachment.server.address.node_id, "server connection broke")
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
         await self._send_pieces(attachment.router.due_replies())
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
@@ -420,6 +421,7 @@ class TransactionRelay:
             attachment.lost = True
             now = trio.current_time()
             self.routing.failed(latency=now - attachment.request_started_at, now=now)  # teaches at once
+            self.proxy.suspect_backend(server.address.node_id, "server closed the connection")
             await self._end_from_pump(self._server_lost_error(attachment))
             return _Step.ENDED
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -31,7 +32,6 @@ from pgbalancer.ha.planner import (
     plan_round,
     plan_suspicion,
     plan_switchover,
-    resume_primary,
 )
 from pgbalancer.ha.view import BackendRole, BackendStatus, ClusterView, initial_view
 
@@ -203,6 +203,15 @@ def after_failover_probes(old_primary: Probe) -> Observations:
         ok(1, primary_facts(2000, timeline=2)),
         ok(2, standby_facts(2000, timeline=2, streaming_from=address(1), following=address(1))),
     )
+
+
+def test_probes_begun_before_a_promotion_are_ignored() -> None:
+    """A round probing while a switchover promoted node 1 saw it still in recovery, and node 0 writable."""
+    view = promoted_view()
+    stale = observe(ok(0, primary_facts()), ok(1, standby_facts(990)), ok(2, standby_facts(950)))
+    plan = plan_round(view, replace(stale, epoch=view.epoch - 1), 3.0, POLICY)
+    assert plan.view == view and plan.actions == ()
+    assert plan_round(view, replace(stale, epoch=view.epoch), 3.0, POLICY).view.primary_id == 0
 
 
 def test_an_old_primary_back_on_its_old_timeline_is_never_the_primary_again() -> None:
@@ -399,14 +408,12 @@ def test_manual_promote_when_the_primary_is_down_warns_about_wal_only_others_hol
     assert any("backends [2] hold more WAL" in note for note in plan.notes)
 
 
-def test_switchover_pauses_writes_and_can_be_undone() -> None:
+def test_switchover_goes_from_the_primary_to_a_streaming_standby_once_it_caught_up() -> None:
     probes = observe(
         ok(0, primary_facts()), ok(1, standby_facts(900, streaming_from=address(0))), ok(2, standby_facts())
     )
     switch = plan_switchover(settled(), probes, 1)
     assert (switch.old_primary_id, switch.new_primary_id) == (0, 1)
-    assert switch.paused.primary is None and statuses(switch.paused)[0] is BackendStatus.QUARANTINED
-    assert resume_primary(switch.paused, 0).primary is not None
     assert caught_up(standby_facts(900, receive=1000), 1000)
     assert not caught_up(standby_facts(900), 1000)
 
@@ -533,7 +540,8 @@ def test_an_operation_either_is_refused_or_keeps_one_primary(
             check_promotable(view, obs, node_id)
             result = after_promotion(view, Promote(node_id, view.primary_id, "p")).view
         elif operation == "switchover":
-            result = plan_switchover(view, obs, node_id).paused
+            plan_switchover(view, obs, node_id)
+            result = view
         else:
             plan_rejoin(view, node_id)
             result = view
