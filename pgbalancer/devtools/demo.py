@@ -482,8 +482,10 @@ def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
         f"Which backend served what (xact_commit delta in db {BENCH_DB}, from pg_stat_database)\n{served}\n\n"
         f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}\n\n"
         f"Transaction pooling: each pgbench run's clients ({clients_of(results)}) shared at most "
-        f"{DEMO_WORKERS * DEMO_POOL_SIZE} server connections ({DEMO_WORKERS} worker processes x "
-        f"num_init_children = {DEMO_POOL_SIZE}); a client holds one only for the length of a transaction."
+        f"{DEMO_WORKERS * DEMO_POOL_SIZE} server connections per backend ({DEMO_WORKERS} worker processes x "
+        f"num_init_children = {DEMO_POOL_SIZE}); a client holds one only for the length of a transaction.\n"
+        "Read/write routing: reads outside transactions were balanced over the primary and the standbys; "
+        "writes and the TPC-B transactions ran on the primary."
     )
 
 
