@@ -57,7 +57,6 @@ _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
 # Features other issues are building: their endpoints exist and say so until then.
 PENDING_FEATURES: Final = {
-    "balancer": "the adaptive load balancer is not built yet; /ai/stats answers once it is",
     "cache": "the query result cache is not built yet; /cache/* answers once it is",
     "watchdog": "the watchdog (Raft) is not built yet; /watchdog/info answers once it is",
     "health_operations": (
@@ -356,7 +355,7 @@ class _Routes:
         app.add_url_rule(f"{p}/control/reload", "reload", admin(self.reload), methods=["POST"])
         app.add_url_rule(f"{p}/control/pause", "pause", admin(self.pause), methods=["POST"])
         app.add_url_rule(f"{p}/control/resume", "resume", admin(self.resume), methods=["POST"])
-        app.add_url_rule(f"{p}/ai/stats", "ai_stats", viewer(self._pending("balancer")), methods=["GET"])
+        app.add_url_rule(f"{p}/ai/stats", "ai_stats", viewer(self.ai_stats), methods=["GET"])
         app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self._pending("cache")), methods=["GET"])
         app.add_url_rule(
             f"{p}/cache/invalidate", "cache_invalidate", admin(self.cache_invalidate), methods=["POST"]
@@ -432,6 +431,9 @@ class _Routes:
 
     async def health_stats(self) -> Response:
         return json_response(snapshots.health_stats(self.proxy, self.state.events))
+
+    async def ai_stats(self) -> Response:
+        return json_response(snapshots.balancer_stats(self.proxy))
 
     async def pools(self) -> Response:
         return json_response(snapshots.pools(self.proxy))

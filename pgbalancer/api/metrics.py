@@ -7,16 +7,18 @@ this node (never prometheus-client's global one), so several nodes can share a t
 
 Pending on other issues, and so not exported yet: per-statement latency histograms (need a hook in
 the relays; query and transaction times are exported as summaries from the pool counters), cache,
-Raft term and leader, and the adaptive balancer's estimates.
+Raft term and leader.
 
 It must never: change the state it reads; put a secret in a label.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
+import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -53,6 +55,7 @@ class ProxyCollector(Collector):
         yield from self._traffic()
         yield from self._backends()
         yield from self._cluster()
+        yield from self._balancer()
 
     def _node(self) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
@@ -202,6 +205,42 @@ class ProxyCollector(Collector):
         for reason, count in sorted(self.events.view_changes.items()):
             changes.add_metric([reason], count)
         yield changes
+
+    def _balancer(self) -> Iterator[Metric]:
+        stats = self.proxy.router.statistics(trio.current_time())
+        yield GaugeMetricFamily(
+            "pgbalancer_balancer_exploration_rate",
+            "Share of adaptive picks that explore",
+            value=_finite_or_zero(stats.exploration_rate),
+        )
+        yield CounterMetricFamily(
+            "pgbalancer_balancer_decisions", "Reads the balancer placed", value=stats.decisions
+        )
+        share = GaugeMetricFamily(
+            "pgbalancer_balancer_share", "Share of recent reads placed on the backend", labels=["backend"]
+        )
+        score = GaugeMetricFamily(
+            "pgbalancer_balancer_score",
+            "Relative score at the last adaptive pick (1 = best)",
+            labels=["backend"],
+        )
+        latency = GaugeMetricFamily(
+            "pgbalancer_balancer_latency_seconds", "Learned read latency estimate", labels=["backend"]
+        )
+        errors = GaugeMetricFamily(
+            "pgbalancer_balancer_error_rate", "Learned read error rate", labels=["backend"]
+        )
+        for node in stats.nodes:
+            backend = [str(node.node_id)]
+            share.add_metric(backend, _finite_or_zero(node.share))
+            score.add_metric(backend, _finite_or_zero(node.score))
+            latency.add_metric(backend, _finite_or_zero(node.latency_ms / 1000.0))
+            errors.add_metric(backend, _finite_or_zero(node.error_rate))
+        yield from (share, score, latency, errors)
+
+
+def _finite_or_zero(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
 
 
 def _pool_labels(backend_id: int, database: str, user: str) -> list[str]:

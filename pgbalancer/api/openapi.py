@@ -196,6 +196,44 @@ SCHEMAS: Final[dict[str, Schema]] = {
             },
         }
     ),
+    "AiStats": _obj(
+        {
+            "algorithm": {
+                "type": "string",
+                "enum": ["adaptive", "round_robin", "weighted", "least_connections", "random"],
+            },
+            "load_balance_mode": _BOOL,
+            "exploration_rate": _nullable(_SHARE),
+            "decisions": _COUNT,
+            "decisions_per_second": _nullable(_SECONDS),
+            "nodes": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "node_id": _INT,
+                        "score": _nullable(_NUMBER),
+                        "share": _nullable(_SHARE),
+                        "picks": _COUNT,
+                        "in_flight": _COUNT,
+                        "latency_ms": _nullable(_SECONDS),
+                        "error_rate": _nullable(_SHARE),
+                        "samples": _nullable(_SECONDS),
+                        "classes": {
+                            "type": "array",
+                            "items": _obj(
+                                {
+                                    "class": _STRING,
+                                    "latency_ms": _nullable(_SECONDS),
+                                    "error_rate": _nullable(_SHARE),
+                                    "samples": _nullable(_SECONDS),
+                                }
+                            ),
+                        },
+                    }
+                ),
+            },
+        }
+    ),
     "Config": _obj(
         {
             "settings": {
@@ -376,7 +414,11 @@ def _paths() -> dict[str, Schema]:
         },
         f"{p}/pools": {"get": _operation("Every pool", {"200": ok(_ref("Pools"), "Pools")}, tag="pools")},
         f"{p}/ai/stats": {
-            "get": _pending("Adaptive balancer estimates", "the adaptive balancer", tag="balancer")
+            "get": _operation(
+                "The read balancer's estimates, scores, traffic shares and exploration rate",
+                {"200": ok(_ref("AiStats"), "Balancer statistics")},
+                tag="balancer",
+            )
         },
         f"{p}/cache/stats": {"get": _pending("Result cache statistics", "the result cache", tag="cache")},
         f"{p}/cache/invalidate": {

@@ -9,6 +9,7 @@ It must never: change anything it reads; touch a backend or a socket; show a sec
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Mapping
@@ -341,3 +342,22 @@ def health_stats(proxy: ProxyServer, events: ClusterEvents) -> Json:
             for state in view
         ],
     }
+
+
+def _finite(value: object) -> object:
+    """JSON has no Infinity or NaN: an estimate not known yet is null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def balancer_stats(proxy: ProxyServer) -> Json:
+    """The read balancer's per-node estimates, scores and traffic shares (this worker's)."""
+    document = proxy.router.statistics(trio.current_time()).as_dict()
+    document["load_balance_mode"] = proxy.config.load_balance_mode
+    finite: Json = _finite(document)  # type: ignore[assignment]
+    return finite

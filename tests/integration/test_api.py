@@ -198,7 +198,7 @@ def test_metrics_parse_and_move_with_traffic(api_node: BalancerProcess) -> None:
 
 
 def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
-    for path, feature in [("ai/stats", "balancer"), ("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
+    for path, feature in [("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
         response = viewer.get(f"{P}/{path}")
         assert response.status_code == 503, path
         assert response.json()["feature"] == feature
@@ -401,9 +401,10 @@ def test_a_taken_api_port_fails_the_start_naming_it(pg_cluster: PgClusterLike, t
 # --------------------------------------------------------------------------- schema fuzzing
 
 SCHEMATHESIS_CONFIG = """
-# The endpoints of features still being built answer 503 by design (documented in the spec).
+# 503 is documented for these: features still being built, and /readyz while a backend probe is slow
+# on a loaded machine (not ready is a valid answer there).
 [[operations]]
-include-path-regex = "/(ai|cache|watchdog)/"
+include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
 """
@@ -433,6 +434,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
             # These act on the cluster (promote, rejoin): never fuzz them against the shared cluster.
             "--exclude-path-regex",
             r"/nodes/\{node_id\}/(attach|detach|promote|recovery)",
+            "--request-timeout",
+            "30",  # a shared, loaded test machine
             "--report-dir",
             str(tmp_path / "report"),
         ],
@@ -441,5 +444,5 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
         timeout=180,
         cwd=tmp_path,
     )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-12000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 import pytest
+import trio
 from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as QuartClient
 from quart_trio import QuartTrio
@@ -33,6 +34,8 @@ from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.ha.view import BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
 from pgbalancer.proxy.server import ProxyServer
+from pgbalancer.routing.balancer import QueryClass
+from pgbalancer.routing.complexity import ComplexityBucket
 
 KEY = "0123456789abcdef0123456789abcdef"
 USERS = (
@@ -327,7 +330,6 @@ async def test_reload_reports_the_nodes_answer(state: ApiState, client: QuartCli
 async def test_pending_features_answer_503_naming_them(client: QuartClient) -> None:
     headers = bearer(await login(client))
     for method, path, feature in [
-        ("GET", "ai/stats", "balancer"),
         ("GET", "cache/stats", "cache"),
         ("POST", "cache/invalidate", "cache"),
         ("GET", "watchdog/info", "watchdog"),
@@ -340,6 +342,26 @@ async def test_pending_features_answer_503_naming_them(client: QuartClient) -> N
         assert response.status_code == 503, path
         assert (await json_of(response))["feature"] == feature
     assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
+
+
+async def test_ai_stats_show_what_the_balancer_learned(state: ApiState, client: QuartClient) -> None:
+    balancer = state.proxy.router.balancer
+    candidates = list(state.proxy.cluster_view.backends)
+    point_read = QueryClass(ComplexityBucket.LIGHT)
+    for _ in range(20):
+        node_id = balancer.pick(candidates, point_read, trio.current_time())
+        balancer.observe(node_id, point_read, 0.002 if node_id == 0 else 0.050, True, trio.current_time())
+    stats = await json_of(await client.get(f"{P}/ai/stats", headers=basic("watcher", "watch-pw")))
+    assert stats["algorithm"] == "adaptive" and stats["load_balance_mode"] is True
+    assert stats["decisions"] == 20
+    nodes = {node["node_id"]: node for node in stats["nodes"]}
+    assert sum(node["picks"] for node in nodes.values()) == 20
+    assert abs(sum(node["share"] for node in nodes.values()) - 1) < 0.01
+    assert all(node["in_flight"] == 0 for node in nodes.values())
+    sampled = [node for node in nodes.values() if node["samples"] > 0]
+    assert all(node["classes"][0]["class"] == str(point_read) for node in sampled)
+    metrics = await (await client.get("/metrics")).get_data(as_text=True)
+    assert "pgbalancer_balancer_decisions_total 20.0" in metrics
 
 
 @dataclasses.dataclass(frozen=True)
