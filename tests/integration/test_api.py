@@ -197,6 +197,22 @@ def test_metrics_parse_and_move_with_traffic(api_node: BalancerProcess) -> None:
     )
 
 
+def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) -> None:
+    node = balancer_factory(pool_mode="transaction", load_balance_mode=True)
+    headers = {"Authorization": f"Bearer {api_login(node, 'api_viewer')}"}
+    with connect(node) as conn:
+        for _ in range(30):
+            conn.execute("SELECT 1")
+    stats = httpx.get(f"{api_base_url(node)}{P}/ai/stats", headers=headers).json()
+    assert stats["algorithm"] == "adaptive" and stats["load_balance_mode"] is True
+    assert stats["decisions"] >= 30
+    assert sum(n["picks"] for n in stats["nodes"]) == stats["decisions"]
+    assert any(n["samples"] > 0 and n["latency_ms"] > 0 for n in stats["nodes"])
+    nodes = httpx.get(f"{api_base_url(node)}{P}/nodes", headers=headers).json()["nodes"]
+    picked = {n["node_id"] for n in stats["nodes"] if n["picks"] > 0}
+    assert all(n["queries_total"] > 0 for n in nodes if n["node_id"] in picked)
+
+
 def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
     for path, feature in [("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
         response = viewer.get(f"{P}/{path}")
