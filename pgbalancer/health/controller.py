@@ -96,6 +96,7 @@ class HaController:
         self._wake = trio.Event()
         self._round_done = trio.Event()
         self._completed_round_started_at = -1.0
+        self._published_primary: int | None = proxy.cluster_view.primary_id
         self._last_facts: dict[int, ServerFacts] = {}
         self.last_probes: dict[int, Probe] = {}
         self._busy_nodes: set[int] = set()
@@ -130,7 +131,8 @@ class HaController:
                 self.rounds += 1
                 self._round_done.set()
                 self._round_done = trio.Event()
-                await trio.sleep(_MIN_ROUND_GAP)
+                # Without a primary every client asks for a round: let them share one per quarter second.
+                await trio.sleep(_MIN_ROUND_GAP if self.proxy.cluster_view.primary else NO_PRIMARY_PERIOD)
                 with trio.move_on_after(self._interval()):
                     await self._wake.wait()
                 self._wake = trio.Event()
@@ -198,6 +200,10 @@ class HaController:
         self.proxy.update_cluster_view(
             view, "; ".join(notes) or reason, {"notes": list(notes), "epoch": view.epoch}
         )
+        if view.primary_id != self._published_primary:  # wake clients waiting out a failover
+            self._published_primary = view.primary_id
+            self._round_done.set()
+            self._round_done = trio.Event()
 
     async def _promote(self, action: Promote) -> bool:
         nodes = self.nodes()
@@ -246,7 +252,7 @@ class HaController:
         self._wake.set()
 
     async def wait_for_primary(self, failed_node_id: int | None, deadline: float) -> bool:
-        """Wait until a round that started after this call has decided about the primary.
+        """Wait until another node is the primary, or a round begun after this call has decided.
 
         True when a primary is up afterwards, so the caller may retry; False when retrying is pointless.
         Observe-only workers keep looking until ``deadline``: worker 0 may still be promoting.
@@ -257,13 +263,18 @@ class HaController:
             while True:
                 asked_at = trio.current_time()
                 self.suspect_backend(failed_node_id, "a client could not reach the primary")
-                await self.wait_round_started_after(asked_at)
+                while self._completed_round_started_at < asked_at and not self._moved_from(failed_node_id):
+                    await self._round_done.wait()
                 if self.proxy.cluster_view.primary is not None:
                     return True
                 if self.executes:
                     return False
                 failed_node_id = None
         return self.proxy.cluster_view.primary is not None
+
+    def _moved_from(self, node_id: int | None) -> bool:
+        primary = self.proxy.cluster_view.primary
+        return primary is not None and primary.node_id != node_id
 
     async def wait_round_started_after(self, moment: float) -> None:
         while self._completed_round_started_at < moment:
