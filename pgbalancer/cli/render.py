@@ -42,13 +42,17 @@ def cell(value: object, *, percent: bool = False, unit: str = "") -> str:
     return f"{value}{unit}"
 
 
+_KEEP_WHOLE = frozenset({"id", "address", "role", "status", "database", "user"})
+
+
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> Table:
     from rich import box
     from rich.table import Table
 
     out = Table(title=title, box=box.SQUARE, title_justify="left", header_style="bold")
     for name in columns:
-        out.add_column(name, overflow="fold")
+        # Addresses and states stay on one line; a narrow terminal folds the figures instead.
+        out.add_column(name, overflow="fold", no_wrap=name in _KEEP_WHOLE)
     for row in rows:
         out.add_row(*row)
     return out

@@ -402,28 +402,32 @@ def test_top_renders_the_nodes_under_tmux_and_quits_on_q(bctl: BctlRunner, pg_cl
         f"{k}={v}" for k, v in bctl.env().items() if k in ("HOME", "XDG_CONFIG_HOME", "PGBALANCER_URL")
     )
     marker = bctl.home / "top-exit"
-    command = f"env {env} {BCTL} top --interval 0.5; echo $? > {marker}; sleep 30"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
+    command = f"env -u COLUMNS -u LINES {env} {BCTL} top --interval 0.5; echo $? > {marker}; sleep 30"
+    tmux = ["tmux", "-L", session]  # a private tmux server: nothing shared with other sessions
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
     try:
 
         def screen() -> str:
             return subprocess.run(
-                ["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
+                [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
             ).stdout
 
         def rendered() -> str:
             text = screen()
             return text if "q quits" in text and "primary" in text else ""
 
-        shown = wait_for(rendered, 30, message="bctl top to render the nodes")
+        try:
+            shown = wait_for(rendered, 30, message="bctl top to render the nodes")
+        except TimeoutError as exc:
+            raise AssertionError(f"bctl top did not render the nodes; the screen:\n{screen()}") from exc
         for pg in pg_cluster.nodes:
             assert f"127.0.0.1:{pg.port}" in shown
         assert "QPS" in shown and "standby" in shown
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
         wait_for(marker.exists, 15, message="bctl top to quit on q")
         wait_for(lambda: marker.read_text().strip() == "0", 5, message="exit code 0")
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], check=False, capture_output=True)
+        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
 
 
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
@@ -521,18 +525,24 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         nodes = bctl("nodes").json()
         assert nodes["primary_id"] == 1 and nodes["nodes"][1]["role"] == "primary"
         with psycopg.connect(ha.dsn(USER, APP_DB, PASSWORD), autocommit=True) as conn:
-            port = conn.execute("CREATE TEMP TABLE t (x int); SELECT inet_server_port()").fetchone()
+            conn.execute("CREATE TABLE IF NOT EXISTS after_switchover (x int)")
+            port = conn.execute(
+                "INSERT INTO after_switchover VALUES (1) RETURNING inet_server_port()"
+            ).fetchone()
         assert port is not None and port[0] == cluster.nodes[1].port
 
         # The old primary was rejoined by the switchover; `node rejoin` maps to /nodes/0/recovery.
         wait_for(
             lambda: cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "t", 60, message="rejoin"
         )
-        rejoin = bctl("node", "rejoin", "0", "--yes")
-        if rejoin.code == 0:
-            assert rejoin.json()["action"] == "recovery" and rejoin.json()["node_id"] == 0
-        else:
-            assert rejoin.code == 1 and "refused (HTTP 409)" in rejoin.stderr, rejoin.stderr
+        refused_rejoin = bctl("node", "rejoin", "0", "--yes")
+        assert refused_rejoin.code == 1 and "HTTP 409" in refused_rejoin.stderr
+        assert "already an up standby; detach it first" in refused_rejoin.stderr
+        assert bctl("node", "detach", "0", "--yes").json()["action"] == "detach"
+        rejoined = bctl("node", "rejoin", "0", "--yes").json()
+        assert rejoined["action"] == "recovery" and rejoined["node_id"] == 0 and rejoined["primary_id"] == 1
+        wait_for(lambda: bctl("nodes", "0").json()["status"] == "up", 30, message="backend 0 rejoined")
+        assert cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "t"
         refused = bctl("node", "promote", "1", "--yes")
         assert refused.code == 1 and "HTTP 409" in refused.stderr
     finally:
