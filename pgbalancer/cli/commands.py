@@ -12,7 +12,6 @@ terminal-UI or PostgreSQL libraries unless their command runs.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -81,6 +80,8 @@ class Commands:
         elif env.get("PGBALANCER_PASSWORD") is not None:
             password = env["PGBALANCER_PASSWORD"]
         elif sys.stdin.isatty():
+            import getpass
+
             password = getpass.getpass(f"password for {user}: ")
         else:
             raise CliError("no password: use --password-stdin or set PGBALANCER_PASSWORD", EXIT_USAGE)

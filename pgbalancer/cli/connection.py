@@ -18,7 +18,6 @@ import binascii
 import http.client
 import json
 import os
-import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -206,6 +205,8 @@ class ApiClient:
         conn = self._connections.get(endpoint)
         if conn is None:
             if endpoint.scheme == "https":
+                import ssl  # only for https: it costs a few ms at start-up
+
                 context = ssl.create_default_context(cafile=self.env.get("PGBALANCER_CAFILE") or None)
                 conn = http.client.HTTPSConnection(
                     endpoint.host, endpoint.port, timeout=timeout, context=context
