@@ -249,7 +249,10 @@ class ApiClient:
                     raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
-                raise OSError(str(exc) or type(exc).__name__) from exc
+                text = str(exc) or type(exc).__name__
+                if "CERTIFICATE_VERIFY_FAILED" in text:
+                    text += " (set PGBALANCER_CAFILE to the CA that signed the API's certificate)"
+                raise OSError(text) from exc
         elapsed = (time.perf_counter() - started) * 1000
         if self.verbose:
             self.log(f"> {method} {endpoint.url}{path} -> {response.status} ({elapsed:.1f} ms)")
@@ -406,9 +409,10 @@ def refusal(reply: Reply) -> CliError:
         return CliError(f"authentication refused: {message}; run `bctl login`", status=status)
     if status == 403:
         return CliError(f"permission denied: {message}; log in as an admin user", status=status)
-    if status == 503 and isinstance(reply.body, dict) and reply.body.get("feature"):
-        feature = reply.body["feature"]
-        return CliError(f"not available on {reply.endpoint.url} ({feature}): {message}", status=status)
+    if status == 503:
+        feature = reply.body.get("feature") if isinstance(reply.body, dict) else None
+        what = f" ({feature})" if feature else ""
+        return CliError(f"not available on {reply.endpoint.url}{what}: {message}", status=status)
     return CliError(f"{reply.endpoint.url} refused (HTTP {status}): {message}", status=status)
 
 

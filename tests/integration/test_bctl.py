@@ -26,6 +26,7 @@ from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from tests.integration.bctl_support import BCTL, BctlRunner, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
+from tests.integration.tls_support import make_tls_files
 
 ADMIN, ADMIN_PASSWORD = "api_admin", API_USERS["api_admin"][0]
 VIEWER, VIEWER_PASSWORD = "api_viewer", API_USERS["api_viewer"][0]
@@ -193,14 +194,13 @@ def test_reload_pause_resume(bctl: BctlRunner) -> None:
     assert bctl("status").json()["paused_databases"] == []
 
 
-def test_pending_features_say_so_with_exit_1(bctl: BctlRunner) -> None:
-    """Until the cache and watchdog land on this node, their commands explain and fail cleanly."""
+def test_features_off_on_this_node_say_so_with_exit_1(bctl: BctlRunner) -> None:
+    """The shared node runs without the result cache and without a watchdog."""
     for args in (["cache", "stats"], ["watchdog-status"], ["cache", "invalidate", "--yes"]):
         result = bctl(*args)
-        if result.code == 0:  # the feature exists on this build: a real answer
-            assert isinstance(json.loads(result.stdout), dict)
-            continue
-        assert result.code == 1 and "not available" in result.stderr, result.stderr
+        assert result.code == 1 and result.stdout == "", result.stderr
+        assert result.stderr.startswith("bctl: ") and result.stderr.count("\n") == 1
+        assert "not available on http://127.0.0.1:" in result.stderr or "HTTP 409" in result.stderr
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
@@ -222,6 +222,17 @@ def test_unreachable_host_exits_3(tmp_path: Path) -> None:
         "--host", "127.0.0.1", "--port", port, "login", "--user", "x", "--password-stdin", stdin="y"
     )
     assert login.code == 3
+
+
+def test_https_with_the_api_ca(balancer_factory: Callable[..., BalancerProcess], tmp_path: Path) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    node = balancer_factory(api_tls_cert_file=str(tls.server.cert), api_tls_key_file=str(tls.server.key))
+    url = api_base_url(node).replace("http://", "https://")
+    runner = BctlRunner(tmp_path / "home", url, {"PGBALANCER_CAFILE": str(tls.ca)})
+    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    assert runner("status").json()["backends"]["total"] == 3
+    untrusted = runner("status", PGBALANCER_CAFILE=str(tls.other_ca))
+    assert untrusted.code == 3 and "set PGBALANCER_CAFILE" in untrusted.stderr
 
 
 def test_wrong_password_exits_1(node: BalancerProcess, tmp_path: Path) -> None:
