@@ -270,8 +270,9 @@ class ApiClient:
             EXIT_UNREACHABLE,
         )
 
-    def _order(self, prefer: Endpoint | None) -> list[Endpoint]:
-        first = prefer or self._working
+    def _order(self) -> list[Endpoint]:
+        """The node that answered last first: one dead node costs one connection attempt, not many."""
+        first = self._working
         return [first, *(e for e in self.endpoints if e != first)] if first else list(self.endpoints)
 
     def raw(
@@ -281,13 +282,12 @@ class ApiClient:
         body: Json | None = None,
         *,
         auth: str | None = None,
-        prefer: Endpoint | None = None,
         only: Endpoint | None = None,
         timeout: float = _TIMEOUT,
     ) -> Reply:
         """Send to the first node that answers (or to ``only``); CliError(3) when none does."""
         failures = []
-        for endpoint in [only] if only is not None else self._order(prefer):
+        for endpoint in [only] if only is not None else self._order():
             try:
                 reply = self._send(endpoint, method, API_PREFIX + path, body, auth, timeout)
             except OSError as exc:
@@ -357,13 +357,12 @@ class ApiClient:
         path: str,
         body: Json | None = None,
         *,
-        prefer: Endpoint | None = None,
         only: Endpoint | None = None,
         timeout: float = _TIMEOUT,
     ) -> Any:
         """An authenticated request; the JSON body of a 2xx answer, else CliError(1) with the reason."""
         auth = self.authorization(time.time())
-        reply = self.raw(method, path, body, auth=auth, prefer=prefer, only=only, timeout=timeout)
+        reply = self.raw(method, path, body, auth=auth, only=only, timeout=timeout)
         if 200 <= reply.status < 300:
             return reply.body
         raise refusal(reply)

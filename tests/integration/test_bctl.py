@@ -22,10 +22,11 @@ import psycopg
 import pytest
 
 from pgbalancer.devtools import free_tcp_port, wait_for
-from pgbalancer.devtools.balancer import BalancerProcess, Setting
+from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from tests.integration.bctl_support import BCTL, BctlRunner, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
+from tests.integration.test_failover import ha_settings
 from tests.integration.tls_support import make_tls_files
 
 ADMIN, ADMIN_PASSWORD = "api_admin", API_USERS["api_admin"][0]
@@ -459,22 +460,15 @@ def test_bash_completion_loads_and_completes(tmp_path: Path) -> None:
         )
         done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
         assert done.stderr == ""
-        return done.stdout.split()
+        return sorted(done.stdout.split())
 
-    assert complete("bctl", "no") == ["node", "nodes"]
-    assert complete("bctl", "node", "") == [
-        "attach",
-        "detach",
-        "promote",
-        "rejoin",
-        "--help",
-        "--json",
-        "--table",
-        "--verbose",
-    ]
+    assert complete("bctl", "no") == ["node", "nodes"]  # sorted
+    assert complete("bctl", "node", "") == sorted(
+        ["attach", "detach", "promote", "rejoin", "--help", "--json", "--table", "--verbose"]
+    )
     assert complete("bctl", "--host", "h", "swi") == ["switchover"]
     assert "--to" in complete("bctl", "--table", "switchover", "--")
-    assert complete("bctl", "completion", "") == ["bash", "zsh", "--help"]
+    assert complete("bctl", "completion", "") == ["--help", "bash", "zsh"]
     assert complete("bctl", "cache", "invalidate", "--t") == ["--table"]
 
 
@@ -490,20 +484,8 @@ def test_zsh_completion_loads(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- node actions (private cluster)
 
 
-def ha_node(cluster: LocalPgCluster, workdir: Path, **overrides: Setting) -> BalancerProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    settings = base_settings(cluster, workdir)
-    settings.update(
-        pool_mode="transaction",
-        health_check_period=1,
-        health_check_max_retries=1,
-        health_check_retry_delay=0.3,
-        health_check_timeout=3,
-    )
-    for node_id, pg in enumerate(cluster.nodes):
-        settings[f"backend_data_directory{node_id}"] = str(pg.data_dir)
-    settings.update(overrides)
-    return BalancerProcess.start(workdir, settings)
+def ha_node(cluster: LocalPgCluster, workdir: Path) -> BalancerProcess:
+    return BalancerProcess.start(workdir, ha_settings(cluster, workdir))
 
 
 @pytest.mark.slow
