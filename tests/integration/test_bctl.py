@@ -24,7 +24,7 @@ import pytest
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
-from tests.integration.bctl_support import BCTL, BctlRunner, check_golden
+from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
 from tests.integration.tls_support import make_tls_files
@@ -409,37 +409,30 @@ def test_events_on_a_node_without_mqtt_exits_1(bctl: BctlRunner) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
 def test_top_renders_the_nodes_under_tmux_and_quits_on_q(bctl: BctlRunner, pg_cluster: PgClusterLike) -> None:
-    session = f"bctl-top-{time.monotonic_ns()}"
-    env = " ".join(
-        f"{k}={v}" for k, v in bctl.env().items() if k in ("HOME", "XDG_CONFIG_HOME", "PGBALANCER_URL")
-    )
-    marker = bctl.home / "top-exit"
-    command = f"env -u COLUMNS -u LINES {env} {BCTL} top --interval 0.5; echo $? > {marker}; sleep 30"
-    tmux = ["tmux", "-L", session]  # a private tmux server: nothing shared with other sessions
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
+    terminal = TmuxBctl(bctl, "top", "--interval", "0.5")
     try:
-
-        def screen() -> str:
-            return subprocess.run(
-                [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
-            ).stdout
-
-        def rendered() -> str:
-            text = screen()
-            return text if "q quits" in text and "primary" in text else ""
-
-        try:
-            shown = wait_for(rendered, 30, message="bctl top to render the nodes")
-        except TimeoutError as exc:
-            raise AssertionError(f"bctl top did not render the nodes; the screen:\n{screen()}") from exc
+        shown = terminal.wait_for_screen("q quits", "primary")
         for pg in pg_cluster.nodes:
             assert f"127.0.0.1:{pg.port}" in shown
-        assert "QPS" in shown and "standby" in shown
-        subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
-        wait_for(marker.exists, 15, message="bctl top to quit on q")
-        wait_for(lambda: marker.read_text().strip() == "0", 5, message="exit code 0")
+        assert "QPS" in shown and "standby" in shown and "balancer" in shown
+        terminal.keys("q")
+        assert terminal.exit_code() == 0
     finally:
-        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
+        terminal.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_an_action_asks_on_a_terminal_and_no_changes_nothing(bctl: BctlRunner) -> None:
+    terminal = TmuxBctl(bctl, "node", "detach", "1")
+    try:
+        terminal.wait_for_screen("Detach backend 1? [y/N]")
+        terminal.keys("n", "Enter")
+        assert terminal.exit_code() == 1
+        assert "aborted: nothing was changed" in terminal.screen()
+    finally:
+        terminal.close()
+    assert bctl("nodes", "1").json()["detached"] is False
 
 
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
