@@ -83,7 +83,11 @@ async def _elected(group: Members, apoll: AsyncPoll) -> str:
         (leader,) = leaders
         return leader if all(s.leader_id == leader for s in group.stores.values()) else None
 
-    return await apoll(one_leader_seen_by_all, timeout=15, message="no single leader known to every member")
+    leader: str | None = await apoll(
+        one_leader_seen_by_all, timeout=15, message="no single leader known to every member"
+    )
+    assert leader is not None
+    return leader
 
 
 async def test_a_leader_is_elected_writes_replicate_and_a_new_leader_follows_a_stop(
