@@ -7,7 +7,7 @@ import trio
 
 from consensus import MemoryCluster
 from pgbalancer.config import Config, parse_config_text
-from pgbalancer.ha.planner import HaOperationError, Probe, ProbeOutcome
+from pgbalancer.ha.planner import HaOperationError, Probe, ProbeOutcome, ServerFacts
 from pgbalancer.health.controller import HaController
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.watchdog import WatchdogService
@@ -65,6 +65,16 @@ async def test_votes_follow_probes_and_count_for_the_planner() -> None:
     # Without consensus, the leader's own probe decides (Pgpool-II's failover_require_consensus = off).
     loose = service(MemoryCluster(MEMBERS), MEMBERS[0], "failover_require_consensus = off\n")
     assert loose.vote_counts() == (None, 1)
+
+
+async def test_a_leader_that_never_saw_the_primary_learns_its_system_identifier() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a, b, _c = (service(cluster, m) for m in MEMBERS)
+    cluster.elect(MEMBERS[0])
+    assert 0 not in a.ha._observations({}, None).last_facts
+    facts = ServerFacts(in_recovery=False, wal_lsn=1, timeline=1, system_identifier=42)
+    await b.cast_votes({0: Probe(0, 1.0, ProbeOutcome.OK, facts)})
+    assert a.ha._observations({}, None).last_facts[0].system_identifier == 42
 
 
 async def test_a_cut_off_node_refuses_writes_after_its_lease(autojump_clock: trio.testing.MockClock) -> None:
