@@ -16,6 +16,7 @@ PURE_MODULES = (
     "pgbalancer.proxy.prepared",
     "pgbalancer.proxy.sessionstate",
     "pgbalancer.proxy.admin_commands",
+    "consensus.state",
 )
 IO_IMPORTS = ("trio", "socket", "select", "threading", "asyncio", "selectors", "subprocess", "pysyncobj")
 SHELLS = ("pgbalancer.proxy", "pgbalancer.health", "pgbalancer.api", "pgbalancer.events", "pgbalancer.cli")
