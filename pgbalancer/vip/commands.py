@@ -1,7 +1,8 @@
 """The VIP commands as argument vectors, pure: if_up_cmd, if_down_cmd and arping_cmd templates expanded.
 
-Templates are pgpool-style command lines with placeholders: ``$_IP_$`` is the virtual IP
-(delegate_ip) and ``$_IF_$`` the interface (delegate_ip_interface). They are split like a POSIX
+Templates are pgpool-style command lines (their defaults are in pgbalancer.config) with
+placeholders: ``$_IP_$`` is the virtual IP (delegate_ip) and ``$_IF_$`` the interface
+(delegate_ip_interface). They are split like a POSIX
 shell would split them (quotes work) and then run directly, without a shell, so a placeholder
 value can never inject a command. To use shell features, write ``sh -c '...'`` yourself.
 
@@ -17,10 +18,6 @@ from typing import Final
 
 IP_PLACEHOLDER: Final = "$_IP_$"
 IF_PLACEHOLDER: Final = "$_IF_$"
-
-DEFAULT_IF_UP_CMD: Final = "ip addr add $_IP_$/32 dev $_IF_$"
-DEFAULT_IF_DOWN_CMD: Final = "ip addr del $_IP_$/32 dev $_IF_$"
-DEFAULT_ARPING_CMD: Final = "arping -U -c 1 -I $_IF_$ $_IP_$"
 
 
 class CommandTemplateError(ValueError):

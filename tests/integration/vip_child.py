@@ -14,15 +14,10 @@ from pathlib import Path
 
 import trio
 
-from pgbalancer.vip.commands import (
-    DEFAULT_ARPING_CMD,
-    DEFAULT_IF_DOWN_CMD,
-    DEFAULT_IF_UP_CMD,
-    VipCommands,
-)
+from pgbalancer.config import parse_config_text
 from pgbalancer.vip.executor import VipExecutor
-from pgbalancer.vip.manager import VipManager
-from pgbalancer.vip.rule import FOLLOWER, Leadership, VipTiming
+from pgbalancer.vip.manager import VipManager, vip_commands, vip_timing
+from pgbalancer.vip.rule import FOLLOWER, Leadership
 
 
 def read_leadership(path: Path) -> Leadership:
@@ -34,11 +29,14 @@ def read_leadership(path: Path) -> Leadership:
 
 
 async def main(vip: str, interface: str, leadership_file: Path, acquire_delay: float) -> None:
-    commands = VipCommands.from_templates(
-        vip, interface, DEFAULT_IF_UP_CMD, DEFAULT_IF_DOWN_CMD, DEFAULT_ARPING_CMD
+    # The default commands, as a node would run them.
+    text = (
+        f"auth_type = trust\nbackend_hostname0 = localhost\ndelegate_ip = {vip}\ndelegate_ip_interface = {interface}\n"
+        "delegate_ip_arp_count = 2\ndelegate_ip_arp_interval = 0.2\n"
     )
-    timing = VipTiming(acquire_delay=acquire_delay, announce_count=2, announce_interval=0.2)
-    manager = VipManager(VipExecutor(commands), timing, lambda: read_leadership(leadership_file))
+    config = parse_config_text(text)
+    timing = vip_timing(config, leader_fallback_timeout=0.0, acquire_delay=acquire_delay)
+    manager = VipManager(VipExecutor(vip_commands(config)), timing, lambda: read_leadership(leadership_file))
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(manager.run)
