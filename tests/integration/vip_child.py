@@ -31,7 +31,8 @@ def read_leadership(path: Path) -> Leadership:
 async def main(vip: str, interface: str, leadership_file: Path, acquire_delay: float) -> None:
     # The default commands, as a node would run them.
     text = (
-        f"auth_type = trust\nbackend_hostname0 = localhost\ndelegate_ip = {vip}\ndelegate_ip_interface = {interface}\n"
+        "auth_type = trust\nbackend_hostname0 = localhost\n"
+        f"delegate_ip = {vip}\ndelegate_ip_interface = {interface}\n"
         "delegate_ip_arp_count = 2\ndelegate_ip_arp_interval = 0.2\n"
     )
     config = parse_config_text(text)
