@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Final
 
 # How many recent invalidations the state keeps (a member that fell further behind drops everything).
@@ -53,7 +52,8 @@ class Invalidation:
 
 
 def _empty_votes() -> Mapping[int, frozenset[str]]:
-    return MappingProxyType({})
+    # A plain dict (picklable into pysyncobj's full dump); it is never mutated once built.
+    return {}
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def apply_command(state: ClusterState, command: Command) -> tuple[ClusterState, 
         case ForgetMember(member):
             votes = {b: v - {member} for b, v in state.votes.items() if v - {member}}
             holder = None if state.vip_holder == member else state.vip_holder
-            return replace(state, votes=MappingProxyType(votes), vip_holder=holder), None
+            return replace(state, votes=votes, vip_holder=holder), None
     raise CommandError(f"unknown command {command!r}")
 
 
@@ -195,7 +195,7 @@ def _cast_vote(state: ClusterState, voter: str, backend_id: int, down: bool) -> 
         votes[backend_id] = updated
     else:
         votes.pop(backend_id, None)
-    return replace(state, votes=MappingProxyType(votes))
+    return replace(state, votes=votes)
 
 
 def _commit_view(state: ClusterState, command: CommitView) -> tuple[ClusterState, bool]:
