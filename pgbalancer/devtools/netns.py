@@ -14,18 +14,22 @@ run that was SIGKILLed (:func:`reap_orphaned_labs`); :meth:`NetnsLab.destroy` de
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 DEFAULT_TAG = "pgbt"
 DEFAULT_SUBNET = "10.77.0"
 BRIDGE = "br0"
 MEMBER_IF = "eth0"
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 _NAME_RE = re.compile(r"(?P<tag>[a-z]+)(?P<pid>[0-9]+)-(?P<member>[a-z0-9]+)")
 
 
@@ -47,6 +51,40 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     if check and result.returncode != 0:
         raise NetnsError(f"ip {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
+
+
+def call_in_netns(netns: str, fn: Callable[[], T], timeout: float = 120.0) -> T:
+    """Run ``fn()`` on a fresh thread that has entered namespace ``netns``; return its result.
+
+    A network namespace belongs to a thread (setns(2)), so only that thread moves and it ends with
+    ``fn``; sockets it opens stay in ``netns`` and may be used from any thread afterwards. This is
+    how the tests, which run in the root namespace, talk to nodes and clients inside the lab
+    without starting a process per request.
+    """
+    outcome: list[T] = []
+    errors: list[BaseException] = []
+
+    def enter_and_run() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns} failed")
+            finally:
+                os.close(fd)
+            outcome.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=enter_and_run, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"a call inside namespace {netns} did not finish within {timeout:g}s")
+    if errors:
+        raise errors[0]
+    return outcome[0]
 
 
 def list_namespaces() -> list[str]:
@@ -100,6 +138,10 @@ class NetnsLab:
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside member ``name``'s namespace."""
         return ["ip", "netns", "exec", self.members[name].netns, *argv]
+
+    def call(self, name: str, fn: Callable[[], T], timeout: float = 120.0) -> T:
+        """``fn()`` run inside member ``name``'s namespace (see :func:`call_in_netns`)."""
+        return call_in_netns(self.members[name].netns, fn, timeout)
 
     def set_link(self, name: str, up: bool) -> None:
         """Connect (up) or cut off (down) a member at the bridge."""
