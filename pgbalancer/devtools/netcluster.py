@@ -5,8 +5,8 @@ inside namespaces this module creates only):
 
     n1 10.77.0.11   n2 10.77.0.12   n3 10.77.0.13    pgbalancer nodes (proxy :5432, API :8080 on
                                                      127.0.0.1 of their namespace, Raft :9000)
-    pg 10.77.0.20                                    primary + 2 standbys (LocalPgCluster run through
-                                                     ``ip netns exec``), ports as picked
+    pg 10.77.0.20/.21/.22                            primary, standby1, standby2 (LocalPgCluster run
+                                                     through ``ip netns exec``), one address each
     client 10.77.0.50                                where "applications" connect from
     VIP 10.77.0.100                                  delegate_ip on eth0 of the Raft leader
 
@@ -34,17 +34,21 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pgbalancer.devtools.netns import MEMBER_IF, NetnsLab, reap_orphaned_labs
+from pgbalancer.devtools import wait_for
+from pgbalancer.devtools.netns import MEMBER_IF, NetnsLab, ip, reap_orphaned_labs
 from pgbalancer.devtools.pgcluster import LocalPgCluster, reap_orphaned_clusters
 
 SUBNET = "10.77.0"
 VIP = f"{SUBNET}.100"
 PG_ADDRESS = f"{SUBNET}.20"
+# Each PostgreSQL server has an address of its own (all in the pg namespace), so a node can be cut off
+# from one server only: a blackhole route in that node's namespace (see cut_backend).
+PG_ADDRESSES = (f"{SUBNET}.20", f"{SUBNET}.21", f"{SUBNET}.22")
 CLIENT = "client"
 NODE_HOSTS: Mapping[str, int] = {"n1": 11, "n2": 12, "n3": 13}
 PROXY_PORT = 5432
@@ -103,6 +107,8 @@ class NetCluster:
         for name, host in NODE_HOSTS.items():
             lab.add(name, host)
         lab.add("pg", 20)
+        for address in PG_ADDRESSES[1:]:
+            lab.add_address("pg", address)
         lab.add(CLIENT, 50)
         self._progress("starting PostgreSQL (primary + 2 standbys) in its namespace…")
         self.pg = LocalPgCluster(
@@ -110,7 +116,7 @@ class NetCluster:
             standbys=2,
             fast=True,
             command_prefix=lab.exec_argv("pg", []),
-            extra_listen=PG_ADDRESS,
+            extra_listen=",".join(PG_ADDRESSES),
             client_network=f"{SUBNET}.0/24",
             progress=self._progress,
         )
@@ -179,7 +185,7 @@ class NetCluster:
             "delegate_ip_interface": MEMBER_IF,
         }
         for index, pg_node in enumerate(self.pg.nodes):
-            settings[f"backend_hostname{index}"] = PG_ADDRESS
+            settings[f"backend_hostname{index}"] = PG_ADDRESSES[index]
             settings[f"backend_port{index}"] = str(pg_node.port)
         settings.update(self.extra_conf)
         return "".join(f"{key} = '{value}'\n" for key, value in settings.items())
@@ -232,6 +238,17 @@ class NetCluster:
         assert self.lab is not None
         self.lab.set_link(name, up=True)
 
+    def cut_backend(self, name: str, backend: int, cut: bool = True) -> None:
+        """Node ``name`` loses (or regains) its route to PostgreSQL server ``backend`` only.
+
+        A blackhole route in the node's namespace: its probes of that server fail at once while
+        every other node, and its own route to the other servers, are untouched.
+        """
+        assert self.lab is not None
+        netns = self.lab.members[name].netns
+        action = "add" if cut else "del"
+        ip("-n", netns, "route", action, "blackhole", f"{PG_ADDRESSES[backend]}/32", check=cut)
+
     def vip_holders(self) -> set[str]:
         assert self.lab is not None
         return {name for name in self.nodes if VIP in self.lab.addresses(name)}
@@ -275,6 +292,47 @@ class NetCluster:
                 return list(cursor.fetchall()) if cursor.description else []
 
         return self.lab.call(where, call, timeout=timeout + 5)
+
+    def info(self, name: str) -> dict[str, Any]:
+        """GET /watchdog/info of node ``name``."""
+        answer: dict[str, Any] = self.api(name, "/watchdog/info")
+        return answer
+
+    def name_of(self, member: str | None) -> str | None:
+        """The node name of a Raft member id ("10.77.0.11:9000" -> "n1")."""
+        if member is None:
+            return None
+        host = member.rsplit(":", 1)[0]
+        return next((name for name, node in self.nodes.items() if node.address == host), None)
+
+    def agreed_leader(self, names: Iterable[str] | None = None) -> str | None:
+        """The leader every node in ``names`` (default: the running ones) reports with quorum, or None."""
+        names = [n for n in (names or self.nodes) if self.nodes[n].running]
+        leaders = set()
+        for name in names:
+            try:
+                info = self.info(name)
+            except OSError:
+                return None
+            if not info.get("quorum"):
+                return None
+            leaders.add(self.name_of(info.get("leader")))
+        return leaders.pop() if len(leaders) == 1 else None
+
+    def wait_stable(self, timeout: float = 30.0, names: Iterable[str] | None = None) -> str:
+        """Wait until the nodes agree on a leader with quorum and it alone holds the VIP; its name."""
+        chosen = list(names or self.nodes)
+
+        def stable() -> str:
+            leader = self.agreed_leader(chosen)
+            return leader if leader is not None and self.vip_holders() == {leader} else ""
+
+        try:
+            return wait_for(
+                stable, timeout=timeout, interval=0.1, message="one agreed leader holding the VIP"
+            )
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\nVIP holders: {self.vip_holders()}\n{self.logs()}") from None
 
     def pg_sql(self, sql: str, node_index: int = 0) -> str:
         """psql on a PostgreSQL server directly (inside its namespace)."""

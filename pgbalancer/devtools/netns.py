@@ -135,6 +135,10 @@ class NetnsLab:
         self.members[name] = member
         return member
 
+    def add_address(self, name: str, address: str) -> None:
+        """One more /24 address on the member's eth0."""
+        ip("-n", self.members[name].netns, "addr", "add", f"{address}/24", "dev", MEMBER_IF)
+
     def exec_argv(self, name: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside member ``name``'s namespace."""
         return ["ip", "netns", "exec", self.members[name].netns, *argv]
