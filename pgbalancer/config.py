@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.vip.commands import CommandTemplateError, split_template
 
 ENV_PREFIX: Final = "PGBALANCER_"
 REDACTED: Final = "********"
@@ -352,6 +353,26 @@ _HOST: Final = _Kind(
 )
 _PATH: Final = _Kind("path", "a file path", _convert_path, is_path=True)
 _TEXT: Final = _Kind("string", "a string", _convert_text)
+
+
+def _convert_command(text: str) -> str:
+    try:
+        split_template(text)
+    except CommandTemplateError as exc:
+        raise _BadValue(str(exc)) from None
+    return text.strip()
+
+
+def _convert_command_or_empty(text: str) -> str:
+    return _convert_command(text) if text.strip() else ""
+
+
+_COMMAND: Final = _Kind(
+    "command", "a command line such as 'ip addr add $_IP_$/24 dev $_IF_$'", _convert_command
+)
+_COMMAND_OR_EMPTY: Final = _Kind(
+    "command", "a command line such as 'arping -U -c 1 -I $_IF_$ $_IP_$', or ''", _convert_command_or_empty
+)
 
 
 def _convert_fraction(text: str) -> float:
@@ -1189,6 +1210,56 @@ class Config:
     )
     delegate_ip_interface: str = _setting(
         "", _TEXT, Category.VIP, _R, "Network interface delegate_ip is added to, such as 'eth0'."
+    )
+    if_up_cmd: str = _setting(
+        "ip addr add $_IP_$/32 dev $_IF_$",
+        _COMMAND,
+        Category.VIP,
+        _R,
+        """Command that adds the virtual IP, run by the node that takes it. $_IP_$ is replaced by
+        delegate_ip and $_IF_$ by delegate_ip_interface (pgpool's placeholder style). The line is
+        split into words like a POSIX shell does (quotes work) and run without a shell; write
+        sh -c '...' for shell features, or prefix sudo when pgbalancer does not run as root.""",
+    )
+    if_down_cmd: str = _setting(
+        "ip addr del $_IP_$/32 dev $_IF_$",
+        _COMMAND,
+        Category.VIP,
+        _R,
+        """Command that removes the virtual IP (same placeholders and splitting as if_up_cmd). A
+        guard process runs it also when pgbalancer dies without cleaning up (even SIGKILL), so a
+        dead node never keeps the address.""",
+    )
+    arping_cmd: str = _setting(
+        "arping -U -c 1 -I $_IF_$ $_IP_$",
+        _COMMAND_OR_EMPTY,
+        Category.VIP,
+        _R,
+        """Command that sends one gratuitous ARP for the virtual IP (same placeholders and splitting
+        as if_up_cmd; arping is Debian's iputils-arping). Without it clients keep the old holder's
+        MAC until their ARP cache expires. '' = send none.""",
+    )
+    delegate_ip_arp_count: int = _setting(
+        3,
+        _integer(1, 100, "a whole number between 1 and 100"),
+        Category.VIP,
+        _R,
+        "Gratuitous ARPs sent right after taking the virtual IP, delegate_ip_arp_interval apart.",
+    )
+    delegate_ip_arp_interval: float = _setting(
+        0.5,
+        _POSITIVE_SECONDS,
+        Category.VIP,
+        _R,
+        "Seconds between the gratuitous ARPs sent on taking the VIP.",
+    )
+    delegate_ip_arp_refresh: float = _setting(
+        10.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.VIP,
+        _R,
+        """Seconds between the gratuitous ARPs repeated for as long as the node holds the virtual
+        IP (switches and clients that missed the first ones learn it then); 0 = none.""",
     )
 
     # Process

@@ -33,6 +33,7 @@ from pgbalancer.health.controller import HaController
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.vip.manager import VipManager, manager_for
 from pgbalancer.watchdog import WatchdogService, WatchdogSetupError
 from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effective_worker_count
 
@@ -77,6 +78,10 @@ class Node:
         self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
+        # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
+        self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
+        if self.vip is not None and self.events is not None:
+            self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -95,6 +100,8 @@ class Node:
                     await nursery.start(self.events.run)
                 if self.watchdog is not None:  # before health rounds: they vote through it
                     await nursery.start(self.watchdog.run)
+                if self.vip is not None:  # after the watchdog: it follows the Raft leadership
+                    await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
@@ -125,6 +132,8 @@ class Node:
         with trio.move_on_after(_SHUTDOWN_GRACE):
             while self.proxy.sessions:
                 await trio.sleep(0.01)
+        if self.vip is not None:  # while the watchdog still runs, so the holder can be recorded
+            await self.vip.release_now()
         nursery.cancel_scope.cancel()
         self.proxy.pools.close_all_idle()
         if self.worker is None:  # a worker's supervisor owns the pid file
@@ -185,6 +194,14 @@ class _ApiControl:
         if node.reload_count == before:
             return ReloadOutcome(error=f"no reload happened within {_RELOAD_WAIT:g}s; see the node's log")
         return node.last_reload
+
+
+def _publish_vip(
+    events: EventService, vip: VipManager, watchdog: WatchdogService | None, holds: bool
+) -> None:
+    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id)."""
+    holder = watchdog.store.self_id if holds and watchdog is not None else None
+    events.publish_watchdog_vip(holder, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:

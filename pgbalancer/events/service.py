@@ -198,6 +198,10 @@ class EventService:
             return
         thread.call_soon(lambda: broker.set_credentials(credentials))
 
+    def publish_watchdog_vip(self, holder: str | None, vip: str, interface: str) -> bool:
+        """The virtual IP changed hands here (retained ``pgbalancer/watchdog/vip``); holder None: released."""
+        return self.publish(payloads.watchdog_vip(holder, vip, interface, self._stamp()))
+
     def publish_state(self, reason: str) -> None:
         """The retained state as it is now: every backend's status, then the cluster health."""
         view = self.proxy.cluster_view
