@@ -10,13 +10,14 @@
 Nothing here does I/O, reads a clock or imports trio; time is always passed in.
 """
 
-from pgbalancer.cache.keys import ExtendedRequest, extended_request, query_key, session_key
+from pgbalancer.cache.keys import ExtendedRequest, clean_answer, extended_request, query_key, session_key
 from pgbalancer.cache.store import CacheStats, ResultCache
 
 __all__ = [
     "CacheStats",
     "ExtendedRequest",
     "ResultCache",
+    "clean_answer",
     "extended_request",
     "query_key",
     "session_key",

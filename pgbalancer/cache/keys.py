@@ -7,8 +7,9 @@ with client statement names replaced by what they stand for (query text and para
 types), so the Bind's parameter formats, values and result formats are in the key, and two
 clients naming one statement differently share entries.
 
-Only batches the cache can answer whole are keyed: one unnamed portal executed to the end
-(``max_rows`` 0), one Sync at the end, nothing else (no Close, Flush, second Execute).
+Only batches the cache can answer whole are keyed: one unnamed portal executed once (its
+``max_rows`` in the key: the Sync ends the portal, so a PortalSuspended answer is complete),
+one Sync at the end, nothing else (no Close, Flush, second Execute).
 Anything else gets no key and simply goes to PostgreSQL.
 
 Pure: no I/O, no clock; never raises on any message bodies (malformed ones get no key).
@@ -76,7 +77,7 @@ def _extended(
 ) -> ExtendedRequest | None:
     if len(batch) < 3 or batch[-1].type != b"S" or batch[-1].body:
         return None
-    known = dict(statements)
+    known: dict[bytes, bytes] = {}  # statements this batch parses
     parses: list[tuple[bytes, bytes]] = []
     unnamed: bytes | None = None
     executed: bytes | None = None
@@ -102,7 +103,7 @@ def _extended(
                 return None
             portal, after = _cstring(body, 0)
             name, after = _cstring(body, after)
-            bound = known.get(name) if name else unnamed
+            bound = (known.get(name) or statements.get(name)) if name else unnamed
             if portal or bound is None:
                 return None
             definition = bound
@@ -113,7 +114,7 @@ def _extended(
             if target == b"P" and not name and bound is not None:
                 out.append(b"D" + _field(b"P"))
             elif target == b"S":
-                described = known.get(name) if name else unnamed
+                described = (known.get(name) or statements.get(name)) if name else unnamed
                 if described is None:
                     return None
                 out.append(b"D" + _field(b"S" + described))
@@ -121,11 +122,36 @@ def _extended(
                 return None
         else:  # Execute
             portal, after = _cstring(body, 0)
-            if portal or executed is not None or bound is None or _LENGTH.unpack_from(body, after)[0] != 0:
+            if portal or executed is not None or bound is None:
                 return None
             executed = bound
-            out.append(b"E")
+            out.append(b"E" + _field(body[after : after + 4]))  # max_rows (a PortalSuspended answer)
     if executed is None:
         return None
     sql, _ = _cstring(executed, 0)
     return ExtendedRequest(b"".join(out), sql, tuple(parses))
+
+
+# Reply messages a cached answer may hold: ParseComplete, BindComplete, ParameterDescription,
+# RowDescription, NoData, DataRow, CommandComplete, PortalSuspended, and the final ReadyForQuery.
+_ANSWER_TYPES = frozenset(b"12tTnDCs")
+
+
+def clean_answer(payload: bytes) -> bool:
+    """Whether captured reply bytes are one complete, clean answer worth replaying: whole
+    messages of the expected kinds only (no ErrorResponse, NoticeResponse, NotificationResponse
+    or ParameterStatus, which belong to that moment), ending in ReadyForQuery 'I'."""
+    size = len(payload)
+    position = 0
+    while position + 5 <= size:
+        kind = payload[position]
+        length = _LENGTH.unpack_from(payload, position + 1)[0]
+        end = position + 1 + length
+        if length < 4 or end > size:
+            return False
+        if kind == ord("Z"):
+            return end == size and length == 5 and payload[position + 5] == ord("I")
+        if kind not in _ANSWER_TYPES:
+            return False
+        position = end
+    return False

@@ -220,11 +220,21 @@ def _invalidation(
     return None
 
 
+# DDL words that change which tables a write reaches (inheritance, partitions, foreign keys with
+# actions, triggers, rules) or rename: the other nodes' knowledge of the tables must be redone.
+_DDL_RESHAPING = frozenset(
+    {"references", "foreign", "inherit", "inherits", "attach", "detach", "partition", "trigger", "rule"}
+    | {"rename", "policy", "security"}
+)
+
+
 def _ddl_targets(tokens: list[str], start: int, end: int) -> frozenset[str] | None:
     """ALTER/DROP/CREATE TABLE, CREATE INDEX, REFRESH MATERIALIZED VIEW, COMMENT: their tables.
-    Any other DDL (views, functions, triggers, roles, grants, schemas, ...) may change what any
-    cached result would be: None."""
+    Any other DDL (views, functions, triggers, roles, grants, schemas, ...), or one that changes
+    which tables a write reaches, may change what any cached result would be: None."""
     words = tokens[start:end]
+    if any(word in _DDL_RESHAPING for word in words):
+        return None
     head = [w for w in words[:6] if w not in ("or", "replace", "unique", "concurrently", "global", "local")]
     if head[:1] == ["comment"]:
         return frozenset()

@@ -75,8 +75,9 @@ def test_batches_the_cache_cannot_answer_whole_get_no_key() -> None:
     assert _key([_parse(sql), _bind(()), EXECUTE]) is None  # no Sync
     assert _key([_parse(sql), _bind(()), EXECUTE, EXECUTE, SYNC]) is None
     assert _key([_parse(sql), SYNC]) is None  # nothing executed
-    partial = Message(b"E", b"\x00" + struct.pack("!I", 10))
-    assert _key([_parse(sql), _bind(()), partial, SYNC]) is None  # max_rows: a suspended portal
+    partial = Message(b"E", b"\x00" + struct.pack("!I", 1))
+    limited = _key([_parse(sql), _bind(()), partial, SYNC])  # max_rows is in the key
+    assert limited is not None and limited != _key([_parse(sql), _bind(()), EXECUTE, SYNC])
     named_portal = Message(b"B", b"p\x00\x00" + struct.pack("!HHH", 0, 0, 0))
     assert _key([_parse(sql), named_portal, EXECUTE, SYNC]) is None
     assert _key([_parse(sql), _bind(()), Message(b"C", b"S\x00"), EXECUTE, SYNC]) is None
