@@ -81,6 +81,13 @@ class SslMode(StrEnum):
     VERIFY_FULL = "verify-full"
 
 
+class PartitionReadPolicy(StrEnum):
+    """What a watchdog node cut off from the Raft majority does with reads (writes are refused)."""
+
+    REFUSE = "refuse"
+    STALE = "stale"
+
+
 class MqttMode(StrEnum):
     """Where cluster events are published."""
 
@@ -1213,11 +1220,58 @@ class Config:
         _PEERS,
         Category.WATCHDOG,
         _R,
-        """Raft peers as host:port, comma separated. Empty = a single node without Raft, failover
-        quorum or virtual IP election.""",
+        """The watchdog (Raft) members as host:port, comma separated: list every member, this node
+        included, and use the same list on every node (an entry equal to this node's own
+        watchdog_listen_address:watchdog_port is recognised as itself; listing only the peers works
+        too). Empty = a single node without Raft, failover quorum or virtual IP election.""",
     )
     watchdog_port: int = _setting(
         9000, _PORT, Category.WATCHDOG, _R, "TCP port of this node's Raft endpoint."
+    )
+    watchdog_listen_address: str = _setting(
+        "",
+        _TEXT,
+        Category.WATCHDOG,
+        _R,
+        """This node's own address on the watchdog network: the Raft endpoint binds to it (and only to
+        it) and it names this node among the members. '' = the watchdog_nodes entry on watchdog_port
+        whose host is an address of this machine.""",
+    )
+    watchdog_lease: float = _setting(
+        2.0,
+        _POSITIVE_SECONDS,
+        Category.WATCHDOG,
+        _R,
+        """Seconds a node cut off from the Raft majority keeps accepting writes. After that it refuses
+        new writes with SQLSTATE 25006 (read_only_sql_transaction: "lost its watchdog quorum, use
+        another node or the virtual IP") until it is back in contact, so it never writes to a
+        primary the majority may have failed over from.""",
+    )
+    partition_read_policy: PartitionReadPolicy = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        PartitionReadPolicy.STALE,
+        _choice(PartitionReadPolicy),
+        Category.WATCHDOG,
+        _L,
+        """What a node cut off from the majority for longer than watchdog_lease does with reads:
+        stale = keep serving them (they may miss what the majority side committed since), refuse =
+        refuse them like writes.""",
+    )
+    watchdog_data_dir: str = _setting(
+        "/var/lib/pgbalancer/watchdog",
+        _PATH,
+        Category.WATCHDOG,
+        _R,
+        """Directory of the Raft journal and full dump (created if missing), so the term, vote and
+        log survive a restart. Each node needs its own.""",
+    )
+    failover_require_consensus: bool = _setting(
+        True,
+        _BOOL,
+        Category.WATCHDOG,
+        _L,
+        """With a watchdog: on = the primary (or any backend) is declared down only when a majority of
+        watchdog nodes vote it down, so one node's network blip never causes a failover (Pgpool-II's
+        failover_require_consensus). off = the leader's own failed probe is enough.""",
     )
     watchdog_secret: str = _setting(
         "",
@@ -1645,6 +1699,43 @@ def _check_watchdog_secret(config: Config, build: _Build) -> Iterator[str]:
         )
 
 
+def watchdog_self_address(config: Config) -> str:
+    """This node's Raft "host:port" (its member id); '' when only the machine's addresses can tell
+    (several entries on watchdog_port: pgbalancer.watchdog picks the local one at startup)."""
+    if config.watchdog_listen_address:
+        return _join_host_port(config.watchdog_listen_address, config.watchdog_port)
+    own = [peer for peer in config.watchdog_nodes if _peer_port(peer) == config.watchdog_port]
+    return own[0] if len(own) == 1 else ""
+
+
+def watchdog_peers(config: Config) -> tuple[str, ...]:
+    """The other watchdog members' "host:port" (watchdog_nodes without this node's own entry)."""
+    me = watchdog_self_address(config)
+    return tuple(peer for peer in config.watchdog_nodes if peer != me)
+
+
+def _peer_port(peer: str) -> int:
+    return int(peer.rsplit(":", 1)[1])
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _check_watchdog_identity(config: Config, build: _Build) -> Iterator[str]:
+    # Several entries on watchdog_port: the node picks the one whose host is a local address at
+    # startup (pgbalancer.watchdog), which needs sockets, so it is not decided here.
+    if not config.watchdog_nodes or config.watchdog_listen_address:
+        return
+    if not any(_peer_port(peer) == config.watchdog_port for peer in config.watchdog_nodes):
+        yield (
+            f"{build.where('watchdog_nodes')}: no watchdog_nodes entry has this node's watchdog_port "
+            f"({config.watchdog_port}), so this node cannot tell which address is its own: add this "
+            "node's own host:port to watchdog_nodes, or set watchdog_listen_address to its address on "
+            "the watchdog network"
+        )
+
+
 def _check_delegate_ip(config: Config, build: _Build) -> Iterator[str]:
     if config.delegate_ip and not config.delegate_ip_interface:
         yield (
@@ -1816,6 +1907,7 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
     (frozenset({"auth_type", "auth_file"}), _check_auth_file_set),
     (frozenset({"auth_user", "auth_type", "auth_query"}), _check_auth_query),
     (frozenset({"watchdog_nodes", "watchdog_secret"}), _check_watchdog_secret),
+    (frozenset({"watchdog_nodes", "watchdog_port", "watchdog_listen_address"}), _check_watchdog_identity),
     (frozenset({"delegate_ip", "delegate_ip_interface"}), _check_delegate_ip),
     (
         frozenset(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from consensus import ConsensusError
 from pgbalancer import __version__
 from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.service import ApiService
@@ -32,6 +33,7 @@ from pgbalancer.health.controller import HaController
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.watchdog import WatchdogService, WatchdogSetupError
 from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effective_worker_count
 
 log = logging.getLogger("pgbalancer")
@@ -73,9 +75,14 @@ class Node:
         self.proxy.ha = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
         self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
+        # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
+        self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
+            if self.watchdog is not None:
+                self.api.state.watchdog = self.watchdog
+                self.api.state.quorum = self.watchdog.has_quorum
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -86,6 +93,8 @@ class Node:
                     await nursery.start(self.api.serve)
                 if self.events is not None:  # before the proxy: a taken MQTT port fails the start
                     await nursery.start(self.events.run)
+                if self.watchdog is not None:  # before health rounds: they vote through it
+                    await nursery.start(self.watchdog.run)
                 await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
@@ -143,6 +152,8 @@ class Node:
         diff = diff_configs(self.config, new_config)
         self.proxy.apply_config(new_config, userlist)
         self.ha.apply_config(new_config)
+        if self.watchdog is not None:
+            self.watchdog.apply_config(new_config)
         self.config = new_config
         if self.events is not None:
             self.events.config_reloaded(diff, new_config)
@@ -244,6 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(str(config.log_level))
     raise_open_files_limit()
     worker_count = effective_worker_count(config.workers, available_cpus())
+    if config.watchdog_nodes and worker_count > 1:
+        # One Raft member per node: its votes, leases and committed epoch live in one process.
+        log.info("watchdog_nodes is set: running one worker process instead of %d", worker_count)
+        worker_count = 1
     if worker_count > 1:
         run_worker = partial(_run_node, args.config_file, config, userlist, api_settings)
         return Supervisor(worker_count, run_worker, pid_file=config.pid_file).run()
@@ -257,9 +272,16 @@ def _run_node(
     api_settings: ApiSettings,
     worker: WorkerContext | None = None,
 ) -> int:
-    node = Node(config_path, config, userlist, worker, api_settings)
+    try:
+        node = Node(config_path, config, userlist, worker, api_settings)
+    except WatchdogSetupError as exc:
+        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
+        return 2
     try:
         trio.run(node.run)
+    except ConsensusError as exc:
+        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
+        return 1
     except (OSError, ExceptionGroup) as exc:
         startup_errors = _only_os_errors(exc)
         if not startup_errors:

@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from pgbalancer.api import snapshots
-from pgbalancer.api.control import BackendOperations, NodeControl
+from pgbalancer.api.control import BackendOperations, NodeControl, WatchdogControl
 from pgbalancer.api.metrics import ApiMetrics
 from pgbalancer.api.openapi import API_PREFIX, openapi_document
 from pgbalancer.api.ratelimit import LoginRateLimiter
@@ -57,7 +57,6 @@ _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
 # Features other issues are building: their endpoints exist and say so until then.
 PENDING_FEATURES: Final = {
-    "watchdog": "the watchdog (Raft) is not built yet; /watchdog/info answers once it is",
     "health_operations": (
         "backend operations are not available until health checks are enabled (the failover engine is not "
         "wired into this node yet)"
@@ -112,6 +111,7 @@ class ApiState:
     control: NodeControl | None = None
     operations: BackendOperations | None = None  # the failover engine, once it is wired
     quorum: Callable[[], bool] | None = None  # the watchdog's answer, once it exists
+    watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
     events: ClusterEvents = field(default_factory=ClusterEvents)
     rate: QueryRate = field(default_factory=QueryRate)
     metrics: ApiMetrics = field(init=False)
@@ -282,6 +282,16 @@ def _is_optional_name(value: object) -> bool:
     return value is None or _is_name(value)
 
 
+def _is_member_address(value: object) -> bool:
+    """host:port of a watchdog member (IPv4, a host name, or [IPv6])."""
+    if not isinstance(value, str) or not 3 <= len(value) <= 300:
+        return False
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    return bool(host) and all(c.isalnum() or c in ".-_[]:" for c in host)
+
+
 def _is_password(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 4096
 
@@ -359,8 +369,15 @@ class _Routes:
         app.add_url_rule(
             f"{p}/cache/invalidate", "cache_invalidate", admin(self.cache_invalidate), methods=["POST"]
         )
+        app.add_url_rule(f"{p}/watchdog/info", "watchdog_info", viewer(self.watchdog_info), methods=["GET"])
         app.add_url_rule(
-            f"{p}/watchdog/info", "watchdog_info", viewer(self._pending("watchdog")), methods=["GET"]
+            f"{p}/watchdog/members", "watchdog_add_member", admin(self.watchdog_add_member), methods=["POST"]
+        )
+        app.add_url_rule(
+            f"{p}/watchdog/members/<address>",
+            "watchdog_remove_member",
+            admin(self.watchdog_remove_member),
+            methods=["DELETE"],
         )
 
     # ------------------------------------------------------------------ open endpoints
@@ -379,7 +396,10 @@ class _Routes:
         if not reachable:
             reasons.append("no backend accepts TCP connections")
         if not quorum:
-            reasons.append("no watchdog quorum (watchdog_nodes is set but the watchdog is not running)")
+            reasons.append(
+                "no watchdog quorum: this node is not in contact with a majority of watchdog_nodes "
+                "(see GET /api/v1/watchdog/info)"
+            )
         ready = not reasons
         body = {"ready": ready, "reachable_backends": reachable, "quorum": quorum, "reasons": reasons}
         return json_response(body, 200 if ready else 503)
@@ -439,6 +459,38 @@ class _Routes:
 
     async def config(self) -> Response:
         return json_response({"settings": redacted_settings(self.proxy.config)})
+
+    # ------------------------------------------------------------------ watchdog
+
+    def _watchdog(self) -> WatchdogControl:
+        if self.state.watchdog is None:
+            raise ApiError(
+                503,
+                "watchdog_disabled",
+                "no watchdog runs on this node: set watchdog_nodes, watchdog_port and watchdog_secret "
+                "on every node to form a cluster",
+            )
+        return self.state.watchdog
+
+    async def watchdog_info(self) -> Response:
+        return json_response(self._watchdog().info())
+
+    async def watchdog_add_member(self) -> Response:
+        watchdog = self._watchdog()
+        body = await _json_body({"address": _is_member_address}, ("address",))
+        try:
+            return json_response(await watchdog.add_member(body["address"]))
+        except HaOperationError as exc:
+            raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
+
+    async def watchdog_remove_member(self, address: str) -> Response:
+        watchdog = self._watchdog()
+        if not _is_member_address(address):
+            raise ApiError(400, "bad_request", f"{address!r} is not host:port, such as 10.0.0.4:9000")
+        try:
+            return json_response(await watchdog.remove_member(address))
+        except HaOperationError as exc:
+            raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
 
     def _pending(self, feature: str) -> Callable[[], Awaitable[Response]]:
         async def pending() -> Response:

@@ -202,7 +202,7 @@ def pool_stats(
 
 
 def watchdog_leader(leader: str | None, term: int | None, stamp: Stamp) -> EventMessage:
-    """The Raft leader changed (pending: published once the watchdog lands)."""
+    """The Raft leader changed (leader None: an election is under way)."""
     return _message(TOPIC_WATCHDOG_LEADER, "watchdog_leader", stamp, {"leader": leader, "term": term})
 
 

@@ -153,7 +153,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     payloads.TOPIC_WATCHDOG_LEADER: _envelope(
         "watchdog_leader",
         {"leader": {"type": ["string", "null"]}, "term": _NULLABLE_INT},
-        "The Raft leader changed. Retained. Pending: published once the watchdog lands.",
+        "The Raft leader changed (leader null: an election is under way). Retained.",
     ),
     payloads.TOPIC_WATCHDOG_VIP: _envelope(
         "watchdog_vip",

@@ -219,6 +219,14 @@ class EventService:
         """Fire and forget: False when the queue was full and the message was dropped."""
         return self.handoff.offer(message)
 
+    def stamp(self) -> Stamp:
+        """A new stamp (node, time, event id, epoch) for a payload built elsewhere (watchdog, VIP)."""
+        return self._stamp()
+
+    def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
+        """The Raft leader changed (retained ``pgbalancer/watchdog/leader``)."""
+        return self.publish(payloads.watchdog_leader(leader, term, self._stamp()))
+
     # ------------------------------------------------------------------ reading
 
     def statistics(self) -> EventStatistics:

@@ -23,7 +23,13 @@ from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import Message, MessageReader
 from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter
-from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.backend import (
+    BackendUnavailable,
+    QuorumLost,
+    ServerConnection,
+    ServerCredentials,
+    ServerError,
+)
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
@@ -414,6 +420,8 @@ class TransactionRelay:
             raise RelayEnded(
                 error_response(SqlState.TOO_MANY_CONNECTIONS, str(exc), severity="FATAL")
             ) from exc
+        except QuorumLost as exc:
+            raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL", hint=exc.hint)) from exc
         except BackendUnavailable as exc:
             raise RelayEnded(
                 error_response(
