@@ -949,6 +949,17 @@ class Config:
         _L,
         "Most queries per second memqcache_prefetch sends to the backends (a token bucket).",
     )
+    memqcache_hit_lease: float = _setting(
+        0.25,
+        _POSITIVE_SECONDS,
+        Category.CACHE,
+        _L,
+        """With watchdog_nodes set: a node serves cache hits only while a Raft barrier it started at
+        most this long ago has been committed and applied (it starts one every quarter of it), and
+        a write's ReadyForQuery is held this long after its invalidation is committed. So a read
+        after an acknowledged write never sees pre-write data on any node; writes pay this much
+        latency. Must exceed the Raft commit time (about 0.05 s) plenty.""",
+    )
     memqcache_invalidation_timeout: float = _setting(
         5.0,
         _POSITIVE_SECONDS,

@@ -77,6 +77,12 @@ class Node:
         self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
+        cache = self.proxy.cache
+        if cache is not None:
+            if self.events is not None:
+                cache.on_invalidated = self.events.publish_cache_invalidation
+            if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
+                cache.attach_cluster(self.watchdog.store)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -95,6 +101,8 @@ class Node:
                     await nursery.start(self.events.run)
                 if self.watchdog is not None:  # before health rounds: they vote through it
                     await nursery.start(self.watchdog.run)
+                    if self.proxy.cache is not None:
+                        await nursery.start(self.proxy.cache.run)
                 await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()

@@ -50,12 +50,21 @@ log = logging.getLogger(__name__)
 Tables = frozenset[str] | None  # None: every table
 
 
+# A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
+# the lease here) and the scheduling delay between a barrier's start and its Raft append.
+_LEASE_MARGIN = 0.01
+
+
 class InvalidationReplicator(Protocol):
-    """The consensus layer's replicated cache invalidation (consensus/, the watchdog's contract)."""
+    """What the cache needs of consensus.ClusterStore (the watchdog's contract)."""
 
     async def replicate_invalidation(self, tables: frozenset[str] | None) -> int: ...
 
     def lease_valid(self, now: float) -> bool: ...
+
+    def add_invalidation_listener(
+        self, callback: Callable[[int, frozenset[str] | None], None]
+    ) -> Callable[[], None]: ...
 
 
 class CacheService:
@@ -71,6 +80,10 @@ class CacheService:
         self._relations: dict[tuple[str, str], RelationFacts] = {}
         self.replicator: InvalidationReplicator | None = None
         self.invalidation_timeout = config.memqcache_invalidation_timeout
+        self.hit_lease = config.memqcache_hit_lease
+        self._barrier_at = -math.inf  # start (trio time) of the newest barrier committed and applied here
+        self.barriers = 0
+        self.barrier_failures = 0
         self.on_invalidated: Callable[[Tables], None] | None = None  # MQTT: informational
         self.replication_failures = 0
         self.lease_misses = 0  # lookups refused because this node was out of its lease
@@ -83,6 +96,40 @@ class CacheService:
         )
         self._exclude = _patterns(config.memqcache_exclude_tables)
         self.invalidation_timeout = config.memqcache_invalidation_timeout
+        self.hit_lease = config.memqcache_hit_lease
+
+    # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
+
+    def attach_cluster(self, replicator: InvalidationReplicator) -> None:
+        """Invalidate through Raft from now on: apply every node's invalidations here, and serve
+        hits only under a fresh barrier (``run`` keeps one)."""
+        self.replicator = replicator
+        replicator.add_invalidation_listener(self._applied_in_cluster)
+
+    def _applied_in_cluster(self, generation: int, tables: frozenset[str] | None) -> None:
+        if tables is None or tables:  # an empty set is a barrier: nothing to drop
+            self.apply(tables)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit a barrier (an empty invalidation) through Raft every quarter of
+        memqcache_hit_lease. Once it is applied here, so is every invalidation committed before
+        it started; hits are served only while the newest such start is within the lease."""
+        task_status.started()
+        replicator = self.replicator
+        if replicator is None:
+            return
+        while True:
+            started = trio.current_time()
+            with trio.move_on_after(self.hit_lease):
+                try:
+                    await replicator.replicate_invalidation(frozenset())
+                except Exception as exc:  # no quorum or no leader: hits stop when the lease runs out
+                    self.barrier_failures += 1
+                    log.debug("result cache: barrier not committed: %s", exc)
+                else:
+                    self._barrier_at = max(self._barrier_at, started)
+                    self.barriers += 1
+            await trio.sleep(max(0.0, self.hit_lease / 4 - (trio.current_time() - started)))
 
     # ---- serving
 
@@ -97,7 +144,7 @@ class CacheService:
         replicator = self.replicator
         if replicator is None:
             return True
-        return replicator.lease_valid(now)
+        return now - self._barrier_at <= self.hit_lease and replicator.lease_valid(now)
 
     # ---- filling
 
@@ -171,6 +218,10 @@ class CacheService:
                 log.warning("result cache: invalidation not replicated: %s", exc)
                 self._replication_failed()
                 return removed
+            # Committed and applied here. A node may serve a hit only under a barrier that
+            # started within the hit lease; after this wait, any such barrier started after
+            # the commit, so it sits after this invalidation in the log, so it was applied.
+            await trio.sleep(self.hit_lease + _LEASE_MARGIN)
         if scope.cancelled_caught:
             log.warning(
                 "result cache: invalidation not replicated within %ss (memqcache_invalidation_timeout)",
