@@ -82,6 +82,12 @@ class Node:
         self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
         if self.vip is not None and self.events is not None:
             self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
+        cache = self.proxy.cache
+        if cache is not None:
+            if self.events is not None:
+                cache.on_invalidated = self.events.publish_cache_invalidation
+            if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
+                cache.attach_cluster(self.watchdog.store)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -100,6 +106,8 @@ class Node:
                     await nursery.start(self.events.run)
                 if self.watchdog is not None:  # before health rounds: they vote through it
                     await nursery.start(self.watchdog.run)
+                    if self.proxy.cache is not None:
+                        await nursery.start(self.proxy.cache.run)
                 if self.vip is not None:  # after the watchdog: it follows the Raft leadership
                     await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)

@@ -57,7 +57,6 @@ _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
 # Features other issues are building: their endpoints exist and say so until then.
 PENDING_FEATURES: Final = {
-    "cache": "the query result cache is not built yet; /cache/* answers once it is",
     "health_operations": (
         "backend operations are not available until health checks are enabled (the failover engine is not "
         "wired into this node yet)"
@@ -366,7 +365,7 @@ class _Routes:
         app.add_url_rule(f"{p}/control/pause", "pause", admin(self.pause), methods=["POST"])
         app.add_url_rule(f"{p}/control/resume", "resume", admin(self.resume), methods=["POST"])
         app.add_url_rule(f"{p}/ai/stats", "ai_stats", viewer(self.ai_stats), methods=["GET"])
-        app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self._pending("cache")), methods=["GET"])
+        app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self.cache_stats), methods=["GET"])
         app.add_url_rule(
             f"{p}/cache/invalidate", "cache_invalidate", admin(self.cache_invalidate), methods=["POST"]
         )
@@ -605,9 +604,23 @@ class _Routes:
         log.info("REST API: resume %s by %r", database or "(all)", g.principal.name)
         return json_response({"resumed": True, "database": database})
 
+    async def cache_stats(self) -> Response:
+        return json_response(snapshots.cache_stats(self.proxy))
+
     async def cache_invalidate(self) -> Response:
-        await _json_body({"table": _is_optional_name})
-        raise ApiError(503, "not_available", PENDING_FEATURES["cache"], feature="cache")
+        body = await _json_body({"table": _is_optional_name})
+        cache = self.proxy.cache
+        if cache is None:
+            raise ApiError(
+                409, "cache_disabled", "the result cache is off: set memory_cache_enabled = on and restart"
+            )
+        table: str | None = body.get("table")
+        tables = None if table is None else frozenset({table.lower()})
+        removed = await cache.invalidate(tables)
+        log.info("REST API: cache invalidation of %s by %r", table or "everything", g.principal.name)
+        return json_response(
+            {"invalidated_entries": removed, "tables": None if tables is None else sorted(tables)}
+        )
 
 
 async def _reachable_backends(proxy: ProxyServer) -> list[int]:

@@ -6,8 +6,8 @@ requests are measured with an ordinary Counter and Histogram. Everything lives i
 this node (never prometheus-client's global one), so several nodes can share a test process.
 
 Pending on other issues, and so not exported yet: per-statement latency histograms (need a hook in
-the relays; query and transaction times are exported as summaries from the pool counters), cache,
-Raft term and leader.
+the relays; query and transaction times are exported as summaries from the pool counters), Raft
+term and leader.
 
 It must never: change the state it reads; put a secret in a label.
 """
@@ -56,6 +56,7 @@ class ProxyCollector(Collector):
         yield from self._backends()
         yield from self._cluster()
         yield from self._balancer()
+        yield from self._cache()
 
     def _node(self) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
@@ -237,6 +238,30 @@ class ProxyCollector(Collector):
             latency.add_metric(backend, _finite_or_zero(node.latency_ms / 1000.0))
             errors.add_metric(backend, _finite_or_zero(node.error_rate))
         yield from (share, score, latency, errors)
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.proxy.cache
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_enabled", "1 when memory_cache_enabled = on", value=int(cache is not None)
+        )
+        if cache is None:
+            return
+        stats = cache.store.stats()
+        yield GaugeMetricFamily("pgbalancer_cache_entries", "Results held by the cache", value=stats.entries)
+        yield GaugeMetricFamily("pgbalancer_cache_bytes", "Memory the cache holds", value=stats.bytes)
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_limit_bytes", "memqcache_total_size", value=stats.limit_bytes
+        )
+        for name, value, what in (
+            ("hits", stats.hits, "Reads answered from the cache"),
+            ("misses", stats.misses, "Cacheable reads not in the cache"),
+            ("evictions", stats.evictions, "Entries evicted to stay within memqcache_total_size"),
+            ("invalidations", stats.invalidations, "Entries dropped by invalidations"),
+            ("invalidation_events", stats.invalidation_events, "Invalidations applied"),
+            ("rejected", stats.rejected, "Answers not stored (too big, an error, a raced write)"),
+            ("replication_failures", cache.replication_failures, "Invalidations not replicated in time"),
+        ):
+            yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
 
 
 def _finite_or_zero(value: float) -> float:

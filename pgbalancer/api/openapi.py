@@ -271,6 +271,20 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "ResumeRequest": _obj({"database": _nullable(_NAME)}, optional=("database",)),
     "ResumeResult": _obj({"resumed": {"type": "boolean", "enum": [True]}, "database": _nullable(_STRING)}),
     "CacheInvalidateRequest": _obj({"table": _nullable(_NAME)}, optional=("table",)),
+    "CacheStats": _obj(
+        {
+            "enabled": _BOOL,
+            "entries": _COUNT,
+            "bytes": _COUNT,
+            "limit_bytes": _COUNT,
+            "hits": _COUNT,
+            "misses": _COUNT,
+            "hit_ratio": _SHARE,
+            "evictions": _COUNT,
+            "invalidations": _COUNT,
+        }
+    ),
+    "CacheInvalidateResult": _obj({"invalidated_entries": _COUNT, "tables": _nullable(_STRINGS)}),
     "WatchdogInfo": _obj(
         {
             "enabled": {"type": "boolean", "enum": [True]},
@@ -454,11 +468,23 @@ def _paths() -> dict[str, Schema]:
                 tag="balancer",
             )
         },
-        f"{p}/cache/stats": {"get": _pending("Result cache statistics", "the result cache", tag="cache")},
+        f"{p}/cache/stats": {
+            "get": _operation(
+                "Result cache statistics (all zero with enabled false when memory_cache_enabled = off)",
+                {"200": ok(_ref("CacheStats"), "Entries, memory, hits, misses, evictions, invalidations")},
+                tag="cache",
+            )
+        },
         f"{p}/cache/invalidate": {
-            "post": _pending(
-                "Clear the result cache, all or by table",
-                "the result cache",
+            "post": _operation(
+                "Invalidate the result cache on every node, all of it or one table's entries",
+                {
+                    "200": ok(
+                        _ref("CacheInvalidateResult"),
+                        "Entries dropped on this node; tables is null when everything was dropped",
+                    ),
+                    "409": _error("The result cache is off (memory_cache_enabled = off)"),
+                },
                 role="admin",
                 body="CacheInvalidateRequest",
                 tag="cache",

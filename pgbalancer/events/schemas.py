@@ -176,9 +176,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     payloads.TOPIC_CACHE_INVALIDATE: _envelope(
         "cache_invalidate",
-        {"tables": _NAMES},
-        "Tables written through a node, for the other nodes' result caches. Not retained. "
-        "Pending: published once the result cache lands.",
+        {"tables": _NAMES, "all": {"type": "boolean", "description": "every cached result was dropped"}},
+        "The node invalidated cached results: of the tables a write reached (or all of them, after "
+        "DDL on unknown targets, ALTER ROLE, GRANT, a function that may write anything, or the REST "
+        "API). Informational: with watchdog_nodes set, nodes invalidate each other through Raft, "
+        "before the write is acknowledged. Not retained.",
     ),
 }
 

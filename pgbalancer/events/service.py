@@ -219,6 +219,10 @@ class EventService:
         )
         self.publish(message)
 
+    def publish_cache_invalidation(self, tables: frozenset[str] | None) -> None:
+        """The result cache invalidated ``tables`` (None: everything); informational."""
+        self.publish(payloads.cache_invalidate(tables, self._stamp()))
+
     def publish(self, message: EventMessage) -> bool:
         """Fire and forget: False when the queue was full and the message was dropped."""
         return self.handoff.offer(message)

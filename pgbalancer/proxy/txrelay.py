@@ -33,6 +33,7 @@ from pgbalancer.proxy.backend import (
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
+from pgbalancer.proxy.resultcache import CachePlan, ClientCache
 from pgbalancer.proxy.routed import BatchRouting
 from pgbalancer.proxy.sessionstate import (
     SESSION_SETTINGS_QUERY,
@@ -134,6 +135,17 @@ class TransactionRelay:
         self._nursery: trio.Nursery | None = None
         self._ended: RelayEnded | None = None
         self.client_at_boundary = True
+        service = self.proxy.cache
+        self.cache: ClientCache | None = None  # None with memory_cache_enabled = off: no cost
+        if service is not None:
+            self.cache = ClientCache(
+                service,
+                session.database,
+                session.user,
+                state,
+                self.statements,
+                self.proxy.router.settings.functions,
+            )
 
     async def run(self) -> bytes | None:
         """Relay until the client leaves; return a FATAL farewell that is safe to send, if any."""
@@ -146,6 +158,8 @@ class TransactionRelay:
         finally:
             self.client_at_boundary = self.attached is None or self.attached.router.client_at_boundary
             with trio.CancelScope(shield=True):
+                if self.cache is not None and self.cache.has_pending:
+                    await self.cache.flush_writes()  # the client left: a COMMIT may have gone through
                 await self._detach_on_exit()
         farewell = self._ended.farewell if self._ended is not None else None
         return farewell if self.client_at_boundary else None
@@ -260,6 +274,12 @@ class TransactionRelay:
 
     async def _send_to_server(self, batch: list[Message], effects: list[tuple[str, SessionCommand]]) -> None:
         self._check_pipeline_depth(batch)
+        plan = None
+        if self.cache is not None and self._client_idle():
+            plan = self.cache.plan(batch)
+            if plan is not None and plan.hit is not None:
+                await self.client.send_all(self.cache.answer(plan))
+                return
         decision = self.routing.decide(
             batch,
             self.proxy.cluster_view,
@@ -275,6 +295,8 @@ class TransactionRelay:
         assert decision.node_id is not None
         attachment = await self._attachment_on(decision.node_id)
         self._note_session_effects(effects, attachment.server)
+        if self.cache is not None:
+            await self._prepare_cache(plan, batch, attachment, decision.node_id)
         data = bytearray()
         held_begin = self.routing.take_held_begin(decision)
         if held_begin is not None:  # answered to the client already: drop the server's replies
@@ -308,6 +330,30 @@ class TransactionRelay:
         attachment.pump_running = True
         assert self._nursery is not None
         self._nursery.start_soon(self._pump, attachment)
+
+    def _client_idle(self) -> bool:
+        """Not in a transaction block and nothing in flight: a read may be answered from cache."""
+        attachment = self.attached
+        if self.routing.held_begin is not None:
+            return False
+        return attachment is None or (
+            attachment.router.last_ready_status == b"I" and not attachment.router.outstanding
+        )
+
+    async def _prepare_cache(
+        self, plan: CachePlan | None, batch: list[Message], attachment: _Attachment, node_id: int
+    ) -> None:
+        assert self.cache is not None
+        router = attachment.router
+        # Only the primary's answers are stored: a standby may not have replayed the write
+        # whose invalidation came before this read, and its stale answer would then stay.
+        await self.cache.prepare(
+            plan,
+            batch,
+            attachment.server,
+            server_idle=not router.outstanding and not attachment.pump_running and router.at_boundary,
+            from_primary=node_id == self.proxy.cluster_view.primary_id,
+        )
 
     def _check_pipeline_depth(self, batch: list[Message]) -> None:
         for message in batch:
@@ -442,7 +488,13 @@ class TransactionRelay:
             server.parameters[name] = value
             self.state.note_parameter_status(name, value)
         attachment.count_replies(received)
+        cache = self.cache
+        if cache is not None and cache.has_pending and b"I" in router.ready_statuses:
+            # Before the client may see its write acknowledged; kept for what is still in flight.
+            await cache.flush_writes(keep=router.last_ready_status != b"I" or bool(router.outstanding))
         await self._send_pieces(pieces)
+        if cache is not None and cache.fill is not None and router.ready_statuses and not router.outstanding:
+            cache.finish_fill()
         buffer.grow_if_filled(received)
         if router.awaits_client_data:
             return _Step.COPY_IN
@@ -516,6 +568,8 @@ class TransactionRelay:
         if not pieces:
             return
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self.cache is not None and self.cache.fill is not None:
+            self.cache.capture(data)
         try:
             await self.client.send_all(data)
         except PeerClosed:
