@@ -296,6 +296,10 @@ def _is_password(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 4096
 
 
+def _is_node_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
 def _is_timeout(value: object) -> bool:
     return (
         isinstance(value, int | float)
@@ -364,6 +368,7 @@ class _Routes:
         app.add_url_rule(f"{p}/control/reload", "reload", admin(self.reload), methods=["POST"])
         app.add_url_rule(f"{p}/control/pause", "pause", admin(self.pause), methods=["POST"])
         app.add_url_rule(f"{p}/control/resume", "resume", admin(self.resume), methods=["POST"])
+        app.add_url_rule(f"{p}/control/switchover", "switchover", admin(self.switchover), methods=["POST"])
         app.add_url_rule(f"{p}/ai/stats", "ai_stats", viewer(self.ai_stats), methods=["GET"])
         app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self.cache_stats), methods=["GET"])
         app.add_url_rule(
@@ -501,39 +506,49 @@ class _Routes:
 
     # ------------------------------------------------------------------ acting (admin)
 
+    def _operations(self) -> BackendOperations:
+        operations = self.state.operations
+        if operations is None:
+            raise ApiError(503, "not_available", PENDING_FEATURES["health_operations"], feature="failover")
+        return operations
+
+    async def _run_operation(self, action: str, node_id: int) -> Response:
+        if not self.proxy.cluster_view.has(node_id):
+            raise self._no_such_node(node_id)
+        operations = self._operations()
+        operation = {
+            "attach": operations.attach,
+            "detach": operations.detach,
+            "promote": operations.promote,
+            "recovery": operations.rejoin,
+            "switchover": operations.switchover,
+        }[action]
+        log.info("REST API: %s of backend %d by %r", action, node_id, g.principal.name)
+        try:
+            outcome = await operation(node_id)
+        except HaOperationError as exc:  # refused: nothing was changed
+            status = _OPERATION_REFUSALS.get(exc.kind, 409)
+            raise ApiError(status, exc.kind, exc.message) from None
+        return json_response(
+            {
+                "node_id": node_id,
+                "action": action,
+                "primary_id": outcome.primary_id,
+                "epoch": outcome.epoch,
+                "notes": list(outcome.notes),
+            }
+        )
+
     def _node_action(self, action: str) -> Callable[[int], Awaitable[Response]]:
         async def node_action(node_id: int) -> Response:
-            if not self.proxy.cluster_view.has(node_id):
-                raise self._no_such_node(node_id)
-            operations = self.state.operations
-            if operations is None:
-                raise ApiError(
-                    503, "not_available", PENDING_FEATURES["health_operations"], feature="failover"
-                )
-            operation = {
-                "attach": operations.attach,
-                "detach": operations.detach,
-                "promote": operations.promote,
-                "recovery": operations.rejoin,
-            }[action]
-            log.info("REST API: %s of backend %d by %r", action, node_id, g.principal.name)
-            try:
-                outcome = await operation(node_id)
-            except HaOperationError as exc:  # refused: nothing was changed
-                status = _OPERATION_REFUSALS.get(exc.kind, 409)
-                raise ApiError(status, exc.kind, exc.message) from None
-            return json_response(
-                {
-                    "node_id": node_id,
-                    "action": action,
-                    "primary_id": outcome.primary_id,
-                    "epoch": outcome.epoch,
-                    "notes": list(outcome.notes),
-                }
-            )
+            return await self._run_operation(action, node_id)
 
         node_action.__name__ = f"node_{action}"
         return node_action
+
+    async def switchover(self) -> Response:
+        body = await _json_body({"to": _is_node_id}, ("to",))
+        return await self._run_operation("switchover", body["to"])
 
     async def reload(self) -> Response:
         await _json_body({})

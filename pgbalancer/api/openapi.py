@@ -270,6 +270,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
     ),
     "ResumeRequest": _obj({"database": _nullable(_NAME)}, optional=("database",)),
     "ResumeResult": _obj({"resumed": {"type": "boolean", "enum": [True]}, "database": _nullable(_STRING)}),
+    "SwitchoverRequest": _obj({"to": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}),
     "CacheInvalidateRequest": _obj({"table": _nullable(_NAME)}, optional=("table",)),
     "CacheStats": _obj(
         {
@@ -548,6 +549,34 @@ def _paths() -> dict[str, Schema]:
                 body="EmptyRequest",
                 tag="control",
             )
+        },
+        f"{p}/control/switchover": {
+            "post": {
+                **_operation(
+                    "Planned switchover to a standby, without losing an acknowledged commit",
+                    {
+                        "200": ok(
+                            _ref("NodeActionResult"), "The standby is the primary; notes say what happened"
+                        ),
+                        "404": _error("No such backend"),
+                        "409": _error(
+                            "Refused in the current cluster state (the message says what to do); "
+                            "nothing changed"
+                        ),
+                        "503": _error(
+                            "The failover engine is not running here, or the switchover could not be "
+                            "carried out"
+                        ),
+                    },
+                    role="admin",
+                    body="SwitchoverRequest",
+                    tag="control",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SwitchoverRequest")}},
+                },
+            }
         },
         f"{p}/control/pause": {
             "post": _operation(

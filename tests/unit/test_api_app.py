@@ -401,6 +401,9 @@ class FakeOperations:
     async def rejoin(self, node_id: int) -> FakeOutcome:
         return await self._do("rejoin", node_id)
 
+    async def switchover(self, node_id: int) -> FakeOutcome:
+        return await self._do("switchover", node_id)
+
 
 async def test_backend_operations_reach_the_failover_engine(state: ApiState, client: QuartClient) -> None:
     operations = FakeOperations()
@@ -425,6 +428,32 @@ async def test_backend_operations_reach_the_failover_engine(state: ApiState, cli
     assert refused.status_code == 409 and "promote a standby" in (await json_of(refused))["message"]
     viewer = await client.post(f"{P}/nodes/0/detach", headers=basic("watcher", "watch-pw"))
     assert viewer.status_code == 403 and len(operations.calls) == 4
+
+
+async def test_switchover_takes_the_target_in_its_body(state: ApiState, client: QuartClient) -> None:
+    operations = FakeOperations()
+    state.operations = operations
+    headers = bearer(await login(client))
+    response = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 0})
+    assert await json_of(response) == {
+        "node_id": 0,
+        "action": "switchover",
+        "primary_id": 0,
+        "epoch": 3,
+        "notes": ["backend 0 switchover"],
+    }
+    refused = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 1})
+    assert refused.status_code == 409 and "promote a standby" in (await json_of(refused))["message"]
+    unknown = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 7})
+    assert unknown.status_code == 404 and "known: 0, 1" in (await json_of(unknown))["message"]
+    for bad in ({}, {"to": "0"}, {"to": True}, {"to": -1}, {"to": 0, "why": "x"}):
+        answer = await client.post(f"{P}/control/switchover", headers=headers, json=bad)
+        assert answer.status_code == 400, bad
+    viewer = await client.post(
+        f"{P}/control/switchover", headers=basic("watcher", "watch-pw"), json={"to": 0}
+    )
+    assert viewer.status_code == 403
+    assert operations.calls == [("switchover", 0)]
 
 
 # --------------------------------------------------------------------------- reading
