@@ -43,7 +43,7 @@ from pgbalancer.proxy.sessionstate import (
     changes_settings,
     classify_session_command,
 )
-from pgbalancer.routing.router import RouteAction
+from pgbalancer.routing.router import RouteAction, RouteDecision, RouteReason
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -280,15 +280,12 @@ class TransactionRelay:
             if plan is not None and plan.hit is not None:
                 await self.client.send_all(self.cache.answer(plan))
                 return
-        decision = self.routing.decide(
-            batch,
-            self.proxy.cluster_view,
-            trio.current_time(),
-            attached=self._node_with_replies_due(),
-            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
-        )
+        decision = self._decide(batch)
+        waited = 0.0
+        if decision.action is RouteAction.REFUSE and decision.reason is RouteReason.NO_PRIMARY:
+            decision, waited = await self._wait_for_primary(batch, decision)
         if decision.action not in (RouteAction.SEND, RouteAction.MIGRATE):
-            await self.client.send_all(self.routing.local_replies(batch, decision))
+            await self.client.send_all(self.routing.local_replies(batch, decision, waited=waited))
             return
         if decision.action is RouteAction.MIGRATE:
             await self._roll_back_where_attached()
@@ -314,6 +311,32 @@ class TransactionRelay:
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
         await self._send_pieces(attachment.router.due_replies())
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
+
+    def _decide(self, batch: list[Message]) -> RouteDecision:
+        return self.routing.decide(
+            batch,
+            self.proxy.cluster_view,
+            trio.current_time(),
+            attached=self._node_with_replies_due(),
+            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
+        )
+
+    async def _wait_for_primary(
+        self, batch: list[Message], decision: RouteDecision
+    ) -> tuple[RouteDecision, float]:
+        """No primary in the view (a failover under way, or an observe-only worker that has not seen
+        the promotion yet): wait for one like acquire_primary does, up to server_connect_timeout,
+        then route the batch again. Returns the last decision and the seconds waited."""
+        ha = self.proxy.ha
+        if ha is None:
+            return decision, 0.0
+        started = trio.current_time()
+        deadline = started + self.proxy.config.server_connect_timeout
+        while decision.action is RouteAction.REFUSE and decision.reason is RouteReason.NO_PRIMARY:
+            if trio.current_time() >= deadline or not await ha.wait_for_primary(None, deadline):
+                break
+            decision = self._decide(batch)
+        return decision, trio.current_time() - started
 
     async def _collect_replies(self, attachment: _Attachment, *, inline: bool) -> None:
         """Read the replies in this task when the batch ends at a sync point (one task per
