@@ -96,6 +96,7 @@ class EventService:
         self._broker: EmbeddedBroker | None = None  # set in embedded mode, on the MQTT thread
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._stats_changed = trio.Event()
+        self._outage = payloads.PrimaryOutage()
 
     @classmethod
     def for_node(
@@ -177,6 +178,8 @@ class EventService:
     ) -> None:
         """A ProxyServer view listener: never blocks, never raises into the caller."""
         try:
+            # What the caller knows (an operation's own kind and duration) wins over what the views show.
+            details = {**self._outage.observe(old, new, trio.current_time()), **details}
             events = payloads.view_change_events(
                 old, new, reason, details, self.node, self._clock(), self._next_id
             )
