@@ -42,6 +42,7 @@ from pgbalancer.api.users import ApiUser, Role
 from pgbalancer.config import redacted_settings
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
+from pgbalancer.proxy.figures import FiguresPeering
 from pgbalancer.proxy.netio import connect_tcp
 
 if TYPE_CHECKING:
@@ -112,12 +113,15 @@ class ApiState:
     operations: BackendOperations | None = None  # the failover engine, once it is wired
     quorum: Callable[[], bool] | None = None  # the watchdog's answer, once it exists
     watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
+    figures_source: FiguresPeering | None = None  # every worker's traffic figures; default: ours only
     events: ClusterEvents = field(default_factory=ClusterEvents)
     rate: QueryRate = field(default_factory=QueryRate)
+    figures: FiguresPeering = field(init=False)
     metrics: ApiMetrics = field(init=False)
     limiter: LoginRateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.figures = self.figures_source if self.figures_source is not None else FiguresPeering(self.proxy)
         self.metrics = ApiMetrics(self.proxy, self.node, self.events)
         self.proxy.view_listeners.append(self.events)
         self.limiter = LoginRateLimiter(self.settings.login_rate_limit)
@@ -431,20 +435,23 @@ class _Routes:
     async def metrics(self) -> Response:
         if self.state.settings.metrics_auth:
             await _authenticate(self.state)
-        return Response(
-            generate_latest(self.state.metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST
-        )
+        metrics = self.state.metrics
+        metrics.collector.figures = await self.state.figures.gather()
+        # generate_latest runs without a checkpoint, so no other scrape can swap the figures meanwhile.
+        return Response(generate_latest(metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ reading
 
     async def status(self) -> Response:
-        return json_response(snapshots.status(self.proxy, self.state.node, self.state.rate))
+        figures = await self.state.figures.gather()
+        return json_response(snapshots.status(self.proxy, figures, self.state.node, self.state.rate))
 
     async def nodes(self) -> Response:
-        return json_response(snapshots.nodes(self.proxy))
+        return json_response(snapshots.nodes(self.proxy, await self.state.figures.gather()))
 
     async def node(self, node_id: int) -> Response:
-        detail = snapshots.node_detail(self.proxy, node_id, self.state.events)
+        figures = await self.state.figures.gather()
+        detail = snapshots.node_detail(self.proxy, figures, node_id, self.state.events)
         if detail is None:
             raise self._no_such_node(node_id)
         return json_response(detail)
@@ -460,7 +467,7 @@ class _Routes:
         return json_response(snapshots.balancer_stats(self.proxy))
 
     async def pools(self) -> Response:
-        return json_response(snapshots.pools(self.proxy))
+        return json_response(snapshots.pools(self.proxy, await self.state.figures.gather()))
 
     async def config(self) -> Response:
         return json_response({"settings": redacted_settings(self.proxy.config)})

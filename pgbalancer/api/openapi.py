@@ -121,7 +121,20 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "version": _STRING,
             "node_id": _STRING,
-            "worker": _obj({"index": _COUNT, "count": {"type": "integer", "minimum": 1}}),
+            "worker": _obj(
+                {
+                    "index": _COUNT,
+                    "count": {"type": "integer", "minimum": 1},
+                    "reporting": {"type": "array", "items": _COUNT},
+                    "missing": {"type": "array", "items": _COUNT},
+                }
+            ),
+            "workers": {
+                "type": "array",
+                "items": _obj(
+                    {"index": _COUNT, "clients": _COUNT, "accepted_total": _COUNT, "queries_total": _COUNT}
+                ),
+            },
             "started_at": _NUMBER,
             "uptime_seconds": _SECONDS,
             "pool_mode": {"type": "string", "enum": ["session", "transaction", "statement"]},

@@ -97,8 +97,10 @@ class _Attachment:
         counters.bytes_sent += size
         answered = len(self.router.ready_statuses)
         if answered:
+            elapsed = trio.current_time() - self.request_started_at
             counters.query_count += answered
-            counters.query_time_us += int((trio.current_time() - self.request_started_at) * 1_000_000)
+            counters.query_time_us += int(elapsed * 1_000_000)
+            counters.query_latency.observe(elapsed, answered)
 
     def count_transaction(self) -> None:
         counters = self.pool.counters
