@@ -9,6 +9,8 @@ a real Mosquitto, and a 10,000-event flood with a stuck subscriber that leaves q
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -288,3 +290,61 @@ async def test_a_flood_with_a_stuck_subscriber_leaves_query_latency_alone(
     assert stats.queue.high_water <= stats.queue.capacity
     assert stats.queue.offered >= FLOOD_EVENTS
     assert stats.dropped > 0 or stats.slow_subscriber_skips > 0, stats
+
+
+# --------------------------------------------------------------------------- health-driven failover
+
+
+@pytest.mark.slow
+def test_a_killed_primary_publishes_the_failover_and_the_node_states(
+    pg_cluster_factory: Callable[..., LocalPgCluster], tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=1)
+    started = start_events_node(
+        cluster,
+        tmp_path,
+        pool_mode="transaction",
+        health_check_period=1,
+        health_check_max_retries=1,
+        health_check_retry_delay=0.3,
+        health_check_timeout=3,
+        **{f"backend_data_directory{n}": str(node.data_dir) for n, node in enumerate(cluster.nodes)},
+    )
+    try:
+        with subscriber(started.mqtt_port, **MONITOR) as watcher:
+            assert watcher.connect()
+            watcher.subscribe("pgbalancer/#")
+            watcher.wait_for(
+                "pgbalancer/nodes/0/status", lambda m: m.document["backend"]["role"] == "primary"
+            )
+            pid = cluster.postmaster_pid(cluster.primary)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            def to_backend_1(message: Received) -> bool:
+                return bool(message.document["new_primary"] == 1)
+
+            failover = watcher.wait_for("pgbalancer/cluster/failover", to_backend_1, timeout=60).checked()
+            assert failover["old_primary"] == 0
+            assert failover["kind"] == "failover" and failover["reason"]
+            assert failover["duration_seconds"] is not None and 0 < failover["duration_seconds"] < 30
+            assert failover["node"] == "events-test-node" and failover["epoch"] > 0
+            assert not watcher.received("pgbalancer/cluster/failover")[-1].retain
+
+            def down(message: Received) -> bool:
+                return bool(message.document["backend"]["status"] != "up")
+
+            old = watcher.wait_for("pgbalancer/nodes/0/status", down, timeout=30).checked()
+            assert old["previous_status"] == "up"
+            new = watcher.wait_for(
+                "pgbalancer/nodes/1/status", lambda m: m.document["backend"]["role"] == "primary", timeout=30
+            ).checked()
+            assert new["backend"]["status"] == "up"
+            health = watcher.wait_for(
+                "pgbalancer/cluster/health", lambda m: m.document["primary_id"] == 1, timeout=30
+            ).checked()
+            assert health["backends_up"] == 1
+        with psycopg.connect(started.node.dsn(APP_USER, APP_DB, USERLIST[APP_USER]), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)  # really on the new one
+    finally:
+        started.node.stop()
