@@ -197,11 +197,60 @@ def test_reload_pause_resume(bctl: BctlRunner) -> None:
 
 def test_features_off_on_this_node_say_so_with_exit_1(bctl: BctlRunner) -> None:
     """The shared node runs without the result cache and without a watchdog."""
-    for args in (["cache", "stats"], ["watchdog-status"], ["cache", "invalidate", "--yes"]):
-        result = bctl(*args)
-        assert result.code == 1 and result.stdout == "", result.stderr
-        assert result.stderr.startswith("bctl: ") and result.stderr.count("\n") == 1
-        assert "not available on http://127.0.0.1:" in result.stderr or "HTTP 409" in result.stderr
+    assert bctl("cache", "stats").json() == {
+        "enabled": False,
+        "entries": 0,
+        "bytes": 0,
+        "limit_bytes": 0,
+        "hits": 0,
+        "misses": 0,
+        "hit_ratio": 0.0,
+        "evictions": 0,
+        "invalidations": 0,
+    }
+    off = bctl("cache", "invalidate", "--yes")
+    assert off.code == 1 and off.stdout == "" and "refused (HTTP 409)" in off.stderr
+    assert "set memory_cache_enabled = on" in off.stderr
+    watchdog = bctl("watchdog-status")
+    assert watchdog.code == 1 and watchdog.stdout == "" and watchdog.stderr.count("\n") == 1
+    assert "not available on http://127.0.0.1:" in watchdog.stderr and "set watchdog_nodes" in watchdog.stderr
+
+
+@pytest.fixture
+def cache_table(pg_cluster: PgClusterLike) -> str:
+    pg_cluster.psql(
+        pg_cluster.primary,
+        """
+        CREATE TABLE IF NOT EXISTS bctl_cache_items (id int PRIMARY KEY, v text);
+        INSERT INTO bctl_cache_items VALUES (1, 'one'), (2, 'two') ON CONFLICT DO NOTHING;
+        GRANT ALL ON bctl_cache_items TO PUBLIC;
+        """,
+        dbname=APP_DB,
+    )
+    return "bctl_cache_items"
+
+
+def test_cache_stats_and_invalidate_on_a_caching_node(
+    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path, cache_table: str
+) -> None:
+    cached = balancer_factory(pool_mode="transaction", memory_cache_enabled=True, auth_type="trust")
+    runner = BctlRunner(tmp_path / "home", api_base_url(cached))
+    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    with psycopg.connect(cached.dsn("app_trust", APP_DB), autocommit=True) as conn:
+        for _ in range(3):
+            assert conn.execute(f"SELECT v FROM {cache_table} WHERE id = 1").fetchone() == ("one",)
+        conn.execute(f"SELECT v FROM {cache_table} WHERE id = 2").fetchone()
+    stats = runner("cache", "stats").json()
+    assert stats["enabled"] is True and stats["entries"] == 2 and stats["bytes"] > 0
+    assert (stats["hits"], stats["misses"]) == (2, 2) and stats["hit_ratio"] == pytest.approx(0.5)
+    table = runner("--table", "cache", "stats")
+    assert table.code == 0
+    check_golden("bctl_cache_stats", table.stdout)
+    dropped = runner("cache", "invalidate", "--table", cache_table, "--yes").json()
+    assert dropped == {"invalidated_entries": 2, "tables": [cache_table]}
+    after = runner("cache", "stats").json()
+    assert after["entries"] == 0 and after["invalidations"] >= 1
+    assert runner("cache", "invalidate", "--yes").json() == {"invalidated_entries": 0, "tables": None}
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
