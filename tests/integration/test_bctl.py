@@ -27,6 +27,7 @@ from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
+from tests.integration.test_watchdog_cluster import index_of, wait_leader, watchdog_nodes
 from tests.integration.tls_support import make_tls_files
 
 ADMIN, ADMIN_PASSWORD = "api_admin", API_USERS["api_admin"][0]
@@ -582,3 +583,48 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         assert refused.code == 1 and "HTTP 409" in refused.stderr
     finally:
         ha.stop()
+
+
+# --------------------------------------------------------------------------- a watchdog cluster
+
+
+@pytest.mark.slow
+def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path: Path) -> None:
+    # One signing key on every node, as a cluster should have it: a token from one works on all.
+    with watchdog_nodes(pg_cluster, tmp_path / "nodes", api_jwt_secret=JWT_SECRET) as group:
+        nodes = group.live()
+        leader = wait_leader(nodes)
+        apis = [api_base_url(node) for node in nodes]
+        cluster = ",".join(api.removeprefix("http://") for api in apis)
+        runner = BctlRunner(tmp_path / "home", extra_env={"PGBALANCER_URL": apis[0]})
+        assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+
+        status = runner("--cluster", cluster, "watchdog-status").json()
+        assert status["enabled"] is True and status["leader"] == leader and len(status["nodes"]) == 3
+        assert [n["id"] for n in status["nodes"] if n["role"] == "leader"] == [leader]
+        table = runner("--cluster", cluster, "--table", "watchdog-status")
+        assert table.code == 0 and leader in table.stdout and "members" in table.stdout
+
+        # A control command goes to the leader's API, whichever node is listed first.
+        leader_api = apis[index_of(group, leader)]
+        reloaded = runner("--cluster", cluster, "--verbose", "reload")
+        assert reloaded.json()["reloaded"] is True
+        assert f"the watchdog leader is {leader} at {leader_api}" in reloaded.stderr
+        assert f"> POST {leader_api}/api/v1/control/reload -> 200" in reloaded.stderr
+
+        spare = f"127.0.0.1:{free_tcp_port()}"
+        added = runner("--cluster", cluster, "watchdog", "add", spare, "--yes").json()
+        assert added["added"] == spare and spare in added["members"]
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
+        removed = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes").json()
+        assert removed["removed"] == spare and spare not in removed["members"]
+        again = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes")
+        assert again.code == 1 and "HTTP 404" in again.stderr
+
+        # The leader dies: bctl skips its dead API and follows the new leader.
+        group.kill(index_of(group, leader))
+        new_leader = wait_leader(group.live(), timeout=20)
+        new_api = apis[index_of(group, new_leader)]
+        moved = runner("--cluster", cluster, "--verbose", "reload")
+        assert moved.code == 0, moved.stderr
+        assert f"the watchdog leader is {new_leader} at {new_api}" in moved.stderr
