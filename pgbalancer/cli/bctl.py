@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text, parents=[out], **kwargs)  # type: ignore[arg-type]
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[out])
 
     commands.add_parser("version", help="print the bctl version")
     login = command("login", "log in and store the token in ~/.config/pgbalancer/token (mode 0600)")

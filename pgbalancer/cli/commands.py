@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pgbalancer.cli import render
-from pgbalancer.cli.connection import ApiClient, Endpoint, Json, config_dir, path_segment, resolve_endpoints
+from pgbalancer.cli.connection import ApiClient, Endpoint, Json, path_segment, resolve_endpoints
 from pgbalancer.cli.errors import EXIT_REFUSED, EXIT_USAGE, CliError
 
 Renderer = Callable[[Json], list[Any]]
@@ -195,7 +195,6 @@ class Commands:
 def run(args: argparse.Namespace, *, json_output: bool, verbose: bool, env: Mapping[str, str]) -> int:
     endpoints: tuple[Endpoint, ...] = resolve_endpoints(args.host, args.port, args.cluster, env)
     client = ApiClient(endpoints, env, verbose=verbose)
-    config_dir(env)  # resolves HOME/XDG early: a broken environment is reported before any request
     commands = Commands(args, client, json_output)
     try:
         handler: Callable[[], int] = getattr(commands, args.command.replace("-", "_"))
