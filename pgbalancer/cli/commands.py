@@ -12,6 +12,7 @@ terminal-UI or PostgreSQL libraries unless their command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Mapping
@@ -47,6 +48,15 @@ def confirm(args: argparse.Namespace, question: str) -> None:
         raise CliError("aborted: nothing was changed", EXIT_REFUSED)
 
 
+def _progress(text: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner on stderr while an action runs, when a person watches it (stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
 class Commands:
     def __init__(self, args: argparse.Namespace, client: ApiClient, json_output: bool) -> None:
         self.args = args
@@ -62,7 +72,8 @@ class Commands:
     def act(self, path: str, body: Json | None, title: str, *, long: bool = False) -> int:
         target = self.client.leader()
         timeout = 180.0 if long else 75.0
-        data = self.client.request("POST", path, body, only=target, timeout=timeout)
+        with _progress(f"{title}: waiting for {target.url} (up to {timeout:.0f} s)"):
+            data = self.client.request("POST", path, body, only=target, timeout=timeout)
         emit(data, lambda d: render.result_tables(title, d), self.json)
         return 0
 
