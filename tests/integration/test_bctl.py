@@ -485,6 +485,24 @@ def test_an_action_asks_on_a_terminal_and_no_changes_nothing(bctl: BctlRunner) -
     assert bctl("nodes", "1").json()["detached"] is False
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_an_expired_token_is_refreshed_by_asking_on_a_terminal(node: BalancerProcess, tmp_path: Path) -> None:
+    runner = BctlRunner(tmp_path / "home", api_base_url(node))
+    runner.token_file.parent.mkdir(parents=True)
+    runner.token_file.write_text(forged_token(-30) + "\n")
+    terminal = TmuxBctl(runner, "--json", "status")
+    try:
+        terminal.wait_for_screen(f"token expired; password for {ADMIN}")
+        terminal.keys(ADMIN_PASSWORD, "Enter")
+        assert terminal.exit_code() == 0
+        assert '"backends"' in terminal.screen() and ADMIN_PASSWORD not in terminal.screen()
+    finally:
+        terminal.close()
+    claims = jwt.decode(runner.token_file.read_text().strip(), options={"verify_signature": False})
+    assert claims["exp"] > time.time() + 3000
+
+
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
     result = bctl("top")
     assert result.code == 2 and "needs a terminal" in result.stderr
@@ -581,6 +599,12 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         assert cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "t"
         refused = bctl("node", "promote", "1", "--yes")
         assert refused.code == 1 and "HTTP 409" in refused.stderr
+
+        # promote with the primary up is a switchover back to backend 0.
+        promoted = bctl("node", "promote", "0", "--yes").json()
+        assert promoted["action"] == "promote" and promoted["primary_id"] == 0
+        assert cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "f"
+        assert bctl("nodes").json()["primary_id"] == 0
     finally:
         ha.stop()
 
