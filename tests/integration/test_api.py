@@ -518,9 +518,10 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
             "25",
             "--workers",
             "2",
-            # These act on the cluster (promote, rejoin): never fuzz them against the shared cluster.
+            # These act on the cluster (promote, rejoin, switchover): never fuzz them against the shared
+            # cluster.
             "--exclude-path-regex",
-            r"/nodes/\{node_id\}/(attach|detach|promote|recovery)",
+            r"/nodes/\{node_id\}/(attach|detach|promote|recovery)|/control/switchover",
             "--request-timeout",
             "30",  # a shared, loaded test machine
             "--report-dir",
