@@ -244,10 +244,16 @@ def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) ->
 
 
 def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
-    for path, feature in [("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
-        response = viewer.get(f"{P}/{path}")
-        assert response.status_code == 503, path
-        assert response.json()["feature"] == feature
+    response = viewer.get(f"{P}/cache/stats")
+    assert response.status_code == 503
+    assert response.json()["feature"] == "cache"
+
+
+def test_watchdog_info_without_a_watchdog_says_how_to_form_one(viewer: httpx.Client) -> None:
+    response = viewer.get(f"{P}/watchdog/info")
+    assert response.status_code == 503
+    assert response.json()["error"] == "watchdog_disabled"
+    assert "set watchdog_nodes" in response.json()["message"]
 
 
 # --------------------------------------------------------------------------- acting
@@ -494,6 +500,12 @@ SCHEMATHESIS_CONFIG = """
 include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
+
+# schemathesis 4's coverage phase crashes on Python 3.11 building negative cases for a string path
+# parameter ("AST constructor recursion depth mismatch" inside hypothesis): fuzzing still covers it.
+[[operations]]
+include-path-regex = "/watchdog/members/"
+phases.coverage.enabled = false
 """
 
 
