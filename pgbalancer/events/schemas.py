@@ -162,7 +162,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "vip": {"type": "string"},
             "interface": {"type": "string"},
         },
-        "The virtual IP changed hands. Retained. Pending: published once the VIP executor lands.",
+        "The virtual IP changed hands: the node that took it (holder: its Raft member id) or released "
+        "it (holder null) publishes it. Retained.",
     ),
     payloads.TOPIC_STATS_POOLS: _envelope(
         "pool_stats",
