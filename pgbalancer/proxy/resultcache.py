@@ -48,6 +48,9 @@ from pgbalancer.routing.classify import FunctionPolicy
 log = logging.getLogger(__name__)
 
 Tables = frozenset[str] | None  # None: every table
+# Rides along in an invalidation's tables when DDL named them: every node then asks the catalog
+# about them again. No table has this name (identifiers cannot hold NUL).
+DDL_MARKER = "\x00ddl"
 
 
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
@@ -195,6 +198,9 @@ class CacheService:
             return None
         reached: set[str] = set()
         for name in tables:
+            if name == DDL_MARKER:
+                reached.add(name)
+                continue
             facts = self._relations.get((database, name))
             if facts is None or facts.write_effect is None:
                 return None
@@ -207,7 +213,7 @@ class CacheService:
         how many entries this node dropped."""
         removed = self.apply(tables)
         if self.on_invalidated is not None:
-            self.on_invalidated(tables)
+            self.on_invalidated(None if tables is None else tables - {DDL_MARKER})
         replicator = self.replicator
         if replicator is None:
             return removed
@@ -240,9 +246,10 @@ class CacheService:
         """Apply an invalidation (this node's write, a peer's through Raft, or the API)."""
         if tables is None:
             self._relations.clear()
-        else:
+        elif DDL_MARKER in tables:  # a DML write leaves what the catalog said as it was
             for key in [key for key in self._relations if key[1] in tables]:
                 del self._relations[key]
+            tables = tables - {DDL_MARKER}
         return self.store.invalidate(tables)
 
     def stats(self) -> dict[str, object]:
@@ -428,10 +435,12 @@ class ClientCache:
                 return None  # a function call by OID
             else:
                 continue
-            effect = self._facts(sql).invalidates
-            if effect is None:
+            facts = self._facts(sql)
+            if facts.invalidates is None:
                 return None
-            written |= effect
+            written |= facts.invalidates
+            if facts.ddl:
+                written.add(DDL_MARKER)
         return frozenset(written)
 
     def _add_pending(self, tables: Tables) -> None:
