@@ -374,7 +374,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--time", type=int, default=20, help="seconds per measured run")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--results", type=Path, default=REPO / "results")
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
         "--only", action="append", default=[], help="run only this target (repeatable), e.g. pgbouncer"
     )
