@@ -14,14 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
 from pgbalancer.devtools import free_tcp_ports, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
-from tests.integration.proxy_support import api_base_url, api_login, base_settings
+from tests.integration.proxy_support import base_settings, cache_stats
 
 pytestmark = pytest.mark.slow
 
@@ -73,16 +72,6 @@ def connect(node: BalancerProcess) -> psycopg.Connection:
     return psycopg.connect(node.dsn("app_trust", APP_DB), autocommit=True)
 
 
-def cache_stats(node: BalancerProcess) -> dict[str, int]:
-    token = api_login(node, "api_viewer")
-    response = httpx.get(
-        f"{api_base_url(node)}/api/v1/cache/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
-    response.raise_for_status()
-    body: dict[str, int] = response.json()
-    return body
-
-
 def read(conn: psycopg.Connection, row: int = 1) -> int:
     result = conn.execute("SELECT v FROM cluster_counter WHERE id = %s", (row,)).fetchone()
     assert result is not None
@@ -91,10 +80,10 @@ def read(conn: psycopg.Connection, row: int = 1) -> int:
 
 def _serves_hits(node: BalancerProcess) -> bool:
     with connect(node) as conn:
-        before = cache_stats(node)["hits"]
+        before = int(cache_stats(node)["hits"])
         read(conn, 4)
         read(conn, 4)
-        return cache_stats(node)["hits"] > before
+        return int(cache_stats(node)["hits"]) > before
 
 
 def wait_for_hits(pair: list[BalancerProcess]) -> None:
