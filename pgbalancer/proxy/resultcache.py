@@ -53,6 +53,7 @@ Tables = frozenset[str] | None  # None: every table
 DDL_MARKER = "\x00ddl"
 
 
+_FACTS_MEMO_SIZE = 8192
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
 # the lease here) and the scheduling delay between a barrier's start and its Raft append.
 _LEASE_MARGIN = 0.01
@@ -89,6 +90,9 @@ class CacheService:
         self.barrier_failures = 0
         self.on_invalidated: Callable[[Tables], None] | None = None  # MQTT: informational
         self.replication_failures = 0
+        # (statement text as sent, quoting, function policy) -> its cache facts: a hit skips
+        # decoding and classifying. Cleared on reload.
+        self.facts_memo: dict[tuple[bytes, bool, int], CacheFacts] = {}
         self.lease_misses = 0  # lookups refused because this node was out of its lease
 
     def apply_config(self, config: Config) -> None:
@@ -100,6 +104,7 @@ class CacheService:
         self._exclude = _patterns(config.memqcache_exclude_tables)
         self.invalidation_timeout = config.memqcache_invalidation_timeout
         self.hit_lease = config.memqcache_hit_lease
+        self.facts_memo.clear()
 
     # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
 
@@ -375,11 +380,16 @@ class ClientCache:
         return self._session_key[1]
 
     def _facts(self, sql: bytes) -> CacheFacts:
-        return cache_facts(
-            sql,
-            policy=self.policy,
-            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
-        )
+        standard = self.state.reported.get("standard_conforming_strings", "on") == "on"
+        memo = self.service.facts_memo
+        memo_key = (sql, standard, id(self.policy))
+        known = memo.get(memo_key)
+        if known is None:
+            known = cache_facts(sql, policy=self.policy, standard_conforming_strings=standard)
+            if len(memo) >= _FACTS_MEMO_SIZE:
+                memo.clear()
+            memo[memo_key] = known
+        return known
 
     # ---- before a batch goes to a server
 
