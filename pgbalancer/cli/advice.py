@@ -10,7 +10,8 @@ The formula (docs/bctl.md):
    yet), at most ``per_process``.
 5. ``num_init_children = per_process // max_pool`` (it is the size limit of one pool here).
 6. each pool seen gets ``min(num_init_children, max(1, floor(per_process * share)))`` where share is
-   its fraction of the queries (equal shares before any query).
+   its fraction of the queries (equal shares before any query); when more pools are in use than
+   fit (``max_pool`` was capped), the floor is 0 instead of 1 and the advice warns.
 7. check: ``nodes * workers * num_init_children * max_pool + nodes <= available``.
 
 ``busy_ratio = active_time / (active_time + idle_in_transaction_time)`` from ``pg_stat_database``
@@ -186,11 +187,17 @@ def advise(server: ServerFacts, balancer: BalancerFacts) -> Advice:
         f"current config: {nodes} x {workers} x num_init_children {balancer.num_init_children} x max_pool "
         f"{balancer.max_pool} = {current} (+ {nodes}) {verdict}"
     )
-    sizes = _pool_sizes(balancer.pools, per_process, children)
+    sizes = _pool_sizes(balancer.pools, per_process, children, max_pool)
+    least = 1 if seen <= max_pool else 0
+    if not least:
+        lines.append(
+            f"warning: only {max_pool} of the {seen} pools in use fit; raise max_connections or use fewer "
+            "(database, user) pairs"
+        )
     for size in sizes:
         lines.append(
             f"pool {size.database}/{size.user}: share {size.share:.3f} of queries -> "
-            f"min({children}, max(1, floor({per_process} x {size.share:.3f}))) = {size.size}"
+            f"min({children}, max({least}, floor({per_process} x {size.share:.3f}))) = {size.size}"
         )
     busy = server.busy_ratio
     if busy is None:
@@ -208,11 +215,13 @@ def advise(server: ServerFacts, balancer: BalancerFacts) -> Advice:
     return Advice(server, balancer, budget, per_process, children, max_pool, tuple(sizes), tuple(lines))
 
 
-def _pool_sizes(pools: tuple[PoolDemand, ...], per_process: int, cap: int) -> list[PoolSize]:
+def _pool_sizes(pools: tuple[PoolDemand, ...], per_process: int, cap: int, room: int) -> list[PoolSize]:
+    """Sizes by share of the queries; at least 1 each only when every pool fits (``room`` pools fit)."""
     total = sum(p.queries for p in pools)
+    least = 1 if len(pools) <= room else 0
     sizes = []
     for pool in pools:
         share = pool.queries / total if total else 1 / len(pools)
-        size = min(cap, max(1, int(per_process * share)))
+        size = min(cap, max(least, int(per_process * share)))
         sizes.append(PoolSize(pool.database, pool.user, round(share, 6), size))
     return sizes

@@ -36,22 +36,17 @@ def _output_options(*, table: bool = True) -> argparse.ArgumentParser:
     """--json/--table/--verbose, accepted before or after the command (SUPPRESS keeps the global value)."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("output")
-    group.add_argument(
-        "--json",
-        dest="output",
-        action="store_const",
-        const="json",
-        default=argparse.SUPPRESS,
-        help="print the documented JSON (the default when stdout is not a terminal)",
-    )
+    formats = [("json", "print the documented JSON (the default when stdout is not a terminal)")]
     if table:
+        formats.append(("table", "print box-drawing tables (the default on a terminal)"))
+    for name, help_text in formats:
         group.add_argument(
-            "--table",
+            f"--{name}",
             dest="output",
             action="store_const",
-            const="table",
+            const=name,
             default=argparse.SUPPRESS,
-            help="print box-drawing tables (the default on a terminal)",
+            help=help_text,
         )
     group.add_argument(
         "-v",
@@ -114,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help_text: str, **kwargs: object) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text, parents=[out], **kwargs)  # type: ignore[arg-type]
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help_text, description=help_text, parents=[out])
 
     commands.add_parser("version", help="print the bctl version")
     login = command("login", "log in and store the token in ~/.config/pgbalancer/token (mode 0600)")

@@ -12,13 +12,14 @@ terminal-UI or PostgreSQL libraries unless their command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from pgbalancer.cli import render
-from pgbalancer.cli.connection import ApiClient, Endpoint, Json, config_dir, path_segment, resolve_endpoints
+from pgbalancer.cli.connection import ApiClient, Endpoint, Json, path_segment, resolve_endpoints
 from pgbalancer.cli.errors import EXIT_REFUSED, EXIT_USAGE, CliError
 
 Renderer = Callable[[Json], list[Any]]
@@ -47,6 +48,15 @@ def confirm(args: argparse.Namespace, question: str) -> None:
         raise CliError("aborted: nothing was changed", EXIT_REFUSED)
 
 
+def _progress(text: str) -> contextlib.AbstractContextManager[object]:
+    """A spinner on stderr while an action runs, when a person watches it (stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(text)
+
+
 class Commands:
     def __init__(self, args: argparse.Namespace, client: ApiClient, json_output: bool) -> None:
         self.args = args
@@ -62,7 +72,8 @@ class Commands:
     def act(self, path: str, body: Json | None, title: str, *, long: bool = False) -> int:
         target = self.client.leader()
         timeout = 180.0 if long else 75.0
-        data = self.client.request("POST", path, body, only=target, timeout=timeout)
+        with _progress(f"{title}: waiting for {target.url} (up to {timeout:.0f} s)"):
+            data = self.client.request("POST", path, body, only=target, timeout=timeout)
         emit(data, lambda d: render.result_tables(title, d), self.json)
         return 0
 
@@ -195,7 +206,6 @@ class Commands:
 def run(args: argparse.Namespace, *, json_output: bool, verbose: bool, env: Mapping[str, str]) -> int:
     endpoints: tuple[Endpoint, ...] = resolve_endpoints(args.host, args.port, args.cluster, env)
     client = ApiClient(endpoints, env, verbose=verbose)
-    config_dir(env)  # resolves HOME/XDG early: a broken environment is reported before any request
     commands = Commands(args, client, json_output)
     try:
         handler: Callable[[], int] = getattr(commands, args.command.replace("-", "_"))

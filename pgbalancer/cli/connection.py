@@ -120,15 +120,24 @@ def config_dir(env: Mapping[str, str]) -> Path:
     return root / "pgbalancer"
 
 
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim, read without verifying (the server verifies; bctl only plans a refresh)."""
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The token's claims, read without verifying (the server verifies; bctl only plans a refresh)."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (IndexError, ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def token_expiry(token: str) -> float | None:
+    exp = _unverified_claims(token).get("exp")
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def token_subject(token: str) -> str | None:
+    sub = _unverified_claims(token).get("sub")
+    return sub if isinstance(sub, str) and sub else None
 
 
 @dataclass
@@ -186,9 +195,15 @@ class ApiClient:
     env: Mapping[str, str]
     verbose: bool = False
     log: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr))
+    # On a terminal, an expired stored token is refreshed by asking for the password.
+    ask_password: Callable[[str], str] = field(default=lambda user: _ask_password(user))
     _token: str | None = field(default=None, init=False)
     _working: Endpoint | None = field(default=None, init=False)
     _connections: dict[Endpoint, http.client.HTTPConnection] = field(default_factory=dict, init=False)
+
+    @property
+    def interactive(self) -> bool:
+        return sys.stdin.isatty() and sys.stderr.isatty()
 
     @property
     def current(self) -> Endpoint | None:
@@ -270,8 +285,9 @@ class ApiClient:
             EXIT_UNREACHABLE,
         )
 
-    def _order(self, prefer: Endpoint | None) -> list[Endpoint]:
-        first = prefer or self._working
+    def _order(self) -> list[Endpoint]:
+        """The node that answered last first: one dead node costs one connection attempt, not many."""
+        first = self._working
         return [first, *(e for e in self.endpoints if e != first)] if first else list(self.endpoints)
 
     def raw(
@@ -281,13 +297,12 @@ class ApiClient:
         body: Json | None = None,
         *,
         auth: str | None = None,
-        prefer: Endpoint | None = None,
         only: Endpoint | None = None,
         timeout: float = _TIMEOUT,
     ) -> Reply:
         """Send to the first node that answers (or to ``only``); CliError(3) when none does."""
         failures = []
-        for endpoint in [only] if only is not None else self._order(prefer):
+        for endpoint in [only] if only is not None else self._order():
             try:
                 reply = self._send(endpoint, method, API_PREFIX + path, body, auth, timeout)
             except OSError as exc:
@@ -328,6 +343,9 @@ class ApiClient:
         if stored is not None:
             expiry = token_expiry(stored)
             fresh = expiry is None or expiry - now > _REFRESH_MARGIN
+            if not fresh and not (user and password) and self.interactive:
+                user = user or token_subject(stored)
+                password = self.ask_password(user) if user else None
             if fresh or not (user and password):
                 self._check_not_expired(stored, now, str(self.store.path))
                 self._token = stored
@@ -357,13 +375,12 @@ class ApiClient:
         path: str,
         body: Json | None = None,
         *,
-        prefer: Endpoint | None = None,
         only: Endpoint | None = None,
         timeout: float = _TIMEOUT,
     ) -> Any:
         """An authenticated request; the JSON body of a 2xx answer, else CliError(1) with the reason."""
         auth = self.authorization(time.time())
-        reply = self.raw(method, path, body, auth=auth, prefer=prefer, only=only, timeout=timeout)
+        reply = self.raw(method, path, body, auth=auth, only=only, timeout=timeout)
         if 200 <= reply.status < 300:
             return reply.body
         raise refusal(reply)
@@ -397,6 +414,12 @@ class ApiClient:
             "not in the list); retry in a few seconds or add the leader to --cluster",
             EXIT_UNREACHABLE,
         )
+
+
+def _ask_password(user: str) -> str:
+    import getpass
+
+    return getpass.getpass(f"token expired; password for {user} (Enter to give up): ")
 
 
 def refusal(reply: Reply) -> CliError:

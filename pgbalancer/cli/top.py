@@ -123,8 +123,8 @@ def run_top(client: ApiClient, interval: float) -> int:
         )
     from rich.live import Live
 
-    data, error = None, None
-    data = snapshot(client)  # the first failure (unreachable, not logged in) ends bctl with its exit code
+    data: dict[str, Any] = snapshot(client)  # a first failure (unreachable, not logged in) ends bctl
+    error: str | None = None
     where = (client.current or client.endpoints[0]).url
     with _keys(), Live(view(data, None, where), screen=True, auto_refresh=False) as live:
         while not _wait_for_quit(interval):

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pgbalancer.devtools import wait_for
 
 BCTL = str(Path(sys.executable).with_name("bctl"))
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
@@ -65,6 +69,56 @@ class BctlRunner:
     @property
     def token_file(self) -> Path:
         return self.home / ".config" / "pgbalancer" / "token"
+
+
+class TmuxBctl:
+    """``bctl ARGS`` on a terminal: a private tmux server (``-L``) 200x50, so nothing is shared.
+
+    The exit code lands in ``<home>/tmux-exit``; the pane stays open afterwards for capture-pane.
+    """
+
+    def __init__(self, runner: BctlRunner, *args: str) -> None:
+        self.name = f"bctl-{time.monotonic_ns()}"
+        self.tmux = ["tmux", "-L", self.name]
+        self.exit_file = runner.home / "tmux-exit"
+        self.exit_file.unlink(missing_ok=True)
+        keep = ("HOME", "XDG_CONFIG_HOME", "PGBALANCER_URL")
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in runner.env().items() if k in keep)
+        line = " ".join(shlex.quote(a) for a in args)
+        command = f"env -u COLUMNS -u LINES {env} {BCTL} {line}; echo $? > {self.exit_file}; sleep 60"
+        subprocess.run(
+            [*self.tmux, "new-session", "-d", "-s", self.name, "-x", "200", "-y", "50", command], check=True
+        )
+
+    def screen(self) -> str:
+        done = subprocess.run(
+            [*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True, text=True, check=True
+        )
+        return done.stdout
+
+    def wait_for_screen(self, *needles: str, timeout: float = 30) -> str:
+        def shown() -> str:
+            text = self.screen()
+            return text if all(n in text for n in needles) else ""
+
+        try:
+            return wait_for(shown, timeout, message=f"{needles} on the terminal")
+        except TimeoutError as exc:
+            raise AssertionError(f"the terminal never showed {needles}:\n{self.screen()}") from exc
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
+
+    def exit_code(self, timeout: float = 15) -> int:
+        wait_for(
+            lambda: self.exit_file.exists() and self.exit_file.read_text().strip(),
+            timeout,
+            message="bctl to exit",
+        )
+        return int(self.exit_file.read_text())
+
+    def close(self) -> None:
+        subprocess.run([*self.tmux, "kill-server"], check=False, capture_output=True)
 
 
 def mask_table(text: str) -> str:

@@ -22,10 +22,12 @@ import psycopg
 import pytest
 
 from pgbalancer.devtools import free_tcp_port, wait_for
-from pgbalancer.devtools.balancer import BalancerProcess, Setting
+from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
-from tests.integration.bctl_support import BCTL, BctlRunner, check_golden
+from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
+from tests.integration.test_failover import ha_settings
+from tests.integration.test_watchdog_cluster import index_of, wait_leader, watchdog_nodes
 from tests.integration.tls_support import make_tls_files
 
 ADMIN, ADMIN_PASSWORD = "api_admin", API_USERS["api_admin"][0]
@@ -196,11 +198,60 @@ def test_reload_pause_resume(bctl: BctlRunner) -> None:
 
 def test_features_off_on_this_node_say_so_with_exit_1(bctl: BctlRunner) -> None:
     """The shared node runs without the result cache and without a watchdog."""
-    for args in (["cache", "stats"], ["watchdog-status"], ["cache", "invalidate", "--yes"]):
-        result = bctl(*args)
-        assert result.code == 1 and result.stdout == "", result.stderr
-        assert result.stderr.startswith("bctl: ") and result.stderr.count("\n") == 1
-        assert "not available on http://127.0.0.1:" in result.stderr or "HTTP 409" in result.stderr
+    assert bctl("cache", "stats").json() == {
+        "enabled": False,
+        "entries": 0,
+        "bytes": 0,
+        "limit_bytes": 0,
+        "hits": 0,
+        "misses": 0,
+        "hit_ratio": 0.0,
+        "evictions": 0,
+        "invalidations": 0,
+    }
+    off = bctl("cache", "invalidate", "--yes")
+    assert off.code == 1 and off.stdout == "" and "refused (HTTP 409)" in off.stderr
+    assert "set memory_cache_enabled = on" in off.stderr
+    watchdog = bctl("watchdog-status")
+    assert watchdog.code == 1 and watchdog.stdout == "" and watchdog.stderr.count("\n") == 1
+    assert "not available on http://127.0.0.1:" in watchdog.stderr and "set watchdog_nodes" in watchdog.stderr
+
+
+@pytest.fixture
+def cache_table(pg_cluster: PgClusterLike) -> str:
+    pg_cluster.psql(
+        pg_cluster.primary,
+        """
+        CREATE TABLE IF NOT EXISTS bctl_cache_items (id int PRIMARY KEY, v text);
+        INSERT INTO bctl_cache_items VALUES (1, 'one'), (2, 'two') ON CONFLICT DO NOTHING;
+        GRANT ALL ON bctl_cache_items TO PUBLIC;
+        """,
+        dbname=APP_DB,
+    )
+    return "bctl_cache_items"
+
+
+def test_cache_stats_and_invalidate_on_a_caching_node(
+    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path, cache_table: str
+) -> None:
+    cached = balancer_factory(pool_mode="transaction", memory_cache_enabled=True, auth_type="trust")
+    runner = BctlRunner(tmp_path / "home", api_base_url(cached))
+    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    with psycopg.connect(cached.dsn("app_trust", APP_DB), autocommit=True) as conn:
+        for _ in range(3):
+            assert conn.execute(f"SELECT v FROM {cache_table} WHERE id = 1").fetchone() == ("one",)
+        conn.execute(f"SELECT v FROM {cache_table} WHERE id = 2").fetchone()
+    stats = runner("cache", "stats").json()
+    assert stats["enabled"] is True and stats["entries"] == 2 and stats["bytes"] > 0
+    assert (stats["hits"], stats["misses"]) == (2, 2) and stats["hit_ratio"] == pytest.approx(0.5)
+    table = runner("--table", "cache", "stats")
+    assert table.code == 0
+    check_golden("bctl_cache_stats", table.stdout)
+    dropped = runner("cache", "invalidate", "--table", cache_table, "--yes").json()
+    assert dropped == {"invalidated_entries": 2, "tables": [cache_table]}
+    after = runner("cache", "stats").json()
+    assert after["entries"] == 0 and after["invalidations"] >= 1
+    assert runner("cache", "invalidate", "--yes").json() == {"invalidated_entries": 0, "tables": None}
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
@@ -408,37 +459,48 @@ def test_events_on_a_node_without_mqtt_exits_1(bctl: BctlRunner) -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
 def test_top_renders_the_nodes_under_tmux_and_quits_on_q(bctl: BctlRunner, pg_cluster: PgClusterLike) -> None:
-    session = f"bctl-top-{time.monotonic_ns()}"
-    env = " ".join(
-        f"{k}={v}" for k, v in bctl.env().items() if k in ("HOME", "XDG_CONFIG_HOME", "PGBALANCER_URL")
-    )
-    marker = bctl.home / "top-exit"
-    command = f"env -u COLUMNS -u LINES {env} {BCTL} top --interval 0.5; echo $? > {marker}; sleep 30"
-    tmux = ["tmux", "-L", session]  # a private tmux server: nothing shared with other sessions
-    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
+    terminal = TmuxBctl(bctl, "top", "--interval", "0.5")
     try:
-
-        def screen() -> str:
-            return subprocess.run(
-                [*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=True
-            ).stdout
-
-        def rendered() -> str:
-            text = screen()
-            return text if "q quits" in text and "primary" in text else ""
-
-        try:
-            shown = wait_for(rendered, 30, message="bctl top to render the nodes")
-        except TimeoutError as exc:
-            raise AssertionError(f"bctl top did not render the nodes; the screen:\n{screen()}") from exc
+        shown = terminal.wait_for_screen("q quits", "primary")
         for pg in pg_cluster.nodes:
             assert f"127.0.0.1:{pg.port}" in shown
-        assert "QPS" in shown and "standby" in shown
-        subprocess.run([*tmux, "send-keys", "-t", session, "q"], check=True)
-        wait_for(marker.exists, 15, message="bctl top to quit on q")
-        wait_for(lambda: marker.read_text().strip() == "0", 5, message="exit code 0")
+        assert "QPS" in shown and "standby" in shown and "balancer" in shown
+        terminal.keys("q")
+        assert terminal.exit_code() == 0
     finally:
-        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
+        terminal.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_an_action_asks_on_a_terminal_and_no_changes_nothing(bctl: BctlRunner) -> None:
+    terminal = TmuxBctl(bctl, "node", "detach", "1")
+    try:
+        terminal.wait_for_screen("Detach backend 1? [y/N]")
+        terminal.keys("n", "Enter")
+        assert terminal.exit_code() == 1
+        assert "aborted: nothing was changed" in terminal.screen()
+    finally:
+        terminal.close()
+    assert bctl("nodes", "1").json()["detached"] is False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_an_expired_token_is_refreshed_by_asking_on_a_terminal(node: BalancerProcess, tmp_path: Path) -> None:
+    runner = BctlRunner(tmp_path / "home", api_base_url(node))
+    runner.token_file.parent.mkdir(parents=True)
+    runner.token_file.write_text(forged_token(-30) + "\n")
+    terminal = TmuxBctl(runner, "--json", "status")
+    try:
+        terminal.wait_for_screen(f"token expired; password for {ADMIN}")
+        terminal.keys(ADMIN_PASSWORD, "Enter")
+        assert terminal.exit_code() == 0
+        assert '"backends"' in terminal.screen() and ADMIN_PASSWORD not in terminal.screen()
+    finally:
+        terminal.close()
+    claims = jwt.decode(runner.token_file.read_text().strip(), options={"verify_signature": False})
+    assert claims["exp"] > time.time() + 3000
 
 
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
@@ -459,22 +521,15 @@ def test_bash_completion_loads_and_completes(tmp_path: Path) -> None:
         )
         done = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True)
         assert done.stderr == ""
-        return done.stdout.split()
+        return sorted(done.stdout.split())
 
-    assert complete("bctl", "no") == ["node", "nodes"]
-    assert complete("bctl", "node", "") == [
-        "attach",
-        "detach",
-        "promote",
-        "rejoin",
-        "--help",
-        "--json",
-        "--table",
-        "--verbose",
-    ]
+    assert complete("bctl", "no") == ["node", "nodes"]  # sorted
+    assert complete("bctl", "node", "") == sorted(
+        ["attach", "detach", "promote", "rejoin", "--help", "--json", "--table", "--verbose"]
+    )
     assert complete("bctl", "--host", "h", "swi") == ["switchover"]
     assert "--to" in complete("bctl", "--table", "switchover", "--")
-    assert complete("bctl", "completion", "") == ["bash", "zsh", "--help"]
+    assert complete("bctl", "completion", "") == ["--help", "bash", "zsh"]
     assert complete("bctl", "cache", "invalidate", "--t") == ["--table"]
 
 
@@ -490,20 +545,8 @@ def test_zsh_completion_loads(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- node actions (private cluster)
 
 
-def ha_node(cluster: LocalPgCluster, workdir: Path, **overrides: Setting) -> BalancerProcess:
-    workdir.mkdir(parents=True, exist_ok=True)
-    settings = base_settings(cluster, workdir)
-    settings.update(
-        pool_mode="transaction",
-        health_check_period=1,
-        health_check_max_retries=1,
-        health_check_retry_delay=0.3,
-        health_check_timeout=3,
-    )
-    for node_id, pg in enumerate(cluster.nodes):
-        settings[f"backend_data_directory{node_id}"] = str(pg.data_dir)
-    settings.update(overrides)
-    return BalancerProcess.start(workdir, settings)
+def ha_node(cluster: LocalPgCluster, workdir: Path) -> BalancerProcess:
+    return BalancerProcess.start(workdir, ha_settings(cluster, workdir))
 
 
 @pytest.mark.slow
@@ -556,5 +599,56 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         assert cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "t"
         refused = bctl("node", "promote", "1", "--yes")
         assert refused.code == 1 and "HTTP 409" in refused.stderr
+
+        # promote with the primary up is a switchover back to backend 0.
+        promoted = bctl("node", "promote", "0", "--yes").json()
+        assert promoted["action"] == "promote" and promoted["primary_id"] == 0
+        assert cluster.psql(cluster.nodes[0], "SELECT pg_is_in_recovery()") == "f"
+        assert bctl("nodes").json()["primary_id"] == 0
     finally:
         ha.stop()
+
+
+# --------------------------------------------------------------------------- a watchdog cluster
+
+
+@pytest.mark.slow
+def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path: Path) -> None:
+    # One signing key on every node, as a cluster should have it: a token from one works on all.
+    with watchdog_nodes(pg_cluster, tmp_path / "nodes", api_jwt_secret=JWT_SECRET) as group:
+        nodes = group.live()
+        leader = wait_leader(nodes)
+        apis = [api_base_url(node) for node in nodes]
+        cluster = ",".join(api.removeprefix("http://") for api in apis)
+        runner = BctlRunner(tmp_path / "home", extra_env={"PGBALANCER_URL": apis[0]})
+        assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+
+        status = runner("--cluster", cluster, "watchdog-status").json()
+        assert status["enabled"] is True and status["leader"] == leader and len(status["nodes"]) == 3
+        assert [n["id"] for n in status["nodes"] if n["role"] == "leader"] == [leader]
+        table = runner("--cluster", cluster, "--table", "watchdog-status")
+        assert table.code == 0 and leader in table.stdout and "members" in table.stdout
+
+        # A control command goes to the leader's API, whichever node is listed first.
+        leader_api = apis[index_of(group, leader)]
+        reloaded = runner("--cluster", cluster, "--verbose", "reload")
+        assert reloaded.json()["reloaded"] is True
+        assert f"the watchdog leader is {leader} at {leader_api}" in reloaded.stderr
+        assert f"> POST {leader_api}/api/v1/control/reload -> 200" in reloaded.stderr
+
+        spare = f"127.0.0.1:{free_tcp_port()}"
+        added = runner("--cluster", cluster, "watchdog", "add", spare, "--yes").json()
+        assert added["added"] == spare and spare in added["members"]
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
+        removed = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes").json()
+        assert removed["removed"] == spare and spare not in removed["members"]
+        again = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes")
+        assert again.code == 1 and "HTTP 404" in again.stderr
+
+        # The leader dies: bctl skips its dead API and follows the new leader.
+        group.kill(index_of(group, leader))
+        new_leader = wait_leader(group.live(), timeout=20)
+        new_api = apis[index_of(group, new_leader)]
+        moved = runner("--cluster", cluster, "--verbose", "reload")
+        assert moved.code == 0, moved.stderr
+        assert f"the watchdog leader is {new_leader} at {new_api}" in moved.stderr
