@@ -66,6 +66,7 @@ class ProxyCollector(Collector):
         yield from self._backends(figures)
         yield from self._cluster()
         yield from self._balancer()
+        yield from self._cache()
 
     def _node(self, figures: NodeFigures) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
@@ -263,6 +264,30 @@ class ProxyCollector(Collector):
             latency.add_metric(backend, _finite_or_zero(node.latency_ms / 1000.0))
             errors.add_metric(backend, _finite_or_zero(node.error_rate))
         yield from (share, score, latency, errors)
+
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.proxy.cache
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_enabled", "1 when memory_cache_enabled = on", value=int(cache is not None)
+        )
+        if cache is None:
+            return
+        stats = cache.store.stats()
+        yield GaugeMetricFamily("pgbalancer_cache_entries", "Results held by the cache", value=stats.entries)
+        yield GaugeMetricFamily("pgbalancer_cache_bytes", "Memory the cache holds", value=stats.bytes)
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_limit_bytes", "memqcache_total_size", value=stats.limit_bytes
+        )
+        for name, value, what in (
+            ("hits", stats.hits, "Reads answered from the cache"),
+            ("misses", stats.misses, "Cacheable reads not in the cache"),
+            ("evictions", stats.evictions, "Entries evicted to stay within memqcache_total_size"),
+            ("invalidations", stats.invalidations, "Entries dropped by invalidations"),
+            ("invalidation_events", stats.invalidation_events, "Invalidations applied"),
+            ("rejected", stats.rejected, "Answers not stored (too big, an error, a raced write)"),
+            ("replication_failures", cache.replication_failures, "Invalidations not replicated in time"),
+        ):
+            yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
 
 
 def _finite_or_zero(value: float) -> float:

@@ -326,3 +326,23 @@ def balancer_stats(proxy: ProxyServer) -> Json:
     document["load_balance_mode"] = proxy.config.load_balance_mode
     finite: Json = _finite(document)  # type: ignore[assignment]
     return finite
+
+
+_CACHE_OFF: Final = {
+    "enabled": False,
+    "entries": 0,
+    "bytes": 0,
+    "limit_bytes": 0,
+    "hits": 0,
+    "misses": 0,
+    "hit_ratio": 0.0,
+    "evictions": 0,
+    "invalidations": 0,
+}
+
+
+def cache_stats(proxy: ProxyServer) -> Json:
+    """The result cache's counters (zeros with enabled false when memory_cache_enabled = off)."""
+    if proxy.cache is None:
+        return dict(_CACHE_OFF)
+    return proxy.cache.stats()

@@ -202,7 +202,7 @@ def pool_stats(
 
 
 def watchdog_leader(leader: str | None, term: int | None, stamp: Stamp) -> EventMessage:
-    """The Raft leader changed (pending: published once the watchdog lands)."""
+    """The Raft leader changed (leader None: an election is under way)."""
     return _message(TOPIC_WATCHDOG_LEADER, "watchdog_leader", stamp, {"leader": leader, "term": term})
 
 
@@ -212,9 +212,10 @@ def watchdog_vip(holder: str | None, vip: str, interface: str, stamp: Stamp) -> 
     return _message(TOPIC_WATCHDOG_VIP, "watchdog_vip", stamp, body)
 
 
-def cache_invalidate(tables: Iterable[str], stamp: Stamp) -> EventMessage:
-    """Tables written through this node, for other nodes' result caches (pending: cache issue)."""
-    return _message(TOPIC_CACHE_INVALIDATE, "cache_invalidate", stamp, {"tables": sorted(set(tables))})
+def cache_invalidate(tables: Iterable[str] | None, stamp: Stamp) -> EventMessage:
+    """This node invalidated cached results of ``tables`` (None: all of them)."""
+    body = {"tables": sorted(set(tables or ())), "all": tables is None}
+    return _message(TOPIC_CACHE_INVALIDATE, "cache_invalidate", stamp, body)
 
 
 # --------------------------------------------------------------------------- view diff

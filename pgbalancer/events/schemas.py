@@ -161,7 +161,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     payloads.TOPIC_WATCHDOG_LEADER: _envelope(
         "watchdog_leader",
         {"leader": {"type": ["string", "null"]}, "term": _NULLABLE_INT},
-        "The Raft leader changed. Retained. Pending: published once the watchdog lands.",
+        "The Raft leader changed (leader null: an election is under way). Retained.",
     ),
     payloads.TOPIC_WATCHDOG_VIP: _envelope(
         "watchdog_vip",
@@ -184,9 +184,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     payloads.TOPIC_CACHE_INVALIDATE: _envelope(
         "cache_invalidate",
-        {"tables": _NAMES},
-        "Tables written through a node, for the other nodes' result caches. Not retained. "
-        "Pending: published once the result cache lands.",
+        {"tables": _NAMES, "all": {"type": "boolean", "description": "every cached result was dropped"}},
+        "The node invalidated cached results: of the tables a write reached (or all of them, after "
+        "DDL on unknown targets, ALTER ROLE, GRANT, a function that may write anything, or the REST "
+        "API). Informational: with watchdog_nodes set, nodes invalidate each other through Raft, "
+        "before the write is acknowledged. Not retained.",
     ),
 }
 

@@ -210,6 +210,10 @@ class EventService:
             return
         thread.call_soon(lambda: broker.set_credentials(credentials))
 
+    def publish_watchdog_vip(self, holder: str | None, vip: str, interface: str) -> bool:
+        """The virtual IP changed hands here (retained ``pgbalancer/watchdog/vip``); holder None: released."""
+        return self.publish(payloads.watchdog_vip(holder, vip, interface, self._stamp()))
+
     def publish_state(self, reason: str) -> None:
         """The retained state as it is now: every backend's status, then the cluster health."""
         view = self.proxy.cluster_view
@@ -227,9 +231,21 @@ class EventService:
         )
         self.publish(message)
 
+    def publish_cache_invalidation(self, tables: frozenset[str] | None) -> None:
+        """The result cache invalidated ``tables`` (None: everything); informational."""
+        self.publish(payloads.cache_invalidate(tables, self._stamp()))
+
     def publish(self, message: EventMessage) -> bool:
         """Fire and forget: False when the queue was full and the message was dropped."""
         return self.handoff.offer(message)
+
+    def stamp(self) -> Stamp:
+        """A new stamp (node, time, event id, epoch) for a payload built elsewhere (watchdog, VIP)."""
+        return self._stamp()
+
+    def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
+        """The Raft leader changed (retained ``pgbalancer/watchdog/leader``)."""
+        return self.publish(payloads.watchdog_leader(leader, term, self._stamp()))
 
     # ------------------------------------------------------------------ reading
 

@@ -28,7 +28,13 @@ from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
 from pgbalancer.pgwire.messages import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from pgbalancer.pgwire.scan import HeaderScanner
 from pgbalancer.proxy.admin import ADMIN_DATABASES, serve_admin_console
-from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.backend import (
+    BackendUnavailable,
+    QuorumLost,
+    ServerConnection,
+    ServerCredentials,
+    ServerError,
+)
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
@@ -241,6 +247,8 @@ class ClientSession:
     async def _acquire_server(self, credentials: ServerCredentials) -> tuple[ServerPool, ServerConnection]:
         try:
             return await self.proxy.acquire_primary(self.database, credentials)
+        except QuorumLost as exc:
+            await self._fail(exc.sqlstate, str(exc), hint=exc.hint)
         except BackendUnavailable as exc:
             await self._fail(
                 SqlState.CONNECTION_FAILURE,

@@ -16,9 +16,18 @@ PURE_MODULES = (
     "pgbalancer.proxy.prepared",
     "pgbalancer.proxy.sessionstate",
     "pgbalancer.proxy.admin_commands",
+    "consensus.state",
+    "pgbalancer.watchdog.decide",
 )
 IO_IMPORTS = ("trio", "socket", "select", "threading", "asyncio", "selectors", "subprocess", "pysyncobj")
-SHELLS = ("pgbalancer.proxy", "pgbalancer.health", "pgbalancer.api", "pgbalancer.events", "pgbalancer.cli")
+SHELLS = (
+    "pgbalancer.proxy",
+    "pgbalancer.health",
+    "pgbalancer.api",
+    "pgbalancer.events",
+    "pgbalancer.cli",
+    "pgbalancer.watchdog.service",
+)
 
 
 def _module_name(path: Path) -> str:
