@@ -23,7 +23,7 @@ import trio
 
 import pgbalancer.node
 from pgbalancer.config import parse_config_text
-from pgbalancer.devtools import free_tcp_port
+from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess, Setting, render_config
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from pgbalancer.events import payloads
@@ -134,21 +134,28 @@ def test_a_late_subscriber_gets_the_retained_state(
 @pytest.mark.slow
 def test_refused_clients_are_refused_and_logged(events_node: EventsNode, monitor: Subscriber) -> None:
     for login, why in (
-        ({}, "no user name"),
-        ({"username": "monitor", "password": "not-the-password"}, "wrong password"),
+        ({}, "refused: no user name and mqtt_allow_anonymous = off"),
+        ({"username": "monitor", "password": "not-the-password"}, "(user 'monitor') refused: wrong password"),
     ):
         with subscriber(events_node.mqtt_port, **login) as refused:
             assert not refused.connect(), f"{login} was admitted"
             assert "authori" in (refused.connect_result or "").lower()
-        events_node.node.wait_ready(1)
-        assert why in events_node.node.log_text()
+        wait_for(
+            lambda why=why: any(  # type: ignore[misc]
+                "WARNING" in line and why in line for line in events_node.node.log_text().splitlines()
+            ),
+            timeout=5,
+            message=f"the refusal ({why}) in the node's log output",
+        )
 
     monitor.subscribe("elsewhere/#")
     monitor.publish("pgbalancer/cluster/failover", b'{"forged": true}', retain=True)
     monitor.publish("elsewhere/marker", b"published after the forged event")
     monitor.wait_for("elsewhere/marker")
     assert monitor.received("pgbalancer/cluster/failover") == []
-    assert "may not publish to 'pgbalancer/cluster/failover'" in events_node.node.log_text()
+    log_text = events_node.node.log_text()
+    assert "refused: may not publish to 'pgbalancer/cluster/failover'" in log_text
+    assert "not-the-password" not in log_text
     with subscriber(events_node.mqtt_port, **MONITOR) as late:  # nor was it retained
         assert late.connect()
         late.subscribe("pgbalancer/#")
