@@ -17,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 import pgbalancer.node
 from pgbalancer.config import parse_config_text
@@ -30,7 +32,7 @@ from pgbalancer.events import payloads
 from pgbalancer.events.service import EventService
 from pgbalancer.proxy.server import ProxyServer
 from tests.integration.mqtt_support import MOSQUITTO, Received, Subscriber, run_mosquitto, subscriber
-from tests.integration.proxy_support import USERLIST, base_settings
+from tests.integration.proxy_support import USERLIST, api_base_url, base_settings
 
 MONITOR = {"username": "monitor", "password": "monitor-pw"}
 APP_USER = "app_scram"
@@ -353,5 +355,16 @@ def test_a_killed_primary_publishes_the_failover_and_the_node_states(
             assert health["backends_up"] == 1
         with psycopg.connect(started.node.dsn(APP_USER, APP_DB, USERLIST[APP_USER]), autocommit=True) as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)  # really on the new one
+        metrics = {
+            (s.name, s.labels.get("backend")): s.value
+            for family in text_string_to_metric_families(
+                httpx.get(f"{api_base_url(started.node)}/metrics").text
+            )
+            for s in family.samples
+        }
+        assert metrics[("pgbalancer_failovers_total", None)] == 1
+        assert (
+            metrics[("pgbalancer_backend_primary", "1")] == 1 and metrics[("pgbalancer_backend_up", "0")] == 0
+        )
     finally:
         started.node.stop()
