@@ -32,7 +32,7 @@ from pgbalancer.events import payloads
 from pgbalancer.events.service import EventService
 from pgbalancer.proxy.server import ProxyServer
 from tests.integration.mqtt_support import MOSQUITTO, Received, Subscriber, run_mosquitto, subscriber
-from tests.integration.proxy_support import USERLIST, api_base_url, base_settings
+from tests.integration.proxy_support import USERLIST, api_base_url, api_login, base_settings
 
 MONITOR = {"username": "monitor", "password": "monitor-pw"}
 APP_USER = "app_scram"
@@ -368,3 +368,28 @@ def test_a_killed_primary_publishes_the_failover_and_the_node_states(
         )
     finally:
         started.node.stop()
+
+
+@pytest.mark.slow
+def test_a_detach_over_rest_publishes_the_node_status_and_the_health(
+    events_node: EventsNode, monitor: Subscriber
+) -> None:
+    headers = {"Authorization": f"Bearer {api_login(events_node.node)}"}
+    base = f"{api_base_url(events_node.node)}/api/v1"
+    detached = httpx.post(f"{base}/nodes/2/detach", headers=headers, timeout=20)
+    assert detached.status_code == 200, detached.text
+    status = monitor.wait_for(
+        "pgbalancer/nodes/2/status", lambda m: m.document["backend"]["detached"]
+    ).checked()
+    assert status["backend"]["status"] == "down" and status["previous_status"] == "up"
+    assert "detach" in status["reason"]
+    health = monitor.wait_for(
+        "pgbalancer/cluster/health", lambda m: m.document["backends"][2]["status"] == "down"
+    ).checked()
+    assert health["backends_up"] == 2
+    assert monitor.received("pgbalancer/cluster/failover") == []  # a standby left: the primary stayed
+    attached = httpx.post(f"{base}/nodes/2/attach", headers=headers, timeout=20)
+    assert attached.status_code == 200, attached.text
+    monitor.wait_for(
+        "pgbalancer/nodes/2/status", lambda m: not m.document["backend"]["detached"], timeout=30
+    ).checked()
