@@ -33,6 +33,7 @@ from pgbalancer.events.service import EventService
 from pgbalancer.proxy.server import ProxyServer
 from tests.integration.mqtt_support import MOSQUITTO, Received, Subscriber, run_mosquitto, subscriber
 from tests.integration.proxy_support import USERLIST, api_base_url, api_login, base_settings
+from tests.integration.test_watchdog_cluster import Trio, index_of, wait_leader
 
 MONITOR = {"username": "monitor", "password": "monitor-pw"}
 APP_USER = "app_scram"
@@ -393,3 +394,50 @@ def test_a_detach_over_rest_publishes_the_node_status_and_the_health(
     monitor.wait_for(
         "pgbalancer/nodes/2/status", lambda m: not m.document["backend"]["detached"], timeout=30
     ).checked()
+
+
+# --------------------------------------------------------------------------- several nodes
+
+
+@pytest.mark.slow
+def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_committed(
+    pg_cluster_factory: Callable[..., LocalPgCluster], tmp_path: Path
+) -> None:
+    """Three watchdog nodes, each with its own broker; the primary dies; every broker tells it alike."""
+    cluster = pg_cluster_factory(standbys=2)
+    group = Trio(cluster, tmp_path)
+    try:
+        for index, settings in enumerate(group.settings):
+            settings.update(mqtt_settings(tmp_path / f"node{index}"), node_name=f"node{index}")
+        for index in range(3):
+            group.start(index)
+        nodes = group.live()
+        leader = index_of(group, wait_leader(nodes))
+        follower = next(i for i in range(3) if i != leader)
+        mqtt_port = int(group.settings[follower]["mqtt_port"])
+        leader_port = int(group.settings[leader]["mqtt_port"])
+        with (
+            subscriber(mqtt_port, **MONITOR) as on_follower,
+            subscriber(leader_port, **MONITOR) as on_leader,
+        ):
+            for watcher in (on_follower, on_leader):
+                assert watcher.connect(), watcher.connect_result
+                watcher.subscribe("pgbalancer/cluster/#")
+                watcher.wait_for("pgbalancer/cluster/health", lambda m: m.document["primary_id"] == 0)
+            pid = cluster.postmaster_pid(cluster.primary)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            def moved(message: Received) -> bool:
+                return bool(message.document["new_primary"] not in (0, None))
+
+            seen = on_follower.wait_for("pgbalancer/cluster/failover", moved, timeout=60).checked()
+            assert seen["node"] == f"node{follower}"  # published by the follower's own broker
+            assert seen["old_primary"] == 0
+            assert seen["event_id"] == f"failover:{seen['epoch']}:0:{seen['new_primary']}"
+            same = on_leader.wait_for("pgbalancer/cluster/failover", moved, timeout=30).checked()
+            assert same["event_id"] == seen["event_id"] and same["node"] == f"node{leader}"
+            ids = {m.document["event_id"] for m in on_follower.received("pgbalancer/cluster/failover")}
+            assert len(ids) == 1, ids  # one committed failover, one event per broker
+    finally:
+        group.stop_all()
