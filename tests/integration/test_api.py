@@ -289,7 +289,10 @@ def test_pause_blocks_a_new_query_until_resume(api_node: BalancerProcess, admin:
 def test_a_detached_backend_shows_down_and_gets_no_traffic(balancer_factory: BalancerFactory) -> None:
     """Detach and attach a standby (the node's view only; PostgreSQL is untouched)."""
     node = balancer_factory(
-        pool_mode="transaction", load_balance_mode=True, load_balance_algorithm="round_robin"
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=0.5,
     )
     base = api_base_url(node)
     with (
@@ -312,6 +315,10 @@ def test_a_detached_backend_shows_down_and_gets_no_traffic(balancer_factory: Bal
             assert detail["detached"] and detail["status"] == "down"
             moved = reads(30)
             assert moved[2] == 0 and moved[1] > 0, moved
+            health = {b["node_id"]: b for b in get(admin, "health/stats")["backends"]}
+            assert health[2]["status"] == "down"
+            assert [(c["from"], c["to"]) for c in health[2]["status_changes"]] == [("up", "down")]
+            assert health[0]["checks_observed"] >= 1 and health[0]["success_rate"] == 1.0
         finally:
             attached = admin.post(f"{P}/nodes/2/attach")
         assert attached.status_code == 200, attached.text
