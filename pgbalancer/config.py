@@ -948,28 +948,6 @@ class Config:
         """Tables whose reads are never cached: names or regular expressions matched against the
         bare table name, case-insensitively, such as 'audit_log,tmp_.*'.""",
     )
-    memqcache_prefetch: bool = _setting(
-        False,
-        _BOOL,
-        Category.CACHE,
-        _L,
-        """After an invalidation, re-run the most frequently hit cached queries of the invalidated
-        tables in the background so the next client finds them warm.""",
-    )
-    memqcache_prefetch_count: int = _setting(
-        10,
-        _POSITIVE_COUNT,
-        Category.CACHE,
-        _L,
-        "How many of the most frequently hit queries memqcache_prefetch re-runs per invalidation (top N).",
-    )
-    memqcache_prefetch_rate: float = _setting(
-        20.0,
-        _POSITIVE_SECONDS,
-        Category.CACHE,
-        _L,
-        "Most queries per second memqcache_prefetch sends to the backends (a token bucket).",
-    )
     memqcache_hit_lease: float = _setting(
         0.25,
         _POSITIVE_SECONDS,

@@ -161,7 +161,7 @@ class ProxyCollector(Collector):
         )
         latency = HistogramMetricFamily(
             "pgbalancer_statement_duration_seconds",
-            "Statement latency by route: from the request reaching pgbalancer to its ReadyForQuery",
+            "Statement latency by route: from the request going to its server to its ReadyForQuery",
             labels=_POOL_LABELS,
         )
         for pool in figures.pools:

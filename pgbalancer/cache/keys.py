@@ -31,11 +31,17 @@ def _field(data: bytes) -> bytes:
     return _LENGTH.pack(len(data)) + data
 
 
+# Settings no cacheable answer depends on (current_setting() and SHOW are never cached), left
+# out so every application shares entries.
+_NOT_IN_KEY = frozenset({"application_name"})
+
+
 def session_key(database: str, user: str, settings: Mapping[str, str]) -> bytes:
     """The part of every key that says whose session it is and how it formats values."""
     parts = [_field(database.encode()), _field(user.encode())]
     for name in sorted(settings, key=str.lower):
-        parts.append(_field(name.lower().encode()) + _field(settings[name].encode()))
+        if name.lower() not in _NOT_IN_KEY:
+            parts.append(_field(name.lower().encode()) + _field(settings[name].encode()))
     return b"".join(parts)
 
 

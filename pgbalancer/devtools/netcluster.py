@@ -334,10 +334,10 @@ class NetCluster:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\nVIP holders: {self.vip_holders()}\n{self.logs()}") from None
 
-    def pg_sql(self, sql: str, node_index: int = 0) -> str:
+    def pg_sql(self, sql: str, node_index: int = 0, dbname: str = "bench") -> str:
         """psql on a PostgreSQL server directly (inside its namespace)."""
         assert self.pg is not None
-        return self.pg.psql(self.pg.nodes[node_index], sql)
+        return self.pg.psql(self.pg.nodes[node_index], sql, dbname=dbname)
 
 
 @contextlib.contextmanager

@@ -1,9 +1,10 @@
 """Statement latency histograms: fixed buckets that the relays fill on the hot path.
 
 One ``LatencyHistogram`` per pool (so per route: backend x database x user) counts statements by
-how long they took, from the moment their request reached pgbalancer to the ReadyForQuery that
-answered it. The buckets are fixed for the whole node, so histograms of different pools and of
-different worker processes add up bucket by bucket (``merge``) and ``/metrics`` can export them as
+how long they took, from the moment their request went to the server connection to the
+ReadyForQuery that answered it (a client's wait for a server connection is counted elsewhere).
+The buckets are fixed for the whole node, so histograms of different pools and of different
+worker processes add up bucket by bucket (``merge``), and ``/metrics`` can export them as
 Prometheus histograms. Recording is one ``bisect`` and two additions.
 
 It must never: read a clock (the relay passes the elapsed time in), allocate per observation, or

@@ -48,8 +48,12 @@ from pgbalancer.routing.classify import FunctionPolicy
 log = logging.getLogger(__name__)
 
 Tables = frozenset[str] | None  # None: every table
+# Rides along in an invalidation's tables when DDL named them: every node then asks the catalog
+# about them again. No table has this name (identifiers cannot hold NUL).
+DDL_MARKER = "\x00ddl"
 
 
+_FACTS_MEMO_SIZE = 8192
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
 # the lease here) and the scheduling delay between a barrier's start and its Raft append.
 _LEASE_MARGIN = 0.01
@@ -86,6 +90,9 @@ class CacheService:
         self.barrier_failures = 0
         self.on_invalidated: Callable[[Tables], None] | None = None  # MQTT: informational
         self.replication_failures = 0
+        # (statement text as sent, quoting, function policy) -> its cache facts: a hit skips
+        # decoding and classifying. Cleared on reload.
+        self.facts_memo: dict[tuple[bytes, bool, int], CacheFacts] = {}
         self.lease_misses = 0  # lookups refused because this node was out of its lease
 
     def apply_config(self, config: Config) -> None:
@@ -97,6 +104,7 @@ class CacheService:
         self._exclude = _patterns(config.memqcache_exclude_tables)
         self.invalidation_timeout = config.memqcache_invalidation_timeout
         self.hit_lease = config.memqcache_hit_lease
+        self.facts_memo.clear()
 
     # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
 
@@ -195,6 +203,9 @@ class CacheService:
             return None
         reached: set[str] = set()
         for name in tables:
+            if name == DDL_MARKER:
+                reached.add(name)
+                continue
             facts = self._relations.get((database, name))
             if facts is None or facts.write_effect is None:
                 return None
@@ -207,7 +218,7 @@ class CacheService:
         how many entries this node dropped."""
         removed = self.apply(tables)
         if self.on_invalidated is not None:
-            self.on_invalidated(tables)
+            self.on_invalidated(None if tables is None else tables - {DDL_MARKER})
         replicator = self.replicator
         if replicator is None:
             return removed
@@ -240,9 +251,10 @@ class CacheService:
         """Apply an invalidation (this node's write, a peer's through Raft, or the API)."""
         if tables is None:
             self._relations.clear()
-        else:
+        elif DDL_MARKER in tables:  # a DML write leaves what the catalog said as it was
             for key in [key for key in self._relations if key[1] in tables]:
                 del self._relations[key]
+            tables = tables - {DDL_MARKER}
         return self.store.invalidate(tables)
 
     def stats(self) -> dict[str, object]:
@@ -368,11 +380,16 @@ class ClientCache:
         return self._session_key[1]
 
     def _facts(self, sql: bytes) -> CacheFacts:
-        return cache_facts(
-            sql,
-            policy=self.policy,
-            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
-        )
+        standard = self.state.reported.get("standard_conforming_strings", "on") == "on"
+        memo = self.service.facts_memo
+        memo_key = (sql, standard, id(self.policy))
+        known = memo.get(memo_key)
+        if known is None:
+            known = cache_facts(sql, policy=self.policy, standard_conforming_strings=standard)
+            if len(memo) >= _FACTS_MEMO_SIZE:
+                memo.clear()
+            memo[memo_key] = known
+        return known
 
     # ---- before a batch goes to a server
 
@@ -428,10 +445,12 @@ class ClientCache:
                 return None  # a function call by OID
             else:
                 continue
-            effect = self._facts(sql).invalidates
-            if effect is None:
+            facts = self._facts(sql)
+            if facts.invalidates is None:
                 return None
-            written |= effect
+            written |= facts.invalidates
+            if facts.ddl:
+                written.add(DDL_MARKER)
         return frozenset(written)
 
     def _add_pending(self, tables: Tables) -> None:

@@ -36,7 +36,14 @@ from pgbalancer.proxy.backend import (
     ServerError,
 )
 from pgbalancer.proxy.clientauth import ClientAuthFailed
-from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket, ReceiveBuffer
+from pgbalancer.proxy.netio import (
+    RECV_SIZE,
+    MessageChannel,
+    PeerClosed,
+    PgSocket,
+    ReceiveBuffer,
+    TcpConnection,
+)
 from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
@@ -96,6 +103,8 @@ class ClientSession:
                 )
             )
         finally:
+            if isinstance(self.client, TcpConnection):
+                self.client.finish_sending()  # TLS has no half-close: its client waits for the drain
             if not self._nothing_left_to_read:
                 await self._drain_client()  # returns at once if the client already closed
             self.client.close()

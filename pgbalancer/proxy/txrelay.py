@@ -238,6 +238,14 @@ class TransactionRelay:
             if message.type == b"X":
                 messages, terminated = messages[:index], True
                 break
+        plan = None
+        if self.cache is not None and messages and self._client_idle():
+            # Before any other parsing: a hit costs one key lookup (a cacheable read is never a
+            # session command, so nothing below would have applied to it).
+            plan = self.cache.plan(messages)
+            if plan is not None and plan.hit is not None:
+                await self.client.send_all(self.cache.answer(plan))
+                return terminated
         batch: list[Message] = []
         effects: list[tuple[str, SessionCommand]] = []  # SQL in the batch, classified once
         for message in messages:
@@ -249,7 +257,7 @@ class TransactionRelay:
             if sql is not None:
                 effects.append((sql, command))
         if batch:
-            await self._send_to_server(batch, effects)
+            await self._send_to_server(batch, effects, plan if len(batch) == len(messages) else None)
         return terminated
 
     async def _answered_locally(self, command: SessionCommand, batch: list[Message]) -> bool:
@@ -274,14 +282,10 @@ class TransactionRelay:
         await self.client.send_all(pgmsg.encode_message(b"C", tag + b"\x00") + pgmsg.ready_for_query(status))
         return True
 
-    async def _send_to_server(self, batch: list[Message], effects: list[tuple[str, SessionCommand]]) -> None:
+    async def _send_to_server(
+        self, batch: list[Message], effects: list[tuple[str, SessionCommand]], plan: CachePlan | None = None
+    ) -> None:
         self._check_pipeline_depth(batch)
-        plan = None
-        if self.cache is not None and self._client_idle():
-            plan = self.cache.plan(batch)
-            if plan is not None and plan.hit is not None:
-                await self.client.send_all(self.cache.answer(plan))
-                return
         decision = self._decide(batch)
         waited = 0.0
         if decision.action is RouteAction.REFUSE and decision.reason is RouteReason.NO_PRIMARY:

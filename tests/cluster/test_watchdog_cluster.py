@@ -48,10 +48,13 @@ def _stays(predicate: Callable[[], bool], seconds: float, message: str) -> None:
 
 
 def _write_through_vip(cluster: SampledCluster, note: str) -> int:
+    """Insert a row through the VIP; how many rows with ``note`` the committed primary then has."""
     cluster.query("CREATE TABLE IF NOT EXISTS wd_probe (id serial PRIMARY KEY, note text)")
     cluster.query(f"INSERT INTO wd_probe (note) VALUES ('{note}')")
-    rows = cluster.query(f"SELECT count(*) FROM wd_probe WHERE note = '{note}'")
-    return int(rows[0][0])
+    (holder,) = cluster.vip_holders()
+    primary = cluster.info(holder)["primary_id"]
+    # straight on the primary: a read through pgbalancer may go to a standby that has not replayed it yet
+    return int(cluster.pg_sql(f"SELECT count(*) FROM wd_probe WHERE note = '{note}'", node_index=primary))
 
 
 def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
@@ -80,7 +83,8 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
     assert _write_through_vip(cluster, "after sigkill") == 1
 
     cluster.start_node(old)
-    assert cluster.wait_stable() == new  # the restarted node follows; the VIP stays put
+    # it rejoins; it may force one more election (pysyncobj has no pre-vote), never a second holder
+    cluster.wait_stable()
     _no_two_holders(cluster)
 
 
@@ -97,7 +101,9 @@ def test_a_partitioned_leader_drops_the_vip_and_the_majority_takes_it_over(clust
         assert not cluster.info(old)["quorum"]
     finally:
         cluster.heal(old)
-    assert cluster.wait_stable() == new
+    # pysyncobj has no pre-vote: the returning node's higher term may start one more election, which
+    # anyone may win; what matters is that the cluster settles with one holder (and never had two)
+    cluster.wait_stable()
     _no_two_holders(cluster)
 
 
@@ -144,13 +150,40 @@ def test_a_partitioned_follower_refuses_writes_the_rest_fail_over_and_it_catches
     _no_two_holders(cluster)
 
 
+def _sees_primary_down(cluster: SampledCluster, name: str, primary: int) -> bool:
+    """Node ``name``'s own probes fail on the primary (GET /nodes on that node).
+
+    A follower shows the committed status (still up: one node's probe does not take the primary
+    away), but its health score, which only its own probes feed, collapses.
+    """
+    nodes = cluster.api(name, "/nodes")["nodes"]
+    return any(
+        node["node_id"] == primary and (node["status"] != "up" or node["health_score"] < 0.5)
+        for node in nodes
+    )
+
+
 def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: SampledCluster) -> None:
     leader = cluster.wait_stable()
     before = cluster.info(leader)
     primary, epoch = before["primary_id"], before["epoch"]
+    nodes = cluster.api(leader, "/nodes")["nodes"]
+    standby = next(n["node_id"] for n in nodes if n["role"] == "standby" and n["status"] == "up")
+    # The fault: the primary's network is lost to the standby (its WAL receiver stops) and, one by one,
+    # to the nodes (a blackhole route in the node's namespace). With the standby still streaming, the
+    # planner would rightly refuse (the primary is alive), and this would test nothing about votes.
+    cluster.pg_sql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()", standby, "postgres")
     first, second = sorted(cluster.nodes)[:2]
     try:
+        wait_for(
+            lambda: cluster.pg_sql("SELECT count(*) FROM pg_stat_wal_receiver", standby, "postgres") == "0",
+            timeout=15,
+            message=f"standby {standby} stopped streaming",
+        )
         cluster.cut_backend(first, primary)
+        wait_for(
+            lambda: _sees_primary_down(cluster, first, primary), timeout=15, message=f"{first} sees it down"
+        )
         _stays(
             lambda: cluster.info(leader)["epoch"] == epoch and _query_works(cluster),
             HEALTH_ROUNDS,
@@ -161,7 +194,7 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
             lambda: cluster.info(leader)["epoch"] > epoch, timeout=30, message="a majority saw it: failover"
         )
         after = cluster.info(leader)
-        assert after["epoch"] == epoch + 1 and after["primary_id"] != primary
+        assert after["epoch"] == epoch + 1 and after["primary_id"] == standby
         _stays(
             lambda: cluster.info(leader)["epoch"] == epoch + 1,
             HEALTH_ROUNDS,
@@ -169,7 +202,7 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
         )
         wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=20)
         for name in cluster.nodes:
-            assert cluster.info(name)["primary_id"] == after["primary_id"]
+            assert cluster.info(name)["primary_id"] == standby
     finally:
         for name in (first, second):
             cluster.cut_backend(name, primary, cut=False)

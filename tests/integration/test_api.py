@@ -244,10 +244,16 @@ def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) ->
 
 
 def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
-    for path, feature in [("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
-        response = viewer.get(f"{P}/{path}")
-        assert response.status_code == 503, path
-        assert response.json()["feature"] == feature
+    response = viewer.get(f"{P}/cache/stats")
+    assert response.status_code == 503
+    assert response.json()["feature"] == "cache"
+
+
+def test_watchdog_info_without_a_watchdog_says_how_to_form_one(viewer: httpx.Client) -> None:
+    response = viewer.get(f"{P}/watchdog/info")
+    assert response.status_code == 503
+    assert response.json()["error"] == "watchdog_disabled"
+    assert "set watchdog_nodes" in response.json()["message"]
 
 
 # --------------------------------------------------------------------------- acting
@@ -283,7 +289,10 @@ def test_pause_blocks_a_new_query_until_resume(api_node: BalancerProcess, admin:
 def test_a_detached_backend_shows_down_and_gets_no_traffic(balancer_factory: BalancerFactory) -> None:
     """Detach and attach a standby (the node's view only; PostgreSQL is untouched)."""
     node = balancer_factory(
-        pool_mode="transaction", load_balance_mode=True, load_balance_algorithm="round_robin"
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=0.5,
     )
     base = api_base_url(node)
     with (
@@ -306,6 +315,10 @@ def test_a_detached_backend_shows_down_and_gets_no_traffic(balancer_factory: Bal
             assert detail["detached"] and detail["status"] == "down"
             moved = reads(30)
             assert moved[2] == 0 and moved[1] > 0, moved
+            health = {b["node_id"]: b for b in get(admin, "health/stats")["backends"]}
+            assert health[2]["status"] == "down"
+            assert [(c["from"], c["to"]) for c in health[2]["status_changes"]] == [("up", "down")]
+            assert health[0]["checks_observed"] >= 1 and health[0]["success_rate"] == 1.0
         finally:
             attached = admin.post(f"{P}/nodes/2/attach")
         assert attached.status_code == 200, attached.text
@@ -494,6 +507,12 @@ SCHEMATHESIS_CONFIG = """
 include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
+
+# schemathesis 4's coverage phase crashes on Python 3.11 building negative cases for a string path
+# parameter ("AST constructor recursion depth mismatch" inside hypothesis): fuzzing still covers it.
+[[operations]]
+include-path-regex = "/watchdog/members/"
+phases.coverage.enabled = false
 """
 
 

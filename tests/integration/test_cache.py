@@ -19,7 +19,7 @@ import pytest
 
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
-from tests.integration.proxy_support import BalancerFactory, api_base_url, api_login
+from tests.integration.proxy_support import BalancerFactory, api_base_url, api_login, cache_stats
 
 ROWS = 200
 
@@ -58,18 +58,11 @@ def connect(node: BalancerProcess, **extra: object) -> psycopg.Connection:
     return psycopg.connect(node.dsn("app_trust", APP_DB), autocommit=True, **extra)  # type: ignore[arg-type]
 
 
-def stats(node: BalancerProcess) -> dict[str, object]:
-    token = api_login(node, "api_viewer")
-    response = httpx.get(
-        f"{api_base_url(node)}/api/v1/cache/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10
-    )
-    response.raise_for_status()
-    body: dict[str, object] = response.json()
-    return body
+stats = cache_stats
 
 
 def hits(node: BalancerProcess) -> int:
-    return int(str(stats(node)["hits"]))
+    return int(stats(node)["hits"])
 
 
 # ---- a raw protocol client, to compare bytes exactly
@@ -234,7 +227,7 @@ def test_ddl_on_unknown_targets_and_the_api_drop_entries(cached: BalancerProcess
     with connect(cached) as conn:
         conn.execute("SELECT v FROM cache_other WHERE id = 1").fetchone()
         conn.execute("SELECT v FROM cache_items WHERE id = 2").fetchone()
-        assert int(stats(cached)["entries"]) >= 2  # type: ignore[call-overload]
+        assert int(stats(cached)["entries"]) >= 2
         conn.execute("GRANT SELECT ON cache_other TO PUBLIC")
         assert stats(cached)["entries"] == 0
         conn.execute("SELECT v FROM cache_other WHERE id = 1").fetchone()
@@ -264,7 +257,7 @@ def test_huge_results_stream_past_the_cache(cached: BalancerProcess) -> None:
         assert len(conn.execute(sql).fetchall()) == 20000
         after = stats(cached)
         assert after["hits"] == before["hits"]
-        assert int(after["bytes"]) <= int(after["limit_bytes"])  # type: ignore[call-overload]
+        assert int(after["bytes"]) <= int(after["limit_bytes"])
 
 
 def test_malformed_statements_are_not_cached_and_the_session_goes_on(cached: BalancerProcess) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from quart_trio import QuartTrio
 from pgbalancer.api.app import ApiState, create_app
 from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.openapi import API_PREFIX, openapi_document
+from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import load_api_settings
 from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.api.users import parse_api_users
@@ -544,3 +546,18 @@ def test_the_spec_references_resolve() -> None:
     text = json.dumps(spec)
     for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert name in spec["components"]["schemas"], name
+
+
+def test_plaintext_api_passwords_are_loaded_with_a_warning_that_never_shows_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = make_state()
+    config = state.proxy.config
+    settings = dataclasses.replace(
+        state.settings, users=parse_api_users(USERS + '"dev" "plain-dev-pw" "viewer"\n')
+    )
+    with caplog.at_level(logging.WARNING, logger="pgbalancer.api"):
+        ApiService(config, settings, state.proxy, NodeInfo("test:1"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("plaintext passwords for 'dev'" in w and "development only" in w for w in warnings), warnings
+    assert not any("plain-dev-pw" in w for w in warnings)
