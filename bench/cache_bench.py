@@ -306,29 +306,8 @@ def cache_counters(name: str) -> tuple[float, float]:
 
 
 def pgbench(port: int, clients: int, seconds: int, script: Path) -> dict[str, float]:
-    output = run(
-        [
-            f"{PGBIN}/pgbench",
-            "-n",
-            "-M",
-            "simple",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "bench",
-            "-c",
-            str(clients),
-            "-j",
-            "2",
-            "-T",
-            str(seconds),
-            "-f",
-            str(script),
-            "bench",
-        ]
-    )
+    options = f"-n -M simple -h 127.0.0.1 -p {port} -U bench -c {clients} -j 2 -T {seconds}"
+    output = run([f"{PGBIN}/pgbench", *options.split(), "-f", str(script), "bench"])
     tps = float(re.search(r"tps = ([\d.]+) \(without initial", output).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", output).group(1))  # type: ignore[union-attr]
     return {"tps": tps, "latency_ms": latency}
