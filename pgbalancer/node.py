@@ -121,6 +121,8 @@ class Node:
                 if self.vip is not None:  # after the watchdog: it follows the Raft leadership
                     await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
+                if self.proxy.cache is not None:  # memqcache_prefetch: idle unless switched on
+                    await nursery.start(self.proxy.cache.run_prefetch, self.proxy)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())

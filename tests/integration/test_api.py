@@ -243,10 +243,10 @@ def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) ->
     assert all(n["queries_total"] > 0 for n in nodes if n["node_id"] in picked)
 
 
-def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
+def test_cache_stats_with_the_cache_off(viewer: httpx.Client) -> None:
     response = viewer.get(f"{P}/cache/stats")
-    assert response.status_code == 503
-    assert response.json()["feature"] == "cache"
+    assert response.status_code == 200
+    assert response.json()["enabled"] is False and response.json()["entries"] == 0
 
 
 def test_watchdog_info_without_a_watchdog_says_how_to_form_one(viewer: httpx.Client) -> None:
