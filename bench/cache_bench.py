@@ -29,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -43,8 +44,15 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 BASE = "/tmp/pgb-cache-bench"
 PRIMARY, REPLICAS = 5633, (5634, 5635)
-PORTS = {"pgbouncer": 6632, "pgpool": 9899, "pgbalancer (cache off)": 6643, "pgbalancer (cache on)": 6644}
-API_PORTS = {"pgbalancer (cache off)": 6653, "pgbalancer (cache on)": 6654}
+BASELINE = "pgbalancer (cache on, baseline)"  # --baseline: another checkout's code, same config
+PORTS = {
+    "pgbouncer": 6632,
+    "pgpool": 9899,
+    "pgbalancer (cache off)": 6643,
+    "pgbalancer (cache on)": 6644,
+    BASELINE: 6645,
+}
+API_PORTS = {"pgbalancer (cache off)": 6653, "pgbalancer (cache on)": 6654, BASELINE: 6655}
 PCP_PORT = 9897
 ROWS, HOT = 10_000, 200
 PGBIN = "/usr/lib/postgresql/15/bin"
@@ -175,7 +183,9 @@ log_level = warning
 
 
 @contextlib.contextmanager
-def targets(work: Path, only: list[str], pgpool_load_balance: bool) -> Iterator[None]:
+def targets(
+    work: Path, only: list[str], pgpool_load_balance: bool, baseline: Path | None = None
+) -> Iterator[None]:
     """Start every target that is not running; stop what was started, whatever happens."""
     started: list[tuple[str, subprocess.Popen[bytes] | None, Path | None]] = []
     for name, port in PORTS.items():
@@ -197,9 +207,15 @@ def targets(work: Path, only: list[str], pgpool_load_balance: bool) -> Iterator[
                 started.append((name, as_postgres(pgpool, work / "pgpool.log"), None))
             elif name.startswith("pgbalancer"):
                 conf = write_pgbalancer(work, name, cache="on" in name)
+                env = dict(os.environ)
+                if name == BASELINE and baseline is not None:  # its package shadows the installed one
+                    env["PYTHONPATH"] = str(baseline)
                 with (work / f"pgbalancer-{PORTS[name]}.log").open("ab") as log:
                     balancer = subprocess.Popen(
-                        [str(REPO / ".venv" / "bin" / "pgbalancer"), "-f", str(conf)], stdout=log, stderr=log
+                        [str(REPO / ".venv" / "bin" / "pgbalancer"), "-f", str(conf)],
+                        stdout=log,
+                        stderr=log,
+                        env=env,
                     )
                 started.append((name, balancer, None))
             wait_port(PORTS[name])
@@ -287,7 +303,7 @@ def validate(port: int, stop: threading.Event, out: Validation) -> None:
 
 def cache_counters(name: str) -> tuple[float, float]:
     """(hits, lookups) so far: pgbalancer's /metrics, Pgpool-II's SHOW pool_cache."""
-    if name == "pgbalancer (cache on)":
+    if name in ("pgbalancer (cache on)", BASELINE):
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{API_PORTS[name]}/metrics", timeout=10).read().decode()
         )
@@ -329,7 +345,7 @@ def measure(name: str, args: argparse.Namespace, script: Path) -> RunResult:
     validation = Validation()
     stop = threading.Event()
     checker = None
-    if name in ("pgbalancer (cache on)", "pgpool"):
+    if name in ("pgbalancer (cache on)", BASELINE, "pgpool"):
         checker = threading.Thread(target=validate, args=(port, stop, validation), daemon=True)
         checker.start()
     result = pgbench(port, args.clients, args.time, script)
@@ -362,6 +378,12 @@ def main() -> None:
     )
     parser.add_argument("--shared", type=Path, help="directory of the shared bench scripts (pgcluster.sh)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the PostgreSQL cluster up")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a directory holding another version's pgbalancer package (e.g. from `git archive`): "
+        "measured as a sixth target with the cache on, interleaved with this one",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: PostgreSQL, PgBouncer and Pgpool-II run as the postgres user")
@@ -370,6 +392,10 @@ def main() -> None:
     if shared is None:
         raise SystemExit("no shared/bench/pgcluster.sh beside the repo or above it: pass --shared DIR")
     names = ["direct", "pgbouncer", "pgpool", "pgbalancer (cache off)", "pgbalancer (cache on)"]
+    if args.baseline is not None:
+        if not (args.baseline / "pgbalancer" / "__init__.py").is_file():
+            raise SystemExit(f"--baseline {args.baseline}: no pgbalancer package there")
+        names.append(BASELINE)
     missing = [n for n in ("pgbouncer", "pgpool") if shutil.which(n) is None]
     for name in missing:
         print(f"[cache bench] {name} is not installed (apt-get install -y pgbouncer pgpool2): skipped")
@@ -391,7 +417,9 @@ def main() -> None:
     try:
         run([str(shared / "pgcluster.sh"), "up", BASE], env=env)
         prepare_data()
-        with targets(work, [n for n in names if n != "direct"], args.pgpool_load_balance == "on"):
+        with targets(
+            work, [n for n in names if n != "direct"], args.pgpool_load_balance == "on", args.baseline
+        ):
             for rep in range(args.reps):
                 for name in names:
                     print(f"[cache bench] rep {rep + 1}/{args.reps}: {name}", flush=True)
@@ -418,6 +446,7 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
         tps = mean([r.tps for r in results])
         rows[name] = {
             "tps": tps,
+            "tps_median": statistics.median([r.tps for r in results]) if results else 0.0,
             "x_pgbouncer": tps / bouncer if bouncer else None,
             "latency_ms": mean([r.latency_ms for r in results]),
             "hit_ratio": mean(ratios) if ratios else None,
@@ -438,8 +467,9 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
 
 def table(report: dict[str, object]) -> str:
     lines = [
-        "| target | TPS | x PgBouncer | latency ms | hit ratio | stale reads / checked |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| target | TPS (mean) | TPS (median) | x PgBouncer | latency ms | hit ratio "
+        "| stale reads / checked |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     targets = report["targets"]
     assert isinstance(targets, dict)
@@ -447,7 +477,10 @@ def table(report: dict[str, object]) -> str:
         ratio = "" if row["x_pgbouncer"] is None else f"{row['x_pgbouncer']:.2f}"
         hit = "" if row["hit_ratio"] is None else f"{row['hit_ratio']:.1%}"
         stale = "" if row["stale_reads"] is None else f"{row['stale_reads']} / {row['reads_checked']}"
-        lines.append(f"| {name} | {row['tps']:.0f} | {ratio} | {row['latency_ms']:.2f} | {hit} | {stale} |")
+        lines.append(
+            f"| {name} | {row['tps']:.0f} | {row['tps_median']:.0f} | {ratio} "
+            f"| {row['latency_ms']:.2f} | {hit} | {stale} |"
+        )
     return "\n".join(lines)
 
 

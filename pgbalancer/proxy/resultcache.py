@@ -19,6 +19,7 @@ or replication end a client session (failures make it cache less, never serve st
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import re
@@ -56,6 +57,7 @@ DDL_MARKER = "\x00ddl"
 
 
 _FACTS_MEMO_SIZE = 8192
+_RAW_MEMO_MAX_BYTES = 8192  # longer requests are framed and keyed each time (hashing them costs too)
 _PREFETCH_QUEUE = 256
 _RECIPE_OVERHEAD = 64  # the recipe record; its session context is shared by a session's entries
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
@@ -119,6 +121,9 @@ class CacheService:
         # (statement text as sent, quoting, function policy) -> its cache facts: a hit skips
         # decoding and classifying. Cleared on reload.
         self.facts_memo: dict[tuple[bytes, bool, int], CacheFacts] = {}
+        # (quoting, id of the function policy) -> a request's exact bytes -> what keys it (the
+        # key after the session's part, its cache facts): a hit needs no framing or parsing.
+        self._request_tables: dict[tuple[bool, int], dict[bytes, _Request]] = {}
         self.prefetch = config.memqcache_prefetch
         self.prefetch_count = config.memqcache_prefetch_count
         self.prefetch_rate = config.memqcache_prefetch_rate
@@ -136,9 +141,16 @@ class CacheService:
         self.invalidation_timeout = config.memqcache_invalidation_timeout
         self.hit_lease = config.memqcache_hit_lease
         self.facts_memo.clear()
+        for table in self._request_tables.values():
+            table.clear()  # clients hold them: emptied in place
         self.prefetch = config.memqcache_prefetch
         self.prefetch_count = config.memqcache_prefetch_count
         self.prefetch_rate = config.memqcache_prefetch_rate
+
+    def request_table(self, standard: bool, policy: FunctionPolicy) -> dict[bytes, _Request]:
+        """The planned requests of every client with this quoting (standard_conforming_strings)
+        and function policy."""
+        return self._request_tables.setdefault((standard, id(policy)), {})
 
     # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
 
@@ -383,20 +395,49 @@ def _patterns(patterns: Iterable[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(parts), re.IGNORECASE) if parts else None
 
 
-class _Definitions(Mapping[bytes, bytes]):
-    """A client's statement names -> definitions, read in place (no copy per batch)."""
+class Unknown(enum.Enum):
+    """``plan_raw``: these bytes were not planned (under these settings); frame and plan them."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What a request's bytes mean to the cache, for any client with the same settings."""
+
+    suffix: bytes  # the key after the session's part (keys.py)
+    facts: CacheFacts | None  # None: not cacheable
+    parses: tuple[tuple[bytes, bytes], ...] = ()  # named Parses it holds: (client name, definition)
+    # The client statements it uses and their definitions then (None: not defined); a client whose
+    # statements of these names differ must key it again.
+    depends: tuple[tuple[bytes, bytes | None], ...] = ()
+
+
+class _Recorded(Mapping[bytes, bytes]):
+    """A client's statement names -> definitions, read in place, noting each name asked for."""
 
     def __init__(self, statements: ClientStatements) -> None:
         self._by_name = statements.by_name
+        self._asked: dict[bytes, bytes | None] = {}
 
     def __getitem__(self, name: bytes) -> bytes:
-        return self._by_name[name].definition
+        statement = self._by_name.get(name)
+        self._asked[name] = None if statement is None else statement.definition
+        if statement is None:
+            raise KeyError(name)
+        return statement.definition
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._by_name)
 
     def __len__(self) -> int:
         return len(self._by_name)
+
+    def depends(self) -> tuple[tuple[bytes, bytes | None], ...]:
+        return tuple(self._asked.items())
 
 
 @dataclass(slots=True)
@@ -453,36 +494,69 @@ class ClientCache:
         self.user = user
         self.state = state
         self.statements = statements
-        self.definitions = _Definitions(statements)
         self.policy = policy
         self.fill: _Fill | None = None
         self.pending: set[str] | None = set()  # tables written in the open transaction; None = all
         self.has_pending = False
-        self._session_key: tuple[tuple[int, int], bytes] | None = None
+        self._version = -1  # the settings version the session key and request table are for
+        self._session_key: bytes | None = None
+        self._request_table: dict[bytes, _Request] = {}
         self._unnamed_sql = b""  # the text of the last unnamed Parse (a later Bind may run it)
 
     # ---- reads
 
-    def plan(self, batch: Sequence[Message]) -> CachePlan | None:
-        """The cache plan of a batch that is one cacheable read, looked up; None otherwise."""
+    def plan_raw(self, raw: bytes) -> CachePlan | Unknown | None:
+        """The looked-up plan of a request received as exactly ``raw``, before any framing, if
+        these bytes were planned before under this client's settings; None when they are not
+        cacheable; UNKNOWN when they must be framed and planned (``plan``)."""
+        request = self._requests().get(raw)
+        if request is None:
+            return UNKNOWN
+        by_name = self.statements.by_name
+        for name, definition in request.depends:
+            statement = by_name.get(name)
+            if (None if statement is None else statement.definition) != definition:
+                return UNKNOWN  # the client's statement of that name changed: key it again
+        return self._looked_up(request)
+
+    def plan(self, batch: Sequence[Message], raw: bytes | None = None) -> CachePlan | None:
+        """The cache plan of a batch that is one cacheable read, looked up; None otherwise.
+        ``raw``: the batch's exact bytes, when it was received alone; what the planning found
+        is remembered under them so that ``plan_raw`` answers them next time."""
+        requests = self._requests()
+        request = self._request(batch)
+        if request is None:
+            return None
+        if raw is not None and len(raw) <= _RAW_MEMO_MAX_BYTES:
+            if len(requests) >= _FACTS_MEMO_SIZE:
+                requests.clear()
+            requests[raw] = request
+        return self._looked_up(request)
+
+    def _looked_up(self, request: _Request) -> CachePlan | None:
+        facts = request.facts
+        if facts is None:
+            return None
+        assert self._session_key is not None  # set with the request table (_requests)
+        key = self._session_key + request.suffix
+        return CachePlan(key, facts.reads, facts.ttl, self.service.lookup(key), request.parses)
+
+    def _request(self, batch: Sequence[Message]) -> _Request | None:
+        """What keys a batch (its part after the session's), or None: not a one-read batch."""
         first = batch[0]
         if len(batch) == 1 and first.type == b"Q":
-            facts = self._facts(first.body[:-1])
-            if not facts.cacheable:
-                return None
-            plan = CachePlan(query_key(self._session(), first.body), facts.reads, facts.ttl, None)
-        elif batch[-1].type == b"S" and first.type in (b"P", b"B"):
-            request = extended_request(self._session(), batch, self.definitions)
-            if request is None:
-                return None
-            facts = self._facts(request.sql)
-            if not facts.cacheable:
-                return None
-            plan = CachePlan(request.key, facts.reads, facts.ttl, None, request.parses)
-        else:
-            return None
-        plan.hit = self.service.lookup(plan.key)
-        return plan
+            return _Request(query_key(b"", first.body), self._cacheable(first.body[:-1]))
+        if batch[-1].type == b"S" and first.type in (b"P", b"B"):
+            used = _Recorded(self.statements)
+            extended = extended_request(b"", batch, used)
+            if extended is None:
+                return _Request(b"", None, depends=used.depends())
+            return _Request(extended.key, self._cacheable(extended.sql), extended.parses, used.depends())
+        return None
+
+    def _cacheable(self, sql: bytes) -> CacheFacts | None:
+        facts = self._facts(sql)
+        return facts if facts.cacheable else None
 
     def answer(self, plan: CachePlan) -> bytes:
         """The cached bytes for a hit; the statements it parsed now exist for this client."""
@@ -491,15 +565,22 @@ class ClientCache:
         assert plan.hit is not None
         return plan.hit
 
-    def _session(self) -> bytes:
-        fingerprint = self.state.fingerprint
-        if self._session_key is None or self._session_key[0] != fingerprint:
+    def _requests(self) -> dict[bytes, _Request]:
+        """The node's table of planned requests for this client's quoting and function policy,
+        with this client's session key brought up to date (both change only with its settings)."""
+        version = self.state.version
+        if version != self._version:
             settings = {**self.state.reported, **self.state.startup, **self.state.session}
-            self._session_key = (fingerprint, session_key(self.database, self.user, settings))
-        return self._session_key[1]
+            self._session_key = session_key(self.database, self.user, settings)
+            self._request_table = self.service.request_table(self._standard(), self.policy)
+            self._version = version
+        return self._request_table
+
+    def _standard(self) -> bool:
+        return self.state.reported.get("standard_conforming_strings", "on") == "on"
 
     def _facts(self, sql: bytes) -> CacheFacts:
-        standard = self.state.reported.get("standard_conforming_strings", "on") == "on"
+        standard = self._standard()
         memo = self.service.facts_memo
         memo_key = (sql, standard, id(self.policy))
         known = memo.get(memo_key)

@@ -33,7 +33,7 @@ from pgbalancer.proxy.backend import (
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
-from pgbalancer.proxy.resultcache import CachePlan, ClientCache
+from pgbalancer.proxy.resultcache import UNKNOWN, CachePlan, ClientCache, Unknown
 from pgbalancer.proxy.routed import BatchRouting
 from pgbalancer.proxy.sessionstate import (
     SESSION_SETTINGS_QUERY,
@@ -189,15 +189,32 @@ class TransactionRelay:
     async def _client_loop(self) -> None:
         buffer = ReceiveBuffer()
         pending = self._drain_client_messages()
+        raw: bytes | None = None  # the bytes of ``pending``, when they came alone in one receive
+        planned: CachePlan | Unknown | None = UNKNOWN
+        cache = self.cache
         while True:
-            if pending and await self._handle(pending):
+            if pending and await self._handle(pending, raw, planned):
                 return
             received = await self._receive_within_idle_limits(buffer.data)
             if received == 0:
                 return
+            raw, planned = None, UNKNOWN
+            if cache is not None and not self.reader.buffered and self._client_idle():
+                # A request seen before, alone in this receive: a hit is one lookup by its bytes
+                # and one send, with no framing and no parsing.
+                raw = bytes(buffer.view[:received])
+                planned = cache.plan_raw(raw)
+                if isinstance(planned, CachePlan) and planned.hit is not None:
+                    self.session.last_request_at = trio.current_time()
+                    await self.client.send_all(cache.answer(planned))
+                    buffer.grow_if_filled(received)
+                    pending = []
+                    continue
             self.reader.receive_data(buffer.view[:received])
             buffer.grow_if_filled(received)
             pending = self._drain_client_messages()
+            if self.reader.buffered:
+                raw, planned = None, UNKNOWN  # a message continues in the next receive
 
     async def _receive_within_idle_limits(self, buffer: bytearray) -> int:
         config = self.proxy.config
@@ -232,19 +249,26 @@ class TransactionRelay:
             raise RelayEnded(exc.to_response()) from exc
         return messages
 
-    async def _handle(self, messages: list[Message]) -> bool:
-        """Process a batch; True when the client said Terminate."""
+    async def _handle(
+        self,
+        messages: list[Message],
+        raw: bytes | None = None,
+        planned: CachePlan | Unknown | None = UNKNOWN,
+    ) -> bool:
+        """Process a batch; True when the client said Terminate. ``raw``: the batch's bytes when
+        it came alone; ``planned``: what ``ClientCache.plan_raw`` said of them."""
         self.session.last_request_at = trio.current_time()
         terminated = False
         for index, message in enumerate(messages):
             if message.type == b"X":
                 messages, terminated = messages[:index], True
+                raw, planned = None, UNKNOWN
                 break
         plan = None
         if self.cache is not None and messages and self._client_idle():
             # Before any other parsing: a hit costs one key lookup (a cacheable read is never a
             # session command, so nothing below would have applied to it).
-            plan = self.cache.plan(messages)
+            plan = self.cache.plan(messages, raw) if planned is UNKNOWN else planned
             if plan is not None and plan.hit is not None:
                 await self.client.send_all(self.cache.answer(plan))
                 return terminated

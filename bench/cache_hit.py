@@ -1,0 +1,165 @@
+"""bench/cache_hit: the Python cost of one result-cache hit inside pgbalancer, in microseconds.
+
+Runs a real ``TransactionRelay``'s client loop (cache on, one warm entry) on a stub client
+socket that hands it the exact bytes ``pgbench -S`` sends, simple protocol (one Query) or
+extended protocol (Parse/Bind/Describe/Execute/Sync), and accepts the replies; times the
+loop per request. What is left out is only the kernel and trio's wait for the next request:
+the figure is the per-hit work pgbalancer adds on top of any I/O.
+
+Usage: .venv/bin/python bench/cache_hit.py [--hits 200000] [--rounds 5]
+Prints a table and writes JSON to bench/results/cache-hit-<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+
+from pgbalancer.config import parse_config_text
+from pgbalancer.pgwire.framing import MessageReader
+from pgbalancer.proxy.backend import ServerCredentials
+from pgbalancer.proxy.resultcache import CacheService
+from pgbalancer.proxy.sessionstate import ClientSessionState
+from pgbalancer.proxy.txrelay import TransactionRelay
+from pgbalancer.routing.classify import DEFAULT_POLICY
+
+REPO = Path(__file__).resolve().parent.parent
+SQL = b"SELECT id, v, note FROM cache_items WHERE id = 42"
+# What PostgreSQL 15 reports at startup (the settings every key carries).
+REPORTED = {
+    "application_name": "pgbench",
+    "client_encoding": "UTF8",
+    "DateStyle": "ISO, MDY",
+    "default_transaction_read_only": "off",
+    "in_hot_standby": "off",
+    "integer_datetimes": "on",
+    "IntervalStyle": "postgres",
+    "is_superuser": "on",
+    "server_encoding": "UTF8",
+    "server_version": "15.4",
+    "session_authorization": "postgres",
+    "standard_conforming_strings": "on",
+    "TimeZone": "UTC",
+    "search_path": '"$user", public',
+}
+
+
+def _msg(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+SIMPLE = _msg(b"Q", SQL + b"\x00")
+EXTENDED = (
+    _msg(b"P", b"\x00SELECT id, v, note FROM cache_items WHERE id = $1\x00\x00\x01\x00\x00\x00\x17")
+    + _msg(b"B", b"\x00\x00\x00\x00\x00\x01\x00\x00\x00\x0242\x00\x00")
+    + _msg(b"D", b"P\x00")
+    + _msg(b"E", b"\x00\x00\x00\x00\x00")
+    + _msg(b"S", b"")
+)
+ROW = _msg(b"D", b"\x00\x03\x00\x00\x00\x0242\x00\x00\x00\x011\x00\x00\x00\x05hello")
+DESCRIPTION = _msg(b"T", b"\x00\x03" + (b"id\x00" + b"\x00" * 18) * 3)
+ANSWERS = {
+    "simple": DESCRIPTION + ROW + _msg(b"C", b"SELECT 1\x00") + _msg(b"Z", b"I"),
+    "extended": _msg(b"1", b"")
+    + _msg(b"2", b"")
+    + DESCRIPTION
+    + ROW
+    + _msg(b"C", b"SELECT 1\x00")
+    + _msg(b"Z", b"I"),
+}
+
+
+class _Client:
+    """Hands the relay the same request ``limit`` times, then closes; accepts the replies."""
+
+    peer = "bench"
+
+    def __init__(self, request: bytes = b"", limit: int = 0) -> None:
+        self.request = request
+        self.limit = limit
+        self.received = 0
+        self.sent = 0
+
+    async def recv_into(self, buffer: bytearray | memoryview) -> int:
+        if self.received >= self.limit:
+            return 0
+        self.received += 1
+        size = len(self.request)
+        buffer[:size] = self.request
+        return size
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.sent += 1
+
+
+def _relay() -> tuple[TransactionRelay, CacheService]:
+    config = parse_config_text(
+        "backend_hostname0 = '127.0.0.1'\nauth_type = trust\nworkers = 1\nmemory_cache_enabled = on\n"
+    )
+    service = CacheService(config)
+    router = SimpleNamespace(settings=SimpleNamespace(functions=DEFAULT_POLICY))
+    proxy = SimpleNamespace(cache=service, router=router, config=config)
+    session = SimpleNamespace(
+        proxy=proxy, client=_Client(), database="bench", user="postgres", last_request_at=0.0
+    )
+    state = ClientSessionState(REPORTED, {})
+    relay = TransactionRelay(
+        session,  # type: ignore[arg-type]
+        ServerCredentials("postgres"),
+        MessageReader(),
+        state,
+        statement_mode=False,
+    )
+    return relay, service
+
+
+async def _measure(kind: str, request: bytes, hits: int) -> float:
+    relay, service = _relay()
+    cache = relay.cache
+    assert cache is not None
+    # Fill: plan the request once (a miss), then store the answer under its key.
+    relay.reader.receive_data(request)
+    plan = cache.plan(relay._drain_client_messages())
+    assert plan is not None and plan.hit is None, "the request must be cacheable"
+    assert service.finish_fill(plan.key, ANSWERS[kind], plan.reads, service.begin_fill(), None)
+    relay.session.client = relay.client = client = _Client(request, hits)
+    started = time.perf_counter()
+    await relay._client_loop()
+    elapsed = time.perf_counter() - started
+    assert client.sent == hits and service.store.hits == hits, "every request must hit"
+    return elapsed / hits * 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hits", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    for kind, request in (("simple", SIMPLE), ("extended", EXTENDED)):
+        samples = [trio.run(_measure, kind, request, args.hits) for _ in range(args.rounds)]
+        results[kind] = {"median_us": statistics.median(samples), "samples_us": samples}
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"cache-hit-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print("| protocol | µs per hit (median) | samples |")
+    print("|---|---:|---|")
+    for kind, result in results.items():
+        samples = ", ".join(f"{s:.2f}" for s in result["samples_us"])
+        print(f"| {kind} | {result['median_us']:.2f} | {samples} |")
+    print(f"JSON: {out}")
+
+
+if __name__ == "__main__":
+    main()
