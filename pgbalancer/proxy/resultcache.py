@@ -12,8 +12,13 @@ described in docs/cache.md). Sessions call it from the relay (txrelay.py):
 * ``await invalidate(tables)`` when a write's transaction ends, before the client sees its
   ReadyForQuery.
 
+Per client, ``ClientCache`` keys requests: ``plan_raw`` by the exact bytes of a request that
+arrived alone (what they mean is remembered node-wide, the session's part of the key only
+changes with the session's settings), ``plan`` by framed messages otherwise.
+
 It must never: serve an entry without a valid lease when a replicator is configured; store a
-result whose table was invalidated since the request started; let a failing catalog query
+result whose table was invalidated since the request started; answer bytes by what they
+meant under other session settings or other client statement definitions; let a failing catalog query
 or replication end a client session (failures make it cache less, never serve stale).
 """
 
@@ -57,7 +62,7 @@ DDL_MARKER = "\x00ddl"
 
 
 _FACTS_MEMO_SIZE = 8192
-_RAW_MEMO_MAX_BYTES = 8192  # longer requests are framed and keyed each time (hashing them costs too)
+RAW_REQUEST_MAX_BYTES = 8192  # longer requests are framed and keyed each time (hashing them costs too)
 _PREFETCH_QUEUE = 256
 _RECIPE_OVERHEAD = 64  # the recipe record; its session context is shared by a session's entries
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
@@ -527,7 +532,7 @@ class ClientCache:
         request = self._request(batch)
         if request is None:
             return None
-        if raw is not None and len(raw) <= _RAW_MEMO_MAX_BYTES:
+        if raw is not None and len(raw) <= RAW_REQUEST_MAX_BYTES:
             if len(requests) >= _FACTS_MEMO_SIZE:
                 requests.clear()
             requests[raw] = request

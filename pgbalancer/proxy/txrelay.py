@@ -33,7 +33,7 @@ from pgbalancer.proxy.backend import (
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
-from pgbalancer.proxy.resultcache import UNKNOWN, CachePlan, ClientCache, Unknown
+from pgbalancer.proxy.resultcache import RAW_REQUEST_MAX_BYTES, UNKNOWN, CachePlan, ClientCache, Unknown
 from pgbalancer.proxy.routed import BatchRouting
 from pgbalancer.proxy.sessionstate import (
     SESSION_SETTINGS_QUERY,
@@ -199,7 +199,12 @@ class TransactionRelay:
             if received == 0:
                 return
             raw, planned = None, UNKNOWN
-            if cache is not None and not self.reader.buffered and self._client_idle():
+            if (
+                cache is not None
+                and received <= RAW_REQUEST_MAX_BYTES
+                and not self.reader.buffered
+                and self._client_idle()
+            ):
                 # A request seen before, alone in this receive: a hit is one lookup by its bytes
                 # and one send, with no framing and no parsing.
                 raw = bytes(buffer.view[:received])

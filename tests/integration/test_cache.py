@@ -158,6 +158,80 @@ def test_extended_protocol_parameters_and_formats_are_in_the_key(cached: Balance
         sock.close()
 
 
+def test_a_settings_change_after_a_cached_read_never_gets_the_old_answer(
+    cached: BalancerProcess, pg_cluster: PgClusterLike
+) -> None:
+    """The same bytes under another search_path are another statement: hits follow SET."""
+    pg_cluster.psql(
+        pg_cluster.primary,
+        """
+        DROP SCHEMA IF EXISTS cache_sp1, cache_sp2 CASCADE;
+        CREATE SCHEMA cache_sp1; CREATE SCHEMA cache_sp2;
+        CREATE TABLE cache_sp1.cache_sp (v text); INSERT INTO cache_sp1.cache_sp VALUES ('one');
+        CREATE TABLE cache_sp2.cache_sp (v text); INSERT INTO cache_sp2.cache_sp VALUES ('two');
+        GRANT USAGE ON SCHEMA cache_sp1, cache_sp2 TO PUBLIC;
+        GRANT SELECT ON cache_sp1.cache_sp, cache_sp2.cache_sp TO PUBLIC;
+        """,
+        dbname=APP_DB,
+    )
+    sock = open_raw(cached.host, cached.port)
+    other = open_raw(cached.host, cached.port)
+    try:
+        read = "SELECT v FROM cache_sp"
+        query(sock, "SET search_path TO cache_sp1")
+        assert b"one" in query(sock, read)
+        before = hits(cached)
+        assert b"one" in query(sock, read)
+        assert hits(cached) == before + 1  # cached under cache_sp1
+        query(sock, "SET search_path TO cache_sp2")
+        for _ in range(3):
+            answer = query(sock, read)
+            assert b"two" in answer and b"one" not in answer
+        query(other, "SET search_path TO cache_sp1")  # another client with the first settings
+        assert b"one" in query(other, read)
+        query(sock, "RESET search_path")
+        query(sock, "SET search_path TO cache_sp1")
+        assert b"one" in query(sock, read)
+    finally:
+        sock.close()
+        other.close()
+
+
+def test_a_redefined_prepared_statement_never_gets_the_old_answer(cached: BalancerProcess) -> None:
+    """Byte-identical Bind/Execute requests naming a statement that now means something else."""
+    sock = open_raw(cached.host, cached.port)
+
+    def define(sql: str) -> None:
+        sock.sendall(frame(b"P", b"s_cache\0" + sql.encode() + b"\0\0\0") + frame(b"S", b""))
+        assert read_reply(sock).startswith(frame(b"1", b""))
+
+    execute = (
+        frame(b"B", b"\0s_cache\0" + struct.pack("!HHH", 0, 0, 0))
+        + frame(b"D", b"P\0")
+        + frame(b"E", b"\0\0\0\0\0")
+        + frame(b"S", b"")
+    )
+
+    def run() -> bytes:
+        sock.sendall(execute)
+        return read_reply(sock)
+
+    try:
+        define("SELECT v FROM cache_items WHERE id = 31")
+        first = run()
+        before = hits(cached)
+        assert run() == first and b"v31" in first
+        assert hits(cached) == before + 1
+        sock.sendall(frame(b"C", b"Ss_cache\0") + frame(b"S", b""))
+        read_reply(sock)
+        define("SELECT v FROM cache_items WHERE id = 32")
+        for _ in range(2):
+            answer = run()
+            assert b"v32" in answer and b"v31" not in answer
+    finally:
+        sock.close()
+
+
 def test_psycopg_and_asyncpg_get_cached_answers_with_their_parameters(cached: BalancerProcess) -> None:
     before = hits(cached)
     with connect(cached) as conn:

@@ -3,18 +3,21 @@ lease, peers' invalidations apply, and a client's writes are collected until its
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgbalancer.cache.relations import RelationFacts
 from pgbalancer.config import parse_config_text
 from pgbalancer.pgwire.framing import Message
 from pgbalancer.proxy.backend import ServerCredentials
 from pgbalancer.proxy.prepared import ClientStatements, PreparedStatement
-from pgbalancer.proxy.resultcache import DDL_MARKER, CacheService, ClientCache, Recipe
+from pgbalancer.proxy.resultcache import DDL_MARKER, UNKNOWN, CachePlan, CacheService, ClientCache, Recipe
 from pgbalancer.proxy.sessionstate import ClientSessionState
 from pgbalancer.routing.classify import DEFAULT_POLICY
 
@@ -210,3 +213,129 @@ async def test_invalidation_hands_over_the_hottest_dropped_recipes() -> None:
     assert handed == [b"k2", b"k0"]
     with pytest.raises(trio.WouldBlock):
         cache._prefetch_receive.receive_nowait()
+
+
+# ---- the raw-bytes hit path (plan_raw): same keys as framing, re-keyed when settings change
+
+
+def _frame(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!I", len(body) + 4) + body
+
+
+def _raw_and_batch(messages: list[Message]) -> tuple[bytes, list[Message]]:
+    return b"".join(_frame(m.type, m.body) for m in messages), messages
+
+
+def _bind_named(name: bytes, value: bytes) -> list[Message]:
+    return [
+        Message(b"B", b"\x00" + name + b"\x00" + struct.pack("!HHI", 0, 1, len(value)) + value + b"\x00\x00"),
+        Message(b"D", b"P\x00"),
+        Message(b"E", b"\x00\x00\x00\x00\x00"),
+        Message(b"S", b""),
+    ]
+
+
+async def test_raw_bytes_are_unknown_until_planned_then_give_the_framed_key() -> None:
+    cache = service()
+    client = _client(cache)
+    raw, batch = _raw_and_batch([Message(b"Q", b"SELECT v FROM t WHERE id = 1\x00")])
+    assert client.plan_raw(raw) is UNKNOWN
+    first = client.plan(batch, raw)
+    assert isinstance(first, CachePlan) and first.hit is None
+    assert cache.finish_fill(first.key, ANSWER, first.reads, cache.begin_fill(), None)
+    hit = client.plan_raw(raw)
+    assert isinstance(hit, CachePlan) and hit.key == first.key and hit.hit == ANSWER
+    assert hit.key == client.plan(batch).key  # type: ignore[union-attr]
+    volatile, volatile_batch = _raw_and_batch([Message(b"Q", b"SELECT now()\x00")])
+    assert client.plan(volatile_batch, volatile) is None
+    assert client.plan_raw(volatile) is None  # known: not cacheable
+
+
+async def test_a_settings_change_after_a_cached_read_never_serves_the_old_answer() -> None:
+    cache = service()
+    client = _client(cache)
+    raw, batch = _raw_and_batch([Message(b"Q", b"SELECT v FROM t\x00")])
+    plan = client.plan(batch, raw)
+    assert plan is not None and cache.finish_fill(plan.key, ANSWER, plan.reads, cache.begin_fill(), None)
+    assert isinstance(hit := client.plan_raw(raw), CachePlan) and hit.hit == ANSWER
+    client.state.adopt_session_settings([("search_path", "other")], {})  # what SET search_path leads to
+    moved = client.plan_raw(raw)
+    assert moved is UNKNOWN or (isinstance(moved, CachePlan) and moved.hit is None and moved.key != plan.key)
+    again = client.plan(batch, raw)
+    assert again is not None and again.hit is None and again.key != plan.key
+    client.state.forget_session_settings()  # back to what the entry was cached under
+    assert isinstance(back := client.plan_raw(raw), CachePlan) and back.hit == ANSWER
+
+
+async def test_a_redefined_client_statement_is_keyed_again() -> None:
+    cache = service()
+    client = _client(cache)
+    old = b"SELECT v FROM t WHERE id = $1\x00\x00\x00"
+    client.statements.by_name[b"s"] = PreparedStatement("pgbs_old", old)
+    raw, batch = _raw_and_batch(_bind_named(b"s", b"1"))
+    plan = client.plan(batch, raw)
+    assert plan is not None and plan.reads == {"t"}
+    assert cache.finish_fill(plan.key, ANSWER, plan.reads, cache.begin_fill(), None)
+    assert isinstance(hit := client.plan_raw(raw), CachePlan) and hit.hit == ANSWER
+    client.statements.by_name[b"s"] = PreparedStatement(
+        "pgbs_new", b"SELECT v FROM u WHERE id = $1\x00\x00\x00"
+    )
+    assert client.plan_raw(raw) is UNKNOWN  # same bytes, another statement: never the old answer
+    rekeyed = client.plan(batch, raw)
+    assert rekeyed is not None and rekeyed.hit is None and rekeyed.reads == {"u"}
+    del client.statements.by_name[b"s"]
+    assert client.plan_raw(raw) is UNKNOWN
+    assert client.plan(batch, raw) is None  # an unknown statement: not keyable
+
+
+async def test_a_cached_batch_parsing_a_named_statement_defines_it_on_a_raw_hit() -> None:
+    cache = service()
+    client = _client(cache)
+    definition = b"SELECT v FROM t WHERE id = $1\x00\x00\x00"
+    raw, batch = _raw_and_batch([Message(b"P", b"s\x00" + definition), *_bind_named(b"s", b"1")])
+    plan = client.plan(batch, raw)
+    assert plan is not None and cache.finish_fill(plan.key, ANSWER, plan.reads, cache.begin_fill(), None)
+    hit = client.plan_raw(raw)
+    assert isinstance(hit, CachePlan) and client.answer(hit) == ANSWER
+    assert client.statements.by_name[b"s"].definition == definition
+
+
+_settings = st.dictionaries(
+    st.sampled_from(["search_path", "TimeZone", "DateStyle", "extra_float_digits", "role"]),
+    st.text(alphabet="abcxyz_,$ 0123", max_size=12),
+    max_size=5,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sql=st.sampled_from(["SELECT v FROM t WHERE id = 1", "SELECT a, b FROM u", "VALUES (1)"]),
+    first=_settings,
+    second=_settings,
+)
+def test_raw_keys_match_framed_keys_and_follow_every_settings_change(
+    sql: str, first: dict[str, str], second: dict[str, str]
+) -> None:
+    trio.run(_keys_follow_settings, sql, first, second)
+
+
+async def _keys_follow_settings(sql: str, first: dict[str, str], second: dict[str, str]) -> None:
+    cache = service()
+    client = _client(cache)
+    raw, batch = _raw_and_batch([Message(b"Q", sql.encode() + b"\x00")])
+
+    def keys() -> tuple[bytes | None, bytes | None]:
+        framed = client.plan(batch, raw)
+        known = client.plan_raw(raw)
+        return (framed.key if framed else None), (known.key if isinstance(known, CachePlan) else None)
+
+    client.state.adopt_session_settings(first.items(), {})
+    framed_first, raw_first = keys()
+    assert framed_first == raw_first
+    client.state.adopt_session_settings(second.items(), {})
+    framed_second, raw_second = keys()
+    assert framed_second == raw_second
+    if framed_first is not None:
+        reported = client.state.reported  # the session's settings go over what the server reported
+        differs = {**reported, **first} != {**reported, **second}
+        assert (framed_first != framed_second) == differs
