@@ -6,16 +6,21 @@ extended protocol (Parse/Bind/Describe/Execute/Sync), and accepts the replies; t
 loop per request. What is left out is only the kernel and trio's wait for the next request:
 the figure is the per-hit work pgbalancer adds on top of any I/O.
 
-Usage: .venv/bin/python bench/cache_hit.py [--hits 200000] [--rounds 5]
-Prints a table and writes JSON to bench/results/cache-hit-<time>.json.
+Usage: bench/cache_hit [--hits 200000] [--rounds 5] [--baseline DIR]
+(``--baseline``: another version's package, e.g. ``git archive HEAD~1 pgbalancer | tar -x -C DIR``,
+measured round by round in a child process.) Prints a table and writes JSON to
+bench/results/cache-hit-<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -99,6 +104,12 @@ class _Client:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.sent += 1
 
+    def looks_idle_and_open(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
 
 def _relay() -> tuple[TransactionRelay, CacheService]:
     config = parse_config_text(
@@ -145,19 +156,50 @@ def main() -> None:
     parser.add_argument("--hits", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="a directory holding another version's pgbalancer package (e.g. from `git archive`): "
+        "measured in a child process, round by round with this one",
+    )
+    parser.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
     args = parser.parse_args()
-    results: dict[str, Any] = {}
-    for kind, request in (("simple", SIMPLE), ("extended", EXTENDED)):
-        samples = [trio.run(_measure, kind, request, args.hits) for _ in range(args.rounds)]
-        results[kind] = {"median_us": statistics.median(samples), "samples_us": samples}
+    requests = {"simple": SIMPLE, "extended": EXTENDED}
+    if args.one_round:
+        print(
+            json.dumps(
+                {kind: trio.run(_measure, kind, request, args.hits) for kind, request in requests.items()}
+            )
+        )
+        return
+    versions = ["this"] + (["baseline"] if args.baseline else [])
+    samples: dict[str, dict[str, list[float]]] = {v: {kind: [] for kind in requests} for v in versions}
+    for _ in range(args.rounds):
+        for kind, request in requests.items():
+            samples["this"][kind].append(trio.run(_measure, kind, request, args.hits))
+        if args.baseline is not None:
+            child = subprocess.run(
+                [sys.executable, __file__, "--one-round", "--hits", str(args.hits)],
+                env={**os.environ, "PYTHONPATH": str(args.baseline)},
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            for kind, value in json.loads(child.stdout).items():
+                samples["baseline"][kind].append(value)
+    results: dict[str, Any] = {
+        version: {kind: {"median_us": statistics.median(v), "samples_us": v} for kind, v in by_kind.items()}
+        for version, by_kind in samples.items()
+    }
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"cache-hit-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=2))
-    print("| protocol | µs per hit (median) | samples |")
-    print("|---|---:|---|")
-    for kind, result in results.items():
-        samples = ", ".join(f"{s:.2f}" for s in result["samples_us"])
-        print(f"| {kind} | {result['median_us']:.2f} | {samples} |")
+    print("| version | protocol | µs per hit (median) | samples |")
+    print("|---|---|---:|---|")
+    for version, by_kind in results.items():
+        for kind, result in by_kind.items():
+            listed = ", ".join(f"{value:.2f}" for value in result["samples_us"])
+            print(f"| {version} | {kind} | {result['median_us']:.2f} | {listed} |")
     print(f"JSON: {out}")
 
 
