@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from functools import partial
 
 import psycopg
 import pytest
@@ -34,7 +35,7 @@ def _no_two_holders(cluster: SampledCluster) -> None:
 def _query_works(cluster: SampledCluster, sql: str = "SELECT 1") -> bool:
     try:
         cluster.query(sql, timeout=2)
-    except psycopg.Error:
+    except (psycopg.Error, TimeoutError):  # TimeoutError: a SYN lost while the VIP moved, retransmitted late
         return False
     return True
 
@@ -57,6 +58,10 @@ def _write_through_vip(cluster: SampledCluster, note: str) -> int:
     return int(cluster.pg_sql(f"SELECT count(*) FROM wd_probe WHERE note = '{note}'", node_index=primary))
 
 
+def _vip_holder_is(cluster: SampledCluster, name: str, holder: str) -> bool:
+    return cluster.name_of(cluster.info(name)["vip"]["holder"]) == holder
+
+
 def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
     cluster: SampledCluster,
 ) -> None:
@@ -66,6 +71,9 @@ def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
     assert [cluster.name_of(holder) for holder in holders] == [leader]
     for name in cluster.nodes:
         assert cluster.name_of(cluster.info(name)["leader"]) == leader
+        # the holder is recorded in the replicated state: every node's status names it
+        wait_for(partial(_vip_holder_is, cluster, name, leader), timeout=10, message=f"{name} names it")
+    assert info["vip"]["address"] == VIP and info["vip"]["interface"] == "eth0"
     assert _write_through_vip(cluster, "first leader") == 1
     _no_two_holders(cluster)
 
@@ -200,7 +208,7 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
             HEALTH_ROUNDS,
             "the failover happened exactly once",
         )
-        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=20)
+        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=30)
         for name in cluster.nodes:
             assert cluster.info(name)["primary_id"] == standby
     finally:
