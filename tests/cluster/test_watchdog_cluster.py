@@ -193,18 +193,24 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
             lambda: _sees_primary_down(cluster, first, primary), timeout=15, message=f"{first} sees it down"
         )
         _stays(
-            lambda: cluster.info(leader)["epoch"] == epoch and _query_works(cluster),
+            lambda: all(cluster.info(name)["epoch"] == epoch for name in cluster.nodes),
             HEALTH_ROUNDS,
             f"one node ({first}) seeing the primary down must not fail over",
         )
+        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('one vote')"), timeout=30)
         cluster.cut_backend(second, primary)
         wait_for(
             lambda: cluster.info(leader)["epoch"] > epoch, timeout=30, message="a majority saw it: failover"
         )
         after = cluster.info(leader)
         assert after["epoch"] == epoch + 1 and after["primary_id"] == standby
+        wait_for(
+            lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
+            timeout=10,
+            message="every node applied the new epoch",
+        )
         _stays(
-            lambda: cluster.info(leader)["epoch"] == epoch + 1,
+            lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
             HEALTH_ROUNDS,
             "the failover happened exactly once",
         )
