@@ -16,17 +16,10 @@ from collections.abc import Iterable
 import trio
 
 from consensus.state import (
-    BackendRecord,
-    CastVote,
     ClusterState,
     Command,
     CommandResult,
-    CommitView,
     ForgetMember,
-    Invalidate,
-    SetConfigVersion,
-    SetVipHolder,
-    UpdateBackends,
     apply_command,
     majority,
 )
@@ -172,28 +165,6 @@ class MemoryClusterStore(ClusterStore):
     async def _write(self, command: Command) -> CommandResult:
         await trio.lowlevel.checkpoint()
         return self.cluster.commit(self.self_id, command)
-
-    async def vote(self, backend_id: int, down: bool) -> None:
-        await self._write(CastVote(self.self_id, backend_id, down))
-
-    async def commit_view(
-        self, expected_epoch: int, epoch: int, primary_id: int | None, backends: tuple[BackendRecord, ...]
-    ) -> bool:
-        return bool(await self._write(CommitView(expected_epoch, epoch, primary_id, backends)))
-
-    async def update_backends(self, backends: tuple[BackendRecord, ...]) -> None:
-        await self._write(UpdateBackends(backends))
-
-    async def replicate_invalidation(self, tables: frozenset[str] | None) -> int:
-        generation = await self._write(Invalidate(tables))
-        assert isinstance(generation, int)
-        return generation
-
-    async def set_config_version(self, version: int) -> None:
-        await self._write(SetConfigVersion(version))
-
-    async def set_vip_holder(self, holder: str | None) -> None:
-        await self._write(SetVipHolder(holder))
 
     async def add_member(self, address: str) -> None:
         if address in self.cluster.member_ids:

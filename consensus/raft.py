@@ -38,18 +38,11 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replic
 from pysyncobj.syncobj import SyncObjException
 
 from consensus.state import (
-    BackendRecord,
-    CastVote,
     ClusterState,
     Command,
     CommandError,
     CommandResult,
-    CommitView,
     ForgetMember,
-    Invalidate,
-    SetConfigVersion,
-    SetVipHolder,
-    UpdateBackends,
     apply_command,
     decode_command,
     encode_command,
@@ -378,29 +371,6 @@ class RaftClusterStore(ClusterStore):
             while self._applied_here < applied:
                 await self._applied.wait()
         return result
-
-    async def vote(self, backend_id: int, down: bool) -> None:
-        await self._write(CastVote(self.self_id, backend_id, down))
-
-    async def commit_view(
-        self, expected_epoch: int, epoch: int, primary_id: int | None, backends: tuple[BackendRecord, ...]
-    ) -> bool:
-        return bool(await self._write(CommitView(expected_epoch, epoch, primary_id, backends)))
-
-    async def update_backends(self, backends: tuple[BackendRecord, ...]) -> None:
-        await self._write(UpdateBackends(backends))
-
-    async def replicate_invalidation(self, tables: frozenset[str] | None) -> int:
-        generation = await self._write(Invalidate(tables))
-        if not isinstance(generation, int):
-            raise ConsensusError(f"invalidation came back without a generation: {generation!r}")
-        return generation
-
-    async def set_config_version(self, version: int) -> None:
-        await self._write(SetConfigVersion(version))
-
-    async def set_vip_holder(self, holder: str | None) -> None:
-        await self._write(SetVipHolder(holder))
 
     async def add_member(self, address: str) -> None:
         _check_address(address)

@@ -69,6 +69,9 @@ class ClusterState:
     )  # backend -> members voting down
     config_version: int = 0
     vip_holder: str | None = None
+    # The PostgreSQL cluster's system identifier, as first seen on the primary by any member: lets a
+    # leader that never reached the primary itself still check its standbys belong to that cluster.
+    system_identifier: int | None = None
     generation: int = 0  # cache invalidations applied so far
     invalidations: tuple[Invalidation, ...] = ()  # the newest ones, oldest first
 
@@ -148,13 +151,29 @@ class SetVipHolder:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordSystemId:
+    """A member saw the primary's system identifier; the first one recorded stays."""
+
+    system_identifier: int
+
+
+@dataclass(frozen=True, slots=True)
 class ForgetMember:
     """A member left the cluster: its votes no longer count, and it holds no VIP."""
 
     member: str
 
 
-Command = CastVote | CommitView | UpdateBackends | Invalidate | SetConfigVersion | SetVipHolder | ForgetMember
+Command = (
+    CastVote
+    | CommitView
+    | UpdateBackends
+    | Invalidate
+    | SetConfigVersion
+    | SetVipHolder
+    | RecordSystemId
+    | ForgetMember
+)
 CommandResult = bool | int | None
 
 
@@ -178,6 +197,10 @@ def apply_command(state: ClusterState, command: Command) -> tuple[ClusterState, 
             return replace(state, config_version=max(state.config_version, version)), None
         case SetVipHolder(holder):
             return replace(state, vip_holder=holder), None
+        case RecordSystemId(sysid):
+            if state.system_identifier is not None:
+                return state, state.system_identifier == sysid
+            return replace(state, system_identifier=sysid), True
         case ForgetMember(member):
             votes = {b: v - {member} for b, v in state.votes.items() if v - {member}}
             holder = None if state.vip_holder == member else state.vip_holder
@@ -261,6 +284,8 @@ def encode_command(command: Command) -> tuple[object, ...]:
             return ("config_version", version)
         case SetVipHolder(holder):
             return ("vip", holder)
+        case RecordSystemId(sysid):
+            return ("sysid", sysid)
         case ForgetMember(member):
             return ("forget", member)
     raise CommandError(f"unknown command {command!r}")
@@ -297,6 +322,8 @@ def _decode(raw: object) -> Command:
             return SetConfigVersion(version)
         case "vip", [holder] if holder is None or isinstance(holder, str):
             return SetVipHolder(holder)
+        case "sysid", [int(sysid)]:
+            return RecordSystemId(sysid)
         case "forget", [str(member)]:
             return ForgetMember(member)
     raise CommandError(f"unknown command {raw!r}")

@@ -24,7 +24,20 @@ from typing import Generic, TypeVar
 
 import trio
 
-from consensus.state import BackendRecord, ClusterState, majority
+from consensus.state import (
+    BackendRecord,
+    CastVote,
+    ClusterState,
+    Command,
+    CommandResult,
+    CommitView,
+    Invalidate,
+    RecordSystemId,
+    SetConfigVersion,
+    SetVipHolder,
+    UpdateBackends,
+    majority,
+)
 
 T = TypeVar("T")
 
@@ -247,30 +260,41 @@ class ClusterStore(abc.ABC):
 
     # ---- writes (return once committed and applied here)
 
-    @abc.abstractmethod
     async def vote(self, backend_id: int, down: bool) -> None:
         """Record this member's view of ``backend_id``: down, or up again."""
+        await self._write(CastVote(self.self_id, backend_id, down))
 
-    @abc.abstractmethod
     async def commit_view(
         self, expected_epoch: int, epoch: int, primary_id: int | None, backends: tuple[BackendRecord, ...]
     ) -> bool:
         """Commit the leader's decision, planned from ``expected_epoch``; False if the state moved on."""
+        return bool(await self._write(CommitView(expected_epoch, epoch, primary_id, backends)))
 
-    @abc.abstractmethod
-    async def update_backends(self, backends: tuple[BackendRecord, ...]) -> None: ...
+    async def update_backends(self, backends: tuple[BackendRecord, ...]) -> None:
+        await self._write(UpdateBackends(backends))
 
-    @abc.abstractmethod
     async def replicate_invalidation(self, tables: frozenset[str] | None) -> int:
         """Invalidate cached results of ``tables`` (None: all) everywhere; returns the generation once
         it is committed and applied on this member."""
+        generation = await self._write(Invalidate(tables))
+        if not isinstance(generation, int):
+            raise ConsensusError(f"invalidation came back without a generation: {generation!r}")
+        return generation
 
-    @abc.abstractmethod
-    async def set_config_version(self, version: int) -> None: ...
+    async def set_config_version(self, version: int) -> None:
+        await self._write(SetConfigVersion(version))
 
-    @abc.abstractmethod
     async def set_vip_holder(self, holder: str | None) -> None:
         """Record who holds the virtual IP (the VIP executor calls it after acquiring or releasing)."""
+        await self._write(SetVipHolder(holder))
+
+    async def record_system_identifier(self, system_identifier: int) -> bool:
+        """Record the primary's system identifier if none is yet; False if another one is recorded."""
+        return bool(await self._write(RecordSystemId(system_identifier)))
+
+    @abc.abstractmethod
+    async def _write(self, command: Command) -> CommandResult:
+        """Commit one command and return its result once it is applied here."""
 
     @abc.abstractmethod
     async def add_member(self, address: str) -> None:

@@ -30,6 +30,7 @@ from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
 from pgbalancer.health.controller import HaController
+from pgbalancer.proxy.figures import FiguresPeering
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
@@ -66,6 +67,12 @@ class Node:
         self.worker = worker  # set when this process is one worker of a multi-worker node
         self.peering = _cancel_peering(config, worker)
         self.proxy = ProxyServer(config, userlist, self.peering)
+        # With several workers, worker 0 adds every worker's traffic figures up for the API and MQTT.
+        self.figures = (
+            FiguresPeering(self.proxy)
+            if worker is None
+            else FiguresPeering(self.proxy, worker.index, worker.count, config.worker_socket_dir)
+        )
         # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to the node (a worker's supervisor).
         node_pid = os.getpid() if worker is None else os.getppid()
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
@@ -75,13 +82,21 @@ class Node:
         self.ha = HaController(config, self.proxy, executes=worker is None or worker.index == 0)
         self.proxy.ha = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
-        self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
+        self.events = EventService.for_node(
+            config, self.proxy, None if worker is None else worker.index, self.figures
+        )
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
         # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
         self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
         if self.vip is not None and self.events is not None:
             self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
+        cache = self.proxy.cache
+        if cache is not None:
+            if self.events is not None:
+                cache.on_invalidated = self.events.publish_cache_invalidation
+            if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
+                cache.attach_cluster(self.watchdog.store)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -94,12 +109,15 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if self.peering is not None:  # first: a live peer socket means the port is taken
                     await nursery.start(self.peering.serve, self.proxy.cancel_here)
+                    await nursery.start(self.figures.serve)
                 if self.api is not None:  # before the proxy: once the proxy accepts, the API answers
                     await nursery.start(self.api.serve)
                 if self.events is not None:  # before the proxy: a taken MQTT port fails the start
                     await nursery.start(self.events.run)
                 if self.watchdog is not None:  # before health rounds: they vote through it
                     await nursery.start(self.watchdog.run)
+                    if self.proxy.cache is not None:
+                        await nursery.start(self.proxy.cache.run)
                 if self.vip is not None:  # after the watchdog: it follows the Raft leadership
                     await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
@@ -123,7 +141,7 @@ class Node:
             worker.index if worker is not None else 0,
             worker.count if worker is not None else 1,
         )
-        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self))
+        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self), self.figures)
 
     async def _shutdown(self, nursery: trio.Nursery) -> None:
         if self.api is not None:

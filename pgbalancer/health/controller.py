@@ -78,6 +78,10 @@ class HaCoordinator(Protocol):
 
     def not_leader_reason(self) -> str: ...
 
+    def system_identifier(self) -> int | None:
+        """The primary's system identifier as any watchdog member saw it (None: nobody yet)."""
+        ...
+
 
 @dataclass(frozen=True)
 class OperationResult:
@@ -183,7 +187,7 @@ class HaController:
     async def _probe_everything(self) -> dict[int, Probe]:
         settings = ProbeSettings.from_config(self.config, self.login())
 
-        async def probe(address: BackendAddress) -> Probe:
+        async def probe(address: BackendAddress) -> Probe | None:
             return await probe_backend(address, settings)
 
         return await probe_all((node.address for node in self.nodes().values()), probe)
@@ -206,11 +210,21 @@ class HaController:
         down_votes, quorum = (None, 1) if self.coordinator is None else self.coordinator.vote_counts()
         return Observations(
             probes=dict(probes),
-            last_facts=dict(self._last_facts),
+            last_facts=self._facts_with_cluster_id(),
             down_votes=down_votes,
             quorum=quorum,
             epoch=epoch,
         )
+
+    def _facts_with_cluster_id(self) -> dict[int, ServerFacts]:
+        """Last facts, plus the primary's system identifier from the watchdog if this node never saw
+        the primary answer (so a leader cut off from the primary can still check the standbys)."""
+        facts = dict(self._last_facts)
+        primary = self.proxy.cluster_view.primary_id
+        known = self.coordinator.system_identifier() if self.coordinator is not None else None
+        if primary is not None and primary not in facts and known is not None:
+            facts[primary] = ServerFacts(in_recovery=False, system_identifier=known)
+        return facts
 
     # ---- carrying out plans
 

@@ -34,6 +34,17 @@ def votes_to_cast(
     return tuple(changes)
 
 
+def primary_system_identifier(view: ClusterView, probes: Mapping[int, Probe]) -> int | None:
+    """The system identifier this round's probe of the primary reported (it must be a primary)."""
+    if view.primary_id is None:
+        return None
+    probe = probes.get(view.primary_id)
+    facts = probe.facts if probe is not None and probe.ok else None
+    if facts is None or facts.in_recovery:
+        return None
+    return facts.system_identifier
+
+
 def align_view(view: ClusterView, state: ClusterState) -> ClusterView:
     """``view`` with the committed primary and epoch (unchanged until a first view is committed).
 

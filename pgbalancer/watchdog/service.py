@@ -40,6 +40,7 @@ from pgbalancer.watchdog.decide import (
     backend_records,
     needs_commit,
     partition_refusal,
+    primary_system_identifier,
     votes_to_cast,
 )
 
@@ -170,7 +171,16 @@ class WatchdogService:
         votes = {backend.node_id: self.store.down_votes(backend.node_id) for backend in self.config.backends}
         return votes, self.store.quorum_size()
 
+    def system_identifier(self) -> int | None:
+        return self.store.state.system_identifier
+
     async def cast_votes(self, probes: Mapping[int, Probe]) -> None:
+        sysid = primary_system_identifier(self.proxy.cluster_view, probes)
+        if sysid is not None and self.store.state.system_identifier is None:
+            try:
+                await self.store.record_system_identifier(sysid)
+            except NoQuorumError as exc:
+                log.warning("could not record the primary's system identifier: %s", exc)
         for backend_id, down in votes_to_cast(probes, self.store.state, self.store.self_id):
             try:
                 await self.store.vote(backend_id, down)

@@ -16,6 +16,7 @@ from consensus.state import (
     CommitView,
     ForgetMember,
     Invalidate,
+    RecordSystemId,
     SetConfigVersion,
     SetVipHolder,
     UpdateBackends,
@@ -83,6 +84,14 @@ def test_forget_member_drops_its_votes_and_vip() -> None:
     assert state.voters(0) == {"b:1"} and state.vip_holder is None
 
 
+def test_the_first_system_identifier_recorded_stays() -> None:
+    state, first = apply_command(ClusterState(), RecordSystemId(42))
+    again, same = apply_command(state, RecordSystemId(42))
+    other, differs = apply_command(state, RecordSystemId(7))
+    assert (first, same, differs) == (True, True, False)
+    assert state.system_identifier == again.system_identifier == other.system_identifier == 42
+
+
 def test_config_version_never_falls_and_backends_merge() -> None:
     state = run(SetConfigVersion(3), SetConfigVersion(2), UpdateBackends((B0,)), UpdateBackends((B1,)))
     assert state.config_version == 3
@@ -111,6 +120,7 @@ commands: st.SearchStrategy[Command] = st.one_of(
     st.builds(SetConfigVersion, st.integers(0, 9)),
     st.builds(SetVipHolder, st.none() | st.sampled_from(MEMBERS)),
     st.builds(ForgetMember, st.sampled_from(MEMBERS)),
+    st.builds(RecordSystemId, st.integers(0, 2**63)),
 )
 
 
