@@ -30,9 +30,11 @@ from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
 from pgbalancer.health.controller import HaController
+from pgbalancer.proxy.figures import FiguresPeering
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.vip.manager import VipManager, manager_for
 from pgbalancer.watchdog import WatchdogService, WatchdogSetupError
 from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effective_worker_count
 
@@ -65,6 +67,12 @@ class Node:
         self.worker = worker  # set when this process is one worker of a multi-worker node
         self.peering = _cancel_peering(config, worker)
         self.proxy = ProxyServer(config, userlist, self.peering)
+        # With several workers, worker 0 adds every worker's traffic figures up for the API and MQTT.
+        self.figures = (
+            FiguresPeering(self.proxy)
+            if worker is None
+            else FiguresPeering(self.proxy, worker.index, worker.count, config.worker_socket_dir)
+        )
         # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to the node (a worker's supervisor).
         node_pid = os.getpid() if worker is None else os.getppid()
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
@@ -74,9 +82,21 @@ class Node:
         self.ha = HaController(config, self.proxy, executes=worker is None or worker.index == 0)
         self.proxy.ha = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
-        self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
+        self.events = EventService.for_node(
+            config, self.proxy, None if worker is None else worker.index, self.figures
+        )
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
+        # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
+        self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
+        if self.vip is not None and self.events is not None:
+            self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
+        cache = self.proxy.cache
+        if cache is not None:
+            if self.events is not None:
+                cache.on_invalidated = self.events.publish_cache_invalidation
+            if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
+                cache.attach_cluster(self.watchdog.store)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -89,12 +109,17 @@ class Node:
             async with trio.open_nursery() as nursery:
                 if self.peering is not None:  # first: a live peer socket means the port is taken
                     await nursery.start(self.peering.serve, self.proxy.cancel_here)
+                    await nursery.start(self.figures.serve)
                 if self.api is not None:  # before the proxy: once the proxy accepts, the API answers
                     await nursery.start(self.api.serve)
                 if self.events is not None:  # before the proxy: a taken MQTT port fails the start
                     await nursery.start(self.events.run)
                 if self.watchdog is not None:  # before health rounds: they vote through it
                     await nursery.start(self.watchdog.run)
+                    if self.proxy.cache is not None:
+                        await nursery.start(self.proxy.cache.run)
+                if self.vip is not None:  # after the watchdog: it follows the Raft leadership
+                    await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
@@ -116,7 +141,7 @@ class Node:
             worker.index if worker is not None else 0,
             worker.count if worker is not None else 1,
         )
-        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self))
+        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self), self.figures)
 
     async def _shutdown(self, nursery: trio.Nursery) -> None:
         if self.api is not None:
@@ -125,6 +150,8 @@ class Node:
         with trio.move_on_after(_SHUTDOWN_GRACE):
             while self.proxy.sessions:
                 await trio.sleep(0.01)
+        if self.vip is not None:  # while the watchdog still runs, so the holder can be recorded
+            await self.vip.release_now()
         nursery.cancel_scope.cancel()
         self.proxy.pools.close_all_idle()
         if self.worker is None:  # a worker's supervisor owns the pid file
@@ -185,6 +212,14 @@ class _ApiControl:
         if node.reload_count == before:
             return ReloadOutcome(error=f"no reload happened within {_RELOAD_WAIT:g}s; see the node's log")
         return node.last_reload
+
+
+def _publish_vip(
+    events: EventService, vip: VipManager, watchdog: WatchdogService | None, holds: bool
+) -> None:
+    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id)."""
+    holder = watchdog.store.self_id if holds and watchdog is not None else None
+    events.publish_watchdog_vip(holder, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:

@@ -1,16 +1,27 @@
-"""`bench/routing_skew` (skeleton, issue 4): the balancing algorithms on a skewed and on a uniform cluster.
+"""`bench/routing_skew` (issue 4): every load_balance_algorithm on a skewed and on a uniform cluster,
+and how fast the adaptive balancer moves traffic when the skew goes away and comes back.
 
-The shared cluster (primary 5433, standbys 5434 and 5435) is started; standby 5434 is reached
-through a DelayShim that holds every reply for ``--delay-ms`` ("skewed"), or for 0 ms
-("uniform": the same path, so the comparison is fair). For each scenario and each
-``load_balance_algorithm`` a fresh pgbalancer runs in front of [5433, shim, 5435] and a read-heavy
-pgbench mix (workload.py) runs through it; TPS, mean latency and p99 are reported per run, with
-ratios to round_robin.
+One run builds a fresh local cluster (primary + 2 streaming standbys, free ports, under /tmp) and
+puts standby1 behind a DelayShim (always, so every scenario has the same path). Scenarios:
 
-Status: the orchestration and its pure parts are here; the numbers mean something only once the
-proxy routes reads through pgbalancer.routing (the integration step). Not done yet: the CPU-load
-scenario and the "recovers within 30 s" phase (it needs the balancer's per-node share from the REST
-API). Everything it starts is stopped on every exit path; it refuses a cluster that is already up.
+- ``delay``: the shim holds every reply of standby1 for ``--delay-ms`` (2 ms: one delay per round trip);
+- ``cpu``: standby1's postmaster and all its processes are pinned to CPU 0, where ``--burners``
+  sessions on standby1 itself run CPU-bound queries (background CPU load on that node only);
+- ``uniform``: no skew, the same path.
+
+For each scenario and each algorithm a fresh ``pgbalancer -f`` (transaction pooling, 1 worker) runs
+in front of [primary, shim, standby2]; a read-heavy pgbench mix (workload.py) warms up and then is
+measured: TPS, mean latency and p99 from pgbench's per-transaction log. Then, for each scenario in
+``--recovery``, adaptive runs once more under continuous load while the skew is removed and later
+re-applied; standby1's share of the standbys' transactions (pg_stat_database.xact_commit read on
+each standby) is sampled twice a second, and the seconds until it reached ``--fair-fraction`` of an
+even share (and after the skew returns, until it fell to half of that) are reported.
+
+Writes ``skew.json`` and ``table.md`` into ``--out`` (default bench/results/skew-<time>), with each
+pgbalancer's log. Everything started is stopped and the cluster removed on every exit path.
+Runs are interleaved over ``--reps`` repetitions (rep 1 of every scenario and algorithm, then rep
+2, ...) and the table shows medians, so a noisy minute on a shared machine hits every algorithm.
+Run as root from the repo root: ``bench/routing_skew`` (about 25 minutes with the defaults).
 """
 
 from __future__ import annotations
@@ -22,126 +33,412 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from compare.harness import (
-    BACKEND_PORTS,
-    DIRECT_PORT,
-    PGBENCH,
-    PSQL,
-    HarnessError,
-    SharedScripts,
-    locate_shared,
-)
-from compare.pgbalancer_conf import Backend, ProxyConfig, render
-from compare.proxy import port_in_use, running_pgbalancer
+import psycopg
 
+from pgbalancer.devtools import free_tcp_port
+from pgbalancer.devtools.balancer import BalancerProcess, Setting
+from pgbalancer.devtools.demo import initialize_bench
+from pgbalancer.devtools.pgcluster import BENCH_DB, BENCH_USER, LOCALHOST, LocalPgCluster, PgNode
+from skew.recovery import Sample, SharePoint, seconds_until, shares
 from skew.shim import DelayShim
-from skew.workload import RunResult, latencies_ms, parse_summary, percentile, table, write_scripts
+from skew.workload import (
+    RunResult,
+    latencies_ms,
+    medians,
+    parse_summary,
+    percentile,
+    table,
+    write_scripts,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptive")
+SCENARIOS = ("delay", "cpu", "uniform")
+SAMPLE_INTERVAL_S = 0.5
+SHARE_WINDOW_S = 2.0
+
+
+class BenchError(RuntimeError):
+    """A step of the run failed; the message says which and where its log is."""
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/routing_skew", description=__doc__.split("\n\n")[0])
     p.add_argument("--algorithms", default=" ".join(ALGORITHMS), help="algorithms to run, in order")
-    p.add_argument("--scenarios", default="skewed uniform", help="'skewed' and/or 'uniform'")
+    p.add_argument("--scenarios", default=" ".join(SCENARIOS), help="any of: delay cpu uniform")
+    p.add_argument("--recovery", default="delay cpu", help="scenarios whose skew is removed and re-added")
+    p.add_argument("--delay-ms", type=float, default=2.0, help="delay per reply of standby1 (default 2)")
+    p.add_argument("--burners", type=int, default=2, help="CPU-bound sessions on standby1 (default 2)")
+    p.add_argument("--seconds", type=int, default=15, help="measured pgbench -T per run (default 15)")
+    p.add_argument("--warmup", type=int, default=5, help="seconds of the same load first (default 5)")
     p.add_argument(
-        "--delay-ms", type=float, default=2.0, help="delay per reply of the slow standby (default 2)"
+        "--reps", type=int, default=3, help="interleaved repetitions; medians reported (default 3)"
     )
-    p.add_argument("--seconds", type=int, default=30, help="pgbench -T per run (default 30)")
+    p.add_argument("--clients", type=int, default=4, help="reader sessions, pgbench -c (default 4)")
     p.add_argument(
-        "--warmup", type=int, default=10, help="seconds of the same load before each run (default 10)"
+        "--writes",
+        type=int,
+        default=50,
+        help="UPDATE commits per second from one writer session (default 50)",
     )
-    p.add_argument("--clients", type=int, default=8, help="pgbench -c (default 8)")
-    p.add_argument("--port", type=int, default=6544, help="pgbalancer's port (default 6544)")
-    p.add_argument("--pgbalancer", type=Path, default=REPO_ROOT / ".venv" / "bin" / "pgbalancer")
-    p.add_argument("--shared", type=Path, default=None, help="the shared/ directory (default ../shared)")
-    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/<time>)")
-    p.add_argument("--keep-up", action="store_true", help="leave the cluster running at the end")
+    p.add_argument(
+        "--phase", type=int, default=40, help="seconds per recovery phase: skewed, fixed, skewed (default 40)"
+    )
+    p.add_argument(
+        "--fair-fraction",
+        type=float,
+        default=0.8,
+        help="recovered = standby1 back at this fraction of an even share of standby reads (default 0.8)",
+    )
+    p.add_argument("--out", type=Path, default=None, help="results directory (default bench/results/...)")
     return p.parse_args(argv)
 
 
-@contextlib.contextmanager
-def _cluster(shared: SharedScripts, keep_up: bool) -> Iterator[None]:
-    if port_in_use(DIRECT_PORT):
-        raise HarnessError(f"port {DIRECT_PORT} is already up: another benchmark is using the shared cluster")
-    try:
-        shared.cluster("up")
-        yield
-    finally:
-        if not keep_up:
-            shared.cluster("down")
+# ---- skews ------------------------------------------------------------------------------------------
 
 
-def _ensure_pgbench_data() -> None:
-    cmd = [PSQL, "-X", "-At", "-h", "127.0.0.1", "-p", str(DIRECT_PORT), "-U", "bench", "-d", "bench"]
-    present = subprocess.run(
-        [*cmd, "-c", "select 1 from pgbench_branches limit 1"], capture_output=True, check=False
-    )
-    if present.returncode != 0:
-        subprocess.run(
-            [
-                PGBENCH,
-                "-i",
-                "-s",
-                "10",
-                "-q",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(DIRECT_PORT),
-                "-U",
-                "bench",
-                "bench",
-            ],
-            check=True,
-        )
+def _descendants(pid: int) -> list[int]:
+    """pid and every process below it (from /proc), e.g. a postmaster and its backends."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
 
 
-def _config(port: int, shim_port: int, algorithm: str) -> str:
-    backends = [Backend("127.0.0.1", BACKEND_PORTS[0]), Backend("127.0.0.1", shim_port)]
-    backends += [Backend("127.0.0.1", p) for p in BACKEND_PORTS[2:]]
-    extra = {"load_balance_algorithm": algorithm, "workers": "1"}
-    return render(ProxyConfig(backends=backends, port=port, extra=extra))
+def _pin(pid: int, cpus: set[int]) -> None:
+    for each in _descendants(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.sched_setaffinity(each, cpus)
 
 
-def _pgbench(
-    port: int, args: argparse.Namespace, scripts: list[str], seconds: int, log_prefix: Path | None = None
-) -> str:
-    cmd = [PGBENCH, "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "bench", "-c", str(args.clients)]
-    cmd += ["-j", "2", "-T", str(seconds), *scripts, "bench"]
+class CpuLoad:
+    """Background CPU load on one PostgreSQL node only: its processes share CPU 0 with ``burners``
+    sessions running CPU-bound queries on that node. New backends inherit the pinning from the
+    postmaster, so a pgbalancer started later is served by pinned backends too."""
+
+    BURN_SQL = "SELECT count(*) FROM generate_series(1, 30000000)"
+
+    def __init__(self, cluster: LocalPgCluster, node: PgNode, burners: int) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.burners = burners
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._conns: list[psycopg.Connection[tuple[object, ...]]] = []
+
+    def _postmaster(self) -> int:
+        pid = self.cluster.postmaster_pid(self.node)
+        if pid is None:
+            raise BenchError(f"{self.node.name} is not running")
+        return pid
+
+    def apply(self) -> None:
+        self._stop.clear()
+        _pin(self._postmaster(), {0})
+        for _ in range(self.burners):
+            conn = psycopg.connect(self.node.dsn(), autocommit=True)  # backend forked after the pin
+            self._conns.append(conn)
+            thread = threading.Thread(target=self._burn, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _burn(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        with contextlib.suppress(psycopg.Error):
+            while not self._stop.is_set():
+                conn.execute(self.BURN_SQL)
+
+    def remove(self) -> None:
+        self._stop.set()
+        for conn in self._conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=5)
+        for thread in self._threads:
+            thread.join(30)
+        for conn in self._conns:
+            conn.close()
+        self._threads.clear()
+        self._conns.clear()
+        _pin(self._postmaster(), set(range(os.cpu_count() or 1)))
+
+
+@dataclass
+class Skew:
+    scenario: str
+    shim: DelayShim
+    cpu: CpuLoad
+    delay_s: float
+
+    def apply(self) -> None:
+        if self.scenario == "delay":
+            self.shim.set_delay(self.delay_s)
+        elif self.scenario == "cpu":
+            self.cpu.apply()
+
+    def remove(self) -> None:
+        if self.scenario == "delay":
+            self.shim.set_delay(0.0)
+        elif self.scenario == "cpu":
+            self.cpu.remove()
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        self.apply()
+        try:
+            yield
+        finally:
+            self.remove()
+
+
+# ---- pgbalancer and pgbench -------------------------------------------------------------------------
+
+
+def _settings(cluster: LocalPgCluster, shim_port: int, algorithm: str) -> dict[str, Setting]:
+    settings: dict[str, Setting] = {
+        "listen_addresses": LOCALHOST,
+        "port": free_tcp_port(),
+        "auth_type": "trust",
+        "pool_mode": "transaction",
+        "workers": 1,
+        "num_init_children": 20,
+        "max_pool": 4,
+        "api_port": 0,
+        "mqtt_mode": "off",
+        "log_level": "warning",
+        "load_balance_algorithm": algorithm,
+    }
+    ports = [cluster.primary.port, shim_port, cluster.standbys[1].port]
+    for node_id, port in enumerate(ports):
+        settings[f"backend_hostname{node_id}"] = LOCALHOST
+        settings[f"backend_port{node_id}"] = port
+    return settings
+
+
+def _pgbench_argv(
+    cluster: LocalPgCluster, port: int, clients: int, seconds: int, scripts: list[str], *extra: str
+) -> list[str]:
+    argv = [str(cluster.pg_bin / "pgbench"), "-n", "-h", LOCALHOST, "-p", str(port), "-U", BENCH_USER]
+    return [*argv, *extra, "-c", str(clients), "-j", "1", "-T", str(seconds), *scripts, BENCH_DB]
+
+
+def _pgbench_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+
+
+def _pgbench(argv: list[str], log_prefix: Path | None = None) -> str:
     if log_prefix is not None:
-        cmd[1:1] = ["-l", "--log-prefix", str(log_prefix)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        argv = [argv[0], "-l", "--log-prefix", str(log_prefix), *argv[1:]]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, env=_pgbench_env())
     if done.returncode != 0:
-        raise HarnessError(f"pgbench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+        raise BenchError(f"pgbench failed ({done.returncode}): {done.stderr.strip()[-500:]}")
     return done.stdout
 
 
-def _run_one(args: argparse.Namespace, scenario: str, algorithm: str, shim_port: int, out: Path) -> RunResult:
-    conf = out / f"pgbalancer-{scenario}-{algorithm}.conf"
-    conf.write_text(_config(args.port, shim_port, algorithm))
-    scripts = write_scripts(out)
-    log = out / f"pgbalancer-{scenario}-{algorithm}.log"
-    with running_pgbalancer(args.pgbalancer, conf, args.port, log, 60.0):
-        _pgbench(args.port, args, scripts, args.warmup)  # the adaptive balancer learns here
-        prefix = out / f"latency-{scenario}-{algorithm}"
-        summary = _pgbench(args.port, args, scripts, args.seconds, prefix)
+@contextlib.contextmanager
+def _writer(
+    cluster: LocalPgCluster, port: int, args: argparse.Namespace, script: list[str]
+) -> Iterator[None]:
+    """One session committing ``--writes`` single-row UPDATEs per second through pgbalancer meanwhile."""
+    argv = _pgbench_argv(cluster, port, 1, 24 * 3600, script, "-R", str(args.writes))
+    writer = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_pgbench_env()
+    )
+    try:
+        yield
+    finally:
+        exited = writer.poll()
+        if exited is None:
+            writer.terminate()
+        _, err = writer.communicate(timeout=30)
+    if exited is not None:
+        raise BenchError(f"the writer pgbench exited early ({exited}): {err.strip()[-500:]}")
+
+
+@contextlib.contextmanager
+def _balancer(workdir: Path, out: Path, name: str, settings: dict[str, Setting]) -> Iterator[BalancerProcess]:
+    node = BalancerProcess.start(workdir / name, settings)
+    try:
+        yield node
+    finally:
+        node.stop()
+        (out / f"pgbalancer-{name}.log").write_text(node.log_text())
+
+
+def run_one(
+    cluster: LocalPgCluster,
+    skew: Skew,
+    algorithm: str,
+    rep: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    out: Path,
+) -> RunResult:
+    scripts, write = write_scripts(out)
+    name = f"{skew.scenario}-{algorithm}-rep{rep}"
+    with (
+        skew.applied(),
+        _balancer(workdir, out, name, _settings(cluster, skew.shim.port, algorithm)) as node,
+        _writer(cluster, node.port, args, write),
+    ):
+        _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.warmup, scripts))  # learning time
+        prefix = out / f"latency-{name}"
+        summary = _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.seconds, scripts), prefix)
     tps, latency_avg = parse_summary(summary)
     lines: list[str] = []
     for path in sorted(out.glob(f"{prefix.name}.*")):
         lines += path.read_text().splitlines()
-    result = RunResult(scenario, algorithm, tps, latency_avg, percentile(latencies_ms(lines), 0.99))
-    p99 = result.latency_p99_ms
+        path.unlink()  # the per-transaction logs are large; the figures below are what is kept
+    result = RunResult(skew.scenario, algorithm, tps, latency_avg, percentile(latencies_ms(lines), 0.99))
     print(
-        f"==> {scenario} {algorithm}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {p99:.2f} ms", flush=True
+        f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {result.latency_p99_ms:.2f} ms",
+        flush=True,
     )
     return result
+
+
+# ---- recovery ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Recovery:
+    scenario: str
+    skew_removed_at_s: float
+    skew_back_at_s: float
+    recovered_after_s: float | None  # skew removed -> standby1 back at the fair fraction of its share
+    shed_after_s: float | None  # skew back -> standby1 down to half of that
+    share_skewed: float  # standby1's share of standby transactions over the last 10 s of each phase
+    share_fixed: float
+    share_skewed_again: float
+    series: list[SharePoint]
+
+
+def _xact_commits(conns: Sequence[psycopg.Connection[tuple[int]]]) -> list[int]:
+    sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = %s"
+    values = []
+    for conn in conns:
+        row = conn.execute(sql, (BENCH_DB,)).fetchone()
+        values.append(int(row[0]) if row else 0)
+    return values
+
+
+def _mean_share(points: Sequence[SharePoint], start_s: float, end_s: float) -> float:
+    chosen = [p.slow_share for p in points if start_s + SHARE_WINDOW_S <= p.at_s <= end_s]
+    return round(sum(chosen) / len(chosen), 3) if chosen else 0.0
+
+
+def run_recovery(
+    cluster: LocalPgCluster, skew: Skew, args: argparse.Namespace, workdir: Path, out: Path
+) -> Recovery:
+    scripts, write = write_scripts(out)
+    name = f"recovery-{skew.scenario}"
+    phase = float(args.phase)
+    samples: list[Sample] = []
+    slow, other = cluster.standbys
+    with (
+        _balancer(workdir, out, name, _settings(cluster, skew.shim.port, "adaptive")) as node,
+        _writer(cluster, node.port, args, write),
+    ):
+        # In database postgres: the sampler's own transactions must not count as bench reads.
+        conns = [psycopg.connect(n.dsn(), autocommit=True) for n in (slow, other)]
+        argv = _pgbench_argv(cluster, node.port, args.clients, int(3 * phase) + 2, scripts)
+        skew.apply()
+        skewed = True
+        bench = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_pgbench_env()
+        )
+        try:
+            started = time.monotonic()
+            removed_at = back_at = 0.0
+            while bench.poll() is None:
+                now = time.monotonic() - started
+                if skewed and not removed_at and now >= phase:
+                    skew.remove()
+                    skewed, removed_at = False, time.monotonic() - started
+                    print(f"    skew removed at {removed_at:.1f} s", flush=True)
+                elif not skewed and now >= 2 * phase:
+                    skew.apply()
+                    skewed, back_at = True, time.monotonic() - started
+                    print(f"    skew back at {back_at:.1f} s", flush=True)
+                counts = _xact_commits(conns)
+                samples.append(Sample(time.monotonic() - started, counts[0], counts[1]))
+                time.sleep(SAMPLE_INTERVAL_S)
+        finally:
+            if bench.poll() is None:
+                bench.terminate()
+            _, err = bench.communicate(timeout=30)
+            if skewed:
+                skew.remove()
+            for conn in conns:
+                conn.close()
+    if bench.returncode != 0:
+        raise BenchError(f"pgbench failed during the recovery run ({bench.returncode}): {err.strip()[-500:]}")
+    points = shares(samples, SHARE_WINDOW_S)
+    fair = 0.5 * args.fair_fraction
+    result = Recovery(
+        scenario=skew.scenario,
+        skew_removed_at_s=round(removed_at, 1),
+        skew_back_at_s=round(back_at, 1),
+        recovered_after_s=_round(seconds_until(points, removed_at, at_least=fair)),
+        shed_after_s=_round(seconds_until(points, back_at, at_most=fair / 2)),
+        share_skewed=_mean_share(points, removed_at - 10, removed_at),
+        share_fixed=_mean_share(points, back_at - 10, back_at),
+        share_skewed_again=_mean_share(points, samples[-1].at_s - 10, samples[-1].at_s),
+        series=[SharePoint(round(p.at_s, 1), round(p.slow_share, 3)) for p in points],
+    )
+    print(
+        f"==> {name}: share {result.share_skewed} skewed, {result.share_fixed} fixed, "
+        f"{result.share_skewed_again} skewed again; back to {fair:.2f} after {result.recovered_after_s} s, "
+        f"down to {fair / 2:.2f} after {result.shed_after_s} s",
+        flush=True,
+    )
+    return result
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def recovery_table(recoveries: Sequence[Recovery], fair: float) -> str:
+    lines = [
+        "| skew | standby1 share, skewed | fixed | skewed again | skew removed: back to "
+        f"{fair:.2f} after (s) | skew back: down to {fair / 2:.2f} after (s) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in recoveries:
+        back = "never" if r.recovered_after_s is None else f"{r.recovered_after_s}"
+        if r.share_skewed >= fair:
+            back = f"n/a: never shed below {fair:.2f}"
+        shed = "never" if r.shed_after_s is None else f"{r.shed_after_s}"
+        lines.append(
+            f"| {r.scenario} | {r.share_skewed:.2f} | {r.share_fixed:.2f} | {r.share_skewed_again:.2f} | "
+            f"{back} | {shed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def _machine() -> dict[str, object]:
+    return {"cpus": os.cpu_count(), "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 def run(argv: Sequence[str]) -> int:
@@ -149,24 +446,47 @@ def run(argv: Sequence[str]) -> int:
     started = datetime.datetime.now(datetime.UTC)
     out = args.out or REPO_ROOT / "bench" / "results" / f"skew-{started:%Y%m%dT%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
-    shared = SharedScripts(
-        locate_shared(args.shared, REPO_ROOT), os.environ.get("PGB_BASE", "/tmp/pgb-cluster"), sys.executable
-    )
     results: list[RunResult] = []
-    try:
-        with _cluster(shared, args.keep_up), DelayShim(("127.0.0.1", BACKEND_PORTS[1]), 0.0) as shim:
-            _ensure_pgbench_data()
-            for scenario in args.scenarios.split():
-                shim.set_delay(args.delay_ms / 1000.0 if scenario == "skewed" else 0.0)
-                for algorithm in args.algorithms.split():
-                    results.append(_run_one(args, scenario, algorithm, shim.port, out))
-                    time.sleep(1)  # let the previous pgbalancer's server connections close
-    except HarnessError as exc:
-        print(f"routing_skew: {exc}", file=sys.stderr)
-        return 1
-    (out / "skew.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    (out / "table.md").write_text(table(results))
-    print(table(results))
+    recoveries: list[Recovery] = []
+    machine_before = _machine()
+    with tempfile.TemporaryDirectory(prefix="pgb-skew-", dir="/tmp") as scratch:
+        workdir = Path(scratch)
+        workdir.chmod(0o755)  # the postgres OS user must reach the cluster inside
+        cluster = LocalPgCluster(workdir / "pg", standbys=2, fast=True)
+        try:
+            cluster.start()
+            initialize_bench(cluster)
+            slow = cluster.standbys[0]
+            with DelayShim((slow.host, slow.port), 0.0) as shim:
+                cpu = CpuLoad(cluster, slow, args.burners)
+                for rep in range(1, args.reps + 1):
+                    for scenario in args.scenarios.split():
+                        skew = Skew(scenario, shim, cpu, args.delay_ms / 1000.0)
+                        for algorithm in args.algorithms.split():
+                            print(f"--- rep {rep}/{args.reps}", flush=True)
+                            results.append(run_one(cluster, skew, algorithm, rep, args, workdir, out))
+                for scenario in args.recovery.split():
+                    skew = Skew(scenario, shim, cpu, args.delay_ms / 1000.0)
+                    recoveries.append(run_recovery(cluster, skew, args, workdir, out))
+        except (BenchError, subprocess.SubprocessError, psycopg.Error, OSError, TimeoutError) as exc:
+            print(f"routing_skew: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            cluster.destroy()
+    config = {key: str(value) for key, value in vars(args).items()}
+    report = {
+        "config": config,
+        "machine": {"before": machine_before, "after": _machine()},
+        "runs": [asdict(r) for r in results],
+        "medians": [asdict(r) for r in medians(results)],
+        "recovery": [asdict(r) for r in recoveries],
+    }
+    (out / "skew.json").write_text(json.dumps(report, indent=2) + "\n")
+    fair = 0.5 * args.fair_fraction
+    text = table(medians(results)) + "\n" + recovery_table(recoveries, fair)
+    (out / "table.md").write_text(text)
+    print(text)
+    print(f"written to {out}")
     return 0
 
 

@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from skew.workload import WEIGHTS, RunResult, latencies_ms, parse_summary, percentile, table, write_scripts
+from skew.workload import (
+    READ_WEIGHTS,
+    RunResult,
+    latencies_ms,
+    medians,
+    parse_summary,
+    percentile,
+    table,
+    write_scripts,
+)
 
 SUMMARY = """\
 transaction type: multiple scripts
@@ -55,7 +64,23 @@ def test_table_shows_ratios_to_round_robin_per_scenario() -> None:
 
 
 def test_scripts_are_written_with_their_weights(tmp_path: Path) -> None:
-    arguments = write_scripts(tmp_path)
-    assert arguments[0] == "-f" and len(arguments) == 2 * len(WEIGHTS)
-    assert sum(int(a.rsplit("@", 1)[1]) for a in arguments[1::2]) == 100
+    readers, writer = write_scripts(tmp_path)
+    assert readers[0] == "-f" and len(readers) == 2 * len(READ_WEIGHTS)
+    assert sum(int(a.rsplit("@", 1)[1]) for a in readers[1::2]) == 100
     assert (tmp_path / "point_read.sql").read_text().startswith("\\set aid")
+    assert writer == ["-f", str(tmp_path / "write.sql")]
+    assert "UPDATE" in (tmp_path / "write.sql").read_text()
+
+
+def test_medians_are_per_scenario_and_algorithm_in_first_seen_order() -> None:
+    runs = [
+        RunResult("delay", "round_robin", 100.0, 4.0, 9.0),
+        RunResult("delay", "adaptive", 300.0, 2.0, 5.0),
+        RunResult("delay", "round_robin", 120.0, 3.0, 11.0),
+        RunResult("delay", "adaptive", 200.0, 1.0, 4.0),
+        RunResult("delay", "round_robin", 500.0, 1.0, 10.0),
+    ]
+    assert medians(runs) == [
+        RunResult("delay", "round_robin", 120.0, 3.0, 10.0),
+        RunResult("delay", "adaptive", 250.0, 1.5, 4.5),
+    ]

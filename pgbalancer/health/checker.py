@@ -8,11 +8,15 @@ health_check_max_retries times, health_check_retry_delay apart, each within heal
 
 A server that answers but cannot be queried (too many connections, authentication, permissions)
 is alive, not down: failing over because max_connections was reached would turn an overload into
-an outage. This module only observes; it never decides and never changes a backend.
+an outage. Nor is a probe that failed because pgbalancer itself ran out of a resource (file
+descriptors, memory): that says nothing about the backend, so it yields no verdict at all (the
+backend keeps its state) and is logged as an error naming the limit to raise. This module only
+observes; it never decides and never changes a backend.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -49,6 +53,8 @@ SELECT pg_is_in_recovery(),
 
 # SQLSTATE classes/codes that mean "not serving": shutting down, starting up, crashed, no connection.
 _NOT_SERVING = ("57P01", "57P02", "57P03", "08")
+# Errors of this process, not of the backend: out of file descriptors (own or system-wide), memory, buffers.
+_OWN_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 
 
 @dataclass(frozen=True)
@@ -63,11 +69,35 @@ class ProbeSettings:
 
 
 class ProbeFailed(Exception):
-    """One probe attempt failed; ``alive`` tells whether the server answered at all."""
+    """One probe attempt failed; ``alive`` tells whether the server answered at all, ``own_fault``
+    that pgbalancer itself lacked a resource to probe it (the backend's state is unknown)."""
 
-    def __init__(self, message: str, *, alive: bool) -> None:
+    def __init__(self, message: str, *, alive: bool, own_fault: bool = False) -> None:
         super().__init__(message)
         self.alive = alive
+        self.own_fault = own_fault
+
+
+def own_resource_error(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain (causes and contexts) saying pgbalancer itself ran out of file
+    descriptors or memory, if there is one."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError) or (
+            isinstance(current, OSError) and current.errno in _OWN_RESOURCE_ERRNOS
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _unreachable(address: BackendAddress, message: str, exc: BaseException) -> ProbeFailed:
+    own = own_resource_error(exc)
+    if own is not None:
+        return ProbeFailed(f"{address}: pgbalancer itself: {own}", alive=False, own_fault=True)
+    return ProbeFailed(message, alive=False)
 
 
 async def probe_once(address: BackendAddress, login: AdminLogin) -> ServerFacts:
@@ -79,9 +109,9 @@ async def probe_once(address: BackendAddress, login: AdminLogin) -> ServerFacts:
     except trio.TooSlowError as exc:
         raise ProbeFailed(f"{address}: no answer within {login.timeout:g}s", alive=False) from exc
     except BackendUnavailable as exc:
-        raise ProbeFailed(str(exc), alive=False) from exc
-    except OSError as exc:
-        raise ProbeFailed(f"{address}: {exc}", alive=False) from exc
+        raise _unreachable(address, str(exc), exc) from exc
+    except (OSError, MemoryError) as exc:
+        raise _unreachable(address, f"{address}: {exc}", exc) from exc
     except ServerError as exc:
         serving = not exc.sqlstate.startswith(_NOT_SERVING)
         raise ProbeFailed(f"{address}: {exc.sqlstate} {exc}", alive=serving) from exc
@@ -113,14 +143,23 @@ def _int(text: str | None) -> int | None:
     return int(text.split(".", 1)[0])  # pg_lsn differences are numeric; they have no fraction
 
 
-async def probe_backend(address: BackendAddress, settings: ProbeSettings) -> Probe:
-    """Probe with retries; DOWN only when every attempt found the server not serving."""
+async def probe_backend(address: BackendAddress, settings: ProbeSettings) -> Probe | None:
+    """Probe with retries; DOWN only when every attempt found the server not serving. None (no
+    verdict) when pgbalancer itself lacked the resources to probe: never a vote against the backend."""
     attempts = 1 + settings.max_retries
     error = ""
     for attempt in range(attempts):
         try:
             facts = await probe_once(address, settings.login)
         except ProbeFailed as exc:
+            if exc.own_fault:
+                log.error(
+                    "health check of backend %d NOT counted (the backend was not judged): %s. Raise the "
+                    "open-files limit (ulimit -n, LimitNOFILE=) or lower max_client_conn, or free memory",
+                    address.node_id,
+                    exc,
+                )
+                return None
             if exc.alive:
                 return Probe(address.node_id, trio.current_time(), ProbeOutcome.ALIVE, None, str(exc))
             error = str(exc)
@@ -131,15 +170,18 @@ async def probe_backend(address: BackendAddress, settings: ProbeSettings) -> Pro
     return Probe(address.node_id, trio.current_time(), ProbeOutcome.DOWN, None, error)
 
 
-ProbeFn = Callable[[BackendAddress], Awaitable[Probe]]
+ProbeFn = Callable[[BackendAddress], Awaitable[Probe | None]]
 
 
 async def probe_all(addresses: Iterable[BackendAddress], probe: ProbeFn) -> dict[int, Probe]:
-    """Probe every backend concurrently; one slow backend delays the round, never the others' probes."""
+    """Probe every backend concurrently; one slow backend delays the round, never the others' probes.
+    A backend whose probe gave no verdict is left out (the planner keeps its state)."""
     results: dict[int, Probe] = {}
 
     async def one(address: BackendAddress) -> None:
-        results[address.node_id] = await probe(address)
+        probe_result = await probe(address)
+        if probe_result is not None:
+            results[address.node_id] = probe_result
 
     async with trio.open_nursery() as nursery:
         for address in addresses:

@@ -187,7 +187,7 @@ class HaController:
     async def _probe_everything(self) -> dict[int, Probe]:
         settings = ProbeSettings.from_config(self.config, self.login())
 
-        async def probe(address: BackendAddress) -> Probe:
+        async def probe(address: BackendAddress) -> Probe | None:
             return await probe_backend(address, settings)
 
         return await probe_all((node.address for node in self.nodes().values()), probe)

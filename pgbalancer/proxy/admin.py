@@ -24,6 +24,7 @@ import trio
 
 from pgbalancer import __version__
 from pgbalancer.config import BackendConfig, redacted_settings
+from pgbalancer.ha.view import BackendState, BackendStatus
 from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.proxy.admin_commands import (
@@ -64,6 +65,7 @@ from pgbalancer.proxy.admin_commands import (
 from pgbalancer.proxy.netio import MessageChannel, PeerClosed, PgSocket, connect_tcp
 from pgbalancer.proxy.pool import ServerPool
 from pgbalancer.proxy.tls import tls_description
+from pgbalancer.routing.router import SessionRouting
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.backend import ServerConnection
@@ -592,38 +594,64 @@ async def _backend_rows(proxy: ProxyServer) -> list[BackendNodeRow]:
     async with trio.open_nursery() as nursery:
         for backend in backends:
             nursery.start_soon(_probe, backend.node_id, backend.hostname, backend.port, reachable)
-    primary_id = proxy.cluster_view.primary_id
+    view = proxy.cluster_view
+    readers = {state.node_id for state in proxy.router.read_candidates(view, SessionRouting())}
+    if not proxy.config.load_balance_mode:
+        readers &= {view.primary_id}
     pools_by_node: dict[int, list[ServerPool]] = defaultdict(list)
     for pool in proxy.pools.pools():
         pools_by_node[pool.key.backend_id].append(pool)
     return [
-        _backend_row(proxy, b, b.node_id == primary_id, reachable.get(b.node_id, False), pools_by_node)
+        _backend_row(
+            proxy,
+            b,
+            view.backend(b.node_id) if view.has(b.node_id) else None,
+            view.primary_id,
+            reachable.get(b.node_id, False),
+            b.node_id in readers,
+            pools_by_node,
+        )
         for b in backends
     ]
+
+
+_POOLNODES_STATUS = {
+    BackendStatus.UP: "up",
+    BackendStatus.DOWN: "down",
+    BackendStatus.QUARANTINED: "quarantine",
+}
 
 
 def _backend_row(
     proxy: ProxyServer,
     backend: BackendConfig,
-    is_primary: bool,
+    state: BackendState | None,
+    primary_id: int | None,
     up: bool,
+    reads_here: bool,
     pools_by_node: dict[int, list[ServerPool]],
 ) -> BackendNodeRow:
+    """Pgpool-II's columns from the cluster view: ``status``/``role`` are what pgbalancer uses the
+    node as (pgpool's "waiting" is up without a pooled connection yet), ``pg_role`` what the last
+    health probe found, ``pg_status`` whether a TCP connect works right now, ``replication_delay``
+    the lag in bytes behind the primary, ``load_balance_node`` whether reads may go there now."""
     node_id = backend.node_id
     connected = proxy.pools.server_connections_to(node_id) > 0
+    status = _POOLNODES_STATUS[state.status] if state is not None else ("up" if up else "down")
+    if status == "up" and not connected:
+        status = "waiting"
     return BackendNodeRow(
         node_id=node_id,
         hostname=backend.hostname,
         port=backend.port,
-        # pgpool's words: "waiting" is up with no pooled connection yet.
-        status="up" if connected else ("waiting" if up else "down"),
+        status=status,
         pg_status="up" if up else "down",
-        weight=backend.weight,
-        role="primary" if is_primary else "standby",
-        pg_role="unknown",  # needs pg_is_in_recovery(): the health checker will supply it
+        weight=state.weight if state is not None else backend.weight,
+        role="primary" if node_id == primary_id else "standby",
+        pg_role=str(state.role) if state is not None else "unknown",
         select_cnt=sum(p.counters.query_count for p in pools_by_node.get(node_id, [])),
-        load_balance_node=is_primary,  # every statement goes to the primary until routing lands
-        replication_delay=0,
+        load_balance_node=reads_here,
+        replication_delay=(state.lag_bytes or 0) if state is not None else 0,
         last_status_change=proxy.started_at,
     )
 

@@ -128,6 +128,13 @@ class TcpConnection:
         except (OSError, ValueError):
             return False
 
+    def finish_sending(self) -> None:
+        """Half-close (SHUT_WR) after the last message: the peer reads EOF right behind it, so
+        libpq reports a FATAL at once instead of waiting for the close, while the session can
+        still drain what the client sends (closing with unread input would reset the connection)."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(stdlib_socket.SHUT_WR)
+
     def close(self) -> None:
         self.sock.close()
 

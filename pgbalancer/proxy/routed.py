@@ -18,6 +18,8 @@ from pgbalancer.pgwire.framing import Message
 from pgbalancer.routing.classify import Classification, StatementKind, classify, combine
 from pgbalancer.routing.router import RouteAction, RouteDecision, Router, RouteReason, SessionRouting
 
+# Refusals of a batch no node could take: it never ran, and the caller may retry it once a node is up.
+_NOT_RUN = frozenset({RouteReason.NO_PRIMARY, RouteReason.NO_NODE})
 _UNKNOWN_STATEMENT = Classification(StatementKind.UNKNOWN, problem="a statement prepared before it was seen")
 # What the server would answer to each message of a batch pgbalancer answers itself.
 _LOCAL_REPLY = {
@@ -49,6 +51,8 @@ class BatchRouting:
     ) -> RouteDecision:
         classification = self._classify(batch, standard_conforming_strings)
         decision = self.router.route(classification, self.session, view, now, attached=attached)
+        if decision.action is RouteAction.REFUSE and decision.reason in _NOT_RUN:
+            return decision  # nothing ran: the session stays as it was, so the batch can be routed again
         self.session = decision.session
         if decision.action is RouteAction.HOLD_BEGIN:
             self.held_begin = _statement_sql(batch) or "BEGIN"
@@ -65,16 +69,16 @@ class BatchRouting:
         held, self.held_begin = self.held_begin, None
         return held or "BEGIN"
 
-    def local_replies(self, batch: Sequence[Message], decision: RouteDecision) -> bytes:
-        """What the server would have answered, for a batch pgbalancer answers itself."""
+    def local_replies(
+        self, batch: Sequence[Message], decision: RouteDecision, *, waited: float = 0.0
+    ) -> bytes:
+        """What the server would have answered, for a batch pgbalancer answers itself. ``waited``:
+        how long a refused batch waited for a primary (or any node) to come up first."""
         if decision.action is RouteAction.REFUSE:
-            status = b"E" if decision.reason is RouteReason.HELD_TRANSACTION_FAILED else b"I"
-            sqlstate = (
-                SqlState.IN_FAILED_SQL_TRANSACTION
-                if decision.reason is RouteReason.HELD_TRANSACTION_FAILED
-                else SqlState.CONNECTION_FAILURE
-            )
-            return error_response(sqlstate, decision.reason.value) + pgmsg.ready_for_query(status)
+            if decision.reason is RouteReason.HELD_TRANSACTION_FAILED:
+                error = error_response(SqlState.IN_FAILED_SQL_TRANSACTION, decision.reason.value)
+                return error + pgmsg.ready_for_query(b"E")
+            return _refusal(decision.reason, waited) + pgmsg.ready_for_query(b"I")
         if decision.action is RouteAction.HOLD_BEGIN:
             return _replies(batch, "BEGIN", b"T")
         return _replies(batch, decision.local_tag or "COMMIT", b"I")
@@ -131,6 +135,20 @@ class BatchRouting:
             elif kind == b"F":
                 parts.append(_UNKNOWN_STATEMENT)  # a function call by OID may write
         return parts[0] if len(parts) == 1 else combine(parts)
+
+
+def _refusal(reason: RouteReason, waited: float) -> bytes:
+    """08006 for a batch no node could take, saying how long it waited and what to do."""
+    message = f"{reason.value}" + (f" (waited {waited:.1f}s for one)" if waited > 0 else "")
+    if reason is RouteReason.NO_PRIMARY:
+        hint = (
+            "The statement was not run. Retry once a primary is up: check the backends (SHOW POOL_NODES in "
+            "the pgbalancer admin database, or bctl), or promote a standby; server_connect_timeout sets "
+            "how long writes wait during a failover."
+        )
+    else:
+        hint = "The statement was not run. Check the backends (SHOW POOL_NODES in the pgbalancer database)."
+    return error_response(SqlState.CONNECTION_FAILURE, message, hint=hint)
 
 
 def _parse_name_and_sql(body: bytes) -> tuple[bytes, bytes]:

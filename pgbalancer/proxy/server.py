@@ -34,6 +34,7 @@ from pgbalancer.proxy.clientauth import ClientAuthenticator
 from pgbalancer.proxy.netio import TcpConnection, configure_socket, connect_tcp
 from pgbalancer.proxy.peering import CancelPeering, ProcessIdAllocator, open_reuseport_listeners
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
+from pgbalancer.proxy.resultcache import CacheService
 from pgbalancer.proxy.session import ClientSession
 from pgbalancer.proxy.tls import TlsContexts
 from pgbalancer.routing.router import Router, RoutingSettings
@@ -99,6 +100,9 @@ class ProxyServer:
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.router = Router(RoutingSettings.from_config(config))  # read/write split and balancer
+        # The result cache (memory_cache_enabled; a restart-only switch): None keeps the relay's
+        # hot path free of it.
+        self.cache = CacheService(config) if config.memory_cache_enabled else None
         # Until the health checker reports, backend 0 is presumed primary.
         self.view_listeners: list[ViewListener] = [self._fence_on_view_change]
         self.ha: HaHooks | None = None  # set by the node when health checking runs
@@ -320,6 +324,8 @@ class ProxyServer:
         self.auth_query = self._auth_query_source(config, userlist)
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools.set_limits(pool_limits(config), config.max_pool)
+        if self.cache is not None:
+            self.cache.apply_config(config)
 
     def _auth_query_source(self, config: Config, userlist: Mapping[str, str]) -> AuthQuerySource | None:
         if not config.auth_user:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
@@ -35,7 +36,14 @@ from pgbalancer.proxy.backend import (
     ServerError,
 )
 from pgbalancer.proxy.clientauth import ClientAuthFailed
-from pgbalancer.proxy.netio import RECV_SIZE, MessageChannel, PeerClosed, PgSocket, ReceiveBuffer
+from pgbalancer.proxy.netio import (
+    RECV_SIZE,
+    MessageChannel,
+    PeerClosed,
+    PgSocket,
+    ReceiveBuffer,
+    TcpConnection,
+)
 from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
@@ -49,6 +57,7 @@ log = logging.getLogger(__name__)
 
 # Client messages after which, once answered, a server connection is at rest.
 _SYNC_POINTS = b"QSF"
+_Q, _S, _F, _Z = b"QSFZ"
 _RESTFUL_LAST_CLIENT_MESSAGES = frozenset(b"QSFcf") | {0}
 _RESET_TIMEOUT = 5.0
 _DRAIN_SECONDS = 1.0
@@ -94,6 +103,8 @@ class ClientSession:
                 )
             )
         finally:
+            if isinstance(self.client, TcpConnection):
+                self.client.finish_sending()  # TLS has no half-close: its client waits for the drain
             if not self._nothing_left_to_read:
                 await self._drain_client()  # returns at once if the client already closed
             self.client.close()
@@ -362,6 +373,8 @@ class _Relay:
         self.client_terminated = False
         self.broken = False  # something was cut mid-message
         self.protocol_error: ProtocolError | None = None
+        self.awaiting_reply = False  # the client sent something the server has not answered yet
+        self.request_started_at = 0.0
 
     async def run(self, pending_from_client: bytes) -> None:
         async with trio.open_nursery() as nursery:
@@ -392,6 +405,9 @@ class _Relay:
             buffer.grow_if_filled(received)
 
     async def _forward_client_bytes(self, chunk: memoryview) -> None:
+        if not self.awaiting_reply:  # a statement's latency runs from its first byte to its ReadyForQuery
+            self.awaiting_reply = True
+            self.request_started_at = time.monotonic()  # a sixth of trio.current_time()'s cost
         captured = self.client_scanner.feed(chunk)
         if captured:  # Terminate: forward what precedes it, never the Terminate itself
             start = captured[0].end - 5
@@ -420,8 +436,7 @@ class _Relay:
             for message in scanner.feed(chunk):
                 if message.type == b"Z":
                     self.transaction_status = message.body
-                    self.counters.query_count += 1
-                    self.counters.xact_count += message.body == b"I"
+                    self._count_statement(message.body == b"I")
                 else:
                     name, value = pgmsg.parse_parameter_status(message.body)
                     self.server.parameters[name] = value
@@ -430,6 +445,17 @@ class _Relay:
             except PeerClosed:
                 return  # the client left; the server side's state is still known exactly
             buffer.grow_if_filled(received)
+
+    def _count_statement(self, transaction_ended: bool) -> None:
+        counters = self.counters
+        elapsed = time.monotonic() - self.request_started_at
+        counters.query_count += 1
+        counters.xact_count += transaction_ended
+        counters.query_time_us += int(elapsed * 1_000_000)
+        counters.query_latency.observe(elapsed)
+        client = self.client_scanner.counts
+        if client[_Q] + client[_S] + client[_F] == self.server_scanner.counts[_Z]:
+            self.awaiting_reply = False  # every request is answered: the next one starts a new clock
 
     def left_server_at_rest(self) -> bool:
         """True when the server finished every request and nothing was cut mid-message."""

@@ -180,6 +180,22 @@ def test_show_pool_nodes_lists_every_backend(admin_node: BalancerProcess, pg_clu
     assert [n["lb_weight"] for n in nodes] == ["0.333333"] * 3
 
 
+def test_show_pool_nodes_takes_roles_and_lag_from_the_cluster_view(admin_node: BalancerProcess) -> None:
+    """pg_role is what the health checker found (pg_is_in_recovery()); with load_balance_mode off
+    only the primary is a load_balance_node; replication_delay is the lag in bytes."""
+
+    def probed() -> list[dict[str, object]] | None:
+        with console(admin_node) as admin:
+            _, nodes = show(admin, "POOL_NODES")
+        return nodes if all(n["pg_role"] != "unknown" for n in nodes) else None
+
+    nodes = wait_for(probed, timeout=20, message="every backend probed by the health checker")
+    assert [n["pg_role"] for n in nodes] == ["primary", "standby", "standby"]
+    assert [n["load_balance_node"] for n in nodes] == ["true", "false", "false"]
+    assert all(int(str(n["replication_delay"])) >= 0 for n in nodes)
+    assert {n["status"] for n in nodes} <= {"up", "waiting"}
+
+
 def test_what_pgbouncer_exporter_reads(admin_node: BalancerProcess) -> None:
     """The exporter's scrape: these queries (with the semicolon), and the shapes it parses."""
     with app_client(admin_node) as client, console(admin_node) as admin:

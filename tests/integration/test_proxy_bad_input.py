@@ -60,6 +60,22 @@ def test_garbage_first_packet_gets_a_protocol_error(balancer: BalancerProcess) -
     assert still_serving(balancer)
 
 
+def test_the_connection_ends_right_after_a_fatal_while_the_client_still_holds_it(
+    balancer: BalancerProcess,
+) -> None:
+    """libpq reports a FATAL only once the connection ends: pgbalancer half-closes right behind the
+    message instead of waiting (its drain lasts a second) for the client to close first."""
+    with socket.create_connection((balancer.host, balancer.port), timeout=10) as sock:
+        sock.sendall(startup_packet("app_scram", APP_DB, version=2 << 16))
+        sock.settimeout(0.5)  # well under the one-second drain that used to come first
+        received = b""
+        while chunk := sock.recv(4096):  # a timeout here means no EOF yet
+            received += chunk
+        assert first_error(received)["C"] == "0A000"
+        sock.sendall(b"late bytes are drained, not answered with a reset")
+    assert still_serving(balancer)
+
+
 def test_two_gigabyte_startup_length_is_refused_at_once(balancer: BalancerProcess) -> None:
     reply = raw_exchange(balancer, struct.pack("!I", 2**31 - 1) + b"\x00\x03\x00\x00")
     assert first_error(reply)["C"] == "08P01"

@@ -95,3 +95,52 @@ def test_read_only_transactions_may_use_a_standby(routed: BalancerProcess) -> No
             seen.add(where(conn))
             conn.execute("COMMIT")
         assert any(in_recovery for in_recovery, _ in seen), seen
+
+
+# Each is unreadable to the classifier (and to PostgreSQL): it must reach the primary, whose own
+# error comes back, and the session goes on. The 1 MB one is valid SQL, too long to classify.
+HOSTILE: dict[str, bytes] = {
+    "unterminated quote": b"SELECT 'never closed, pg_is_in_recovery()",
+    "nested comment left open": b"SELECT 1 /* outer /* inner */ outer never closed",
+    "dollar quote left open": b"SELECT $q$ never closed, pg_is_in_recovery()",
+    "invalid utf-8": b"SELECT '\xff\xfe\xfd' AS bad",
+    "1 MB statement": b"SELECT pg_is_in_recovery() /* " + b"x" * (1 << 20) + b" */",
+}
+
+
+@pytest.mark.slow
+def test_hostile_sql_is_routed_to_the_primary_and_the_session_goes_on(
+    balancer_factory: BalancerFactory,
+) -> None:
+    node = balancer_factory(
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        admin_users="app_trust",
+    )
+
+    def statements_per_node() -> list[int]:
+        with psycopg.connect(
+            node.dsn("app_trust", "pgbalancer", USERLIST["app_trust"]),
+            autocommit=True,
+            cursor_factory=psycopg.ClientCursor,
+        ) as admin:
+            rows = admin.execute("SHOW POOL_NODES").fetchall()
+        return [int(row[8]) for row in rows]  # select_cnt, in node order
+
+    with connect(node) as conn:
+        assert where(conn)  # warm up: the pools exist
+        for name, sql in HOSTILE.items():
+            before = statements_per_node()
+            try:
+                row = conn.execute(sql).fetchone()
+            except psycopg.errors.SyntaxError:
+                pass  # PostgreSQL's own answer to the broken ones
+            except psycopg.errors.CharacterNotInRepertoire:
+                pass  # invalid UTF-8, refused by the server
+            else:
+                assert name == "1 MB statement" and row == (False,), (name, row)
+            after = statements_per_node()
+            grew = [b - a for a, b in zip(before, after, strict=True)]
+            assert grew[0] == 1 and grew[1:] == [0] * (len(grew) - 1), (name, grew)
+            assert where(conn) is not None  # the session goes on

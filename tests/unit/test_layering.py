@@ -18,6 +18,8 @@ PURE_MODULES = (
     "pgbalancer.proxy.admin_commands",
     "consensus.state",
     "pgbalancer.watchdog.decide",
+    "pgbalancer.vip.rule",
+    "pgbalancer.vip.commands",
 )
 IO_IMPORTS = ("trio", "socket", "select", "threading", "asyncio", "selectors", "subprocess", "pysyncobj")
 SHELLS = (

@@ -106,6 +106,28 @@ def test_no_node_up_is_refused_with_an_error_and_ready_for_query() -> None:
     assert parse_error_fields(reply[5 : 1 + length])["C"] == "08006"
 
 
+def test_a_refused_begin_leaves_the_session_idle_and_the_error_says_what_to_do() -> None:
+    from pgbalancer.ha.view import BackendState, BackendStatus
+
+    down = VIEW.with_backend(BackendState(0, "primary", 5432, status=BackendStatus.DOWN))
+    state = routing()
+    begin = [query("BEGIN ISOLATION LEVEL SERIALIZABLE")]
+    refused = state.decide(begin, down, 0.0, attached=None, standard_conforming_strings=True)
+    assert refused.action is RouteAction.REFUSE
+    reply = state.local_replies(begin, refused, waited=2.5)
+    length = int.from_bytes(reply[1:5], "big")
+    fields = parse_error_fields(reply[5 : 1 + length])
+    assert fields["M"] == "no primary is up (waited 2.5s for one)"
+    assert "promote a standby" in fields["H"] and "server_connect_timeout" in fields["H"]
+    # The BEGIN never ran: once the primary is back, the same batch is routed as if new.
+    again = state.decide(begin, VIEW, 1.0, attached=None, standard_conforming_strings=True)
+    assert (again.action, again.node_id) == (RouteAction.SEND, 0)
+    assert (
+        state.decide([query("SELECT 1")], VIEW, 1.0, attached=None, standard_conforming_strings=True).node_id
+        == 0
+    )
+
+
 def test_a_failed_node_is_reported_to_the_balancer_at_once() -> None:
     state = routing()
     reads = [query("SELECT 1")]
