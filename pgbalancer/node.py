@@ -89,6 +89,12 @@ class Node:
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
         # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
         self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
+        if config.delegate_ip and self.watchdog is None:
+            log.warning(
+                "delegate_ip = %s is set but watchdog_nodes is empty: the VIP follows the Raft leader, so "
+                "no node will take it; set watchdog_nodes (and watchdog_secret) on every node",
+                config.delegate_ip,
+            )
         if self.vip is not None and self.events is not None:
             self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
         cache = self.proxy.cache
