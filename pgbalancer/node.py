@@ -88,15 +88,18 @@ class Node:
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
         # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
-        self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
-        if config.delegate_ip and self.watchdog is None:
+        self.vip: VipManager | None = None
+        if self.watchdog is not None:
+            self.vip = manager_for(config, self.watchdog.store)
+            if self.vip is not None and self.events is not None:
+                member = self.watchdog.store.self_id
+                self.vip.listeners.append(partial(publish_vip, self.events, self.vip, member))
+        elif config.delegate_ip:
             log.warning(
                 "delegate_ip = %s is set but watchdog_nodes is empty: the VIP follows the Raft leader, so "
                 "no node will take it; set watchdog_nodes (and watchdog_secret) on every node",
                 config.delegate_ip,
             )
-        if self.vip is not None and self.events is not None:
-            self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
         cache = self.proxy.cache
         if cache is not None:
             if self.events is not None:
@@ -220,12 +223,9 @@ class _ApiControl:
         return node.last_reload
 
 
-def _publish_vip(
-    events: EventService, vip: VipManager, watchdog: WatchdogService | None, holds: bool
-) -> None:
-    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id)."""
-    holder = watchdog.store.self_id if holds and watchdog is not None else None
-    events.publish_watchdog_vip(holder, vip.address, vip.interface)
+def publish_vip(events: EventService, vip: VipManager, member_id: str, holds: bool) -> None:
+    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id, or None)."""
+    events.publish_watchdog_vip(member_id if holds else None, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:
