@@ -96,6 +96,17 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
     _no_two_holders(cluster)
 
 
+def test_a_leader_stopped_cleanly_gives_the_vip_up_before_it_exits(cluster: SampledCluster) -> None:
+    old = cluster.wait_stable()
+    cluster.stop_node(old)  # SIGTERM, and wait for the process to exit
+    assert cluster.lab is not None and VIP not in cluster.lab.addresses(old)
+    new = cluster.wait_stable(names=[name for name in cluster.nodes if name != old])
+    assert new != old
+    cluster.start_node(old)
+    cluster.wait_stable()
+    _no_two_holders(cluster)
+
+
 def test_a_partitioned_leader_drops_the_vip_and_the_majority_takes_it_over(cluster: SampledCluster) -> None:
     old = cluster.wait_stable()
     others = [name for name in cluster.nodes if name != old]
