@@ -291,3 +291,19 @@ def test_one_node_voting_the_primary_down_is_not_enough_a_majority_fails_over_on
         for node in nodes:
             wait_for(lambda: write_port(node) == new_port, timeout=15, retry_on=(psycopg.Error,))  # noqa: B023
         assert {(info(n)["epoch"], info(n)["primary_id"]) for n in nodes} == {(new_epoch, new_primary)}
+
+
+def test_a_node_whose_watchdog_address_is_not_local_exits_saying_what_to_fix(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    settings = base_settings(pg_cluster, tmp_path)
+    settings.update(
+        watchdog_nodes="192.0.2.1:9000,192.0.2.2:9000",
+        watchdog_listen_address="192.0.2.3",  # TEST-NET-1: never an address of this machine
+        watchdog_secret="s",
+        watchdog_data_dir=str(tmp_path / "raft"),
+    )
+    with pytest.raises(RuntimeError, match="exited with 1") as caught:
+        BalancerProcess.start(tmp_path, settings)
+    assert "cannot start the watchdog: watchdog cannot listen on 192.0.2.3:9000" in str(caught.value)
+    assert "check watchdog_listen_address" in str(caught.value)
