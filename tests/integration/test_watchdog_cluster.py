@@ -147,7 +147,8 @@ def readyz(node: BalancerProcess) -> tuple[int, dict[str, Any]]:
 
 
 def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike, tmp_path: Path) -> None:
-    with watchdog_nodes(pg_cluster, tmp_path) as group:
+    # Reads go to the standbys only (weight 0 on the primary), so a cut-off node's reads can be seen.
+    with watchdog_nodes(pg_cluster, tmp_path, load_balance_mode=True, backend_weight0=0) as group:
         nodes = group.live()
         leader = wait_leader(nodes)
         status = info(nodes[0])
@@ -221,8 +222,13 @@ def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike,
         assert refusal.sqlstate == "25006", refusal
         assert "lost contact with its watchdog quorum" in str(refusal)
         held.close()
-        with pytest.raises(psycopg.OperationalError, match="lost contact with its watchdog quorum"):
+        with pytest.raises(psycopg.Error, match="lost contact with its watchdog quorum") as new_client:
             write_port(last)
+        assert new_client.value.sqlstate == "25006"
+        # partition_read_policy = stale: a new client still reads from a standby there.
+        with connect(last) as reader:
+            row = reader.execute("SELECT inet_server_port()").fetchone()
+        assert row is not None and int(str(row[0])) in {s.port for s in pg_cluster.standbys}
         code, ready = readyz(last)
         assert code == 503 and ready["quorum"] is False
         committed = info(last)
