@@ -535,11 +535,15 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
             "all",
             "--max-examples",
             "25",
+            # One worker: with two, hypothesis describes filter lambdas with ast.parse from two threads at
+            # once, and CPython 3.11.7's parser fails that with "SystemError: AST constructor recursion
+            # depth mismatch" (a schemathesis Runtime Error, not a finding).
             "--workers",
-            "2",
-            # These act on the cluster (promote, rejoin): never fuzz them against the shared cluster.
+            "1",
+            # These act on the cluster (promote, rejoin, switchover): never fuzz them against the shared
+            # cluster.
             "--exclude-path-regex",
-            r"/nodes/\{node_id\}/(attach|detach|promote|recovery)",
+            r"/nodes/\{node_id\}/(attach|detach|promote|recovery)|/control/switchover",
             "--request-timeout",
             "30",  # a shared, loaded test machine
             "--report-dir",
