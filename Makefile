@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-OS_PACKAGES := postgresql-15 postgresql-client-15 iproute2 iputils-arping mosquitto
+OS_PACKAGES := postgresql-15 postgresql-client-15 iproute2 iputils-arping mosquitto tmux
 PG_BIN := /usr/lib/postgresql/15/bin
 
 .PHONY: help os-deps venv lint typecheck pytest test demo demo-stop docs clean

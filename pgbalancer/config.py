@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.vip.commands import CommandTemplateError, split_template
 
 ENV_PREFIX: Final = "PGBALANCER_"
 REDACTED: Final = "********"
@@ -81,6 +82,13 @@ class SslMode(StrEnum):
     VERIFY_FULL = "verify-full"
 
 
+class PartitionReadPolicy(StrEnum):
+    """What a watchdog node cut off from the Raft majority does with reads (writes are refused)."""
+
+    REFUSE = "refuse"
+    STALE = "stale"
+
+
 class MqttMode(StrEnum):
     """Where cluster events are published."""
 
@@ -105,6 +113,7 @@ class Category(StrEnum):
     TLS = "TLS"
     POOLING = "Pooling"
     LOAD_BALANCING = "Load balancing"
+    CACHE = "Query result cache"
     HEALTH_CHECK = "Health checks"
     API = "REST API and metrics"
     EVENTS = "MQTT events"
@@ -347,6 +356,26 @@ _PATH: Final = _Kind("path", "a file path", _convert_path, is_path=True)
 _TEXT: Final = _Kind("string", "a string", _convert_text)
 
 
+def _convert_command(text: str) -> str:
+    try:
+        split_template(text)
+    except CommandTemplateError as exc:
+        raise _BadValue(str(exc)) from None
+    return text.strip()
+
+
+def _convert_command_or_empty(text: str) -> str:
+    return _convert_command(text) if text.strip() else ""
+
+
+_COMMAND: Final = _Kind(
+    "command", "a command line such as 'ip addr add $_IP_$/24 dev $_IF_$'", _convert_command
+)
+_COMMAND_OR_EMPTY: Final = _Kind(
+    "command", "a command line such as 'arping -U -c 1 -I $_IF_$ $_IP_$', or ''", _convert_command_or_empty
+)
+
+
 def _convert_fraction(text: str) -> float:
     if not _NUMBER_RE.fullmatch(text.strip()):
         raise _BadValue("not a number")
@@ -366,6 +395,33 @@ def _convert_function_patterns(text: str) -> tuple[str, ...]:
     return patterns
 
 
+_SIZE_UNITS: Final = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30}
+_SIZE_RE: Final = re.compile(r"\s*(\d{1,12})\s*([kKmMgG]?[bB]?)\s*")
+
+
+def _convert_size(text: str) -> int:
+    match = _SIZE_RE.fullmatch(text)
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise _BadValue("not a size")
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if not 1024 <= value <= 1 << 40:
+        raise _BadValue("out of range")
+    return value
+
+
+def _render_size(value: int) -> str:
+    for unit, factor in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if value % factor == 0:
+            return f"{value // factor}{unit}"
+    return str(value)
+
+
+_SIZE: Final = _Kind(
+    "size (bytes)",
+    "a size between 1kB and 1024GB, in bytes or with a unit, such as 64MB, 400kB or 1048576",
+    _convert_size,
+    _render_size,
+)
 _FRACTION: Final = _Kind(
     "number (0-1)", "a number between 0 and 1, such as 0.1", _convert_fraction, _render_number
 )
@@ -847,6 +903,73 @@ class Config:
         ai_exploration_rate); keeps every node observed, so a recovered node wins its traffic back.""",
     )
 
+    # Query result cache (issue 9; Pgpool-II's key names)
+    memory_cache_enabled: bool = _setting(
+        False,
+        _BOOL,
+        Category.CACHE,
+        _R,
+        """Cache the results of cacheable reads (one SELECT/WITH/VALUES/TABLE outside a transaction
+        block, calling only immutable functions, reading only plain permanent tables) and answer
+        repeats from memory with the exact bytes PostgreSQL sent. Writes seen by any pgbalancer
+        node invalidate the tables they touch on every node (through Raft when watchdog_nodes is
+        set). Needs transaction or statement pooling and workers = 1.""",
+    )
+    memqcache_total_size: int = _setting(
+        64 << 20,
+        _SIZE,
+        Category.CACHE,
+        _L,
+        """Memory the result cache may hold: entries, keys and index, counted in real bytes; least
+        recently used entries are evicted beyond it.""",
+    )
+    memqcache_maxcache: int = _setting(
+        400 << 10,
+        _SIZE,
+        Category.CACHE,
+        _L,
+        """Largest result cached. A bigger result streams to the client as usual and is not
+        buffered (it stops being collected as soon as it passes this size).""",
+    )
+    memqcache_expire: int = _setting(
+        0,
+        _SECONDS_OR_ZERO,
+        Category.CACHE,
+        _L,
+        """Seconds a cached result lives at most (0 = until invalidated or evicted). Bounds the
+        staleness caused by writes that bypass pgbalancer. A /* pgbalancer: cache ttl=N */ hint
+        sets it for one statement.""",
+    )
+    memqcache_exclude_tables: tuple[str, ...] = _setting(
+        (),
+        _FUNCTION_PATTERNS,
+        Category.CACHE,
+        _L,
+        """Tables whose reads are never cached: names or regular expressions matched against the
+        bare table name, case-insensitively, such as 'audit_log,tmp_.*'.""",
+    )
+    memqcache_hit_lease: float = _setting(
+        0.25,
+        _POSITIVE_SECONDS,
+        Category.CACHE,
+        _L,
+        """With watchdog_nodes set: a node serves cache hits only while a Raft barrier it started at
+        most this long ago has been committed and applied (it starts one every quarter of it), and
+        a write's ReadyForQuery is held this long after its invalidation is committed. So a read
+        after an acknowledged write never sees pre-write data on any node; writes pay this much
+        latency. Must exceed the Raft commit time (about 0.05 s) plenty.""",
+    )
+    memqcache_invalidation_timeout: float = _setting(
+        5.0,
+        _POSITIVE_SECONDS,
+        Category.CACHE,
+        _L,
+        """With watchdog_nodes set: seconds a write's CommandComplete/ReadyForQuery is held while its
+        invalidation is committed through Raft and applied by the peers. Past it the client gets
+        its answer with a WARNING, and this node serves no cache hits until it is back in contact
+        with the Raft leader.""",
+    )
+
     # Health checks
     health_check_period: float = _setting(
         5.0,
@@ -1107,11 +1230,58 @@ class Config:
         _PEERS,
         Category.WATCHDOG,
         _R,
-        """Raft peers as host:port, comma separated. Empty = a single node without Raft, failover
-        quorum or virtual IP election.""",
+        """The watchdog (Raft) members as host:port, comma separated: list every member, this node
+        included, and use the same list on every node (an entry equal to this node's own
+        watchdog_listen_address:watchdog_port is recognised as itself; listing only the peers works
+        too). Empty = a single node without Raft, failover quorum or virtual IP election.""",
     )
     watchdog_port: int = _setting(
         9000, _PORT, Category.WATCHDOG, _R, "TCP port of this node's Raft endpoint."
+    )
+    watchdog_listen_address: str = _setting(
+        "",
+        _TEXT,
+        Category.WATCHDOG,
+        _R,
+        """This node's own address on the watchdog network: the Raft endpoint binds to it (and only to
+        it) and it names this node among the members. '' = the watchdog_nodes entry on watchdog_port
+        whose host is an address of this machine.""",
+    )
+    watchdog_lease: float = _setting(
+        2.0,
+        _POSITIVE_SECONDS,
+        Category.WATCHDOG,
+        _R,
+        """Seconds a node cut off from the Raft majority keeps accepting writes. After that it refuses
+        new writes with SQLSTATE 25006 (read_only_sql_transaction: "lost its watchdog quorum, use
+        another node or the virtual IP") until it is back in contact, so it never writes to a
+        primary the majority may have failed over from.""",
+    )
+    partition_read_policy: PartitionReadPolicy = _setting(  # noqa: RUF009 (enum defaults are immutable)
+        PartitionReadPolicy.STALE,
+        _choice(PartitionReadPolicy),
+        Category.WATCHDOG,
+        _L,
+        """What a node cut off from the majority for longer than watchdog_lease does with reads:
+        stale = keep serving them (they may miss what the majority side committed since), refuse =
+        refuse them like writes.""",
+    )
+    watchdog_data_dir: str = _setting(
+        "/var/lib/pgbalancer/watchdog",
+        _PATH,
+        Category.WATCHDOG,
+        _R,
+        """Directory of the Raft journal and full dump (created if missing), so the term, vote and
+        log survive a restart. Each node needs its own.""",
+    )
+    failover_require_consensus: bool = _setting(
+        True,
+        _BOOL,
+        Category.WATCHDOG,
+        _L,
+        """With a watchdog: on = the primary (or any backend) is declared down only when a majority of
+        watchdog nodes vote it down, so one node's network blip never causes a failover (Pgpool-II's
+        failover_require_consensus). off = the leader's own failed probe is enough.""",
     )
     watchdog_secret: str = _setting(
         "",
@@ -1135,6 +1305,56 @@ class Config:
     )
     delegate_ip_interface: str = _setting(
         "", _TEXT, Category.VIP, _R, "Network interface delegate_ip is added to, such as 'eth0'."
+    )
+    if_up_cmd: str = _setting(
+        "ip addr add $_IP_$/32 dev $_IF_$",
+        _COMMAND,
+        Category.VIP,
+        _R,
+        """Command that adds the virtual IP, run by the node that takes it. $_IP_$ is replaced by
+        delegate_ip and $_IF_$ by delegate_ip_interface (pgpool's placeholder style). The line is
+        split into words like a POSIX shell does (quotes work) and run without a shell; write
+        sh -c '...' for shell features, or prefix sudo when pgbalancer does not run as root.""",
+    )
+    if_down_cmd: str = _setting(
+        "ip addr del $_IP_$/32 dev $_IF_$",
+        _COMMAND,
+        Category.VIP,
+        _R,
+        """Command that removes the virtual IP (same placeholders and splitting as if_up_cmd). A
+        guard process runs it also when pgbalancer dies without cleaning up (even SIGKILL), so a
+        dead node never keeps the address.""",
+    )
+    arping_cmd: str = _setting(
+        "arping -U -c 1 -I $_IF_$ $_IP_$",
+        _COMMAND_OR_EMPTY,
+        Category.VIP,
+        _R,
+        """Command that sends one gratuitous ARP for the virtual IP (same placeholders and splitting
+        as if_up_cmd; arping is Debian's iputils-arping). Without it clients keep the old holder's
+        MAC until their ARP cache expires. '' = send none.""",
+    )
+    delegate_ip_arp_count: int = _setting(
+        3,
+        _integer(1, 100, "a whole number between 1 and 100"),
+        Category.VIP,
+        _R,
+        "Gratuitous ARPs sent right after taking the virtual IP, delegate_ip_arp_interval apart.",
+    )
+    delegate_ip_arp_interval: float = _setting(
+        0.5,
+        _POSITIVE_SECONDS,
+        Category.VIP,
+        _R,
+        "Seconds between the gratuitous ARPs sent on taking the VIP.",
+    )
+    delegate_ip_arp_refresh: float = _setting(
+        10.0,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.VIP,
+        _R,
+        """Seconds between the gratuitous ARPs repeated for as long as the node holds the virtual
+        IP (switches and clients that missed the first ones learn it then); 0 = none.""",
     )
 
     # Process
@@ -1539,12 +1759,83 @@ def _check_watchdog_secret(config: Config, build: _Build) -> Iterator[str]:
         )
 
 
+def watchdog_self_address(config: Config) -> str:
+    """This node's Raft "host:port" (its member id); '' when only the machine's addresses can tell
+    (several entries on watchdog_port: pgbalancer.watchdog picks the local one at startup)."""
+    if config.watchdog_listen_address:
+        return _join_host_port(config.watchdog_listen_address, config.watchdog_port)
+    own = [peer for peer in config.watchdog_nodes if _peer_port(peer) == config.watchdog_port]
+    return own[0] if len(own) == 1 else ""
+
+
+def watchdog_peers(config: Config) -> tuple[str, ...]:
+    """The other watchdog members' "host:port" (watchdog_nodes without this node's own entry)."""
+    me = watchdog_self_address(config)
+    return tuple(peer for peer in config.watchdog_nodes if peer != me)
+
+
+def _peer_port(peer: str) -> int:
+    return int(peer.rsplit(":", 1)[1])
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def _check_watchdog_identity(config: Config, build: _Build) -> Iterator[str]:
+    # Several entries on watchdog_port: the node picks the one whose host is a local address at
+    # startup (pgbalancer.watchdog), which needs sockets, so it is not decided here.
+    if not config.watchdog_nodes or config.watchdog_listen_address:
+        return
+    if not any(_peer_port(peer) == config.watchdog_port for peer in config.watchdog_nodes):
+        yield (
+            f"{build.where('watchdog_nodes')}: no watchdog_nodes entry has this node's watchdog_port "
+            f"({config.watchdog_port}), so this node cannot tell which address is its own: add this "
+            "node's own host:port to watchdog_nodes, or set watchdog_listen_address to its address on "
+            "the watchdog network"
+        )
+
+
 def _check_delegate_ip(config: Config, build: _Build) -> Iterator[str]:
     if config.delegate_ip and not config.delegate_ip_interface:
         yield (
             f"{build.where('delegate_ip')}: delegate_ip = {_quote(config.delegate_ip)} but "
             "delegate_ip_interface is empty, so the leader would not know where to add the virtual IP; "
             "set delegate_ip_interface to the network interface, such as 'eth0'"
+        )
+
+
+def _check_cache(config: Config, build: _Build) -> Iterator[str]:
+    if not config.memory_cache_enabled:
+        return
+    if config.workers != 1:
+        yield (
+            f"{build.where('memory_cache_enabled')}: memory_cache_enabled = on needs workers = 1 "
+            f"(workers = {config.workers}): each worker process would hold its own cache and miss the "
+            "writes the others see; set workers = 1, or run one node per core behind Raft"
+        )
+    session = [
+        name
+        for name, mode in (*config.database_pool_mode, *config.user_pool_mode)
+        if mode is PoolMode.SESSION
+    ]
+    if config.pool_mode is PoolMode.SESSION or session:
+        which = (
+            "pool_mode = session"
+            if config.pool_mode is PoolMode.SESSION
+            else f"session pooling for {', '.join(session)}"
+        )
+        yield (
+            f"{build.where('memory_cache_enabled')}: memory_cache_enabled = on needs transaction or "
+            f"statement pooling, but {which}: session pooling relays bytes without reading "
+            "statements, so its writes would not invalidate the cache; use pool_mode = transaction"
+        )
+    if config.memqcache_maxcache > config.memqcache_total_size:
+        yield (
+            f"{build.where('memqcache_maxcache')}: memqcache_maxcache "
+            f"({_render_size(config.memqcache_maxcache)}) is larger than memqcache_total_size "
+            f"({_render_size(config.memqcache_total_size)}); "
+            "lower memqcache_maxcache or raise memqcache_total_size"
         )
 
 
@@ -1676,7 +1967,22 @@ _CROSS_FIELD_RULES: Final[tuple[tuple[frozenset[str], _CrossCheck], ...]] = (
     (frozenset({"auth_type", "auth_file"}), _check_auth_file_set),
     (frozenset({"auth_user", "auth_type", "auth_query"}), _check_auth_query),
     (frozenset({"watchdog_nodes", "watchdog_secret"}), _check_watchdog_secret),
+    (frozenset({"watchdog_nodes", "watchdog_port", "watchdog_listen_address"}), _check_watchdog_identity),
     (frozenset({"delegate_ip", "delegate_ip_interface"}), _check_delegate_ip),
+    (
+        frozenset(
+            {
+                "memory_cache_enabled",
+                "workers",
+                "pool_mode",
+                "database_pool_mode",
+                "user_pool_mode",
+                "memqcache_maxcache",
+                "memqcache_total_size",
+            }
+        ),
+        _check_cache,
+    ),
     (
         frozenset(
             {"client_tls_sslmode", "client_tls_cert_file", "client_tls_key_file", "client_tls_ca_file"}

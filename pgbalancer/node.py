@@ -21,6 +21,7 @@ from pathlib import Path
 
 import trio
 
+from consensus import ConsensusError
 from pgbalancer import __version__
 from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.service import ApiService
@@ -29,9 +30,12 @@ from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
 from pgbalancer.health.controller import HaController
+from pgbalancer.proxy.figures import FiguresPeering
 from pgbalancer.proxy.peering import CancelPeering
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.userlist import UserlistError, load_userlist
+from pgbalancer.vip.manager import VipManager, manager_for
+from pgbalancer.watchdog import WatchdogService, WatchdogSetupError
 from pgbalancer.workers import Supervisor, WorkerContext, available_cpus, effective_worker_count
 
 log = logging.getLogger("pgbalancer")
@@ -63,6 +67,12 @@ class Node:
         self.worker = worker  # set when this process is one worker of a multi-worker node
         self.peering = _cancel_peering(config, worker)
         self.proxy = ProxyServer(config, userlist, self.peering)
+        # With several workers, worker 0 adds every worker's traffic figures up for the API and MQTT.
+        self.figures = (
+            FiguresPeering(self.proxy)
+            if worker is None
+            else FiguresPeering(self.proxy, worker.index, worker.count, config.worker_socket_dir)
+        )
         # The admin console's RELOAD and SHUTDOWN are SIGHUP and SIGTERM to the node (a worker's supervisor).
         node_pid = os.getpid() if worker is None else os.getppid()
         reload_node = partial(os.kill, node_pid, signal.SIGHUP)
@@ -72,20 +82,44 @@ class Node:
         self.ha = HaController(config, self.proxy, executes=worker is None or worker.index == 0)
         self.proxy.ha = self.ha
         # One MQTT broker per node: with several workers, worker 0 runs it (docs/events.md).
-        self.events = EventService.for_node(config, self.proxy, None if worker is None else worker.index)
+        self.events = EventService.for_node(
+            config, self.proxy, None if worker is None else worker.index, self.figures
+        )
+        # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
+        self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
+        # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
+        self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
+        if self.vip is not None and self.events is not None:
+            self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
+        cache = self.proxy.cache
+        if cache is not None:
+            if self.events is not None:
+                cache.on_invalidated = self.events.publish_cache_invalidation
+            if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
+                cache.attach_cluster(self.watchdog.store)
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
+            if self.watchdog is not None:
+                self.api.state.watchdog = self.watchdog
+                self.api.state.quorum = self.watchdog.has_quorum
 
     async def run(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 if self.peering is not None:  # first: a live peer socket means the port is taken
                     await nursery.start(self.peering.serve, self.proxy.cancel_here)
+                    await nursery.start(self.figures.serve)
                 if self.api is not None:  # before the proxy: once the proxy accepts, the API answers
                     await nursery.start(self.api.serve)
                 if self.events is not None:  # before the proxy: a taken MQTT port fails the start
                     await nursery.start(self.events.run)
+                if self.watchdog is not None:  # before health rounds: they vote through it
+                    await nursery.start(self.watchdog.run)
+                    if self.proxy.cache is not None:
+                        await nursery.start(self.proxy.cache.run)
+                if self.vip is not None:  # after the watchdog: it follows the Raft leadership
+                    await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
@@ -107,7 +141,7 @@ class Node:
             worker.index if worker is not None else 0,
             worker.count if worker is not None else 1,
         )
-        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self))
+        return ApiService(config, self.api_settings, self.proxy, node, _ApiControl(self), self.figures)
 
     async def _shutdown(self, nursery: trio.Nursery) -> None:
         if self.api is not None:
@@ -116,6 +150,8 @@ class Node:
         with trio.move_on_after(_SHUTDOWN_GRACE):
             while self.proxy.sessions:
                 await trio.sleep(0.01)
+        if self.vip is not None:  # while the watchdog still runs, so the holder can be recorded
+            await self.vip.release_now()
         nursery.cancel_scope.cancel()
         self.proxy.pools.close_all_idle()
         if self.worker is None:  # a worker's supervisor owns the pid file
@@ -143,6 +179,8 @@ class Node:
         diff = diff_configs(self.config, new_config)
         self.proxy.apply_config(new_config, userlist)
         self.ha.apply_config(new_config)
+        if self.watchdog is not None:
+            self.watchdog.apply_config(new_config)
         self.config = new_config
         if self.events is not None:
             self.events.config_reloaded(diff, new_config)
@@ -174,6 +212,14 @@ class _ApiControl:
         if node.reload_count == before:
             return ReloadOutcome(error=f"no reload happened within {_RELOAD_WAIT:g}s; see the node's log")
         return node.last_reload
+
+
+def _publish_vip(
+    events: EventService, vip: VipManager, watchdog: WatchdogService | None, holds: bool
+) -> None:
+    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id)."""
+    holder = watchdog.store.self_id if holds and watchdog is not None else None
+    events.publish_watchdog_vip(holder, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:
@@ -244,6 +290,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(str(config.log_level))
     raise_open_files_limit()
     worker_count = effective_worker_count(config.workers, available_cpus())
+    if config.watchdog_nodes and worker_count > 1:
+        # One Raft member per node: its votes, leases and committed epoch live in one process.
+        log.info("watchdog_nodes is set: running one worker process instead of %d", worker_count)
+        worker_count = 1
     if worker_count > 1:
         run_worker = partial(_run_node, args.config_file, config, userlist, api_settings)
         return Supervisor(worker_count, run_worker, pid_file=config.pid_file).run()
@@ -257,9 +307,16 @@ def _run_node(
     api_settings: ApiSettings,
     worker: WorkerContext | None = None,
 ) -> int:
-    node = Node(config_path, config, userlist, worker, api_settings)
+    try:
+        node = Node(config_path, config, userlist, worker, api_settings)
+    except WatchdogSetupError as exc:
+        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
+        return 2
     try:
         trio.run(node.run)
+    except ConsensusError as exc:
+        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
+        return 1
     except (OSError, ExceptionGroup) as exc:
         startup_errors = _only_os_errors(exc)
         if not startup_errors:

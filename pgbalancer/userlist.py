@@ -51,8 +51,11 @@ class Userlist(dict[str, str]):
         return f"Userlist(users={sorted(self)!r}, passwords hidden)"
 
 
-class _LineProblem(Exception):
+class LineProblem(Exception):
     """What is wrong with one line, already phrased with its fix; never contains a password."""
+
+
+_USERLIST_ENTRY = '"username" "password"'
 
 
 def password_kind(password: str) -> PasswordKind:
@@ -72,7 +75,7 @@ def parse_userlist(text: str, source: str = "userlist.txt") -> Userlist:
     for number, line in enumerate(text.split("\n"), start=1):
         try:
             entry = _parse_line(line.removesuffix("\r"))
-        except _LineProblem as problem:
+        except LineProblem as problem:
             errors.append(f"{source}:{number}: {problem}")
             continue
         if entry is None:
@@ -114,26 +117,33 @@ def _parse_line(line: str) -> tuple[str, str] | None:
     stripped = line.strip()
     if not stripped or stripped[0] in ";#":
         return None
-    user, position = _read_quoted_field(line, 0, "user name")
+    user, position = read_quoted_field(line, 0, "user name")
     if not user:
-        raise _LineProblem('the user name is empty; write the entry as "username" "password"')
+        raise LineProblem('the user name is empty; write the entry as "username" "password"')
     if position < len(line) and not line[position].isspace():
-        raise _LineProblem(
+        raise LineProblem(
             f"no space after the user name {_show_name(user)}; separate the fields with a space: "
             '"username" "password" (write a double quote inside a field as "")'
         )
-    password, _ = _read_quoted_field(line, position, "password")
+    password, _ = read_quoted_field(line, position, "password")
     _check_password_shape(user, password)
     return user, password
 
 
-def _read_quoted_field(line: str, position: int, what: str) -> tuple[str, int]:
-    """Read one double-quoted field starting at or after position; return its text and the end."""
+def read_quoted_field(
+    line: str, position: int, what: str, entry_form: str = _USERLIST_ENTRY
+) -> tuple[str, int]:
+    """Read one double-quoted field ("" inside is a quote) at or after position; its text and end.
+
+    Shared by every file in PgBouncer's quoted-field format (auth_file, api_user_file,
+    mqtt_user_file); ``entry_form`` is how a whole line of that file should look, for the message.
+    Raises :class:`LineProblem`.
+    """
     while position < len(line) and line[position].isspace():
         position += 1
     if position >= len(line) or line[position] != '"':
-        raise _LineProblem(
-            f'expected the {what} in double quotes; write the entry as "username" "password" '
+        raise LineProblem(
+            f"expected the {what} in double quotes; write the entry as {entry_form} "
             "(lines starting with ; or # are comments)"
         )
     chunks: list[str] = []
@@ -141,7 +151,7 @@ def _read_quoted_field(line: str, position: int, what: str) -> tuple[str, int]:
     while True:
         closing = line.find('"', position)
         if closing < 0:
-            raise _LineProblem(
+            raise LineProblem(
                 f'the {what} has no closing double quote; end it with " and write a double quote '
                 'inside it as ""'
             )
@@ -156,7 +166,7 @@ def _read_quoted_field(line: str, position: int, what: str) -> tuple[str, int]:
 def _check_password_shape(user: str, password: str) -> None:
     """Refuse a SCRAM verifier that would silently be taken as a plaintext password."""
     if password_kind(password) is PasswordKind.SCRAM_SHA_256 and not _is_valid_scram_verifier(password):
-        raise _LineProblem(
+        raise LineProblem(
             f"the password of user {_show_name(user)} starts with {SCRAM_PREFIX} but is not a valid "
             f"verifier ({SCRAM_PREFIX}<iterations>:<salt>$<StoredKey>:<ServerKey>); copy it again from "
             "pg_authid.rolpassword, or write the plaintext password instead"

@@ -31,7 +31,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from pgbalancer.api import snapshots
-from pgbalancer.api.control import BackendOperations, NodeControl
+from pgbalancer.api.control import BackendOperations, NodeControl, WatchdogControl
 from pgbalancer.api.metrics import ApiMetrics
 from pgbalancer.api.openapi import API_PREFIX, openapi_document
 from pgbalancer.api.ratelimit import LoginRateLimiter
@@ -42,6 +42,7 @@ from pgbalancer.api.users import ApiUser, Role
 from pgbalancer.config import redacted_settings
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
+from pgbalancer.proxy.figures import FiguresPeering
 from pgbalancer.proxy.netio import connect_tcp
 
 if TYPE_CHECKING:
@@ -57,8 +58,6 @@ _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
 # Features other issues are building: their endpoints exist and say so until then.
 PENDING_FEATURES: Final = {
-    "cache": "the query result cache is not built yet; /cache/* answers once it is",
-    "watchdog": "the watchdog (Raft) is not built yet; /watchdog/info answers once it is",
     "health_operations": (
         "backend operations are not available until health checks are enabled (the failover engine is not "
         "wired into this node yet)"
@@ -113,12 +112,16 @@ class ApiState:
     control: NodeControl | None = None
     operations: BackendOperations | None = None  # the failover engine, once it is wired
     quorum: Callable[[], bool] | None = None  # the watchdog's answer, once it exists
+    watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
+    figures_source: FiguresPeering | None = None  # every worker's traffic figures; default: ours only
     events: ClusterEvents = field(default_factory=ClusterEvents)
     rate: QueryRate = field(default_factory=QueryRate)
+    figures: FiguresPeering = field(init=False)
     metrics: ApiMetrics = field(init=False)
     limiter: LoginRateLimiter = field(init=False)
 
     def __post_init__(self) -> None:
+        self.figures = self.figures_source if self.figures_source is not None else FiguresPeering(self.proxy)
         self.metrics = ApiMetrics(self.proxy, self.node, self.events)
         self.proxy.view_listeners.append(self.events)
         self.limiter = LoginRateLimiter(self.settings.login_rate_limit)
@@ -283,8 +286,22 @@ def _is_optional_name(value: object) -> bool:
     return value is None or _is_name(value)
 
 
+def _is_member_address(value: object) -> bool:
+    """host:port of a watchdog member (IPv4, a host name, or [IPv6])."""
+    if not isinstance(value, str) or not 3 <= len(value) <= 300:
+        return False
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return False
+    return bool(host) and all(c.isalnum() or c in ".-_[]:" for c in host)
+
+
 def _is_password(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 4096
+
+
+def _is_node_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
 
 
 def _is_timeout(value: object) -> bool:
@@ -355,13 +372,21 @@ class _Routes:
         app.add_url_rule(f"{p}/control/reload", "reload", admin(self.reload), methods=["POST"])
         app.add_url_rule(f"{p}/control/pause", "pause", admin(self.pause), methods=["POST"])
         app.add_url_rule(f"{p}/control/resume", "resume", admin(self.resume), methods=["POST"])
+        app.add_url_rule(f"{p}/control/switchover", "switchover", admin(self.switchover), methods=["POST"])
         app.add_url_rule(f"{p}/ai/stats", "ai_stats", viewer(self.ai_stats), methods=["GET"])
-        app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self._pending("cache")), methods=["GET"])
+        app.add_url_rule(f"{p}/cache/stats", "cache_stats", viewer(self.cache_stats), methods=["GET"])
         app.add_url_rule(
             f"{p}/cache/invalidate", "cache_invalidate", admin(self.cache_invalidate), methods=["POST"]
         )
+        app.add_url_rule(f"{p}/watchdog/info", "watchdog_info", viewer(self.watchdog_info), methods=["GET"])
         app.add_url_rule(
-            f"{p}/watchdog/info", "watchdog_info", viewer(self._pending("watchdog")), methods=["GET"]
+            f"{p}/watchdog/members", "watchdog_add_member", admin(self.watchdog_add_member), methods=["POST"]
+        )
+        app.add_url_rule(
+            f"{p}/watchdog/members/<address>",
+            "watchdog_remove_member",
+            admin(self.watchdog_remove_member),
+            methods=["DELETE"],
         )
 
     # ------------------------------------------------------------------ open endpoints
@@ -380,7 +405,10 @@ class _Routes:
         if not reachable:
             reasons.append("no backend accepts TCP connections")
         if not quorum:
-            reasons.append("no watchdog quorum (watchdog_nodes is set but the watchdog is not running)")
+            reasons.append(
+                "no watchdog quorum: this node is not in contact with a majority of watchdog_nodes "
+                "(see GET /api/v1/watchdog/info)"
+            )
         ready = not reasons
         body = {"ready": ready, "reachable_backends": reachable, "quorum": quorum, "reasons": reasons}
         return json_response(body, 200 if ready else 503)
@@ -407,20 +435,23 @@ class _Routes:
     async def metrics(self) -> Response:
         if self.state.settings.metrics_auth:
             await _authenticate(self.state)
-        return Response(
-            generate_latest(self.state.metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST
-        )
+        metrics = self.state.metrics
+        metrics.collector.figures = await self.state.figures.gather()
+        # generate_latest runs without a checkpoint, so no other scrape can swap the figures meanwhile.
+        return Response(generate_latest(metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ reading
 
     async def status(self) -> Response:
-        return json_response(snapshots.status(self.proxy, self.state.node, self.state.rate))
+        figures = await self.state.figures.gather()
+        return json_response(snapshots.status(self.proxy, figures, self.state.node, self.state.rate))
 
     async def nodes(self) -> Response:
-        return json_response(snapshots.nodes(self.proxy))
+        return json_response(snapshots.nodes(self.proxy, await self.state.figures.gather()))
 
     async def node(self, node_id: int) -> Response:
-        detail = snapshots.node_detail(self.proxy, node_id, self.state.events)
+        figures = await self.state.figures.gather()
+        detail = snapshots.node_detail(self.proxy, figures, node_id, self.state.events)
         if detail is None:
             raise self._no_such_node(node_id)
         return json_response(detail)
@@ -436,10 +467,42 @@ class _Routes:
         return json_response(snapshots.balancer_stats(self.proxy))
 
     async def pools(self) -> Response:
-        return json_response(snapshots.pools(self.proxy))
+        return json_response(snapshots.pools(self.proxy, await self.state.figures.gather()))
 
     async def config(self) -> Response:
         return json_response({"settings": redacted_settings(self.proxy.config)})
+
+    # ------------------------------------------------------------------ watchdog
+
+    def _watchdog(self) -> WatchdogControl:
+        if self.state.watchdog is None:
+            raise ApiError(
+                503,
+                "watchdog_disabled",
+                "no watchdog runs on this node: set watchdog_nodes, watchdog_port and watchdog_secret "
+                "on every node to form a cluster",
+            )
+        return self.state.watchdog
+
+    async def watchdog_info(self) -> Response:
+        return json_response(self._watchdog().info())
+
+    async def watchdog_add_member(self) -> Response:
+        watchdog = self._watchdog()
+        body = await _json_body({"address": _is_member_address}, ("address",))
+        try:
+            return json_response(await watchdog.add_member(body["address"]))
+        except HaOperationError as exc:
+            raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
+
+    async def watchdog_remove_member(self, address: str) -> Response:
+        watchdog = self._watchdog()
+        if not _is_member_address(address):
+            raise ApiError(400, "bad_request", f"{address!r} is not host:port, such as 10.0.0.4:9000")
+        try:
+            return json_response(await watchdog.remove_member(address))
+        except HaOperationError as exc:
+            raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
 
     def _pending(self, feature: str) -> Callable[[], Awaitable[Response]]:
         async def pending() -> Response:
@@ -450,39 +513,49 @@ class _Routes:
 
     # ------------------------------------------------------------------ acting (admin)
 
+    def _operations(self) -> BackendOperations:
+        operations = self.state.operations
+        if operations is None:
+            raise ApiError(503, "not_available", PENDING_FEATURES["health_operations"], feature="failover")
+        return operations
+
+    async def _run_operation(self, action: str, node_id: int) -> Response:
+        if not self.proxy.cluster_view.has(node_id):
+            raise self._no_such_node(node_id)
+        operations = self._operations()
+        operation = {
+            "attach": operations.attach,
+            "detach": operations.detach,
+            "promote": operations.promote,
+            "recovery": operations.rejoin,
+            "switchover": operations.switchover,
+        }[action]
+        log.info("REST API: %s of backend %d by %r", action, node_id, g.principal.name)
+        try:
+            outcome = await operation(node_id)
+        except HaOperationError as exc:  # refused: nothing was changed
+            status = _OPERATION_REFUSALS.get(exc.kind, 409)
+            raise ApiError(status, exc.kind, exc.message) from None
+        return json_response(
+            {
+                "node_id": node_id,
+                "action": action,
+                "primary_id": outcome.primary_id,
+                "epoch": outcome.epoch,
+                "notes": list(outcome.notes),
+            }
+        )
+
     def _node_action(self, action: str) -> Callable[[int], Awaitable[Response]]:
         async def node_action(node_id: int) -> Response:
-            if not self.proxy.cluster_view.has(node_id):
-                raise self._no_such_node(node_id)
-            operations = self.state.operations
-            if operations is None:
-                raise ApiError(
-                    503, "not_available", PENDING_FEATURES["health_operations"], feature="failover"
-                )
-            operation = {
-                "attach": operations.attach,
-                "detach": operations.detach,
-                "promote": operations.promote,
-                "recovery": operations.rejoin,
-            }[action]
-            log.info("REST API: %s of backend %d by %r", action, node_id, g.principal.name)
-            try:
-                outcome = await operation(node_id)
-            except HaOperationError as exc:  # refused: nothing was changed
-                status = _OPERATION_REFUSALS.get(exc.kind, 409)
-                raise ApiError(status, exc.kind, exc.message) from None
-            return json_response(
-                {
-                    "node_id": node_id,
-                    "action": action,
-                    "primary_id": outcome.primary_id,
-                    "epoch": outcome.epoch,
-                    "notes": list(outcome.notes),
-                }
-            )
+            return await self._run_operation(action, node_id)
 
         node_action.__name__ = f"node_{action}"
         return node_action
+
+    async def switchover(self) -> Response:
+        body = await _json_body({"to": _is_node_id}, ("to",))
+        return await self._run_operation("switchover", body["to"])
 
     async def reload(self) -> Response:
         await _json_body({})
@@ -553,9 +626,23 @@ class _Routes:
         log.info("REST API: resume %s by %r", database or "(all)", g.principal.name)
         return json_response({"resumed": True, "database": database})
 
+    async def cache_stats(self) -> Response:
+        return json_response(snapshots.cache_stats(self.proxy))
+
     async def cache_invalidate(self) -> Response:
-        await _json_body({"table": _is_optional_name})
-        raise ApiError(503, "not_available", PENDING_FEATURES["cache"], feature="cache")
+        body = await _json_body({"table": _is_optional_name})
+        cache = self.proxy.cache
+        if cache is None:
+            raise ApiError(
+                409, "cache_disabled", "the result cache is off: set memory_cache_enabled = on and restart"
+            )
+        table: str | None = body.get("table")
+        tables = None if table is None else frozenset({table.lower()})
+        removed = await cache.invalidate(tables)
+        log.info("REST API: cache invalidation of %s by %r", table or "everything", g.principal.name)
+        return json_response(
+            {"invalidated_entries": removed, "tables": None if tables is None else sorted(tables)}
+        )
 
 
 async def _reachable_backends(proxy: ProxyServer) -> list[int]:

@@ -52,6 +52,21 @@ class OperationOutcome(Protocol):
     def notes(self) -> tuple[str, ...]: ...
 
 
+class WatchdogControl(Protocol):
+    """The node's watchdog (pgbalancer.watchdog.WatchdogService) as the API sees it.
+
+    Refusals raise ``pgbalancer.ha.planner.HaOperationError`` (kind suits the HTTP status).
+    """
+
+    def info(self) -> dict[str, object]: ...
+
+    def has_quorum(self) -> bool: ...
+
+    async def add_member(self, address: str) -> dict[str, object]: ...
+
+    async def remove_member(self, address: str) -> dict[str, object]: ...
+
+
 class BackendOperations(Protocol):
     """The failover engine's operator actions on one backend (pgpool's attach/detach/promote/recovery).
 
@@ -65,3 +80,7 @@ class BackendOperations(Protocol):
     async def promote(self, node_id: int) -> OperationOutcome: ...
 
     async def rejoin(self, node_id: int) -> OperationOutcome: ...
+
+    async def switchover(self, node_id: int) -> OperationOutcome:
+        """Planned switchover to standby ``node_id`` (no acknowledged commit lost)."""
+        ...

@@ -5,9 +5,10 @@ view-change listener) at scrape time, so the hot path does no metrics work at al
 requests are measured with an ordinary Counter and Histogram. Everything lives in a registry of
 this node (never prometheus-client's global one), so several nodes can share a test process.
 
-Pending on other issues, and so not exported yet: per-statement latency histograms (need a hook in
-the relays; query and transaction times are exported as summaries from the pool counters), cache,
-Raft term and leader.
+Statement latencies are Prometheus histograms per route (backend, database, user), filled by the
+relays into fixed buckets (``pgbalancer.proxy.latency``). Traffic figures are the whole node's: the
+``/metrics`` route hands the collector the figures of every worker (``pgbalancer.proxy.figures``)
+before each scrape; ``pgbalancer_worker_reporting`` says which workers answered.
 
 It must never: change the state it reads; put a secret in a label.
 """
@@ -23,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
     SummaryMetricFamily,
@@ -32,6 +34,7 @@ from prometheus_client.registry import Collector
 from pgbalancer import __version__
 from pgbalancer.api import snapshots
 from pgbalancer.api.snapshots import ClusterEvents, NodeInfo
+from pgbalancer.proxy.figures import NodeFigures, merge, read_figures
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -47,17 +50,25 @@ class ProxyCollector(Collector):
         self.proxy = proxy
         self.node = node
         self.events = events
+        self.figures: NodeFigures | None = None  # set by GET /metrics just before each scrape
+
+    def _figures(self) -> NodeFigures:
+        if self.figures is not None:
+            return self.figures
+        return merge(1, [read_figures(self.proxy, self.node.worker_index, trio.current_time())])
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._node()
-        yield from self._clients()
-        yield from self._pools()
-        yield from self._traffic()
-        yield from self._backends()
+        figures = self._figures()
+        yield from self._node(figures)
+        yield from self._clients(figures)
+        yield from self._pools(figures)
+        yield from self._traffic(figures)
+        yield from self._backends(figures)
         yield from self._cluster()
         yield from self._balancer()
+        yield from self._cache()
 
-    def _node(self) -> Iterator[Metric]:
+    def _node(self, figures: NodeFigures) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
         info.add_metric(
             [],
@@ -69,6 +80,15 @@ class ProxyCollector(Collector):
             },
         )
         yield info
+        reporting = GaugeMetricFamily(
+            "pgbalancer_worker_reporting",
+            "1 if the worker's figures are in this scrape, 0 if it did not answer in time",
+            labels=["worker"],
+        )
+        answered = {report.worker_index for report in figures.workers}
+        for index in range(figures.worker_count):
+            reporting.add_metric([str(index)], int(index in answered))
+        yield reporting
         yield GaugeMetricFamily(
             "pgbalancer_start_time_seconds",
             "When this process started (Unix time)",
@@ -80,8 +100,8 @@ class ProxyCollector(Collector):
             value=int(self.proxy.pools.pause_gate.all_paused),
         )
 
-    def _clients(self) -> Iterator[Metric]:
-        counts = snapshots.client_counts(self.proxy)
+    def _clients(self, figures: NodeFigures) -> Iterator[Metric]:
+        counts = snapshots.client_counts(figures)
         clients = GaugeMetricFamily("pgbalancer_clients", "Client connections by state", labels=["state"])
         for state in ("active", "waiting", "idle", "logging_in", "admin_console"):
             clients.add_metric([state], counts[state])
@@ -90,7 +110,7 @@ class ProxyCollector(Collector):
             "pgbalancer_clients_accepted", "Client connections accepted", value=counts["accepted_total"]
         )
 
-    def _pools(self) -> Iterator[Metric]:
+    def _pools(self, figures: NodeFigures) -> Iterator[Metric]:
         servers = GaugeMetricFamily(
             "pgbalancer_pool_server_connections",
             "Server connections by pool and state",
@@ -108,18 +128,18 @@ class ProxyCollector(Collector):
         closed = CounterMetricFamily(
             "pgbalancer_pool_servers_closed", "Server connections closed", labels=_POOL_LABELS
         )
-        for pool in self.proxy.pools.pools():
+        for pool in figures.live_pools():
             labels = _pool_labels(pool.key.backend_id, pool.key.database, pool.key.user)
             servers.add_metric([*labels, "active"], pool.active)
-            servers.add_metric([*labels, "idle"], pool.idle_count)
+            servers.add_metric([*labels, "idle"], pool.idle)
             servers.add_metric([*labels, "logging_in"], pool.logging_in)
-            waiting.add_metric(labels, pool.waiting_clients)
-            max_size.add_metric(labels, pool.limits.max_size)
+            waiting.add_metric(labels, pool.waiting)
+            max_size.add_metric(labels, pool.max_size)
             opened.add_metric(labels, pool.opened_total)
             closed.add_metric(labels, pool.closed_total)
         yield from (servers, waiting, max_size, opened, closed)
 
-    def _traffic(self) -> Iterator[Metric]:
+    def _traffic(self, figures: NodeFigures) -> Iterator[Metric]:
         queries = CounterMetricFamily(
             "pgbalancer_queries", "Statements answered, by route (backend) and pool", labels=_POOL_LABELS
         )
@@ -139,8 +159,15 @@ class ProxyCollector(Collector):
             "Time clients waited for a server connection",
             labels=_POOL_LABELS,
         )
-        for key, c in self.proxy.pools.counters_by_pool():
+        latency = HistogramMetricFamily(
+            "pgbalancer_statement_duration_seconds",
+            "Statement latency by route: from the request going to its server to its ReadyForQuery",
+            labels=_POOL_LABELS,
+        )
+        for pool in figures.pools:
+            key, c = pool.key, pool.counters
             labels = _pool_labels(key.backend_id, key.database, key.user)
+            latency.add_metric(labels, c.query_latency.cumulative(), sum_value=c.query_latency.sum_seconds)
             queries.add_metric(labels, c.query_count)
             xacts.add_metric(labels, c.xact_count)
             received.add_metric(labels, c.bytes_received)
@@ -150,9 +177,9 @@ class ProxyCollector(Collector):
             wait_time.add_metric(
                 labels, count_value=c.server_assignment_count, sum_value=c.wait_time_us / _US
             )
-        yield from (queries, xacts, received, sent, query_time, xact_time, wait_time)
+        yield from (queries, xacts, received, sent, query_time, xact_time, wait_time, latency)
 
-    def _backends(self) -> Iterator[Metric]:
+    def _backends(self, figures: NodeFigures) -> Iterator[Metric]:
         labels = ["backend", "host", "port"]
         up = GaugeMetricFamily(
             "pgbalancer_backend_up", "1 if the cluster view has the backend up", labels=labels
@@ -172,7 +199,7 @@ class ProxyCollector(Collector):
             "pgbalancer_backend_replication_lag_seconds", "Replication lag behind the primary", labels=labels
         )
         view = self.proxy.cluster_view
-        totals = snapshots.totals_by_backend(self.proxy)
+        totals = figures.totals_by_backend()
         all_queries = sum(c.query_count for c in totals.values())
         for state in view:
             values = [str(state.node_id), state.host, str(state.port)]
@@ -238,6 +265,30 @@ class ProxyCollector(Collector):
             errors.add_metric(backend, _finite_or_zero(node.error_rate))
         yield from (share, score, latency, errors)
 
+    def _cache(self) -> Iterator[Metric]:
+        cache = self.proxy.cache
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_enabled", "1 when memory_cache_enabled = on", value=int(cache is not None)
+        )
+        if cache is None:
+            return
+        stats = cache.store.stats()
+        yield GaugeMetricFamily("pgbalancer_cache_entries", "Results held by the cache", value=stats.entries)
+        yield GaugeMetricFamily("pgbalancer_cache_bytes", "Memory the cache holds", value=stats.bytes)
+        yield GaugeMetricFamily(
+            "pgbalancer_cache_limit_bytes", "memqcache_total_size", value=stats.limit_bytes
+        )
+        for name, value, what in (
+            ("hits", stats.hits, "Reads answered from the cache"),
+            ("misses", stats.misses, "Cacheable reads not in the cache"),
+            ("evictions", stats.evictions, "Entries evicted to stay within memqcache_total_size"),
+            ("invalidations", stats.invalidations, "Entries dropped by invalidations"),
+            ("invalidation_events", stats.invalidation_events, "Invalidations applied"),
+            ("rejected", stats.rejected, "Answers not stored (too big, an error, a raced write)"),
+            ("replication_failures", cache.replication_failures, "Invalidations not replicated in time"),
+        ):
+            yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
+
 
 def _finite_or_zero(value: float) -> float:
     return value if math.isfinite(value) else 0.0
@@ -252,7 +303,8 @@ class ApiMetrics:
 
     def __init__(self, proxy: ProxyServer, node: NodeInfo, events: ClusterEvents) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(ProxyCollector(proxy, node, events))
+        self.collector = ProxyCollector(proxy, node, events)
+        self.registry.register(self.collector)
         self.requests = Counter(
             "pgbalancer_api_requests",
             "REST API requests by endpoint, method and status",

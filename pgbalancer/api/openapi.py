@@ -121,7 +121,20 @@ SCHEMAS: Final[dict[str, Schema]] = {
         {
             "version": _STRING,
             "node_id": _STRING,
-            "worker": _obj({"index": _COUNT, "count": {"type": "integer", "minimum": 1}}),
+            "worker": _obj(
+                {
+                    "index": _COUNT,
+                    "count": {"type": "integer", "minimum": 1},
+                    "reporting": {"type": "array", "items": _COUNT},
+                    "missing": {"type": "array", "items": _COUNT},
+                }
+            ),
+            "workers": {
+                "type": "array",
+                "items": _obj(
+                    {"index": _COUNT, "clients": _COUNT, "accepted_total": _COUNT, "queries_total": _COUNT}
+                ),
+            },
             "started_at": _NUMBER,
             "uptime_seconds": _SECONDS,
             "pool_mode": {"type": "string", "enum": ["session", "transaction", "statement"]},
@@ -270,7 +283,56 @@ SCHEMAS: Final[dict[str, Schema]] = {
     ),
     "ResumeRequest": _obj({"database": _nullable(_NAME)}, optional=("database",)),
     "ResumeResult": _obj({"resumed": {"type": "boolean", "enum": [True]}, "database": _nullable(_STRING)}),
+    "SwitchoverRequest": _obj({"to": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}}),
     "CacheInvalidateRequest": _obj({"table": _nullable(_NAME)}, optional=("table",)),
+    "CacheStats": _obj(
+        {
+            "enabled": _BOOL,
+            "entries": _COUNT,
+            "bytes": _COUNT,
+            "limit_bytes": _COUNT,
+            "hits": _COUNT,
+            "misses": _COUNT,
+            "hit_ratio": _SHARE,
+            "evictions": _COUNT,
+            "invalidations": _COUNT,
+        }
+    ),
+    "CacheInvalidateResult": _obj({"invalidated_entries": _COUNT, "tables": _nullable(_STRINGS)}),
+    "WatchdogInfo": _obj(
+        {
+            "enabled": {"type": "boolean", "enum": [True]},
+            "self_id": _STRING,
+            "leader": _nullable(_STRING),
+            "term": _COUNT,
+            "commit_index": _COUNT,
+            "quorum": _BOOL,
+            "lease_valid": _BOOL,
+            "epoch": _COUNT,
+            "primary_id": _nullable(_INT),
+            "nodes": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "id": _STRING,
+                        "address": _STRING,
+                        "role": {"type": "string", "enum": ["leader", "follower", "candidate", "unknown"]},
+                        "last_contact_s": _nullable(_SECONDS),
+                        "term": _nullable(_COUNT),
+                        "commit_index": _nullable(_COUNT),
+                        "holds_vip": _BOOL,
+                        "self": _BOOL,
+                    }
+                ),
+            },
+            "vip": _obj(
+                {"address": _nullable(_STRING), "interface": _nullable(_STRING), "holder": _nullable(_STRING)}
+            ),
+        }
+    ),
+    "WatchdogMemberRequest": _obj({"address": {"type": "string", "minLength": 3, "maxLength": 300}}),
+    "WatchdogMemberAdded": _obj({"added": _STRING, "members": _STRINGS}),
+    "WatchdogMemberRemoved": _obj({"removed": _STRING, "members": _STRINGS}),
 }
 
 
@@ -420,18 +482,73 @@ def _paths() -> dict[str, Schema]:
                 tag="balancer",
             )
         },
-        f"{p}/cache/stats": {"get": _pending("Result cache statistics", "the result cache", tag="cache")},
+        f"{p}/cache/stats": {
+            "get": _operation(
+                "Result cache statistics (all zero with enabled false when memory_cache_enabled = off)",
+                {"200": ok(_ref("CacheStats"), "Entries, memory, hits, misses, evictions, invalidations")},
+                tag="cache",
+            )
+        },
         f"{p}/cache/invalidate": {
-            "post": _pending(
-                "Clear the result cache, all or by table",
-                "the result cache",
+            "post": _operation(
+                "Invalidate the result cache on every node, all of it or one table's entries",
+                {
+                    "200": ok(
+                        _ref("CacheInvalidateResult"),
+                        "Entries dropped on this node; tables is null when everything was dropped",
+                    ),
+                    "409": _error("The result cache is off (memory_cache_enabled = off)"),
+                },
                 role="admin",
                 body="CacheInvalidateRequest",
                 tag="cache",
             )
         },
         f"{p}/watchdog/info": {
-            "get": _pending("Watchdog cluster view", "the watchdog (Raft)", tag="watchdog")
+            "get": _operation(
+                "The watchdog cluster as this node sees it: leader, term, quorum, members, VIP",
+                {
+                    "200": ok(_ref("WatchdogInfo"), "Watchdog status"),
+                    "503": _error("No watchdog runs on this node (watchdog_nodes is empty)"),
+                },
+                tag="watchdog",
+            )
+        },
+        f"{p}/watchdog/members": {
+            "post": _operation(
+                "Add a watchdog member (start it with the full member list afterwards)",
+                {
+                    "200": ok(_ref("WatchdogMemberAdded"), "Committed: the member is part of the cluster"),
+                    "409": _error("Already a member, or a membership change is still in progress"),
+                    "503": _error("No watchdog here, or no majority reachable to commit the change"),
+                },
+                role="admin",
+                body="WatchdogMemberRequest",
+                tag="watchdog",
+            )
+        },
+        f"{p}/watchdog/members/{{address}}": {
+            "delete": _operation(
+                "Remove a watchdog member",
+                {
+                    "200": ok(_ref("WatchdogMemberRemoved"), "Committed: the member left the cluster"),
+                    "400": _error("The address is not host:port"),
+                    "404": _error("Not a member"),
+                    "409": _error("The member is this node, or a membership change is still in progress"),
+                    "503": _error("No watchdog here, or no majority reachable to commit the change"),
+                },
+                role="admin",
+                parameters=[
+                    {
+                        "name": "address",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1},
+                        "description": "The member's host:port, as in watchdog_nodes",
+                    }
+                ],
+                tag="watchdog",
+            )
         },
         f"{p}/control/reload": {
             "post": _operation(
@@ -445,6 +562,34 @@ def _paths() -> dict[str, Schema]:
                 body="EmptyRequest",
                 tag="control",
             )
+        },
+        f"{p}/control/switchover": {
+            "post": {
+                **_operation(
+                    "Planned switchover to a standby, without losing an acknowledged commit",
+                    {
+                        "200": ok(
+                            _ref("NodeActionResult"), "The standby is the primary; notes say what happened"
+                        ),
+                        "404": _error("No such backend"),
+                        "409": _error(
+                            "Refused in the current cluster state (the message says what to do); "
+                            "nothing changed"
+                        ),
+                        "503": _error(
+                            "The failover engine is not running here, or the switchover could not be "
+                            "carried out"
+                        ),
+                    },
+                    role="admin",
+                    body="SwitchoverRequest",
+                    tag="control",
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SwitchoverRequest")}},
+                },
+            }
         },
         f"{p}/control/pause": {
             "post": _operation(

@@ -25,6 +25,7 @@ from pgbalancer.api.control import NodeControl
 from pgbalancer.api.settings import ApiSettings, is_local_address
 from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.config import Config
+from pgbalancer.proxy.figures import FiguresPeering
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -44,9 +45,12 @@ class ApiService:
         proxy: ProxyServer,
         node: NodeInfo,
         control: NodeControl | None = None,
+        figures: FiguresPeering | None = None,
     ) -> None:
         self.config = config
-        self.state = ApiState(proxy=proxy, settings=settings, node=node, control=control)
+        self.state = ApiState(
+            proxy=proxy, settings=settings, node=node, control=control, figures_source=figures
+        )
         self.app = create_app(self.state)
         self.urls: list[str] = []
         self._shutdown = trio.Event()

@@ -1,8 +1,10 @@
 """Read the live proxy state into the JSON documents the REST API and /metrics serve.
 
 Every figure comes from the running objects (sessions, pools and their counters, the cluster
-view, the config), read at the moment of the request; nothing is cached or made up. With several
-worker processes this is the state of the worker serving the API (worker 0).
+view, the config), read at the moment of the request; nothing is cached or made up. Traffic
+figures (clients, servers, pools, queries) are the whole node's: with several worker processes
+worker 0 gathers and adds up every worker's (``pgbalancer.proxy.figures``). The cluster view, the
+health history and the balancer's statistics are those of worker 0, which runs the health checks.
 
 It must never: change anything it reads; touch a backend or a socket; show a secret.
 """
@@ -13,15 +15,15 @@ import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
 from pgbalancer import __version__
 from pgbalancer.ha.view import BackendState, ClusterView
-from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
-from pgbalancer.proxy.pool import PoolCounters, PoolKey, ServerPool
+from pgbalancer.proxy.figures import NodeFigures, PoolFigures
+from pgbalancer.proxy.pool import PoolCounters
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -30,7 +32,6 @@ Json = dict[str, Any]
 
 _RATE_WINDOW: Final = 60.0  # queries_per_second covers about the last minute
 _SAMPLE_SPACING: Final = 1.0
-_COUNTER_FIELDS: Final = tuple(f.name for f in fields(PoolCounters))
 _HISTORY_LENGTH: Final = 50  # status changes kept per backend for /health/stats
 
 
@@ -135,68 +136,53 @@ class ClusterEvents:
 # --------------------------------------------------------------------------- clients and servers
 
 
-def client_counts(proxy: ProxyServer) -> Json:
-    sessions = list(proxy.sessions.values())
-    logged_in = [s for s in sessions if s.user]
-    pooled = [s for s in logged_in if s.database not in ADMIN_DATABASES]
-    active = sum(1 for s in pooled if s.server is not None)
-    waiting = sum(p.waiting_clients for p in proxy.pools.pools())
+def client_counts(figures: NodeFigures) -> Json:
+    return asdict(figures.clients)
+
+
+def worker_summary(node: NodeInfo, figures: NodeFigures) -> Json:
+    """Which worker serves the API, and which workers' figures this answer adds up."""
     return {
-        "total": len(sessions),
-        "active": active,
-        "waiting": waiting,
-        "idle": max(0, len(pooled) - active - waiting),
-        "logging_in": len(sessions) - len(logged_in),
-        "admin_console": len(logged_in) - len(pooled),
-        "accepted_total": proxy.accepted_total,
+        "index": node.worker_index,
+        "count": node.worker_count,
+        "reporting": [report.worker_index for report in figures.workers],
+        "missing": list(figures.missing),
     }
 
 
-def server_counts(proxy: ProxyServer) -> Json:
-    pools = proxy.pools.pools()
-    active = sum(p.active for p in pools)
-    idle = sum(p.idle_count for p in pools)
-    login = sum(p.logging_in for p in pools)
-    return {"total": active + idle + login, "active": active, "idle": idle, "logging_in": login}
+def per_worker(figures: NodeFigures) -> list[Json]:
+    return [
+        {
+            "index": report.worker_index,
+            "clients": report.clients.total,
+            "accepted_total": report.clients.accepted_total,
+            "queries_total": sum(pool.counters.query_count for pool in report.pools),
+        }
+        for report in figures.workers
+    ]
 
 
-def totals_by_backend(proxy: ProxyServer) -> dict[int, PoolCounters]:
-    totals: dict[int, PoolCounters] = defaultdict(PoolCounters)
-    for key, counters in proxy.pools.counters_by_pool():
-        total = totals[key.backend_id]
-        for name in _COUNTER_FIELDS:
-            if name == "max_wait_us":
-                total.max_wait_us = max(total.max_wait_us, counters.max_wait_us)
-            else:
-                setattr(total, name, getattr(total, name) + getattr(counters, name))
-    return totals
-
-
-def query_total(proxy: ProxyServer) -> int:
-    return sum(counters.query_count for _, counters in proxy.pools.counters_by_pool())
-
-
-def status(proxy: ProxyServer, node: NodeInfo, rate: QueryRate) -> Json:
+def status(proxy: ProxyServer, figures: NodeFigures, node: NodeInfo, rate: QueryRate) -> Json:
     view = proxy.cluster_view
-    counters = [c for _, c in proxy.pools.counters_by_pool()]
-    queries = sum(c.query_count for c in counters)
+    queries = figures.query_total()
     now = time.time()
     return {
         "version": __version__,
         "node_id": node.node_id,
-        "worker": {"index": node.worker_index, "count": node.worker_count},
+        "worker": worker_summary(node, figures),
+        "workers": per_worker(figures),
         "started_at": round(proxy.started_at, 3),
         "uptime_seconds": round(max(0.0, now - proxy.started_at), 3),
         "pool_mode": str(proxy.config.pool_mode),
         "paused": proxy.pools.pause_gate.all_paused,
         "paused_databases": sorted(proxy.pools.pause_gate.paused_databases),
-        "clients": client_counts(proxy),
-        "servers": server_counts(proxy),
+        "clients": client_counts(figures),
+        "servers": figures.servers(),
         "backends": {"up": sum(1 for b in view if b.is_up), "total": len(view.backends)},
         "primary_id": view.primary_id,
         "epoch": view.epoch,
         "queries_total": queries,
-        "transactions_total": sum(c.xact_count for c in counters),
+        "transactions_total": figures.transaction_total(),
         "queries_per_second": rate.per_second(time.monotonic(), queries, _monotonic_start(proxy)),
     }
 
@@ -213,13 +199,9 @@ def format_lsn(lsn: int | None) -> str | None:
     return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def _shares(proxy: ProxyServer) -> tuple[dict[int, PoolCounters], int]:
-    totals = totals_by_backend(proxy)
-    return totals, sum(c.query_count for c in totals.values())
-
-
-def backend_summary(proxy: ProxyServer, state: BackendState, clock: Clock) -> Json:
-    totals, all_queries = _shares(proxy)
+def backend_summary(proxy: ProxyServer, figures: NodeFigures, state: BackendState, clock: Clock) -> Json:
+    totals = figures.totals_by_backend()
+    all_queries = sum(c.query_count for c in totals.values())
     counters = totals.get(state.node_id, PoolCounters())
     return {
         "node_id": state.node_id,
@@ -236,28 +218,28 @@ def backend_summary(proxy: ProxyServer, state: BackendState, clock: Clock) -> Js
         "checked_at": clock.to_wall(state.checked_at),
         "queries_total": counters.query_count,
         "traffic_share": round(counters.query_count / all_queries, 4) if all_queries else 0.0,
-        "server_connections": proxy.pools.server_connections_to(state.node_id),
+        "server_connections": figures.server_connections_to(state.node_id),
     }
 
 
-def nodes(proxy: ProxyServer) -> Json:
+def nodes(proxy: ProxyServer, figures: NodeFigures) -> Json:
     view, clock = proxy.cluster_view, Clock.now()
     return {
         "primary_id": view.primary_id,
         "epoch": view.epoch,
-        "nodes": [backend_summary(proxy, state, clock) for state in view],
+        "nodes": [backend_summary(proxy, figures, state, clock) for state in view],
     }
 
 
-def node_detail(proxy: ProxyServer, node_id: int, events: ClusterEvents) -> Json | None:
+def node_detail(proxy: ProxyServer, figures: NodeFigures, node_id: int, events: ClusterEvents) -> Json | None:
     view, clock = proxy.cluster_view, Clock.now()
     if not view.has(node_id):
         return None
     state = view.backend(node_id)
     configured = next((b for b in proxy.config.backends if b.node_id == node_id), None)
-    counters = totals_by_backend(proxy).get(node_id, PoolCounters())
+    counters = figures.totals_by_backend().get(node_id, PoolCounters())
     return {
-        **backend_summary(proxy, state, clock),
+        **backend_summary(proxy, figures, state, clock),
         "replay_lsn": format_lsn(state.replay_lsn),
         "backend_connections": state.connections,
         "backend_max_connections": state.max_connections,
@@ -265,7 +247,7 @@ def node_detail(proxy: ProxyServer, node_id: int, events: ClusterEvents) -> Json
         "transactions_total": counters.xact_count,
         "bytes_received_total": counters.bytes_received,
         "bytes_sent_total": counters.bytes_sent,
-        "pools": [pool_entry(proxy, p, clock) for p in proxy.pools.pools() if p.key.backend_id == node_id],
+        "pools": [pool_entry(proxy, p) for p in figures.live_pools() if p.key.backend_id == node_id],
         "health": events.backend_history(node_id),
     }
 
@@ -277,23 +259,7 @@ def known_node_ids(proxy: ProxyServer) -> list[int]:
 # --------------------------------------------------------------------------- pools
 
 
-def _prepared_statements(proxy: ProxyServer, pool: ServerPool) -> int:
-    idle = sum(len(server.statements) for server in pool.idle_servers())
-    lent = sum(
-        len(s.server.statements)
-        for s in proxy.sessions.values()
-        if s.server is not None
-        and _key_of(s.server.address.node_id, s.server.database, s.server.user) == pool.key
-    )
-    return idle + lent
-
-
-def _key_of(backend_id: int, database: str, user: str) -> PoolKey:
-    return PoolKey(backend_id, database, user)
-
-
-def pool_entry(proxy: ProxyServer, pool: ServerPool, clock: Clock) -> Json:
-    started = pool.longest_wait_started()
+def pool_entry(proxy: ProxyServer, pool: PoolFigures) -> Json:
     counters = pool.counters
     return {
         "backend_id": pool.key.backend_id,
@@ -301,13 +267,13 @@ def pool_entry(proxy: ProxyServer, pool: ServerPool, clock: Clock) -> Json:
         "user": pool.key.user,
         "pool_mode": str(proxy.config.pool_mode_for(pool.key.database, pool.key.user)),
         "active": pool.active,
-        "idle": pool.idle_count,
+        "idle": pool.idle,
         "logging_in": pool.logging_in,
-        "waiting": pool.waiting_clients,
-        "max_size": pool.limits.max_size,
-        "max_wait_seconds": round(clock.trio_now - started, 6) if started is not None else 0.0,
+        "waiting": pool.waiting,
+        "max_size": pool.max_size,
+        "max_wait_seconds": pool.longest_wait_seconds,
         "max_wait_seconds_ever": counters.max_wait_us / 1_000_000,
-        "prepared_statements": _prepared_statements(proxy, pool),
+        "prepared_statements": pool.prepared_statements,
         "paused": proxy.pools.pause_gate.blocks(pool.key.database),
         "opened_total": pool.opened_total,
         "closed_total": pool.closed_total,
@@ -316,13 +282,12 @@ def pool_entry(proxy: ProxyServer, pool: ServerPool, clock: Clock) -> Json:
     }
 
 
-def pools(proxy: ProxyServer) -> Json:
-    clock = Clock.now()
+def pools(proxy: ProxyServer, figures: NodeFigures) -> Json:
     gate = proxy.pools.pause_gate
     return {
         "paused": gate.all_paused,
         "paused_databases": sorted(gate.paused_databases),
-        "pools": [pool_entry(proxy, pool, clock) for pool in proxy.pools.pools()],
+        "pools": [pool_entry(proxy, pool) for pool in figures.live_pools()],
     }
 
 
@@ -361,3 +326,23 @@ def balancer_stats(proxy: ProxyServer) -> Json:
     document["load_balance_mode"] = proxy.config.load_balance_mode
     finite: Json = _finite(document)  # type: ignore[assignment]
     return finite
+
+
+_CACHE_OFF: Final = {
+    "enabled": False,
+    "entries": 0,
+    "bytes": 0,
+    "limit_bytes": 0,
+    "hits": 0,
+    "misses": 0,
+    "hit_ratio": 0.0,
+    "evictions": 0,
+    "invalidations": 0,
+}
+
+
+def cache_stats(proxy: ProxyServer) -> Json:
+    """The result cache's counters (zeros with enabled false when memory_cache_enabled = off)."""
+    if proxy.cache is None:
+        return dict(_CACHE_OFF)
+    return proxy.cache.stats()

@@ -26,7 +26,7 @@ from pgbalancer.pgwire.auth import (
     md5_password_hash,
     parse_scram_verifier,
 )
-from pgbalancer.userlist import SCRAM_PREFIX, PasswordKind, password_kind
+from pgbalancer.userlist import SCRAM_PREFIX, LineProblem, PasswordKind, password_kind, read_quoted_field
 
 _MAX_NAME_SHOWN: Final = 40
 # A user that does not exist still costs a real PBKDF2, so timing does not reveal which names exist.
@@ -100,8 +100,7 @@ def password_matches(name: str, stored: str, password: str) -> bool:
     return hmac.compare_digest(password.encode("utf-8", "surrogateescape"), stored.encode("utf-8"))
 
 
-class _LineProblem(Exception):
-    """What is wrong with one line, phrased with its fix; never contains a secret."""
+_API_ENTRY = '"name" "password" "role"'
 
 
 def parse_api_users(text: str, source: str = "api_user_file") -> ApiUsers:
@@ -112,7 +111,7 @@ def parse_api_users(text: str, source: str = "api_user_file") -> ApiUsers:
     for number, line in enumerate(text.split("\n"), start=1):
         try:
             user = _parse_line(line.removesuffix("\r"))
-        except _LineProblem as problem:
+        except LineProblem as problem:
             errors.append(f"{source}:{number}: {problem}")
             continue
         if user is None:
@@ -154,52 +153,29 @@ def _parse_line(line: str) -> ApiUser | None:
     fields: list[str] = []
     position = 0
     for what in ("user name", "password", "role"):
-        value, position = _read_quoted(line, position, what)
+        value, position = read_quoted_field(line, position, what, _API_ENTRY)
         fields.append(value)
     name, secret, role_text = fields
     if line[position:].strip():
-        raise _LineProblem(
+        raise LineProblem(
             f'unexpected text after the role of user {_show(name)}; write "name" "password" "role"'
         )
     if not name:
-        raise _LineProblem('the user name is empty; write the entry as "name" "password" "role"')
+        raise LineProblem('the user name is empty; write the entry as "name" "password" "role"')
     if not secret:
-        raise _LineProblem(f"user {_show(name)} has an empty password; give every API user a password")
+        raise LineProblem(f"user {_show(name)} has an empty password; give every API user a password")
     try:
         role = Role(role_text.strip().lower())
     except ValueError:
-        raise _LineProblem(
+        raise LineProblem(
             f"user {_show(name)} has the role {_show(role_text)}; the role is admin or viewer"
         ) from None
     if secret.startswith(SCRAM_PREFIX) and parse_scram_verifier(secret) is None:
-        raise _LineProblem(
+        raise LineProblem(
             f"the password of user {_show(name)} starts with {SCRAM_PREFIX} but is not a valid verifier; "
             "copy it again from pg_authid.rolpassword, or write the plaintext password instead"
         )
     return ApiUser(name, secret, role)
-
-
-def _read_quoted(line: str, position: int, what: str) -> tuple[str, int]:
-    """One double-quoted field at or after ``position`` ("" inside is a quote); its text and end."""
-    while position < len(line) and line[position].isspace():
-        position += 1
-    if position >= len(line) or line[position] != '"':
-        raise _LineProblem(
-            f'expected the {what} in double quotes; write each entry as "name" "password" "role" '
-            "(lines starting with ; or # are comments)"
-        )
-    chunks: list[str] = []
-    position += 1
-    while True:
-        closing = line.find('"', position)
-        if closing < 0:
-            raise _LineProblem(f'the {what} has no closing double quote; end it with "')
-        chunks.append(line[position:closing])
-        if line.startswith('""', closing):
-            chunks.append('"')
-            position = closing + 2
-            continue
-        return "".join(chunks), closing + 1
 
 
 def _show(text: str) -> str:

@@ -11,7 +11,9 @@ drive it from plain threads or the command line. It runs the stock PostgreSQL bi
 
 The roles, passwords and pg_hba methods below are a contract the proxy tests rely on: change them only
 together with those tests. This module must never be imported by the proxy at run time, never listen on
-anything but 127.0.0.1, and never touch a data directory outside its base directory.
+anything but 127.0.0.1 (plus, for cluster tests, the address of a network namespace the test made:
+``command_prefix`` runs every tool inside it, ``extra_listen``/``client_network`` open it to the
+namespace's private network), and never touch a data directory outside its base directory.
 
 CLI: ``python -m pgbalancer.devtools.pgcluster up|down|status|destroy --base DIR [--ports 5433,5434,5435]``.
 """
@@ -162,6 +164,9 @@ class LocalPgCluster:
         extra_conf: Mapping[str, str] | None = None,
         fast: bool = False,
         progress: Callable[[str], None] | None = None,
+        command_prefix: Sequence[str] = (),
+        extra_listen: str = "",
+        client_network: str = "",
     ) -> None:
         if standbys < 0:
             raise ValueError(f"standbys must be >= 0, got {standbys}")
@@ -169,6 +174,12 @@ class LocalPgCluster:
         self.pg_bin = Path(pg_bin or os.environ.get(PG_BIN_ENV) or DEFAULT_PG_BIN)
         self.extra_conf: dict[str, str] = dict(extra_conf or {})
         self.fast = fast
+        # Every PostgreSQL tool runs behind this prefix, e.g. ("ip", "netns", "exec", "ns") to run the
+        # cluster inside a network namespace (cluster tests); tools then reach it on 127.0.0.1 there.
+        self.command_prefix = tuple(command_prefix)
+        # One more address to listen on (the namespace's own) and the network allowed in from it.
+        self.extra_listen = extra_listen
+        self.client_network = client_network
         self._progress = progress or (lambda _line: None)
         resolved = self._resolve_ports(standbys, ports)
         self._primary = PgNode("primary", LOCALHOST, resolved[0], self.base_dir / "primary", "primary")
@@ -191,6 +202,9 @@ class LocalPgCluster:
             extra_conf=state.get("extra_conf") or {},
             fast=bool(state.get("fast")),
             progress=progress,
+            command_prefix=state.get("command_prefix") or (),
+            extra_listen=state.get("extra_listen") or "",
+            client_network=state.get("client_network") or "",
         )
 
     # ---- the nodes ---------------------------------------------------------------------------------
@@ -356,7 +370,9 @@ class LocalPgCluster:
             "-f",
             "-",
         ]
-        result = subprocess.run(argv, input=sql, capture_output=True, text=True, env=env, timeout=120)
+        result = subprocess.run(
+            [*self.command_prefix, *argv], input=sql, capture_output=True, text=True, env=env, timeout=120
+        )
         if result.returncode != 0:
             raise PgClusterError(
                 f"psql on {node.name} (port {node.port}, user {user}, db {dbname}) failed "
@@ -412,6 +428,9 @@ class LocalPgCluster:
             "pg_bin": str(self.pg_bin),
             "fast": self.fast,
             "extra_conf": self.extra_conf,
+            "command_prefix": list(self.command_prefix),
+            "extra_listen": self.extra_listen,
+            "client_network": self.client_network,
         }
         (self.base_dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
 
@@ -479,7 +498,7 @@ class LocalPgCluster:
         if result.returncode != 0:
             raise PgClusterError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
         self._write_pg_file(node.data_dir / "devcluster.conf", self._cluster_conf())
-        self._write_pg_file(node.data_dir / "pg_hba.conf", PG_HBA)
+        self._write_pg_file(node.data_dir / "pg_hba.conf", PG_HBA + self._network_hba())
         self._write_node_conf(node)
         with (node.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(
@@ -489,7 +508,7 @@ class LocalPgCluster:
 
     def _cluster_conf(self) -> str:
         settings: dict[str, str] = {
-            "listen_addresses": LOCALHOST,
+            "listen_addresses": ",".join(filter(None, (LOCALHOST, self.extra_listen))),
             "unix_socket_directories": str(self.socket_dir),
             "max_connections": "200",
             "shared_buffers": "128MB",
@@ -508,6 +527,15 @@ class LocalPgCluster:
         settings.update(self.extra_conf)
         lines = [f"{key} = {_conf_quote(value)}" for key, value in settings.items()]
         return "# written by pgbalancer.devtools.pgcluster\n" + "\n".join(lines) + "\n"
+
+    def _network_hba(self) -> str:
+        """Trust from client_network (a private namespace network only: cluster tests)."""
+        if not self.client_network:
+            return ""
+        return (
+            f"host    all          all          {self.client_network}  trust\n"
+            f"host    replication  all          {self.client_network}  trust\n"
+        )
 
     def _write_node_conf(self, node: PgNode) -> None:
         text = f"port = {node.port}\ncluster_name = {_conf_quote(node.name)}\n"
@@ -583,7 +611,7 @@ class LocalPgCluster:
         return self._as_postgres([*argv, *args, action])
 
     def _as_postgres(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
-        return run_as_postgres(argv)
+        return run_as_postgres(argv, self.command_prefix)
 
     def _give_to_postgres(self, path: Path) -> None:
         if os.geteuid() == 0:
@@ -632,10 +660,11 @@ def role_statements() -> list[tuple[str, str]]:
     ]
 
 
-def run_as_postgres(argv: list[str]) -> subprocess.CompletedProcess[str]:
+def run_as_postgres(argv: list[str], prefix: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL tool as the postgres OS user (or as ourselves when we are not root)."""
     if os.geteuid() == 0:
         argv = ["runuser", "-u", PG_OS_USER, "--", *argv]
+    argv = [*prefix, *argv]
     # cwd=/ because the postgres user may not be allowed into the caller's directory.
     return subprocess.run(
         argv,

@@ -202,19 +202,20 @@ def pool_stats(
 
 
 def watchdog_leader(leader: str | None, term: int | None, stamp: Stamp) -> EventMessage:
-    """The Raft leader changed (pending: published once the watchdog lands)."""
+    """The Raft leader changed (leader None: an election is under way)."""
     return _message(TOPIC_WATCHDOG_LEADER, "watchdog_leader", stamp, {"leader": leader, "term": term})
 
 
 def watchdog_vip(holder: str | None, vip: str, interface: str, stamp: Stamp) -> EventMessage:
-    """The virtual IP changed hands (pending: published once the VIP executor lands)."""
+    """The virtual IP changed hands (holder None: the publishing node released it)."""
     body = {"holder": holder, "vip": vip, "interface": interface}
     return _message(TOPIC_WATCHDOG_VIP, "watchdog_vip", stamp, body)
 
 
-def cache_invalidate(tables: Iterable[str], stamp: Stamp) -> EventMessage:
-    """Tables written through this node, for other nodes' result caches (pending: cache issue)."""
-    return _message(TOPIC_CACHE_INVALIDATE, "cache_invalidate", stamp, {"tables": sorted(set(tables))})
+def cache_invalidate(tables: Iterable[str] | None, stamp: Stamp) -> EventMessage:
+    """This node invalidated cached results of ``tables`` (None: all of them)."""
+    body = {"tables": sorted(set(tables or ())), "all": tables is None}
+    return _message(TOPIC_CACHE_INVALIDATE, "cache_invalidate", stamp, body)
 
 
 # --------------------------------------------------------------------------- view diff
@@ -252,6 +253,33 @@ def view_change_events(
 
 def _state_changed(before: BackendState, after: BackendState) -> bool:
     return (before.status, before.role, before.detached) != (after.status, after.role, after.detached)
+
+
+class PrimaryOutage:
+    """Times how long the cluster had no working primary, to report a failover's duration.
+
+    ``observe`` sees every view change with the time (monotonic seconds, passed in). When a change
+    moves the primary while the old view had none up, that is a failover: its kind is ``failover``
+    and its duration runs from the change that took the primary down (the node noticing the
+    failure) to the change that brought the new one (the node adopting it). Pure: no clock is read.
+    """
+
+    def __init__(self) -> None:
+        self.lost_at: float | None = None
+
+    def observe(self, old: ClusterView, new: ClusterView, now: float) -> dict[str, object]:
+        """Details to add to this change's failover event ({} when there is nothing to add)."""
+        if old.primary is not None and new.primary is None and self.lost_at is None:
+            self.lost_at = now
+        extra: dict[str, object] = {}
+        moved = old.primary_id != new.primary_id or old.epoch != new.epoch
+        if moved and old.primary is None and new.primary is not None:
+            extra["kind"] = "failover"
+            if self.lost_at is not None:
+                extra["duration_seconds"] = round(now - self.lost_at, 3)
+        if new.primary is not None:
+            self.lost_at = None
+        return extra
 
 
 # --------------------------------------------------------------------------- helpers

@@ -121,9 +121,17 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "old_primary": _NULLABLE_INT,
             "new_primary": _NULLABLE_INT,
             "old_epoch": {"type": "integer", "minimum": 0},
-            "kind": {"enum": ["failover", "switchover", "promotion", "detach"]},
+            "kind": {
+                "enum": ["failover", "switchover", "promotion", "detach"],
+                "description": "failover: the primary was down and another one took over; "
+                "the others: an operator's operation",
+            },
             "reason": {"type": "string"},
-            "duration_seconds": _NULLABLE_NUMBER,
+            "duration_seconds": {
+                **_NULLABLE_NUMBER,
+                "description": "failover: from this node marking the old primary down to it adopting "
+                "the new one; operations: as the failover engine reports it; null when not known",
+            },
             "details": {"type": "object", "description": "what the failover engine reported, as given"},
         },
         "The write target moved (primary_id or epoch changed). Not retained.",
@@ -153,7 +161,7 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     payloads.TOPIC_WATCHDOG_LEADER: _envelope(
         "watchdog_leader",
         {"leader": {"type": ["string", "null"]}, "term": _NULLABLE_INT},
-        "The Raft leader changed. Retained. Pending: published once the watchdog lands.",
+        "The Raft leader changed (leader null: an election is under way). Retained.",
     ),
     payloads.TOPIC_WATCHDOG_VIP: _envelope(
         "watchdog_vip",
@@ -162,7 +170,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "vip": {"type": "string"},
             "interface": {"type": "string"},
         },
-        "The virtual IP changed hands. Retained. Pending: published once the VIP executor lands.",
+        "The virtual IP changed hands: the node that took it (holder: its Raft member id) or released "
+        "it (holder null) publishes it. Retained.",
     ),
     payloads.TOPIC_STATS_POOLS: _envelope(
         "pool_stats",
@@ -176,9 +185,11 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     ),
     payloads.TOPIC_CACHE_INVALIDATE: _envelope(
         "cache_invalidate",
-        {"tables": _NAMES},
-        "Tables written through a node, for the other nodes' result caches. Not retained. "
-        "Pending: published once the result cache lands.",
+        {"tables": _NAMES, "all": {"type": "boolean", "description": "every cached result was dropped"}},
+        "The node invalidated cached results: of the tables a write reached (or all of them, after "
+        "DDL on unknown targets, ALTER ROLE, GRANT, a function that may write anything, or the REST "
+        "API). Informational: with watchdog_nodes set, nodes invalidate each other through Raft, "
+        "before the write is acknowledged. Not retained.",
     ),
 }
 

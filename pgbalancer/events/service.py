@@ -9,7 +9,7 @@ never waits: when the MQTT side cannot keep up, the message is dropped and count
 (``statistics().dropped``, also in every ``stats/pools`` payload as ``events_dropped``).
 
 With ``workers > 1`` only worker 0 builds an EventService (one broker per node, one port); its
-``stats/pools`` describe worker 0's pools.
+``stats/pools`` add up every worker's pools and clients (``pgbalancer.proxy.figures``).
 
 It must never: block the trio loop (no waiting on the MQTT thread except at start and stop, through
 ``trio.to_thread``); raise out of a view listener; publish a password.
@@ -35,6 +35,7 @@ from pgbalancer.events.handoff import DEFAULT_CAPACITY, EventHandoff, HandoffSta
 from pgbalancer.events.mqttthread import MqttThread, Sink
 from pgbalancer.events.payloads import EventMessage, PoolSample, Stamp
 from pgbalancer.ha.view import ClusterView
+from pgbalancer.proxy.figures import FiguresPeering, NodeFigures
 from pgbalancer.proxy.server import ProxyServer, bind_hosts
 from pgbalancer.userlist import UserlistError, load_userlist
 
@@ -81,9 +82,11 @@ class EventService:
         *,
         capacity: int = DEFAULT_CAPACITY,
         clock: Callable[[], float] = time.time,
+        figures: FiguresPeering | None = None,
     ) -> None:
         self.config = config
         self.proxy = proxy
+        self.figures = figures if figures is not None else FiguresPeering(proxy)
         self.node = node_name(config)
         self.handoff = EventHandoff(capacity)
         self._clock = clock
@@ -93,13 +96,20 @@ class EventService:
         self._broker: EmbeddedBroker | None = None  # set in embedded mode, on the MQTT thread
         self._trio_token: trio.lowlevel.TrioToken | None = None
         self._stats_changed = trio.Event()
+        self._outage = payloads.PrimaryOutage()
 
     @classmethod
-    def for_node(cls, config: Config, proxy: ProxyServer, worker_index: int | None) -> EventService | None:
+    def for_node(
+        cls,
+        config: Config,
+        proxy: ProxyServer,
+        worker_index: int | None,
+        figures: FiguresPeering | None = None,
+    ) -> EventService | None:
         """The node's service, or None when events are off or another worker owns the broker."""
         if config.mqtt_mode is MqttMode.OFF or (worker_index is not None and worker_index != 0):
             return None
-        return cls(config, proxy)
+        return cls(config, proxy, figures=figures)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,7 +168,7 @@ class EventService:
                 await self._stats_changed.wait()  # a reload may shorten the interval: start over
                 self._stats_changed = trio.Event()
                 continue
-            self.publish_pool_stats()
+            self.publish_pool_stats(await self.figures.gather())
             self.publish(payloads.cluster_health(self.proxy.cluster_view, self._stamp(), "periodic"))
 
     # ------------------------------------------------------------------ triggers
@@ -168,6 +178,8 @@ class EventService:
     ) -> None:
         """A ProxyServer view listener: never blocks, never raises into the caller."""
         try:
+            # What the caller knows (an operation's own kind and duration) wins over what the views show.
+            details = {**self._outage.observe(old, new, trio.current_time()), **details}
             events = payloads.view_change_events(
                 old, new, reason, details, self.node, self._clock(), self._next_id
             )
@@ -198,6 +210,10 @@ class EventService:
             return
         thread.call_soon(lambda: broker.set_credentials(credentials))
 
+    def publish_watchdog_vip(self, holder: str | None, vip: str, interface: str) -> bool:
+        """The virtual IP changed hands here (retained ``pgbalancer/watchdog/vip``); holder None: released."""
+        return self.publish(payloads.watchdog_vip(holder, vip, interface, self._stamp()))
+
     def publish_state(self, reason: str) -> None:
         """The retained state as it is now: every backend's status, then the cluster health."""
         view = self.proxy.cluster_view
@@ -205,19 +221,31 @@ class EventService:
             self.publish(payloads.node_status(state, None, view, self._stamp(), reason))
         self.publish(payloads.cluster_health(view, self._stamp(), reason))
 
-    def publish_pool_stats(self) -> None:
+    def publish_pool_stats(self, figures: NodeFigures) -> None:
         message = payloads.pool_stats(
-            self._pool_samples(),
-            clients=len(self.proxy.sessions),
+            _pool_samples(figures),
+            clients=figures.clients.total,
             interval=self.config.mqtt_stats_interval,
             events_dropped=self.handoff.statistics().dropped,
             stamp=self._stamp(),
         )
         self.publish(message)
 
+    def publish_cache_invalidation(self, tables: frozenset[str] | None) -> None:
+        """The result cache invalidated ``tables`` (None: everything); informational."""
+        self.publish(payloads.cache_invalidate(tables, self._stamp()))
+
     def publish(self, message: EventMessage) -> bool:
         """Fire and forget: False when the queue was full and the message was dropped."""
         return self.handoff.offer(message)
+
+    def stamp(self) -> Stamp:
+        """A new stamp (node, time, event id, epoch) for a payload built elsewhere (watchdog, VIP)."""
+        return self._stamp()
+
+    def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
+        """The Raft leader changed (retained ``pgbalancer/watchdog/leader``)."""
+        return self.publish(payloads.watchdog_leader(leader, term, self._stamp()))
 
     # ------------------------------------------------------------------ reading
 
@@ -231,34 +259,31 @@ class EventService:
             slow_subscriber_skips=counters.slow_subscriber_skips if counters else 0,
         )
 
-    def _pool_samples(self) -> list[PoolSample]:
-        gauges = {stats.key: stats for stats in self.proxy.pools.statistics()}
-        samples = []
-        for key, counters in self.proxy.pools.counters_by_pool():
-            gauge = gauges.get(key)
-            samples.append(
-                PoolSample(
-                    backend_id=key.backend_id,
-                    database=key.database,
-                    user=key.user,
-                    active=gauge.active if gauge else 0,
-                    idle=gauge.idle if gauge else 0,
-                    waiting=gauge.waiting if gauge else 0,
-                    max_size=gauge.max_size if gauge else 0,
-                    opened_total=gauge.opened_total if gauge else 0,
-                    closed_total=gauge.closed_total if gauge else 0,
-                    xact_count=counters.xact_count,
-                    query_count=counters.query_count,
-                    bytes_received=counters.bytes_received,
-                    bytes_sent=counters.bytes_sent,
-                    wait_time_us=counters.wait_time_us,
-                )
-            )
-        return samples
-
     def _stamp(self) -> Stamp:
         return Stamp(self.node, self._clock(), self._next_id(), self.proxy.cluster_view.epoch)
 
     def _next_id(self) -> str:
         self._sequence += 1
         return f"{self.node}:{self._boot}:{self._sequence}"
+
+
+def _pool_samples(figures: NodeFigures) -> list[PoolSample]:
+    return [
+        PoolSample(
+            backend_id=pool.key.backend_id,
+            database=pool.key.database,
+            user=pool.key.user,
+            active=pool.active,
+            idle=pool.idle,
+            waiting=pool.waiting,
+            max_size=pool.max_size,
+            opened_total=pool.opened_total,
+            closed_total=pool.closed_total,
+            xact_count=pool.counters.xact_count,
+            query_count=pool.counters.query_count,
+            bytes_received=pool.counters.bytes_received,
+            bytes_sent=pool.counters.bytes_sent,
+            wait_time_us=pool.counters.wait_time_us,
+        )
+        for pool in figures.pools
+    ]

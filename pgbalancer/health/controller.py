@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import trio
 
@@ -58,6 +59,28 @@ _MIN_ROUND_GAP = 0.02  # between two rounds, however many suspicions arrive
 SWITCHOVER_DRAIN = 2.0  # seconds transactions in flight on the old primary may still finish
 SWITCHOVER_CATCH_UP = 30.0
 REJOIN_STREAMING_WAIT = 120.0
+
+
+class HaCoordinator(Protocol):
+    """The watchdog's side of failover (pgbalancer.watchdog.WatchdogService), when one is configured.
+
+    Votes go through it, only its leader executes, and every view is settled through it before the
+    proxy adopts it: the leader commits, the others take the committed primary and epoch.
+    """
+
+    def may_execute(self) -> bool: ...
+
+    def vote_counts(self) -> tuple[Mapping[int, int] | None, int]: ...
+
+    async def cast_votes(self, probes: Mapping[int, Probe]) -> None: ...
+
+    async def settle(self, view: ClusterView) -> ClusterView: ...
+
+    def not_leader_reason(self) -> str: ...
+
+    def system_identifier(self) -> int | None:
+        """The primary's system identifier as any watchdog member saw it (None: nobody yet)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,7 @@ class HaController:
         self._busy_nodes: set[int] = set()
         self._writes_open: trio.Event | None = None  # set while a switchover holds new transactions
         self._nursery: trio.Nursery | None = None
+        self.coordinator: HaCoordinator | None = None  # the watchdog, when watchdog_nodes is set
 
     # ---- settings
 
@@ -109,7 +133,12 @@ class HaController:
         return AdminLogin.from_config(self.config, self.proxy.tls.server)
 
     def policy(self) -> HaPolicy:
-        return policy_from_config(self.config, executes=self.executes)
+        return policy_from_config(self.config, executes=self.acts)
+
+    @property
+    def acts(self) -> bool:
+        """Whether this node promotes and re-points now: worker 0, and the watchdog leader if any."""
+        return self.executes and (self.coordinator is None or self.coordinator.may_execute())
 
     def apply_config(self, config: Config) -> None:
         self.config = config
@@ -165,6 +194,8 @@ class HaController:
 
     async def _fold(self, probes: Mapping[int, Probe], epoch: int | None = None) -> Plan:
         """Apply one round of probes begun in ``epoch`` (caller holds the lock)."""
+        if self.coordinator is not None and (epoch is None or epoch == self.proxy.cluster_view.epoch):
+            await self.coordinator.cast_votes(probes)
         observations = self._observations(probes, epoch)
         plan = plan_round(self.proxy.cluster_view, observations, trio.current_time(), self.policy())
         await self._carry_out(plan, "health check")
@@ -176,12 +207,30 @@ class HaController:
                 self.last_probes[node_id] = probe
                 if probe.facts is not None:
                     self._last_facts[node_id] = probe.facts
-        return Observations(probes=dict(probes), last_facts=dict(self._last_facts), epoch=epoch)
+        down_votes, quorum = (None, 1) if self.coordinator is None else self.coordinator.vote_counts()
+        return Observations(
+            probes=dict(probes),
+            last_facts=self._facts_with_cluster_id(),
+            down_votes=down_votes,
+            quorum=quorum,
+            epoch=epoch,
+        )
+
+    def _facts_with_cluster_id(self) -> dict[int, ServerFacts]:
+        """Last facts, plus the primary's system identifier from the watchdog if this node never saw
+        the primary answer (so a leader cut off from the primary can still check the standbys)."""
+        facts = dict(self._last_facts)
+        primary = self.proxy.cluster_view.primary_id
+        known = self.coordinator.system_identifier() if self.coordinator is not None else None
+        if primary is not None and primary not in facts and known is not None:
+            facts[primary] = ServerFacts(in_recovery=False, system_identifier=known)
+        return facts
 
     # ---- carrying out plans
 
     async def _carry_out(self, plan: Plan, reason: str) -> None:
-        self._publish(plan.view, plan.notes, reason)
+        view = plan.view if self.coordinator is None else await self.coordinator.settle(plan.view)
+        self._publish(view, plan.notes, reason)
         for action in plan.actions:
             if isinstance(action, Promote):
                 await self._promote(action)
@@ -267,7 +316,7 @@ class HaController:
                     await self._round_done.wait()
                 if self.proxy.cluster_view.primary is not None:
                     return True
-                if self.executes:
+                if self.acts:
                     return False
                 failed_node_id = None
         return self.proxy.cluster_view.primary is not None
@@ -288,6 +337,12 @@ class HaController:
                 "this worker only observes the backends; operations run in worker 0 (the REST API's worker)",
                 "unavailable",
             )
+        if self.coordinator is not None and not self.coordinator.may_execute():
+            raise HaOperationError(self.coordinator.not_leader_reason(), "unavailable")
+
+    def adopt(self, view: ClusterView, reason: str) -> None:
+        """Adopt a view decided elsewhere (the watchdog's committed epoch) between rounds."""
+        self._publish(view, (), reason)
 
     def _result(
         self, operation: str, node_id: int, notes: tuple[str, ...], **details: object

@@ -54,6 +54,13 @@ class BackendUnavailable(Exception):
     """The backend could not be reached or broke; clients get SQLSTATE 08006."""
 
 
+class QuorumLost(BackendUnavailable):
+    """This node lost its watchdog quorum and may not serve the request; clients get SQLSTATE 25006."""
+
+    sqlstate = "25006"  # read_only_sql_transaction: drivers that look for a writable node move on
+    hint = "connect through another pgbalancer node or the virtual IP"
+
+
 class ServerError(Exception):
     """The backend answered with an ErrorResponse (login or the proxy's own query)."""
 

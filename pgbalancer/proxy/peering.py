@@ -217,7 +217,7 @@ class CancelPeering:
     ) -> None:
         """Accept cancels from sibling workers on this worker's peer socket until cancelled."""
         path = self.socket_path()
-        sock = await _bind_peer_socket(path)
+        sock = await bind_peer_socket(path)
         bound_inode = os.stat(path).st_ino
         try:
             async with trio.open_nursery() as nursery:
@@ -227,7 +227,7 @@ class CancelPeering:
                     nursery.start_soon(self._serve_peer, peer, cancel_here)
         finally:
             sock.close()
-            _unlink_if_ours(path, bound_inode)
+            unlink_if_ours(path, bound_inode)
 
     async def _serve_peer(self, peer: trio.socket.SocketType, cancel_here: LocalCancel) -> None:
         with peer:
@@ -282,7 +282,7 @@ async def _read_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
     return data
 
 
-async def _bind_peer_socket(path: str) -> trio.socket.SocketType:
+async def bind_peer_socket(path: str) -> trio.socket.SocketType:
     """Bind and listen on ``path`` with mode 0600, replacing a stale socket file left by a crash."""
     if len(os.fsencode(path)) > _MAX_UNIX_PATH:
         raise OSError(
@@ -330,7 +330,7 @@ async def _remove_stale_socket(path: str) -> None:
     )
 
 
-def _unlink_if_ours(path: str, inode: int) -> None:
+def unlink_if_ours(path: str, inode: int) -> None:
     with contextlib.suppress(OSError):
         if os.stat(path).st_ino == inode:
             os.unlink(path)

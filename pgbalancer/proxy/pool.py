@@ -18,11 +18,12 @@ from __future__ import annotations
 import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
 from pgbalancer.proxy.backend import ServerConnection
+from pgbalancer.proxy.latency import LatencyHistogram
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class PoolCounters:
     """Cumulative traffic and timings of one pool, for SHOW STATS and metrics (never reset).
 
     ``ServerPool.acquire`` feeds the wait fields and ``server_assignment_count``; the relay
-    feeds the rest. Times are microseconds.
+    feeds the rest. Times are microseconds; ``query_latency`` holds the same statements as
+    ``query_count`` by duration (for /metrics).
     """
 
     xact_count: int = 0
@@ -82,6 +84,7 @@ class PoolCounters:
     wait_time_us: int = 0
     max_wait_us: int = 0
     server_assignment_count: int = 0
+    query_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
 
 class PauseGate:

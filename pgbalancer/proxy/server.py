@@ -25,6 +25,7 @@ from pgbalancer.proxy.authquery import AuthQuerySettings, AuthQuerySource
 from pgbalancer.proxy.backend import (
     BackendAddress,
     BackendUnavailable,
+    QuorumLost,
     ServerConnection,
     ServerCredentials,
     open_server_connection,
@@ -33,6 +34,7 @@ from pgbalancer.proxy.clientauth import ClientAuthenticator
 from pgbalancer.proxy.netio import TcpConnection, configure_socket, connect_tcp
 from pgbalancer.proxy.peering import CancelPeering, ProcessIdAllocator, open_reuseport_listeners
 from pgbalancer.proxy.pool import PoolKey, PoolLimits, PoolManager, ServerPool
+from pgbalancer.proxy.resultcache import CacheService
 from pgbalancer.proxy.session import ClientSession
 from pgbalancer.proxy.tls import TlsContexts
 from pgbalancer.routing.router import Router, RoutingSettings
@@ -98,9 +100,14 @@ class ProxyServer:
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools = PoolManager(pool_limits(config), config.max_pool)
         self.router = Router(RoutingSettings.from_config(config))  # read/write split and balancer
+        # The result cache (memory_cache_enabled; a restart-only switch): None keeps the relay's
+        # hot path free of it.
+        self.cache = CacheService(config) if config.memory_cache_enabled else None
         # Until the health checker reports, backend 0 is presumed primary.
         self.view_listeners: list[ViewListener] = [self._fence_on_view_change]
         self.ha: HaHooks | None = None  # set by the node when health checking runs
+        # Set by the watchdog: (write?) -> why this node may not serve it now (lost quorum), or None.
+        self.partition_gate: Callable[[bool], str | None] | None = None
         self.cluster_view = initial_view(
             tuple((b.node_id, b.hostname, b.port, b.weight) for b in config.backends)
         )
@@ -199,6 +206,7 @@ class ProxyServer:
         """A server connection to the backend the router chose (the primary's path waits out failovers)."""
         if node_id == self.cluster_view.primary_id:
             return await self.acquire_primary(database, credentials)
+        self._check_partition(write=False)
         state = self.cluster_view.backend(node_id)
         return await self._acquire_from(
             BackendAddress(state.node_id, state.host, state.port), database, credentials
@@ -211,6 +219,7 @@ class ProxyServer:
         reached (the health checker re-probes it and fails over if it is down), this waits up to
         server_connect_timeout, so a client idle between transactions continues on the new primary
         without reconnecting."""
+        self._check_partition(write=True)
         deadline = trio.current_time() + self.config.server_connect_timeout
         if self.ha is not None and self.ha.holding_writes:  # a switchover: continue on the new primary
             await self.ha.wait_writes_open(deadline)
@@ -225,6 +234,12 @@ class ProxyServer:
                     raise
                 if not await self.ha.wait_for_primary(failed, deadline):
                     raise
+
+    def _check_partition(self, *, write: bool) -> None:
+        """QuorumLost when the watchdog says this node is cut off from the majority for too long."""
+        refusal = self.partition_gate(write) if self.partition_gate is not None else None
+        if refusal is not None:
+            raise QuorumLost(refusal)
 
     async def _acquire_from(
         self, address: BackendAddress, database: str, credentials: ServerCredentials
@@ -309,6 +324,8 @@ class ProxyServer:
         self.auth_query = self._auth_query_source(config, userlist)
         self.authenticator = ClientAuthenticator(config.auth_type, userlist, self.auth_query)
         self.pools.set_limits(pool_limits(config), config.max_pool)
+        if self.cache is not None:
+            self.cache.apply_config(config)
 
     def _auth_query_source(self, config: Config, userlist: Mapping[str, str]) -> AuthQuerySource | None:
         if not config.auth_user:

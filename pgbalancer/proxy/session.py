@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
@@ -27,7 +28,13 @@ from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
 from pgbalancer.pgwire.messages import CancelRequest, GSSENCRequest, SSLRequest, StartupMessage
 from pgbalancer.pgwire.scan import HeaderScanner
 from pgbalancer.proxy.admin import ADMIN_DATABASES, serve_admin_console
-from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.backend import (
+    BackendUnavailable,
+    QuorumLost,
+    ServerConnection,
+    ServerCredentials,
+    ServerError,
+)
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import (
     RECV_SIZE,
@@ -50,6 +57,7 @@ log = logging.getLogger(__name__)
 
 # Client messages after which, once answered, a server connection is at rest.
 _SYNC_POINTS = b"QSF"
+_Q, _S, _F, _Z = b"QSFZ"
 _RESTFUL_LAST_CLIENT_MESSAGES = frozenset(b"QSFcf") | {0}
 _RESET_TIMEOUT = 5.0
 _DRAIN_SECONDS = 1.0
@@ -248,6 +256,8 @@ class ClientSession:
     async def _acquire_server(self, credentials: ServerCredentials) -> tuple[ServerPool, ServerConnection]:
         try:
             return await self.proxy.acquire_primary(self.database, credentials)
+        except QuorumLost as exc:
+            await self._fail(exc.sqlstate, str(exc), hint=exc.hint)
         except BackendUnavailable as exc:
             await self._fail(
                 SqlState.CONNECTION_FAILURE,
@@ -363,6 +373,8 @@ class _Relay:
         self.client_terminated = False
         self.broken = False  # something was cut mid-message
         self.protocol_error: ProtocolError | None = None
+        self.awaiting_reply = False  # the client sent something the server has not answered yet
+        self.request_started_at = 0.0
 
     async def run(self, pending_from_client: bytes) -> None:
         async with trio.open_nursery() as nursery:
@@ -393,6 +405,9 @@ class _Relay:
             buffer.grow_if_filled(received)
 
     async def _forward_client_bytes(self, chunk: memoryview) -> None:
+        if not self.awaiting_reply:  # a statement's latency runs from its first byte to its ReadyForQuery
+            self.awaiting_reply = True
+            self.request_started_at = time.monotonic()  # a sixth of trio.current_time()'s cost
         captured = self.client_scanner.feed(chunk)
         if captured:  # Terminate: forward what precedes it, never the Terminate itself
             start = captured[0].end - 5
@@ -421,8 +436,7 @@ class _Relay:
             for message in scanner.feed(chunk):
                 if message.type == b"Z":
                     self.transaction_status = message.body
-                    self.counters.query_count += 1
-                    self.counters.xact_count += message.body == b"I"
+                    self._count_statement(message.body == b"I")
                 else:
                     name, value = pgmsg.parse_parameter_status(message.body)
                     self.server.parameters[name] = value
@@ -431,6 +445,17 @@ class _Relay:
             except PeerClosed:
                 return  # the client left; the server side's state is still known exactly
             buffer.grow_if_filled(received)
+
+    def _count_statement(self, transaction_ended: bool) -> None:
+        counters = self.counters
+        elapsed = time.monotonic() - self.request_started_at
+        counters.query_count += 1
+        counters.xact_count += transaction_ended
+        counters.query_time_us += int(elapsed * 1_000_000)
+        counters.query_latency.observe(elapsed)
+        client = self.client_scanner.counts
+        if client[_Q] + client[_S] + client[_F] == self.server_scanner.counts[_Z]:
+            self.awaiting_reply = False  # every request is answered: the next one starts a new clock
 
     def left_server_at_rest(self) -> bool:
         """True when the server finished every request and nothing was cut mid-message."""

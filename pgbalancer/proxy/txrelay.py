@@ -23,10 +23,17 @@ from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import Message, MessageReader
 from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter
-from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
+from pgbalancer.proxy.backend import (
+    BackendUnavailable,
+    QuorumLost,
+    ServerConnection,
+    ServerCredentials,
+    ServerError,
+)
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
 from pgbalancer.proxy.prepared import BatchRewriter, ClientStatements
+from pgbalancer.proxy.resultcache import CachePlan, ClientCache
 from pgbalancer.proxy.routed import BatchRouting
 from pgbalancer.proxy.sessionstate import (
     SESSION_SETTINGS_QUERY,
@@ -90,8 +97,10 @@ class _Attachment:
         counters.bytes_sent += size
         answered = len(self.router.ready_statuses)
         if answered:
+            elapsed = trio.current_time() - self.request_started_at
             counters.query_count += answered
-            counters.query_time_us += int((trio.current_time() - self.request_started_at) * 1_000_000)
+            counters.query_time_us += int(elapsed * 1_000_000)
+            counters.query_latency.observe(elapsed, answered)
 
     def count_transaction(self) -> None:
         counters = self.pool.counters
@@ -128,6 +137,17 @@ class TransactionRelay:
         self._nursery: trio.Nursery | None = None
         self._ended: RelayEnded | None = None
         self.client_at_boundary = True
+        service = self.proxy.cache
+        self.cache: ClientCache | None = None  # None with memory_cache_enabled = off: no cost
+        if service is not None:
+            self.cache = ClientCache(
+                service,
+                session.database,
+                session.user,
+                state,
+                self.statements,
+                self.proxy.router.settings.functions,
+            )
 
     async def run(self) -> bytes | None:
         """Relay until the client leaves; return a FATAL farewell that is safe to send, if any."""
@@ -140,6 +160,8 @@ class TransactionRelay:
         finally:
             self.client_at_boundary = self.attached is None or self.attached.router.client_at_boundary
             with trio.CancelScope(shield=True):
+                if self.cache is not None and self.cache.has_pending:
+                    await self.cache.flush_writes()  # the client left: a COMMIT may have gone through
                 await self._detach_on_exit()
         farewell = self._ended.farewell if self._ended is not None else None
         return farewell if self.client_at_boundary else None
@@ -216,6 +238,14 @@ class TransactionRelay:
             if message.type == b"X":
                 messages, terminated = messages[:index], True
                 break
+        plan = None
+        if self.cache is not None and messages and self._client_idle():
+            # Before any other parsing: a hit costs one key lookup (a cacheable read is never a
+            # session command, so nothing below would have applied to it).
+            plan = self.cache.plan(messages)
+            if plan is not None and plan.hit is not None:
+                await self.client.send_all(self.cache.answer(plan))
+                return terminated
         batch: list[Message] = []
         effects: list[tuple[str, SessionCommand]] = []  # SQL in the batch, classified once
         for message in messages:
@@ -227,7 +257,7 @@ class TransactionRelay:
             if sql is not None:
                 effects.append((sql, command))
         if batch:
-            await self._send_to_server(batch, effects)
+            await self._send_to_server(batch, effects, plan if len(batch) == len(messages) else None)
         return terminated
 
     async def _answered_locally(self, command: SessionCommand, batch: list[Message]) -> bool:
@@ -252,7 +282,9 @@ class TransactionRelay:
         await self.client.send_all(pgmsg.encode_message(b"C", tag + b"\x00") + pgmsg.ready_for_query(status))
         return True
 
-    async def _send_to_server(self, batch: list[Message], effects: list[tuple[str, SessionCommand]]) -> None:
+    async def _send_to_server(
+        self, batch: list[Message], effects: list[tuple[str, SessionCommand]], plan: CachePlan | None = None
+    ) -> None:
         self._check_pipeline_depth(batch)
         decision = self._decide(batch)
         waited = 0.0
@@ -266,6 +298,8 @@ class TransactionRelay:
         assert decision.node_id is not None
         attachment = await self._attachment_on(decision.node_id)
         self._note_session_effects(effects, attachment.server)
+        if self.cache is not None:
+            await self._prepare_cache(plan, batch, attachment, decision.node_id)
         data = bytearray()
         held_begin = self.routing.take_held_begin(decision)
         if held_begin is not None:  # answered to the client already: drop the server's replies
@@ -325,6 +359,30 @@ class TransactionRelay:
         attachment.pump_running = True
         assert self._nursery is not None
         self._nursery.start_soon(self._pump, attachment)
+
+    def _client_idle(self) -> bool:
+        """Not in a transaction block and nothing in flight: a read may be answered from cache."""
+        attachment = self.attached
+        if self.routing.held_begin is not None:
+            return False
+        return attachment is None or (
+            attachment.router.last_ready_status == b"I" and not attachment.router.outstanding
+        )
+
+    async def _prepare_cache(
+        self, plan: CachePlan | None, batch: list[Message], attachment: _Attachment, node_id: int
+    ) -> None:
+        assert self.cache is not None
+        router = attachment.router
+        # Only the primary's answers are stored: a standby may not have replayed the write
+        # whose invalidation came before this read, and its stale answer would then stay.
+        await self.cache.prepare(
+            plan,
+            batch,
+            attachment.server,
+            server_idle=not router.outstanding and not attachment.pump_running and router.at_boundary,
+            from_primary=node_id == self.proxy.cluster_view.primary_id,
+        )
 
     def _check_pipeline_depth(self, batch: list[Message]) -> None:
         for message in batch:
@@ -391,6 +449,8 @@ class TransactionRelay:
             raise RelayEnded(
                 error_response(SqlState.TOO_MANY_CONNECTIONS, str(exc), severity="FATAL")
             ) from exc
+        except QuorumLost as exc:
+            raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL", hint=exc.hint)) from exc
         except BackendUnavailable as exc:
             raise RelayEnded(
                 error_response(
@@ -457,7 +517,13 @@ class TransactionRelay:
             server.parameters[name] = value
             self.state.note_parameter_status(name, value)
         attachment.count_replies(received)
+        cache = self.cache
+        if cache is not None and cache.has_pending and b"I" in router.ready_statuses:
+            # Before the client may see its write acknowledged; kept for what is still in flight.
+            await cache.flush_writes(keep=router.last_ready_status != b"I" or bool(router.outstanding))
         await self._send_pieces(pieces)
+        if cache is not None and cache.fill is not None and router.ready_statuses and not router.outstanding:
+            cache.finish_fill()
         buffer.grow_if_filled(received)
         if router.awaits_client_data:
             return _Step.COPY_IN
@@ -531,6 +597,8 @@ class TransactionRelay:
         if not pieces:
             return
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if self.cache is not None and self.cache.fill is not None:
+            self.cache.capture(data)
         try:
             await self.client.send_all(data)
         except PeerClosed:

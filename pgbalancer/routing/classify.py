@@ -388,12 +388,16 @@ _TOKENS_BACKSLASH = _token_pattern(backslash_quotes=True)
 _COMMENT_MARK = re.compile(r"/\*|\*/")
 _HINT = re.compile(r"\s*+pgbalancer\s*+:\s*+(primary|standby|any)\s*+", re.IGNORECASE)
 _NO_LOAD_BALANCE = re.compile(r"\s*+no\s++load\s++balance\s*+", re.IGNORECASE)
+_CACHE_HINT = re.compile(
+    r"\s*+pgbalancer\s*+:\s*+(?:(nocache)|cache\s++ttl\s*+=\s*+(\d{1,9}))\s*+", re.IGNORECASE
+)
 
 
 @dataclass(slots=True)
 class _Lexed:
     tokens: list[str] = field(default_factory=list)
     hints: list[RouteHint] = field(default_factory=list)
+    cache_hints: list[str] = field(default_factory=list)  # "nocache", or "ttl=N" (the result cache's)
     problem: str = ""
 
 
@@ -465,6 +469,8 @@ def _note_hint(comment: str, lexed: _Lexed) -> None:
         lexed.hints.append(RouteHint(hint.group(1).lower()))
     elif _NO_LOAD_BALANCE.fullmatch(comment):
         lexed.hints.append(RouteHint.PRIMARY)
+    elif cache := _CACHE_HINT.fullmatch(comment):
+        lexed.cache_hints.append("nocache" if cache.group(1) else f"ttl={cache.group(2)}")
 
 
 def _is_word(token: str) -> bool:

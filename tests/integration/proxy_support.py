@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,6 +56,17 @@ def api_login(node: BalancerProcess, user: str = "api_admin", password: str | No
     response.raise_for_status()
     token: str = response.json()["token"]
     return token
+
+
+def cache_stats(node: BalancerProcess) -> dict[str, Any]:
+    """GET /api/v1/cache/stats of a test node, as a viewer."""
+    token = api_login(node, "api_viewer")
+    response = httpx.get(
+        f"{api_base_url(node)}/api/v1/cache/stats", headers={"Authorization": f"Bearer {token}"}, timeout=10
+    )
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def write_userlist(path: Path, entries: dict[str, str]) -> Path:

@@ -22,6 +22,7 @@ import httpx
 import jwt
 import psycopg
 import pytest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from pgbalancer.devtools import free_tcp_port, wait_for
@@ -173,24 +174,53 @@ def test_probes_need_no_credentials(api_node: BalancerProcess) -> None:
     assert ready.json() == {"ready": True, "reachable_backends": [0, 1, 2], "quorum": True, "reasons": []}
 
 
+def scrape(node: BalancerProcess) -> dict[str, Metric]:
+    """/metrics parsed with prometheus-client's own parser (it raises on anything malformed)."""
+    response = httpx.get(f"{api_base_url(node)}/metrics")
+    assert response.status_code == 200
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def sample_sum(families: dict[str, Metric], family: str, sample: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for s in families[family].samples
+        if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def app_latency(families: dict[str, Metric]) -> tuple[float, float, dict[str, float]]:
+    """The app pool's statement-latency histogram: count, sum, and cumulative count per ``le``."""
+    name = "pgbalancer_statement_duration_seconds"
+    buckets: dict[str, float] = {}
+    for s in families[name].samples:
+        if s.name == f"{name}_bucket" and s.labels["database"] == APP_DB:
+            buckets[s.labels["le"]] = buckets.get(s.labels["le"], 0) + s.value
+    count = sample_sum(families, name, f"{name}_count", database=APP_DB)
+    return count, sample_sum(families, name, f"{name}_sum", database=APP_DB), buckets
+
+
 def test_metrics_parse_and_move_with_traffic(api_node: BalancerProcess) -> None:
-    url = f"{api_base_url(api_node)}/metrics"
-
-    def app_queries() -> float:
-        families = {f.name: f for f in text_string_to_metric_families(httpx.get(url).text)}
+    def app_queries(families: dict[str, Metric]) -> float:
         assert "pgbalancer_backend_up" in families and "pgbalancer_clients" in families
-        return sum(
-            s.value
-            for s in families["pgbalancer_queries"].samples
-            if s.name == "pgbalancer_queries_total" and s.labels["database"] == APP_DB
-        )
+        return sample_sum(families, "pgbalancer_queries", "pgbalancer_queries_total", database=APP_DB)
 
-    before = app_queries()
+    before = scrape(api_node)
     with connect(api_node) as conn:
         for _ in range(5):
             conn.execute("SELECT 1")
-    assert app_queries() - before == 5
-    text = httpx.get(url).text
+        conn.execute("SELECT pg_sleep(0.03)")  # lands above the 25 ms bucket
+    after = scrape(api_node)
+    assert app_queries(after) - app_queries(before) == 6
+    count_before, sum_before, buckets_before = app_latency(before)
+    count, total, buckets = app_latency(after)
+    assert count - count_before == 6 and buckets["+Inf"] == count
+    assert 0.03 <= total - sum_before < 30
+    slow = (count - buckets["0.025"]) - (count_before - buckets_before.get("0.025", 0))
+    assert slow >= 1  # pg_sleep(0.03) cannot be in a bucket of 25 ms or less
+    values = [buckets[le] for le in sorted(buckets, key=float)]
+    assert values == sorted(values)
+    text = httpx.get(f"{api_base_url(api_node)}/metrics").text
     assert 'pgbalancer_backend_up{backend="0"' in text
     assert (
         'pgbalancer_pool_server_connections{backend="0",database="app",state="idle",user="app_scram"}' in text
@@ -214,10 +244,16 @@ def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) ->
 
 
 def test_pending_features_answer_503_naming_them(viewer: httpx.Client) -> None:
-    for path, feature in [("cache/stats", "cache"), ("watchdog/info", "watchdog")]:
-        response = viewer.get(f"{P}/{path}")
-        assert response.status_code == 503, path
-        assert response.json()["feature"] == feature
+    response = viewer.get(f"{P}/cache/stats")
+    assert response.status_code == 503
+    assert response.json()["feature"] == "cache"
+
+
+def test_watchdog_info_without_a_watchdog_says_how_to_form_one(viewer: httpx.Client) -> None:
+    response = viewer.get(f"{P}/watchdog/info")
+    assert response.status_code == 503
+    assert response.json()["error"] == "watchdog_disabled"
+    assert "set watchdog_nodes" in response.json()["message"]
 
 
 # --------------------------------------------------------------------------- acting
@@ -250,26 +286,43 @@ def test_pause_blocks_a_new_query_until_resume(api_node: BalancerProcess, admin:
     assert results == [42]
 
 
-def test_a_detached_backend_shows_down_and_gets_no_traffic(
-    api_node: BalancerProcess, admin: httpx.Client, viewer: httpx.Client
-) -> None:
+def test_a_detached_backend_shows_down_and_gets_no_traffic(balancer_factory: BalancerFactory) -> None:
     """Detach and attach a standby (the node's view only; PostgreSQL is untouched)."""
-    detached = admin.post(f"{P}/nodes/2/detach")
-    if detached.status_code == 503:  # this node runs without the failover engine
-        assert detached.json()["feature"] == "failover"
-        return
-    assert detached.status_code == 200, detached.text
-    try:
-        node = get(viewer, "nodes/2")
-        assert node["detached"] and node["status"] == "down"
-        with connect(api_node) as conn:
-            for _ in range(20):
+    node = balancer_factory(
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=0.5,
+    )
+    base = api_base_url(node)
+    with (
+        httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_login(node)}"}) as admin,
+        connect(node) as conn,
+    ):
+
+        def reads(count: int) -> dict[int, int]:
+            before = {n["node_id"]: n["queries_total"] for n in get(admin, "nodes")["nodes"]}
+            for _ in range(count):
                 conn.execute("SELECT 1")
-        assert get(viewer, "nodes/2")["queries_total"] == node["queries_total"]
-    finally:
-        attached = admin.post(f"{P}/nodes/2/attach")
-    assert attached.status_code == 200, attached.text
-    wait_for(lambda: get(viewer, "nodes/2")["status"] == "up", timeout=15, message="backend 2 back up")
+            after = {n["node_id"]: n["queries_total"] for n in get(admin, "nodes")["nodes"]}
+            return {node_id: after[node_id] - before.get(node_id, 0) for node_id in after}
+
+        assert reads(30)[2] > 0  # balanced reads do reach backend 2 while it is attached
+        detached = admin.post(f"{P}/nodes/2/detach")
+        assert detached.status_code == 200, detached.text
+        try:
+            detail = get(admin, "nodes/2")
+            assert detail["detached"] and detail["status"] == "down"
+            moved = reads(30)
+            assert moved[2] == 0 and moved[1] > 0, moved
+            health = {b["node_id"]: b for b in get(admin, "health/stats")["backends"]}
+            assert health[2]["status"] == "down"
+            assert [(c["from"], c["to"]) for c in health[2]["status_changes"]] == [("up", "down")]
+            assert health[0]["checks_observed"] >= 1 and health[0]["success_rate"] == 1.0
+        finally:
+            attached = admin.post(f"{P}/nodes/2/attach")
+        assert attached.status_code == 200, attached.text
+        wait_for(lambda: get(admin, "nodes/2")["status"] == "up", timeout=15, message="backend 2 back up")
 
 
 # --------------------------------------------------------------------------- refusals
@@ -377,20 +430,51 @@ def test_https_when_a_cert_and_key_are_configured(balancer_factory: BalancerFact
         httpx.get(f"http://127.0.0.1:{port}{P}/healthz", timeout=3)
 
 
-def test_worker_zero_serves_the_api_for_a_multi_worker_node(balancer_factory: BalancerFactory) -> None:
-    node = balancer_factory(workers=2)
+def test_a_multi_worker_node_reports_every_workers_traffic(balancer_factory: BalancerFactory) -> None:
+    node = balancer_factory(workers=2, pool_mode="transaction")
     # The proxy port answers as soon as any worker listens; worker 0's API may come a moment later.
     token = wait_for(
         lambda: api_login(node), timeout=10, message="worker 0's API", retry_on=(httpx.ConnectError,)
     )
     headers = {"Authorization": f"Bearer {token}"}
-    status = httpx.get(f"{api_base_url(node)}{P}/status", headers=headers).json()
-    assert status["worker"] == {"index": 0, "count": 2}
-    refused = httpx.post(f"{api_base_url(node)}{P}/control/pause", headers=headers)
+    base = f"{api_base_url(node)}{P}"
+    before, status_before = scrape(node), httpx.get(f"{base}/status", headers=headers).json()
+    # The kernel spreads connections over the two workers (SO_REUSEPORT): 20 of them all landing on
+    # one worker has a chance of 2 in a million.
+    for number in range(20):
+        with connect(node) as conn:
+            assert conn.execute("SELECT %s::int", (number,)).fetchone() == (number,)
+    status = httpx.get(f"{base}/status", headers=headers).json()
+    assert status["worker"] == {"index": 0, "count": 2, "reporting": [0, 1], "missing": []}
+    served = {
+        w["index"]: w["accepted_total"] - b["accepted_total"]
+        for w, b in zip(status["workers"], status_before["workers"], strict=True)
+    }
+    assert served[0] > 0 and served[1] > 0, served  # both workers took some of the 20
+    assert status["clients"]["accepted_total"] - status_before["clients"]["accepted_total"] == 20
+    assert sum(served.values()) == 20
+    assert status["queries_total"] - status_before["queries_total"] == 20
+    assert status["queries_total"] == sum(w["queries_total"] for w in status["workers"])
+    pools = httpx.get(f"{base}/pools", headers=headers).json()["pools"]
+    app = [p for p in pools if p["database"] == APP_DB]
+    assert sum(p["queries_total"] for p in app) == status["queries_total"]
+    assert sum(p["max_size"] for p in app if p["backend_id"] == 0) == 20  # 10 per worker
+    nodes = httpx.get(f"{base}/nodes", headers=headers).json()["nodes"]
+    assert nodes[0]["queries_total"] == status["queries_total"]
+    after = scrape(node)
+    accepted = "pgbalancer_clients_accepted"
+    assert (
+        sample_sum(after, accepted, f"{accepted}_total") - sample_sum(before, accepted, f"{accepted}_total")
+        == 20
+    )
+    assert app_latency(after)[0] - app_latency(before)[0] == 20  # the transaction relay's histogram
+    reporting = {s.labels["worker"]: s.value for s in after["pgbalancer_worker_reporting"].samples}
+    assert reporting == {"0": 1, "1": 1}
+    refused = httpx.post(f"{base}/control/pause", headers=headers)
     assert refused.status_code == 409 and refused.json()["error"] == "not_supported_with_workers"
     # A worker's reload makes the round trip through the supervisor (SIGHUP to every worker).
     node.config_path.write_text(node.config_path.read_text().replace("max_pool = '4'", "max_pool = '5'"))
-    reloaded = httpx.post(f"{api_base_url(node)}{P}/control/reload", headers=headers, timeout=15)
+    reloaded = httpx.post(f"{base}/control/reload", headers=headers, timeout=15)
     assert reloaded.json()["changed"] == ["max_pool"]
 
 
@@ -423,6 +507,12 @@ SCHEMATHESIS_CONFIG = """
 include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
+
+# schemathesis 4's coverage phase crashes on Python 3.11 building negative cases for a string path
+# parameter ("AST constructor recursion depth mismatch" inside hypothesis): fuzzing still covers it.
+[[operations]]
+include-path-regex = "/watchdog/members/"
+phases.coverage.enabled = false
 """
 
 

@@ -9,26 +9,31 @@ a real Mosquitto, and a 10,000-event flood with a stuck subscriber that leaves q
 from __future__ import annotations
 
 import ast
+import os
+import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 import pgbalancer.node
 from pgbalancer.config import parse_config_text
-from pgbalancer.devtools import free_tcp_port
+from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess, Setting, render_config
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from pgbalancer.events import payloads
 from pgbalancer.events.service import EventService
 from pgbalancer.proxy.server import ProxyServer
 from tests.integration.mqtt_support import MOSQUITTO, Received, Subscriber, run_mosquitto, subscriber
-from tests.integration.proxy_support import USERLIST, base_settings
+from tests.integration.proxy_support import USERLIST, api_base_url, api_login, base_settings
+from tests.integration.test_watchdog_cluster import Trio, index_of, wait_leader
 
 MONITOR = {"username": "monitor", "password": "monitor-pw"}
 APP_USER = "app_scram"
@@ -132,21 +137,28 @@ def test_a_late_subscriber_gets_the_retained_state(
 @pytest.mark.slow
 def test_refused_clients_are_refused_and_logged(events_node: EventsNode, monitor: Subscriber) -> None:
     for login, why in (
-        ({}, "no user name"),
-        ({"username": "monitor", "password": "not-the-password"}, "wrong password"),
+        ({}, "refused: no user name and mqtt_allow_anonymous = off"),
+        ({"username": "monitor", "password": "not-the-password"}, "(user 'monitor') refused: wrong password"),
     ):
         with subscriber(events_node.mqtt_port, **login) as refused:
             assert not refused.connect(), f"{login} was admitted"
             assert "authori" in (refused.connect_result or "").lower()
-        events_node.node.wait_ready(1)
-        assert why in events_node.node.log_text()
+        wait_for(
+            lambda why=why: any(  # type: ignore[misc]
+                "WARNING" in line and why in line for line in events_node.node.log_text().splitlines()
+            ),
+            timeout=5,
+            message=f"the refusal ({why}) in the node's log output",
+        )
 
     monitor.subscribe("elsewhere/#")
     monitor.publish("pgbalancer/cluster/failover", b'{"forged": true}', retain=True)
     monitor.publish("elsewhere/marker", b"published after the forged event")
     monitor.wait_for("elsewhere/marker")
     assert monitor.received("pgbalancer/cluster/failover") == []
-    assert "may not publish to 'pgbalancer/cluster/failover'" in events_node.node.log_text()
+    log_text = events_node.node.log_text()
+    assert "refused: may not publish to 'pgbalancer/cluster/failover'" in log_text
+    assert "not-the-password" not in log_text
     with subscriber(events_node.mqtt_port, **MONITOR) as late:  # nor was it retained
         assert late.connect()
         late.subscribe("pgbalancer/#")
@@ -288,3 +300,144 @@ async def test_a_flood_with_a_stuck_subscriber_leaves_query_latency_alone(
     assert stats.queue.high_water <= stats.queue.capacity
     assert stats.queue.offered >= FLOOD_EVENTS
     assert stats.dropped > 0 or stats.slow_subscriber_skips > 0, stats
+
+
+# --------------------------------------------------------------------------- health-driven failover
+
+
+@pytest.mark.slow
+def test_a_killed_primary_publishes_the_failover_and_the_node_states(
+    pg_cluster_factory: Callable[..., LocalPgCluster], tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=1)
+    started = start_events_node(
+        cluster,
+        tmp_path,
+        pool_mode="transaction",
+        health_check_period=1,
+        health_check_max_retries=1,
+        health_check_retry_delay=0.3,
+        health_check_timeout=3,
+        **{f"backend_data_directory{n}": str(node.data_dir) for n, node in enumerate(cluster.nodes)},
+    )
+    try:
+        with subscriber(started.mqtt_port, **MONITOR) as watcher:
+            assert watcher.connect()
+            watcher.subscribe("pgbalancer/#")
+            watcher.wait_for(
+                "pgbalancer/nodes/0/status", lambda m: m.document["backend"]["role"] == "primary"
+            )
+            pid = cluster.postmaster_pid(cluster.primary)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            def to_backend_1(message: Received) -> bool:
+                return bool(message.document["new_primary"] == 1)
+
+            failover = watcher.wait_for("pgbalancer/cluster/failover", to_backend_1, timeout=60).checked()
+            assert failover["old_primary"] == 0
+            assert failover["kind"] == "failover" and failover["reason"]
+            assert failover["duration_seconds"] is not None and 0 < failover["duration_seconds"] < 30
+            assert failover["node"] == "events-test-node" and failover["epoch"] > 0
+            assert not watcher.received("pgbalancer/cluster/failover")[-1].retain
+
+            def down(message: Received) -> bool:
+                return bool(message.document["backend"]["status"] != "up")
+
+            old = watcher.wait_for("pgbalancer/nodes/0/status", down, timeout=30).checked()
+            assert old["previous_status"] == "up"
+            new = watcher.wait_for(
+                "pgbalancer/nodes/1/status", lambda m: m.document["backend"]["role"] == "primary", timeout=30
+            ).checked()
+            assert new["backend"]["status"] == "up"
+            health = watcher.wait_for(
+                "pgbalancer/cluster/health", lambda m: m.document["primary_id"] == 1, timeout=30
+            ).checked()
+            assert health["backends_up"] == 1
+        with psycopg.connect(started.node.dsn(APP_USER, APP_DB, USERLIST[APP_USER]), autocommit=True) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)  # really on the new one
+        metrics = {
+            (s.name, s.labels.get("backend")): s.value
+            for family in text_string_to_metric_families(
+                httpx.get(f"{api_base_url(started.node)}/metrics").text
+            )
+            for s in family.samples
+        }
+        assert metrics[("pgbalancer_failovers_total", None)] == 1
+        assert (
+            metrics[("pgbalancer_backend_primary", "1")] == 1 and metrics[("pgbalancer_backend_up", "0")] == 0
+        )
+    finally:
+        started.node.stop()
+
+
+@pytest.mark.slow
+def test_a_detach_over_rest_publishes_the_node_status_and_the_health(
+    events_node: EventsNode, monitor: Subscriber
+) -> None:
+    headers = {"Authorization": f"Bearer {api_login(events_node.node)}"}
+    base = f"{api_base_url(events_node.node)}/api/v1"
+    detached = httpx.post(f"{base}/nodes/2/detach", headers=headers, timeout=20)
+    assert detached.status_code == 200, detached.text
+    status = monitor.wait_for(
+        "pgbalancer/nodes/2/status", lambda m: m.document["backend"]["detached"]
+    ).checked()
+    assert status["backend"]["status"] == "down" and status["previous_status"] == "up"
+    assert "detach" in status["reason"]
+    health = monitor.wait_for(
+        "pgbalancer/cluster/health", lambda m: m.document["backends"][2]["status"] == "down"
+    ).checked()
+    assert health["backends_up"] == 2
+    assert monitor.received("pgbalancer/cluster/failover") == []  # a standby left: the primary stayed
+    attached = httpx.post(f"{base}/nodes/2/attach", headers=headers, timeout=20)
+    assert attached.status_code == 200, attached.text
+    monitor.wait_for(
+        "pgbalancer/nodes/2/status", lambda m: not m.document["backend"]["detached"], timeout=30
+    ).checked()
+
+
+# --------------------------------------------------------------------------- several nodes
+
+
+@pytest.mark.slow
+def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_committed(
+    pg_cluster_factory: Callable[..., LocalPgCluster], tmp_path: Path
+) -> None:
+    """Three watchdog nodes, each with its own broker; the primary dies; every broker tells it alike."""
+    cluster = pg_cluster_factory(standbys=2)
+    group = Trio(cluster, tmp_path)
+    try:
+        for index, settings in enumerate(group.settings):
+            settings.update(mqtt_settings(tmp_path / f"node{index}"), node_name=f"node{index}")
+        for index in range(3):
+            group.start(index)
+        nodes = group.live()
+        leader = index_of(group, wait_leader(nodes))
+        follower = next(i for i in range(3) if i != leader)
+        mqtt_port = int(group.settings[follower]["mqtt_port"])
+        leader_port = int(group.settings[leader]["mqtt_port"])
+        with (
+            subscriber(mqtt_port, **MONITOR) as on_follower,
+            subscriber(leader_port, **MONITOR) as on_leader,
+        ):
+            for watcher in (on_follower, on_leader):
+                assert watcher.connect(), watcher.connect_result
+                watcher.subscribe("pgbalancer/cluster/#")
+                watcher.wait_for("pgbalancer/cluster/health", lambda m: m.document["primary_id"] == 0)
+            pid = cluster.postmaster_pid(cluster.primary)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+
+            def moved(message: Received) -> bool:
+                return bool(message.document["new_primary"] not in (0, None))
+
+            seen = on_follower.wait_for("pgbalancer/cluster/failover", moved, timeout=60).checked()
+            assert seen["node"] == f"node{follower}"  # published by the follower's own broker
+            assert seen["old_primary"] == 0
+            assert seen["event_id"] == f"failover:{seen['epoch']}:0:{seen['new_primary']}"
+            same = on_leader.wait_for("pgbalancer/cluster/failover", moved, timeout=30).checked()
+            assert same["event_id"] == seen["event_id"] and same["node"] == f"node{leader}"
+            ids = {m.document["event_id"] for m in on_follower.received("pgbalancer/cluster/failover")}
+            assert len(ids) == 1, ids  # one committed failover, one event per broker
+    finally:
+        group.stop_all()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from quart_trio import QuartTrio
 from pgbalancer.api.app import ApiState, create_app
 from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.openapi import API_PREFIX, openapi_document
+from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import load_api_settings
 from pgbalancer.api.snapshots import NodeInfo
 from pgbalancer.api.users import parse_api_users
@@ -330,9 +332,6 @@ async def test_reload_reports_the_nodes_answer(state: ApiState, client: QuartCli
 async def test_pending_features_answer_503_naming_them(client: QuartClient) -> None:
     headers = bearer(await login(client))
     for method, path, feature in [
-        ("GET", "cache/stats", "cache"),
-        ("POST", "cache/invalidate", "cache"),
-        ("GET", "watchdog/info", "watchdog"),
         ("POST", "nodes/1/detach", "failover"),
     ]:
         url = f"{P}/{path}"
@@ -342,6 +341,15 @@ async def test_pending_features_answer_503_naming_them(client: QuartClient) -> N
         assert response.status_code == 503, path
         assert (await json_of(response))["feature"] == feature
     assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
+
+
+async def test_cache_endpoints_with_the_cache_off(client: QuartClient) -> None:
+    headers = bearer(await login(client))
+    stats = await json_of(await client.get(f"{P}/cache/stats", headers=headers))
+    assert stats["enabled"] is False and stats["hits"] == 0 and stats["entries"] == 0
+    response = await client.post(f"{P}/cache/invalidate", headers=headers, json={"table": "t"})
+    assert response.status_code == 409
+    assert "memory_cache_enabled" in (await json_of(response))["message"]
 
 
 async def test_ai_stats_show_what_the_balancer_learned(state: ApiState, client: QuartClient) -> None:
@@ -395,6 +403,9 @@ class FakeOperations:
     async def rejoin(self, node_id: int) -> FakeOutcome:
         return await self._do("rejoin", node_id)
 
+    async def switchover(self, node_id: int) -> FakeOutcome:
+        return await self._do("switchover", node_id)
+
 
 async def test_backend_operations_reach_the_failover_engine(state: ApiState, client: QuartClient) -> None:
     operations = FakeOperations()
@@ -419,6 +430,32 @@ async def test_backend_operations_reach_the_failover_engine(state: ApiState, cli
     assert refused.status_code == 409 and "promote a standby" in (await json_of(refused))["message"]
     viewer = await client.post(f"{P}/nodes/0/detach", headers=basic("watcher", "watch-pw"))
     assert viewer.status_code == 403 and len(operations.calls) == 4
+
+
+async def test_switchover_takes_the_target_in_its_body(state: ApiState, client: QuartClient) -> None:
+    operations = FakeOperations()
+    state.operations = operations
+    headers = bearer(await login(client))
+    response = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 0})
+    assert await json_of(response) == {
+        "node_id": 0,
+        "action": "switchover",
+        "primary_id": 0,
+        "epoch": 3,
+        "notes": ["backend 0 switchover"],
+    }
+    refused = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 1})
+    assert refused.status_code == 409 and "promote a standby" in (await json_of(refused))["message"]
+    unknown = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 7})
+    assert unknown.status_code == 404 and "known: 0, 1" in (await json_of(unknown))["message"]
+    for bad in ({}, {"to": "0"}, {"to": True}, {"to": -1}, {"to": 0, "why": "x"}):
+        answer = await client.post(f"{P}/control/switchover", headers=headers, json=bad)
+        assert answer.status_code == 400, bad
+    viewer = await client.post(
+        f"{P}/control/switchover", headers=basic("watcher", "watch-pw"), json={"to": 0}
+    )
+    assert viewer.status_code == 403
+    assert operations.calls == [("switchover", 0)]
 
 
 # --------------------------------------------------------------------------- reading
@@ -494,7 +531,7 @@ async def test_metrics_parse_and_count_the_apis_own_requests(client: QuartClient
 def test_every_route_is_in_the_spec_and_every_spec_path_is_a_route(app: QuartTrio) -> None:
     spec = openapi_document()
     routes = {
-        (re.sub(r"<int:(\w+)>", r"{\1}", rule.rule), method.lower())
+        (re.sub(r"<(?:int:)?(\w+)>", r"{\1}", rule.rule), method.lower())
         for rule in app.url_map.iter_rules()
         if rule.endpoint != "static"
         for method in rule.methods or ()
@@ -509,3 +546,18 @@ def test_the_spec_references_resolve() -> None:
     text = json.dumps(spec)
     for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert name in spec["components"]["schemas"], name
+
+
+def test_plaintext_api_passwords_are_loaded_with_a_warning_that_never_shows_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state = make_state()
+    config = state.proxy.config
+    settings = dataclasses.replace(
+        state.settings, users=parse_api_users(USERS + '"dev" "plain-dev-pw" "viewer"\n')
+    )
+    with caplog.at_level(logging.WARNING, logger="pgbalancer.api"):
+        ApiService(config, settings, state.proxy, NodeInfo("test:1"))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("plaintext passwords for 'dev'" in w and "development only" in w for w in warnings), warnings
+    assert not any("plain-dev-pw" in w for w in warnings)

@@ -460,7 +460,7 @@ def test_every_problem_is_reported_at_once_in_line_order() -> None:
 def test_a_bad_value_does_not_cascade_into_cross_field_errors() -> None:
     # auth_type is unreadable, so the auth_file rule (which would assume the default) stays quiet.
     assert "unknown value" in only_error("backend_hostname0 = a\nauth_type = md55")
-    assert "unexpected text" in only_error(MINIMAL + "watchdog_nodes = 'a:1'\nwatchdog_secret = 'x'y'")
+    assert "unexpected text" in only_error(MINIMAL + "watchdog_nodes = 'a:9000'\nwatchdog_secret = 'x'y'")
     assert "not an integer" in only_error("auth_type = trust\nbackend_hostname0 = a\nbackend_port0 = x")
     assert "no closing quote" in only_error("auth_type = trust\nbackend_hostname0 = 'a")
 
@@ -531,7 +531,7 @@ def test_diff_sorts_changes_into_live_and_restart() -> None:
         "port = 6543\n"
         "pool_mode = session\n"
         "health_check_period = 1\n"
-        "watchdog_nodes = 'a:1'\nwatchdog_secret = 's'\n"
+        "watchdog_nodes = 'a:9000'\nwatchdog_secret = 's'\n"
     )
     diff = diff_configs(old, new)
     assert set(diff.changed) == {
@@ -677,3 +677,34 @@ def test_main_needs_an_action() -> None:
     with pytest.raises(SystemExit) as caught:
         main([])
     assert caught.value.code == 2
+
+
+# --------------------------------------------------------------------------- watchdog identity
+
+
+def test_watchdog_self_address_comes_from_the_listen_address_or_the_entry_on_watchdog_port() -> None:
+    from pgbalancer.config import watchdog_peers, watchdog_self_address
+
+    base = "watchdog_secret = s\n"
+    config = parse(
+        base + "watchdog_nodes = '127.0.0.1:9001,127.0.0.1:9002,127.0.0.1:9003'\nwatchdog_port = 9002"
+    )
+    assert watchdog_self_address(config) == "127.0.0.1:9002"
+    assert watchdog_peers(config) == ("127.0.0.1:9001", "127.0.0.1:9003")
+    config = parse(base + "watchdog_nodes = 'n1:9000,n2:9000'\nwatchdog_listen_address = n3")
+    assert watchdog_self_address(config) == "n3:9000"
+    assert watchdog_peers(config) == ("n1:9000", "n2:9000")
+    # Several entries on the port: the node picks its local one at startup.
+    assert watchdog_self_address(parse(base + "watchdog_nodes = 'n1:9000,n2:9000'")) == ""
+
+
+def test_a_watchdog_node_that_cannot_find_itself_is_told_what_to_set() -> None:
+    message = only_error(MINIMAL + "watchdog_secret = s\nwatchdog_nodes = 'n1:9001,n2:9001'")
+    assert "no watchdog_nodes entry has this node's watchdog_port (9000)" in message
+    assert "set watchdog_listen_address" in message
+
+
+def test_partition_read_policy_and_lease_parse() -> None:
+    config = parse("partition_read_policy = refuse\nwatchdog_lease = 0.5")
+    assert config.partition_read_policy == "refuse" and config.watchdog_lease == 0.5
+    assert "did you mean 'stale'" in only_error(MINIMAL + "partition_read_policy = stal")

@@ -197,6 +197,27 @@ def test_a_failover_gives_statuses_the_failover_and_the_health() -> None:
     assert not events[2].retain
 
 
+def test_a_failover_after_the_primary_went_down_is_timed_from_that_moment() -> None:
+    outage = payloads.PrimaryOutage()
+    healthy = three_backends()
+    primary_down = healthy.with_backend(replace(healthy.backend(0), status=BackendStatus.DOWN))
+    promoted = primary_down.with_backend(replace(healthy.backend(1), role=BackendRole.PRIMARY)).with_primary(
+        1
+    )
+    assert outage.observe(healthy, healthy, 10.0) == {}
+    assert outage.observe(healthy, primary_down, 12.0) == {}  # no new primary yet
+    assert outage.observe(primary_down, primary_down, 12.5) == {}
+    assert outage.observe(primary_down, promoted, 13.75) == {"kind": "failover", "duration_seconds": 1.75}
+    assert outage.lost_at is None  # the next outage is timed afresh
+
+
+def test_moving_a_working_primary_is_not_called_a_failover() -> None:
+    outage = payloads.PrimaryOutage()
+    healthy = three_backends()
+    switched = healthy.with_backend(replace(healthy.backend(1), role=BackendRole.PRIMARY)).with_primary(1)
+    assert outage.observe(healthy, switched, 5.0) == {}  # the kind comes from the operation's reason
+
+
 def test_the_failover_id_is_the_same_on_every_node() -> None:
     old = three_backends()
     new = old.with_primary(1)

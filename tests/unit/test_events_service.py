@@ -7,6 +7,7 @@ checker and the failover engine call), which no outside client can reach.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -123,7 +124,10 @@ async def test_a_new_primary_publishes_the_failover_with_its_details(tmp_path: P
 
 
 @pytest.mark.slow
-async def test_refused_clients_are_counted_and_their_publishes_never_delivered(tmp_path: Path) -> None:
+async def test_refused_clients_are_counted_logged_and_their_publishes_never_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgbalancer.events")
     config = make_config(tmp_path)
     async with running(config) as service, subscribed(config.mqtt_port, **MONITOR) as watcher:
         for login in (
@@ -147,6 +151,17 @@ async def test_refused_clients_are_counted_and_their_publishes_never_delivered(t
         )  # delivered in order: the forged one had its turn
         assert watcher.received("pgbalancer/cluster/failover") == []
         assert service.statistics().publishes_refused == 1
+    refusals = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "refused" in r.getMessage()
+    ]
+    assert len(refusals) == 4, refusals
+    for expected in (
+        "refused: no user name and mqtt_allow_anonymous = off",
+        "(user 'monitor') refused: wrong password",
+        "(user 'nobody') refused: user not in mqtt_user_file",
+        "refused: may not publish to 'pgbalancer/cluster/failover'",
+    ):
+        assert any(expected in message for message in refusals), (expected, refusals)
 
 
 async def test_a_reload_publishes_the_config_event_and_rereads_the_users(tmp_path: Path) -> None:

@@ -16,9 +16,20 @@ PURE_MODULES = (
     "pgbalancer.proxy.prepared",
     "pgbalancer.proxy.sessionstate",
     "pgbalancer.proxy.admin_commands",
+    "consensus.state",
+    "pgbalancer.watchdog.decide",
+    "pgbalancer.vip.rule",
+    "pgbalancer.vip.commands",
 )
 IO_IMPORTS = ("trio", "socket", "select", "threading", "asyncio", "selectors", "subprocess", "pysyncobj")
-SHELLS = ("pgbalancer.proxy", "pgbalancer.health", "pgbalancer.api", "pgbalancer.events", "pgbalancer.cli")
+SHELLS = (
+    "pgbalancer.proxy",
+    "pgbalancer.health",
+    "pgbalancer.api",
+    "pgbalancer.events",
+    "pgbalancer.cli",
+    "pgbalancer.watchdog.service",
+)
 
 
 def _module_name(path: Path) -> str:

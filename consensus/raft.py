@@ -1,0 +1,420 @@
+"""RaftClusterStore: the ClusterStore on pysyncobj (the one module that imports it).
+
+Role: runs one pysyncobj ``SyncObj`` (its own auto-tick thread) whose single consumer applies the
+pure ``consensus.state.apply_command`` to every committed log entry, and bridges it to trio:
+
+* into trio: a tick callback (tick thread, every ``auto_tick_period``) notices a newly applied state
+  or a new leader/term and hands them over with ``TrioToken.run_sync_soon``, which never blocks the
+  tick thread; listeners then run in the trio thread, in commit order;
+* out of trio: writes go through pysyncobj's thread-safe command queue with a ``callback=`` that
+  again comes back through ``run_sync_soon``; the awaiting task waits for it with a deadline and
+  then until the state it produced is applied here.
+
+Timings (``RaftTimings``) are tuned for seconds-level failover (STACK-NOTES: min/max election
+timeout 0.15/0.35 s, heartbeats every 0.03 s, ticks every 0.01 s). ``leader_fallback_timeout`` is
+how long a leader cut off from the majority still believes it leads; a new leader must wait
+``vip_acquire_delay`` (longer than that) before taking the virtual IP, so the old one has stepped
+down first. Peers authenticate and encrypt with ``password`` (watchdog_secret), the endpoint binds
+to this member's own address only, and the journal plus full dump under ``data_dir`` keep the term,
+vote and log across restarts.
+
+It must never import pgbalancer, never block the trio thread on the network (the constructor runs in
+a worker thread), and never do more than hand values over inside the tick thread's callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj.syncobj import SyncObjException
+
+from consensus.state import (
+    ClusterState,
+    Command,
+    CommandError,
+    CommandResult,
+    ForgetMember,
+    apply_command,
+    decode_command,
+    encode_command,
+)
+from consensus.store import (
+    ClusterStore,
+    ConsensusError,
+    MemberStatus,
+    NoQuorumError,
+    RaftRole,
+    WatchdogStatus,
+)
+
+log = logging.getLogger(__name__)
+
+_POLL_PERIOD = 0.05  # trio-side: lease and peer-contact bookkeeping
+_STATE_NAMES = {0: RaftRole.FOLLOWER, 1: RaftRole.CANDIDATE, 2: RaftRole.LEADER}
+_FAILURES = {
+    getattr(FAIL_REASON, name): name.lower().replace("_", " ")
+    for name in dir(FAIL_REASON)
+    if name.isupper() and name != "SUCCESS"
+}
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """pysyncobj's timing knobs, in seconds."""
+
+    raft_min_timeout: float = 0.15
+    raft_max_timeout: float = 0.35
+    append_entries_period: float = 0.03
+    auto_tick_period: float = 0.01
+    # A leader that heard from no majority for this long steps down. Twice the longest election
+    # timeout: a follower starts an election after at most raft_max_timeout of silence.
+    leader_fallback_timeout: float = 0.7
+    # The VIP rule's margin on top of leader_fallback_timeout (a tick or two plus scheduling).
+    vip_margin: float = 0.3
+    connection_timeout: float = 1.5  # a silent peer connection is dropped after this
+    connection_retry: float = 0.5  # reconnect attempts to a lost peer
+    write_timeout: float = 3.0  # a write not committed by then raises NoQuorumError
+
+
+class _Machine(SyncObjConsumer):  # type: ignore[misc]
+    """The replicated state: one replicated method applies one encoded command."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Attributes set after SyncObjConsumer.__init__ are what the full dump stores.
+        self.state = ClusterState()
+        self.applied = 0  # commands applied, so a writer can wait until its own one is visible
+
+    @replicated  # type: ignore[untyped-decorator]
+    def apply(self, raw: object) -> CommandResult:
+        self.applied += 1
+        try:
+            command = decode_command(raw)
+        except CommandError:
+            log.error("ignoring a Raft log entry this version does not understand: %r", raw)
+            return None
+        self.state, result = apply_command(self.state, command)
+        return result
+
+
+class RaftClusterStore(ClusterStore):
+    """A member of a real watchdog cluster (pysyncobj). Create it, then ``await nursery.start(store.run)``."""
+
+    def __init__(
+        self,
+        self_address: str,
+        peers: Iterable[str],
+        *,
+        secret: str,
+        data_dir: str | os.PathLike[str],
+        lease: float,
+        timings: RaftTimings | None = None,
+    ) -> None:
+        super().__init__(self_address, lease)
+        if not secret:
+            raise ConsensusError("a watchdog needs a secret (watchdog_secret): without one peers run pickles")
+        self.peers = tuple(p for p in peers if p != self_address)
+        self.timings = timings or RaftTimings()
+        self.data_dir = Path(data_dir)
+        self._secret = secret
+        self._machine = _Machine()
+        self._obj: SyncObj | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._handed: tuple[ClusterState, int] | None = None  # tick thread: last (state, applied) handed over
+        self._handed_leader: tuple[str | None, int] | None = None
+        self._applied_here = 0  # trio thread: the machine's ``applied`` as of the state adopted
+        self._leader: str | None = None  # trio thread: as of the last leader event
+        self._term = 0
+        self._contact: dict[str, float] = {}  # peer -> trio time a live connection was last seen
+
+    # ---- files
+
+    @property
+    def journal_file(self) -> Path:
+        return self.data_dir / f"raft-{_file_safe(self.self_id)}.journal"
+
+    @property
+    def dump_file(self) -> Path:
+        return self.data_dir / f"raft-{_file_safe(self.self_id)}.dump"
+
+    # ---- reads
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        if self._obj is None:
+            return tuple(sorted({self.self_id, *self.peers}))
+        return tuple(sorted({self.self_id, *(node.id for node in self._obj.otherNodes)}))
+
+    @property
+    def leader_id(self) -> str | None:
+        if self._obj is None:
+            return None
+        leader = self._obj._getLeader()
+        return None if leader is None else str(leader.id)
+
+    @property
+    def term(self) -> int:
+        return 0 if self._obj is None else int(self._obj.raftCurrentTerm)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._obj is not None and bool(self._obj._isLeader())
+
+    def has_quorum(self) -> bool:
+        obj = self._obj
+        return obj is not None and obj._getLeader() is not None and bool(obj.hasQuorum)
+
+    @property
+    def leader_fallback_timeout(self) -> float:
+        return self.timings.leader_fallback_timeout
+
+    @property
+    def vip_acquire_delay(self) -> float:
+        return self.timings.leader_fallback_timeout + self.timings.vip_margin
+
+    def status(self, now: float) -> WatchdogStatus:
+        obj = self._obj
+        raw = _status_of(obj) if obj is not None else {}
+        leader = self.leader_id
+        own_role = _STATE_NAMES.get(int(raw.get("state", -1)), RaftRole.UNKNOWN)
+        commit_index = int(raw.get("commit_idx", 0))
+        members = []
+        for member in self.members:
+            if member == self.self_id:
+                members.append(
+                    MemberStatus(member, member, own_role, 0.0, self.term, commit_index, self.holds_vip, True)
+                )
+                continue
+            seen = self._contact.get(member)
+            connected = seen is not None and now - seen <= _POLL_PERIOD * 2
+            role = (
+                RaftRole.LEADER if member == leader else RaftRole.FOLLOWER if connected else RaftRole.UNKNOWN
+            )
+            match = raw.get(f"match_idx_server_{member}")
+            members.append(
+                MemberStatus(
+                    id=member,
+                    address=member,
+                    role=role,
+                    last_contact_s=None if seen is None else round(max(0.0, now - seen), 3),
+                    term=self.term if connected else None,
+                    commit_index=int(match) if match is not None and own_role is RaftRole.LEADER else None,
+                    holds_vip=self.state.vip_holder == member,
+                    self=False,
+                )
+            )
+        return WatchdogStatus(
+            self_id=self.self_id,
+            leader=leader,
+            term=self.term,
+            commit_index=commit_index,
+            quorum=self.has_quorum(),
+            lease_valid=self.lease_valid(now),
+            members=tuple(members),
+            epoch=self.state.epoch,
+            primary_id=self.state.primary_id,
+        )
+
+    # ---- lifetime
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._obj is not None:
+            raise ConsensusError(f"watchdog member {self.self_id} is already running")
+        self._token = trio.lowlevel.current_trio_token()
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        obj = await trio.to_thread.run_sync(self._start_syncobj)
+        self._obj = obj
+        obj.addOnTickCallback(self._on_tick)
+        log.info("watchdog member %s started (peers: %s)", self.self_id, ", ".join(self.peers) or "none")
+        try:
+            task_status.started()
+            while True:
+                self._poll(trio.current_time())
+                await trio.sleep(_POLL_PERIOD)
+        finally:
+            obj.removeOnTickCallback(self._on_tick)
+            self._token = None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(obj.destroy_synchronous)
+            self._obj = None
+            log.info("watchdog member %s stopped", self.self_id)
+
+    def _conf(self) -> SyncObjConf:
+        t = self.timings
+        return SyncObjConf(
+            password=self._secret,
+            bindAddress=self.self_id,
+            journalFile=str(self.journal_file),
+            fullDumpFile=str(self.dump_file),
+            dynamicMembershipChange=True,
+            raftMinTimeout=t.raft_min_timeout,
+            raftMaxTimeout=t.raft_max_timeout,
+            appendEntriesPeriod=t.append_entries_period,
+            autoTickPeriod=t.auto_tick_period,
+            leaderFallbackTimeout=t.leader_fallback_timeout,
+            connectionTimeout=t.connection_timeout,
+            connectionRetryTime=t.connection_retry,
+            commandsWaitLeader=True,
+            useFork=False,  # the state is tiny; forking a threaded trio process is not worth it
+            bindRetryTime=0.2,
+            maxBindRetries=10,
+        )
+
+    def _start_syncobj(self) -> SyncObj:
+        """In a worker thread: construct (binds the port) and fail clearly if the port is taken."""
+        obj = SyncObj(self.self_id, list(self.peers), self._conf(), consumers=[self._machine])
+        # pysyncobj stops ticking when the thread that built it ends; that is a trio worker thread
+        # here, which idles out, so tie the tick thread to the main thread instead.
+        obj._SyncObj__mainThread = threading.main_thread()
+        try:
+            obj.waitBinded()
+        except SyncObjException as exc:
+            obj.destroy_synchronous()
+            raise ConsensusError(
+                f"watchdog cannot listen on {self.self_id}: the address is not local or the port is taken; "
+                "check watchdog_listen_address/watchdog_port and that no other process uses the port"
+            ) from exc
+        return obj
+
+    # ---- the bridge
+
+    def _on_tick(self) -> None:
+        """Tick thread, every tick: hand new states and leaders to trio; nothing else."""
+        obj, token, machine = self._obj, self._token, self._machine
+        if obj is None or token is None:
+            return
+        state, applied = machine.state, machine.applied
+        handed = self._handed
+        if handed is None or handed[0] is not state or handed[1] != applied:
+            self._handed = (state, applied)
+            self._soon(token, self._adopt, state, applied)
+        leader = obj._getLeader()
+        current = (None if leader is None else str(leader.id), int(obj.raftCurrentTerm))
+        if current != self._handed_leader:
+            self._handed_leader = current
+            self._soon(token, self._adopt_leader, *current)
+
+    @staticmethod
+    def _soon(token: trio.lowlevel.TrioToken, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(fn, *args)
+
+    def _adopt(self, state: ClusterState, applied: int) -> None:
+        self._applied_here = max(self._applied_here, applied)
+        if state is not self._state:
+            self._set_state(state)
+        else:  # a command that changed nothing (a repeated vote): its writer still waits for it
+            self._applied.set()
+            self._applied = trio.Event()
+
+    def _adopt_leader(self, leader: str | None, term: int) -> None:
+        changed = leader != self._leader
+        self._leader, self._term = leader, term
+        if changed:
+            log.info("watchdog leader is now %s (term %d)", leader or "unknown (election)", term)
+            self._leader_changed(leader, term)
+
+    def _poll(self, now: float) -> None:
+        self.note_quorum(now)
+        obj = self._obj
+        if obj is None:
+            return
+        for node in obj.otherNodes:
+            if obj.isNodeConnected(node):
+                self._contact[str(node.id)] = now
+
+    # ---- writes
+
+    async def _write(self, command: Command) -> CommandResult:
+        raw = encode_command(command)
+        result = await self._call(lambda callback: self._machine.apply(raw, callback=callback), repr(command))
+        return result  # type: ignore[no-any-return]
+
+    async def _call(self, submit: Callable[[Callable[[Any, int], None]], None], what: str) -> Any:
+        """Submit a command with a callback; return its result once it is committed and applied here."""
+        token = self._token
+        if self._obj is None or token is None:
+            raise NoQuorumError(f"watchdog member {self.self_id} is not running")
+        done = trio.Event()
+        outcome: list[tuple[Any, int, int]] = []
+
+        def finish(result: Any, error: int, applied: int) -> None:
+            outcome.append((result, error, applied))
+            done.set()
+
+        def on_result(result: Any, error: int) -> None:  # tick thread
+            self._soon(token, finish, result, error, self._machine.applied)
+
+        submit(on_result)
+        with trio.move_on_after(self.timings.write_timeout):
+            await done.wait()
+        if not outcome:
+            raise NoQuorumError(
+                f"watchdog member {self.self_id} could not commit {what} within "
+                f"{self.timings.write_timeout:g}s: no leader with a majority is reachable; check the other "
+                "members (GET /api/v1/watchdog/info) and the network between them"
+            )
+        result, error, applied = outcome[0]
+        if error != FAIL_REASON.SUCCESS:
+            reason = _FAILURES.get(error, str(error))
+            raise NoQuorumError(f"watchdog member {self.self_id} could not commit {what}: {reason}; retry")
+        with trio.move_on_after(self.timings.write_timeout):
+            while self._applied_here < applied:
+                await self._applied.wait()
+        return result
+
+    async def add_member(self, address: str) -> None:
+        _check_address(address)
+        if address in self.members:
+            raise ConsensusError(f"{address} is already a watchdog member")
+        obj = self._require_obj()
+        await self._call(lambda cb: obj.addNodeToCluster(address, callback=cb), f"adding member {address}")
+        log.info("watchdog member %s added", address)
+
+    async def remove_member(self, address: str) -> None:
+        _check_address(address)
+        if address not in self.members:
+            raise ConsensusError(f"{address} is not a watchdog member (members: {', '.join(self.members)})")
+        if address == self.self_id:
+            raise ConsensusError(f"{address} is this node: remove it through another member")
+        obj = self._require_obj()
+        await self._call(
+            lambda cb: obj.removeNodeFromCluster(address, callback=cb), f"removing member {address}"
+        )
+        await self._write(ForgetMember(address))
+        self._contact.pop(address, None)
+        log.info("watchdog member %s removed", address)
+
+    def _require_obj(self) -> SyncObj:
+        if self._obj is None:
+            raise NoQuorumError(f"watchdog member {self.self_id} is not running")
+        return self._obj
+
+
+def _status_of(obj: SyncObj) -> dict[str, Any]:
+    # getStatus() walks dicts the tick thread may be changing (an election): retry on that race.
+    for _ in range(5):
+        try:
+            return dict(obj.getStatus())
+        except RuntimeError:
+            continue
+    return {}
+
+
+def _check_address(address: str) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConsensusError(f"{address!r} is not host:port, such as 10.0.0.4:9000")
+
+
+def _file_safe(member: str) -> str:
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in member)

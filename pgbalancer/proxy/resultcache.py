@@ -1,0 +1,487 @@
+"""The result cache's shell: one per node, shared by every client session of the proxy.
+
+It holds the pure store (``pgbalancer.cache``), what the catalog said about relations, and the
+way invalidations leave this node: applied here at once, published on MQTT
+(``pgbalancer/cache/invalidate``, informational), and — with a watchdog — committed through
+Raft and applied by every peer before the write's answer reaches its client (the barrier is
+described in docs/cache.md). Sessions call it from the relay (txrelay.py):
+
+* ``lookup(key)`` for a cacheable read; ``None`` also while this node is out of its lease;
+* ``relations_known`` / ``learn_relations`` before a fill or a write names unknown relations;
+* ``begin_fill`` / ``finish_fill`` around a miss it may store;
+* ``await invalidate(tables)`` when a write's transaction ends, before the client sees its
+  ReadyForQuery.
+
+It must never: serve an entry without a valid lease when a replicator is configured; store a
+result whose table was invalidated since the request started; let a failing catalog query
+or replication end a client session (failures make it cache less, never serve stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from pgbalancer.cache import ResultCache, clean_answer, extended_request, query_key, session_key
+from pgbalancer.cache.relations import (
+    MAX_NAMES_PER_QUERY,
+    UNKNOWN_RELATION,
+    RelationFacts,
+    parse_relation_rows,
+    relations_query,
+)
+from pgbalancer.config import Config
+from pgbalancer.pgwire.framing import Message
+from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerError
+from pgbalancer.proxy.netio import PeerClosed
+from pgbalancer.proxy.prepared import ClientStatements, PreparedStatement, server_name_for
+from pgbalancer.proxy.sessionstate import ClientSessionState
+from pgbalancer.routing.cacheability import CacheFacts, cache_facts
+from pgbalancer.routing.classify import FunctionPolicy
+
+log = logging.getLogger(__name__)
+
+Tables = frozenset[str] | None  # None: every table
+# Rides along in an invalidation's tables when DDL named them: every node then asks the catalog
+# about them again. No table has this name (identifiers cannot hold NUL).
+DDL_MARKER = "\x00ddl"
+
+
+_FACTS_MEMO_SIZE = 8192
+# A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
+# the lease here) and the scheduling delay between a barrier's start and its Raft append.
+_LEASE_MARGIN = 0.01
+
+
+class InvalidationReplicator(Protocol):
+    """What the cache needs of consensus.ClusterStore (the watchdog's contract)."""
+
+    async def replicate_invalidation(self, tables: frozenset[str] | None) -> int: ...
+
+    def lease_valid(self, now: float) -> bool: ...
+
+    def add_invalidation_listener(
+        self, callback: Callable[[int, frozenset[str] | None], None]
+    ) -> Callable[[], None]: ...
+
+
+class CacheService:
+    """The node's result cache and its invalidation paths."""
+
+    def __init__(self, config: Config) -> None:
+        self.store = ResultCache(
+            config.memqcache_total_size,
+            max_entry_bytes=config.memqcache_maxcache,
+            ttl=_ttl(config.memqcache_expire),
+        )
+        self._exclude = _patterns(config.memqcache_exclude_tables)
+        self._relations: dict[tuple[str, str], RelationFacts] = {}
+        self.replicator: InvalidationReplicator | None = None
+        self.invalidation_timeout = config.memqcache_invalidation_timeout
+        self.hit_lease = config.memqcache_hit_lease
+        self._barrier_at = -math.inf  # start (trio time) of the newest barrier committed and applied here
+        self.barriers = 0
+        self.barrier_failures = 0
+        self.on_invalidated: Callable[[Tables], None] | None = None  # MQTT: informational
+        self.replication_failures = 0
+        # (statement text as sent, quoting, function policy) -> its cache facts: a hit skips
+        # decoding and classifying. Cleared on reload.
+        self.facts_memo: dict[tuple[bytes, bool, int], CacheFacts] = {}
+        self.lease_misses = 0  # lookups refused because this node was out of its lease
+
+    def apply_config(self, config: Config) -> None:
+        self.store.resize(
+            config.memqcache_total_size,
+            max_entry_bytes=config.memqcache_maxcache,
+            ttl=_ttl(config.memqcache_expire),
+        )
+        self._exclude = _patterns(config.memqcache_exclude_tables)
+        self.invalidation_timeout = config.memqcache_invalidation_timeout
+        self.hit_lease = config.memqcache_hit_lease
+        self.facts_memo.clear()
+
+    # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
+
+    def attach_cluster(self, replicator: InvalidationReplicator) -> None:
+        """Invalidate through Raft from now on: apply every node's invalidations here, and serve
+        hits only under a fresh barrier (``run`` keeps one)."""
+        self.replicator = replicator
+        replicator.add_invalidation_listener(self._applied_in_cluster)
+
+    def _applied_in_cluster(self, generation: int, tables: frozenset[str] | None) -> None:
+        if tables is None or tables:  # an empty set is a barrier: nothing to drop
+            self.apply(tables)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit a barrier (an empty invalidation) through Raft every quarter of
+        memqcache_hit_lease. Once it is applied here, so is every invalidation committed before
+        it started; hits are served only while the newest such start is within the lease."""
+        task_status.started()
+        replicator = self.replicator
+        if replicator is None:
+            return
+        while True:
+            started = trio.current_time()
+            with trio.move_on_after(self.hit_lease):
+                try:
+                    await replicator.replicate_invalidation(frozenset())
+                except Exception as exc:  # no quorum or no leader: hits stop when the lease runs out
+                    self.barrier_failures += 1
+                    log.debug("result cache: barrier not committed: %s", exc)
+                else:
+                    self._barrier_at = max(self._barrier_at, started)
+                    self.barriers += 1
+            await trio.sleep(max(0.0, self.hit_lease / 4 - (trio.current_time() - started)))
+
+    # ---- serving
+
+    def lookup(self, key: bytes) -> bytes | None:
+        now = trio.current_time()
+        if not self._may_serve(now):
+            self.lease_misses += 1
+            return None
+        return self.store.lookup(key, now)
+
+    def _may_serve(self, now: float) -> bool:
+        replicator = self.replicator
+        if replicator is None:
+            return True
+        return now - self._barrier_at <= self.hit_lease and replicator.lease_valid(now)
+
+    # ---- filling
+
+    def relations_known(self, database: str, names: Iterable[str]) -> list[str]:
+        """The names whose facts this node has not asked the catalog about yet."""
+        return [name for name in names if (database, name) not in self._relations]
+
+    def reads_cacheable(self, database: str, names: Iterable[str]) -> bool:
+        for name in names:
+            if self._exclude is not None and self._exclude.fullmatch(name):
+                return False
+            if not self._relations.get((database, name), UNKNOWN_RELATION).cacheable:
+                return False
+        return True
+
+    async def learn_relations(self, server: ServerConnection, database: str, names: list[str]) -> None:
+        """Ask the catalog (one round trip on an idle server) about relations not known yet."""
+        names = names[:MAX_NAMES_PER_QUERY]
+        generation = self.store.generation
+        try:
+            rows = await server.fetch_rows(relations_query(names))
+        except (ServerError, BackendUnavailable, PeerClosed) as exc:  # cache less this time; a broken
+            log.debug("result cache: catalog lookup failed: %s", exc)  # server fails the next send
+            return
+        if self.store.generation != generation:
+            return  # DDL may have raced the lookup: ask again next time
+        for name, facts in parse_relation_rows(names, rows).items():
+            self._relations[(database, name)] = facts
+
+    def begin_fill(self) -> int:
+        return self.store.begin_fill()
+
+    def finish_fill(
+        self, key: bytes, payload: bytes, tables: frozenset[str], since: int, ttl: float | None
+    ) -> bool:
+        """Store a captured answer if it is a clean, complete one (no error, notice or status change)."""
+        if not clean_answer(payload):
+            self.store.rejected += 1
+            return False
+        return self.store.store(key, payload, tables, trio.current_time(), since=since, ttl=ttl)
+
+    # ---- invalidating
+
+    def write_effect(self, database: str, tables: Tables) -> Tables:
+        """What a write naming ``tables`` may change, with what the catalog said (triggers, rules,
+        views: everything; foreign keys with actions: the referencing tables too)."""
+        if tables is None:
+            return None
+        reached: set[str] = set()
+        for name in tables:
+            if name == DDL_MARKER:
+                reached.add(name)
+                continue
+            facts = self._relations.get((database, name))
+            if facts is None or facts.write_effect is None:
+                return None
+            reached |= facts.write_effect
+        return frozenset(reached)
+
+    async def invalidate(self, tables: Tables) -> int:
+        """A write's transaction ended (or the API asked): invalidate here, publish, and (with
+        Raft) wait until every node applied it, within memqcache_invalidation_timeout. Returns
+        how many entries this node dropped."""
+        removed = self.apply(tables)
+        if self.on_invalidated is not None:
+            self.on_invalidated(None if tables is None else tables - {DDL_MARKER})
+        replicator = self.replicator
+        if replicator is None:
+            return removed
+        with trio.move_on_after(self.invalidation_timeout) as scope:
+            try:
+                await replicator.replicate_invalidation(tables)
+            except Exception as exc:  # no quorum, leader lost: never end the session over it
+                log.warning("result cache: invalidation not replicated: %s", exc)
+                self._replication_failed()
+                return removed
+            # Committed and applied here. A node may serve a hit only under a barrier that
+            # started within the hit lease; after this wait, any such barrier started after
+            # the commit, so it sits after this invalidation in the log, so it was applied.
+            await trio.sleep(self.hit_lease + _LEASE_MARGIN)
+        if scope.cancelled_caught:
+            log.warning(
+                "result cache: invalidation not replicated within %ss (memqcache_invalidation_timeout)",
+                self.invalidation_timeout,
+            )
+            self._replication_failed()
+        return removed
+
+    def _replication_failed(self) -> None:
+        # Other nodes may not have the invalidation; they stop serving when their lease runs out.
+        # This node keeps nothing it cannot vouch for.
+        self.replication_failures += 1
+        self.apply(None)
+
+    def apply(self, tables: Tables) -> int:
+        """Apply an invalidation (this node's write, a peer's through Raft, or the API)."""
+        if tables is None:
+            self._relations.clear()
+        elif DDL_MARKER in tables:  # a DML write leaves what the catalog said as it was
+            for key in [key for key in self._relations if key[1] in tables]:
+                del self._relations[key]
+            tables = tables - {DDL_MARKER}
+        return self.store.invalidate(tables)
+
+    def stats(self) -> dict[str, object]:
+        stats = self.store.stats()
+        return {
+            "enabled": True,
+            "entries": stats.entries,
+            "bytes": stats.bytes,
+            "limit_bytes": stats.limit_bytes,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_ratio": round(stats.hit_ratio, 6),
+            "evictions": stats.evictions,
+            "invalidations": stats.invalidations,
+        }
+
+
+def _ttl(expire: int) -> float:
+    return float(expire) if expire > 0 else math.inf
+
+
+def _patterns(patterns: Iterable[str]) -> re.Pattern[str] | None:
+    parts = [f"(?:{p})" for p in patterns if p.strip()]
+    return re.compile("|".join(parts), re.IGNORECASE) if parts else None
+
+
+class _Definitions(Mapping[bytes, bytes]):
+    """A client's statement names -> definitions, read in place (no copy per batch)."""
+
+    def __init__(self, statements: ClientStatements) -> None:
+        self._by_name = statements.by_name
+
+    def __getitem__(self, name: bytes) -> bytes:
+        return self._by_name[name].definition
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+
+@dataclass(slots=True)
+class CachePlan:
+    """A cacheable read request: its key, what it reads, and the answer if it is cached."""
+
+    key: bytes
+    reads: frozenset[str]
+    ttl: float | None
+    hit: bytes | None
+    parses: tuple[tuple[bytes, bytes], ...] = ()
+
+
+@dataclass(slots=True)
+class _Fill:
+    plan: CachePlan
+    since: int
+    limit: int
+    captured: bytearray = field(default_factory=bytearray)
+
+
+class ClientCache:
+    """One client's use of the node's cache: keys its requests, captures the answers to store,
+    and collects the tables its writes reach until its transaction ends."""
+
+    def __init__(
+        self,
+        service: CacheService,
+        database: str,
+        user: str,
+        state: ClientSessionState,
+        statements: ClientStatements,
+        policy: FunctionPolicy,
+    ) -> None:
+        self.service = service
+        self.database = database
+        self.user = user
+        self.state = state
+        self.statements = statements
+        self.definitions = _Definitions(statements)
+        self.policy = policy
+        self.fill: _Fill | None = None
+        self.pending: set[str] | None = set()  # tables written in the open transaction; None = all
+        self.has_pending = False
+        self._session_key: tuple[tuple[int, int], bytes] | None = None
+        self._unnamed_sql = b""  # the text of the last unnamed Parse (a later Bind may run it)
+
+    # ---- reads
+
+    def plan(self, batch: Sequence[Message]) -> CachePlan | None:
+        """The cache plan of a batch that is one cacheable read, looked up; None otherwise."""
+        first = batch[0]
+        if len(batch) == 1 and first.type == b"Q":
+            facts = self._facts(first.body[:-1])
+            if not facts.cacheable:
+                return None
+            plan = CachePlan(query_key(self._session(), first.body), facts.reads, facts.ttl, None)
+        elif batch[-1].type == b"S" and first.type in (b"P", b"B"):
+            request = extended_request(self._session(), batch, self.definitions)
+            if request is None:
+                return None
+            facts = self._facts(request.sql)
+            if not facts.cacheable:
+                return None
+            plan = CachePlan(request.key, facts.reads, facts.ttl, None, request.parses)
+        else:
+            return None
+        plan.hit = self.service.lookup(plan.key)
+        return plan
+
+    def answer(self, plan: CachePlan) -> bytes:
+        """The cached bytes for a hit; the statements it parsed now exist for this client."""
+        for name, definition in plan.parses:
+            self.statements.by_name[name] = PreparedStatement(server_name_for(definition), definition)
+        assert plan.hit is not None
+        return plan.hit
+
+    def _session(self) -> bytes:
+        fingerprint = self.state.fingerprint
+        if self._session_key is None or self._session_key[0] != fingerprint:
+            settings = {**self.state.reported, **self.state.startup, **self.state.session}
+            self._session_key = (fingerprint, session_key(self.database, self.user, settings))
+        return self._session_key[1]
+
+    def _facts(self, sql: bytes) -> CacheFacts:
+        standard = self.state.reported.get("standard_conforming_strings", "on") == "on"
+        memo = self.service.facts_memo
+        memo_key = (sql, standard, id(self.policy))
+        known = memo.get(memo_key)
+        if known is None:
+            known = cache_facts(sql, policy=self.policy, standard_conforming_strings=standard)
+            if len(memo) >= _FACTS_MEMO_SIZE:
+                memo.clear()
+            memo[memo_key] = known
+        return known
+
+    # ---- before a batch goes to a server
+
+    async def prepare(
+        self,
+        plan: CachePlan | None,
+        batch: Sequence[Message],
+        server: ServerConnection,
+        *,
+        server_idle: bool,
+        from_primary: bool,
+    ) -> None:
+        """Learn unknown relations (one catalog query, if the server is idle), note the tables
+        this batch writes, and start capturing the answer of a read that may be stored."""
+        written = self._written(batch)
+        service = self.service
+        unknown = service.relations_known(self.database, (*(plan.reads if plan else ()), *(written or ())))
+        if unknown and server_idle:
+            await service.learn_relations(server, self.database, unknown)
+        if written is None or written:
+            self._add_pending(service.write_effect(self.database, written))
+        self.fill = None
+        if plan is not None and from_primary and service.reads_cacheable(self.database, plan.reads):
+            self.fill = _Fill(plan, service.begin_fill(), service.store.max_entry_bytes)
+
+    def _written(self, batch: Sequence[Message]) -> Tables:
+        """The tables the statements executed by this batch name as written (None: any table)."""
+        written: set[str] = set()
+        parsed: dict[bytes, bytes] = {}
+        for message in batch:
+            kind = message.type
+            if kind == b"Q":
+                sql = message.body[:-1]
+            elif kind == b"P":
+                name, _, rest = message.body.partition(b"\x00")
+                text = rest.partition(b"\x00")[0]
+                if name:
+                    parsed[name] = text
+                else:
+                    self._unnamed_sql = text
+                continue
+            elif kind == b"B":
+                name = message.body[message.body.find(b"\x00") + 1 :].partition(b"\x00")[0]
+                if not name:
+                    sql = self._unnamed_sql
+                elif name in parsed:
+                    sql = parsed[name]
+                elif name in self.statements.by_name:
+                    sql = self.statements.by_name[name].definition.partition(b"\x00")[0]
+                else:
+                    return None  # a statement pgbalancer never saw: it may write anything
+            elif kind == b"F":
+                return None  # a function call by OID
+            else:
+                continue
+            facts = self._facts(sql)
+            if facts.invalidates is None:
+                return None
+            written |= facts.invalidates
+            if facts.ddl:
+                written.add(DDL_MARKER)
+        return frozenset(written)
+
+    def _add_pending(self, tables: Tables) -> None:
+        self.has_pending = True
+        if tables is None or self.pending is None:
+            self.pending = None
+        else:
+            self.pending |= tables
+
+    # ---- answers coming back
+
+    def capture(self, data: bytes | memoryview) -> None:
+        fill = self.fill
+        assert fill is not None
+        if len(fill.captured) + len(data) > fill.limit:
+            self.fill = None  # too big to cache: stop collecting, the answer streams on
+            self.service.store.rejected += 1
+            return
+        fill.captured += data
+
+    def finish_fill(self) -> None:
+        fill, self.fill = self.fill, None
+        if fill is not None:
+            plan = fill.plan
+            self.service.finish_fill(plan.key, bytes(fill.captured), plan.reads, fill.since, plan.ttl)
+
+    async def flush_writes(self, *, keep: bool = False) -> None:
+        """A transaction that wrote ended (committed or not): invalidate before its client sees
+        the ReadyForQuery. ``keep``: later requests are still in flight, so what they write is
+        invalidated again when they end."""
+        tables = None if self.pending is None else frozenset(self.pending)
+        if not keep:
+            self.pending, self.has_pending = set(), False
+        await self.service.invalidate(tables)

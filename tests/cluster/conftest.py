@@ -1,0 +1,58 @@
+"""Fixtures of the cluster tests: three pgbalancer nodes, PostgreSQL and a client in network namespaces.
+
+``cluster`` (module scope) is a started :class:`~pgbalancer.devtools.netcluster.NetCluster` with a
+:class:`~pgbalancer.devtools.netns.HolderSampler` that looks at every node's addresses every 50 ms
+for the whole module; every scenario checks, and the module's last test too, that no sample showed
+two VIP holders. Everything is deleted afterwards, also on failure and at interpreter exit. Needs
+root, ip (iproute2) and arping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from pgbalancer.devtools import wait_for
+from pgbalancer.devtools.netcluster import VIP, NetCluster
+from pgbalancer.devtools.netns import HolderSampler
+
+NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+NEEDS_TOOLS = pytest.mark.skipif(
+    shutil.which("ip") is None or shutil.which("arping") is None,
+    reason="needs ip (iproute2) and arping (iputils-arping): make os-deps",
+)
+
+
+class SampledCluster(NetCluster):
+    sampler: HolderSampler
+
+
+def _skip_without_watchdog(cluster: NetCluster) -> None:
+    """Skip (naming the missing piece) on a build whose nodes have no watchdog at all yet."""
+    info = wait_for(lambda: _answer(cluster), timeout=30, message="node n1's REST API")
+    if info.get("error") == "not_available":
+        pytest.skip(
+            f"the watchdog is not wired into the node yet (GET /watchdog/info: {info.get('message')})"
+        )
+
+
+def _answer(cluster: NetCluster) -> dict[str, object]:
+    try:
+        return cluster.info("n1")
+    except OSError:
+        return {}  # not listening yet
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SampledCluster]:
+    cluster = SampledCluster(extra_conf={"watchdog_lease": "2"})
+    with cluster:
+        _skip_without_watchdog(cluster)
+        cluster.sampler = HolderSampler(cluster.lab, VIP, sorted(cluster.nodes)).start()  # type: ignore[arg-type]
+        try:
+            yield cluster
+        finally:
+            cluster.sampler.stop()

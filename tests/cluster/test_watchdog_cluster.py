@@ -1,0 +1,219 @@
+"""The watchdog cluster in network namespaces (issue 6 "Proof"): DESIGN §4's invariants under faults.
+
+Three pgbalancer nodes (n1-n3), PostgreSQL (primary + 2 standbys, one address each) and a client,
+each in its own namespace on one bridge (tests/cluster/conftest.py). State is read through each
+node's REST API and data through SQL, never from logs; a sampler checks every 50 ms over the whole
+module that no two namespaces hold the VIP at once. The scenarios run in file order on one cluster
+and each leaves it whole again (every node running and connected), except that failovers move the
+primary on: the last two scenarios fail over twice in all.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from pgbalancer.devtools import wait_for
+from pgbalancer.devtools.netcluster import VIP
+from tests.cluster.conftest import NEEDS_ROOT, NEEDS_TOOLS, SampledCluster
+
+pytestmark = [NEEDS_ROOT, NEEDS_TOOLS, pytest.mark.slow]
+
+HEALTH_ROUNDS = 3.5  # seconds of health checks (period 1 s, retries) that must not fail over
+
+
+def _no_two_holders(cluster: SampledCluster) -> None:
+    overlaps = cluster.sampler.overlaps
+    assert not overlaps, f"two VIP holders at once: {overlaps[:5]}"
+
+
+def _query_works(cluster: SampledCluster, sql: str = "SELECT 1") -> bool:
+    try:
+        cluster.query(sql, timeout=2)
+    except psycopg.Error:
+        return False
+    return True
+
+
+def _stays(predicate: Callable[[], bool], seconds: float, message: str) -> None:
+    """Check ``predicate`` again and again for ``seconds``: a negative (nothing happens) needs a window."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), message
+        time.sleep(0.2)
+
+
+def _write_through_vip(cluster: SampledCluster, note: str) -> int:
+    """Insert a row through the VIP; how many rows with ``note`` the committed primary then has."""
+    cluster.query("CREATE TABLE IF NOT EXISTS wd_probe (id serial PRIMARY KEY, note text)")
+    cluster.query(f"INSERT INTO wd_probe (note) VALUES ('{note}')")
+    (holder,) = cluster.vip_holders()
+    primary = cluster.info(holder)["primary_id"]
+    # straight on the primary: a read through pgbalancer may go to a standby that has not replayed it yet
+    return int(cluster.pg_sql(f"SELECT count(*) FROM wd_probe WHERE note = '{note}'", node_index=primary))
+
+
+def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
+    cluster: SampledCluster,
+) -> None:
+    leader = cluster.wait_stable(timeout=60)
+    info = cluster.info(leader)
+    holders = [node["id"] for node in info["nodes"] if node["holds_vip"]]
+    assert [cluster.name_of(holder) for holder in holders] == [leader]
+    for name in cluster.nodes:
+        assert cluster.name_of(cluster.info(name)["leader"]) == leader
+    assert _write_through_vip(cluster, "first leader") == 1
+    _no_two_holders(cluster)
+
+
+def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster: SampledCluster) -> None:
+    old = cluster.wait_stable()
+    others = [name for name in cluster.nodes if name != old]
+    killed = time.monotonic()
+    cluster.kill_node(old)
+    wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
+    recovered = time.monotonic() - killed
+    new = cluster.wait_stable(names=others)
+    assert new != old and cluster.vip_holders() == {new}
+    assert recovered < 10, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
+    assert _write_through_vip(cluster, "after sigkill") == 1
+
+    cluster.start_node(old)
+    # it rejoins; it may force one more election (pysyncobj has no pre-vote), never a second holder
+    cluster.wait_stable()
+    _no_two_holders(cluster)
+
+
+def test_a_partitioned_leader_drops_the_vip_and_the_majority_takes_it_over(cluster: SampledCluster) -> None:
+    old = cluster.wait_stable()
+    others = [name for name in cluster.nodes if name != old]
+    cluster.partition(old)
+    try:
+        wait_for(lambda: VIP not in cluster.lab.addresses(old), timeout=10, message=f"{old} dropped the VIP")  # type: ignore[union-attr]
+        new = cluster.wait_stable(names=others)
+        assert new != old
+        wait_for(lambda: _query_works(cluster), timeout=10, message="a query through the VIP")
+        assert _write_through_vip(cluster, "after leader partition") == 1
+        assert not cluster.info(old)["quorum"]
+    finally:
+        cluster.heal(old)
+    # pysyncobj has no pre-vote: the returning node's higher term may start one more election, which
+    # anyone may win; what matters is that the cluster settles with one holder (and never had two)
+    cluster.wait_stable()
+    _no_two_holders(cluster)
+
+
+def test_a_partitioned_follower_refuses_writes_the_rest_fail_over_and_it_catches_up(
+    cluster: SampledCluster,
+) -> None:
+    leader = cluster.wait_stable()
+    follower = next(name for name in cluster.nodes if name != leader)
+    before = cluster.info(leader)
+    old_primary = before["primary_id"]
+    cluster.partition(follower)
+    try:
+        wait_for(
+            lambda: not cluster.info(follower)["lease_valid"],
+            timeout=15,
+            message=f"{follower} lost its lease",
+        )
+        with pytest.raises(psycopg.Error, match="watchdog quorum"):
+            cluster.query("INSERT INTO wd_probe (note) VALUES ('cut off')", host="127.0.0.1", where=follower)
+        # the other two carry on: writes through the VIP, and a failover the follower cannot see
+        assert _write_through_vip(cluster, "follower cut off") == 1
+        assert cluster.pg is not None
+        cluster.pg.stop_node(cluster.pg.nodes[old_primary], mode="immediate")
+        wait_for(
+            lambda: cluster.info(leader)["epoch"] > before["epoch"],
+            timeout=30,
+            message="the majority failed over",
+        )
+        after = cluster.info(leader)
+        assert after["primary_id"] != old_primary
+        wait_for(
+            lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('new primary')"), timeout=20
+        )
+        assert cluster.info(follower)["epoch"] == before["epoch"]
+    finally:
+        cluster.heal(follower)
+    wait_for(
+        lambda: cluster.info(follower)["epoch"] == after["epoch"] and cluster.info(follower)["lease_valid"],
+        timeout=15,
+        message=f"{follower} caught up on epoch {after['epoch']}",
+    )
+    assert cluster.info(follower)["primary_id"] == after["primary_id"]
+    cluster.wait_stable()
+    _no_two_holders(cluster)
+
+
+def _sees_primary_down(cluster: SampledCluster, name: str, primary: int) -> bool:
+    """Node ``name``'s own probes fail on the primary (GET /nodes on that node).
+
+    A follower shows the committed status (still up: one node's probe does not take the primary
+    away), but its health score, which only its own probes feed, collapses.
+    """
+    nodes = cluster.api(name, "/nodes")["nodes"]
+    return any(
+        node["node_id"] == primary and (node["status"] != "up" or node["health_score"] < 0.5)
+        for node in nodes
+    )
+
+
+def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: SampledCluster) -> None:
+    leader = cluster.wait_stable()
+    before = cluster.info(leader)
+    primary, epoch = before["primary_id"], before["epoch"]
+    nodes = cluster.api(leader, "/nodes")["nodes"]
+    standby = next(n["node_id"] for n in nodes if n["role"] == "standby" and n["status"] == "up")
+    # The fault: the primary's network is lost to the standby (its WAL receiver stops) and, one by one,
+    # to the nodes (a blackhole route in the node's namespace). With the standby still streaming, the
+    # planner would rightly refuse (the primary is alive), and this would test nothing about votes.
+    cluster.pg_sql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()", standby, "postgres")
+    first, second = sorted(cluster.nodes)[:2]
+    try:
+        wait_for(
+            lambda: cluster.pg_sql("SELECT count(*) FROM pg_stat_wal_receiver", standby, "postgres") == "0",
+            timeout=15,
+            message=f"standby {standby} stopped streaming",
+        )
+        cluster.cut_backend(first, primary)
+        wait_for(
+            lambda: _sees_primary_down(cluster, first, primary), timeout=15, message=f"{first} sees it down"
+        )
+        _stays(
+            lambda: cluster.info(leader)["epoch"] == epoch and _query_works(cluster),
+            HEALTH_ROUNDS,
+            f"one node ({first}) seeing the primary down must not fail over",
+        )
+        cluster.cut_backend(second, primary)
+        wait_for(
+            lambda: cluster.info(leader)["epoch"] > epoch, timeout=30, message="a majority saw it: failover"
+        )
+        after = cluster.info(leader)
+        assert after["epoch"] == epoch + 1 and after["primary_id"] == standby
+        _stays(
+            lambda: cluster.info(leader)["epoch"] == epoch + 1,
+            HEALTH_ROUNDS,
+            "the failover happened exactly once",
+        )
+        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=20)
+        for name in cluster.nodes:
+            assert cluster.info(name)["primary_id"] == standby
+    finally:
+        for name in (first, second):
+            cluster.cut_backend(name, primary, cut=False)
+    _no_two_holders(cluster)
+
+
+def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> None:
+    samples = cluster.sampler.samples
+    assert len(samples) > 100, "the sampler did not run"
+    gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
+    assert max(gaps) < 1.0, f"the sampler stalled for {max(gaps):.2f}s"
+    holders = {holder for sample in samples for holder in sample.holders}
+    assert len(holders) >= 2, f"the VIP never moved: {holders}"
+    _no_two_holders(cluster)

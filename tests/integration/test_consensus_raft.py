@@ -1,0 +1,179 @@
+"""RaftClusterStore on real pysyncobj: three members on loopback in one trio run.
+
+Each member is a full pysyncobj node (own tick thread, own TCP port, encrypted with the secret);
+only the network is loopback. Stopping a member's ``run`` task destroys its SyncObj and joins its
+thread, which is also how every test tears down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+
+from consensus import LeaderChange, NoQuorumError
+from consensus.raft import RaftClusterStore
+from pgbalancer.devtools import AsyncPoll, free_tcp_ports
+
+pytestmark = pytest.mark.slow
+
+SECRET = "test-secret-not-for-production"
+
+
+class Members:
+    """Three members' addresses and data dirs; start/stop each one in its own cancel scope."""
+
+    def __init__(self, root: Path, nursery: trio.Nursery) -> None:
+        self.addresses = [f"127.0.0.1:{port}" for port in free_tcp_ports(3)]
+        self.root = root
+        self.nursery = nursery
+        self.stores: dict[str, RaftClusterStore] = {}
+        self.scopes: dict[str, trio.CancelScope] = {}
+
+    def make(self, address: str, lease: float = 1.0) -> RaftClusterStore:
+        return RaftClusterStore(
+            address,
+            self.addresses,
+            secret=SECRET,
+            data_dir=self.root / address.replace(":", "_"),
+            lease=lease,
+        )
+
+    async def start(self, address: str, lease: float = 1.0) -> RaftClusterStore:
+        store = self.make(address, lease)
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await store.run(task_status=task_status)
+
+        await self.nursery.start(run)
+        self.stores[address], self.scopes[address] = store, scope
+        return store
+
+    async def stop(self, address: str) -> None:
+        store = self.stores.pop(address)
+        self.scopes.pop(address).cancel()
+        while store._obj is not None:  # run's finally joins the tick thread
+            await trio.sleep(0.01)
+
+    def leaders(self) -> set[str]:
+        return {a for a, s in self.stores.items() if s.is_leader}
+
+
+@asynccontextmanager
+async def members(tmp_path: Path) -> AsyncIterator[Members]:
+    async with trio.open_nursery() as nursery:
+        group = Members(tmp_path, nursery)
+        try:
+            yield group
+        finally:
+            for address in list(group.stores):
+                await group.stop(address)
+
+
+async def _elected(group: Members, apoll: AsyncPoll) -> str:
+    def one_leader_seen_by_all() -> str | None:
+        leaders = group.leaders()
+        if len(leaders) != 1:
+            return None
+        (leader,) = leaders
+        return leader if all(s.leader_id == leader for s in group.stores.values()) else None
+
+    leader: str | None = await apoll(
+        one_leader_seen_by_all, timeout=15, message="no single leader known to every member"
+    )
+    assert leader is not None
+    return leader
+
+
+async def test_a_leader_is_elected_writes_replicate_and_a_new_leader_follows_a_stop(
+    tmp_path: Path, apoll: AsyncPoll
+) -> None:
+    async with members(tmp_path) as group:
+        changes: list[LeaderChange] = []
+        for address in group.addresses:
+            store = await group.start(address)
+            store.add_leader_listener(changes.append)
+        leader = await _elected(group, apoll)
+        assert any(change.leader == leader for change in changes)
+        follower = next(s for a, s in group.stores.items() if a != leader)
+        await follower.vote(0, True)
+        assert follower.state.voters(0) == {follower.self_id}
+        seen: list[tuple[int, frozenset[str] | None]] = []
+        group.stores[leader].add_invalidation_listener(lambda g, t: seen.append((g, t)))
+        generation = await follower.replicate_invalidation(frozenset({"public.t"}))
+        assert follower.applied_generation == generation
+        await apoll(lambda: seen == [(generation, frozenset({"public.t"}))], timeout=5)
+        assert await group.stores[leader].commit_view(0, 0, 0, ())
+        await apoll(lambda: all(s.state.initialized for s in group.stores.values()), timeout=5)
+
+        status = follower.status(trio.current_time())
+        assert status.leader == leader and status.quorum and status.lease_valid
+        assert {m.id for m in status.members} == set(group.addresses)
+        assert [m.role for m in status.members if m.id == leader] == ["leader"]
+
+        await group.stop(leader)
+        new_leader = await _elected(group, apoll)
+        assert new_leader != leader
+        info = group.stores[new_leader].status(trio.current_time())
+        assert info.leader == new_leader
+        assert [m.role for m in info.members if m.id == leader] == ["unknown"]
+        # Two of three are enough to commit.
+        assert await group.stores[new_leader].commit_view(0, 1, 1, ())
+
+
+async def test_a_member_alone_loses_quorum_and_its_lease(tmp_path: Path, apoll: AsyncPoll) -> None:
+    async with members(tmp_path) as group:
+        for address in group.addresses:
+            await group.start(address, lease=0.5)
+        await _elected(group, apoll)
+        survivor = group.addresses[0]
+        for address in group.addresses[1:]:
+            await group.stop(address)
+        store = group.stores[survivor]
+        await apoll(lambda: not store.has_quorum(), timeout=10, message="a lone member kept quorum")
+        await apoll(lambda: not store.lease_valid(trio.current_time()), timeout=5)
+        store.timings = type(store.timings)(write_timeout=0.5)
+        with pytest.raises(NoQuorumError, match="no leader with a majority"):
+            await store.vote(0, True)
+
+
+async def test_term_vote_and_log_survive_a_restart(tmp_path: Path, apoll: AsyncPoll) -> None:
+    async with members(tmp_path) as group:
+        for address in group.addresses:
+            await group.start(address)
+        leader = await _elected(group, apoll)
+        assert await group.stores[leader].commit_view(0, 0, 2, ())
+        await group.stores[leader].replicate_invalidation(None)
+        term_before = max(s.term for s in group.stores.values())
+        for address in group.addresses:
+            await group.stop(address)
+        for address in group.addresses:
+            await group.start(address)
+        await _elected(group, apoll)
+        await apoll(lambda: all(s.state.primary_id == 2 for s in group.stores.values()), timeout=10)
+        assert all(s.state.initialized and s.applied_generation == 1 for s in group.stores.values())
+        assert min(s.term for s in group.stores.values()) > term_before
+
+
+async def test_membership_grows_and_shrinks_at_runtime(tmp_path: Path, apoll: AsyncPoll) -> None:
+    async with members(tmp_path) as group:
+        first_two = group.addresses[:2]
+        group.addresses = first_two  # start as a two-member cluster
+        for address in first_two:
+            await group.start(address)
+        leader = await _elected(group, apoll)
+        third = f"127.0.0.1:{free_tcp_ports(1)[0]}"
+        await group.stores[leader].add_member(third)
+        group.addresses = [*first_two, third]  # the new member starts knowing everyone
+        await group.start(third)
+        await apoll(lambda: group.stores[third].leader_id == leader, timeout=15)
+        assert all(len(s.members) == 3 for s in group.stores.values())
+        await group.stores[third].vote(1, True)
+        await group.stores[leader].remove_member(third)
+        await apoll(lambda: group.stores[leader].members == tuple(sorted(first_two)), timeout=5)
+        assert group.stores[leader].down_votes(1) == 0

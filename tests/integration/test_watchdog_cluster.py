@@ -1,0 +1,293 @@
+"""Three real pgbalancer processes forming a watchdog cluster (real pysyncobj) on loopback.
+
+Every node is ``pgbalancer -f conf`` with its own Raft port, data dir and REST API, in front of real
+PostgreSQL. Tests act by killing processes and PostgreSQL servers, and observe through the REST API
+(GET /api/v1/watchdog/info, /readyz) and through SQL, never by reading logs. Network-namespace
+partitions are tests/cluster/'s job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from pgbalancer.devtools import free_tcp_port, free_tcp_ports, wait_for
+from pgbalancer.devtools.balancer import BalancerProcess, Setting
+from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
+from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
+
+pytestmark = pytest.mark.slow
+
+USER = "app_scram"
+PASSWORD = USERLIST[USER]
+ADMIN = ("api_admin", API_USERS["api_admin"][0])
+MakeCluster = Callable[..., LocalPgCluster]
+
+
+class Trio:
+    """Three watchdog nodes: settings per node, started and stopped by index, all stopped at the end."""
+
+    def __init__(self, cluster: PgClusterLike, root: Path, **overrides: Setting) -> None:
+        self.raft_ports = free_tcp_ports(3)
+        members = ",".join(f"127.0.0.1:{port}" for port in self.raft_ports)
+        self.settings: list[dict[str, Setting]] = []
+        for index, raft_port in enumerate(self.raft_ports):
+            workdir = root / f"node{index}"
+            workdir.mkdir(parents=True)
+            settings = base_settings(cluster, workdir)
+            settings.update(
+                pool_mode="transaction",
+                health_check_period=1,
+                health_check_max_retries=1,
+                health_check_retry_delay=0.2,
+                health_check_timeout=2,
+                watchdog_nodes=members,
+                watchdog_port=raft_port,
+                watchdog_secret="integration-test-secret",
+                watchdog_data_dir=str(workdir / "raft"),
+                watchdog_lease=1,
+            )
+            settings.update(overrides)
+            self.settings.append(settings)
+        self.root = root
+        self.nodes: list[BalancerProcess | None] = [None, None, None]
+
+    def start(self, index: int) -> BalancerProcess:
+        node = BalancerProcess.start(self.root / f"node{index}", self.settings[index])
+        self.nodes[index] = node
+        return node
+
+    def kill(self, index: int) -> None:
+        node = self.nodes[index]
+        assert node is not None
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait(10)
+        self.nodes[index] = None
+
+    def live(self) -> list[BalancerProcess]:
+        return [node for node in self.nodes if node is not None]
+
+    def stop_all(self) -> None:
+        for index, node in enumerate(self.nodes):
+            if node is not None:
+                node.stop()
+                self.nodes[index] = None
+
+
+@contextlib.contextmanager
+def watchdog_nodes(cluster: PgClusterLike, root: Path, **overrides: Setting) -> Iterator[Trio]:
+    group = Trio(cluster, root, **overrides)
+    try:
+        for index in range(3):
+            group.start(index)
+        yield group
+    finally:
+        group.stop_all()
+
+
+def info(node: BalancerProcess) -> dict[str, Any]:
+    response = httpx.get(f"{api_base_url(node)}/api/v1/watchdog/info", auth=ADMIN, timeout=5)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def agreed_leader(nodes: list[BalancerProcess]) -> str | None:
+    """The leader every node names, if they all name the same one and have quorum."""
+    seen = [info(node) for node in nodes]
+    leaders = {body["leader"] for body in seen}
+    if len(leaders) != 1 or None in leaders or not all(body["quorum"] for body in seen):
+        return None
+    return str(leaders.pop())
+
+
+def wait_leader(nodes: list[BalancerProcess], timeout: float = 20) -> str:
+    leader = wait_for(
+        lambda: agreed_leader(nodes),
+        timeout=timeout,
+        message="one leader known to all",
+        retry_on=(httpx.HTTPError,),
+    )
+    assert leader is not None
+    return leader
+
+
+def index_of(group: Trio, member: str) -> int:
+    return group.raft_ports.index(int(member.rsplit(":", 1)[1]))
+
+
+def connect(node: BalancerProcess) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(node.dsn(USER, APP_DB, PASSWORD, connect_timeout="10"), autocommit=True)
+
+
+def write_port(node: BalancerProcess) -> int:
+    """Run a write through ``node``; the port of the PostgreSQL server that took it."""
+    with connect(node) as conn:  # txid_current() needs a writable server: it fails on a standby
+        row = conn.execute("SELECT inet_server_port() FROM txid_current()").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def readyz(node: BalancerProcess) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{api_base_url(node)}/api/v1/readyz", timeout=10)
+    body: dict[str, Any] = response.json()
+    return response.status_code, body
+
+
+# --------------------------------------------------------------------------- election, lease, restart
+
+
+def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike, tmp_path: Path) -> None:
+    with watchdog_nodes(pg_cluster, tmp_path) as group:
+        nodes = group.live()
+        leader = wait_leader(nodes)
+        status = info(nodes[0])
+        assert status["enabled"] and len(status["nodes"]) == 3
+        assert [n["id"] for n in status["nodes"] if n["role"] == "leader"] == [leader]
+        assert sum(n["self"] for n in status["nodes"]) == 1
+        assert all(readyz(node)[0] == 200 for node in nodes)
+        # Every node routes writes to the committed primary.
+        wait_for(
+            lambda: {info(n)["primary_id"] for n in nodes} == {0}, timeout=10, retry_on=(httpx.HTTPError,)
+        )
+        assert {write_port(node) for node in nodes} == {pg_cluster.primary.port}
+
+        # Membership: add a fourth (never started) member, then remove it again.
+        spare = f"127.0.0.1:{free_tcp_port()}"
+        added = httpx.post(
+            f"{api_base_url(nodes[0])}/api/v1/watchdog/members",
+            json={"address": spare},
+            auth=ADMIN,
+            timeout=10,
+        )
+        assert added.status_code == 200, added.text
+        assert spare in added.json()["members"]
+        wait_for(
+            lambda: all(len(info(n)["nodes"]) == 4 for n in nodes), timeout=10, retry_on=(httpx.HTTPError,)
+        )
+        removed = httpx.delete(
+            f"{api_base_url(nodes[1])}/api/v1/watchdog/members/{spare}", auth=ADMIN, timeout=10
+        )
+        assert removed.status_code == 200, removed.text
+        wait_for(
+            lambda: all(len(info(n)["nodes"]) == 3 for n in nodes), timeout=10, retry_on=(httpx.HTTPError,)
+        )
+        assert (
+            httpx.delete(
+                f"{api_base_url(nodes[1])}/api/v1/watchdog/members/{spare}", auth=ADMIN, timeout=10
+            ).status_code
+            == 404
+        )
+
+        # SIGKILL the leader: the other two elect a new one, and the status shows it.
+        term_before = info(nodes[0])["term"]
+        killed_at = time.monotonic()
+        group.kill(index_of(group, leader))
+        survivors = group.live()
+        new_leader = wait_leader(survivors, timeout=15)
+        elected_after = time.monotonic() - killed_at
+        assert new_leader != leader
+        seen = info(survivors[0])
+        assert seen["term"] > term_before
+        assert [n["role"] for n in seen["nodes"] if n["id"] == leader] == ["unknown"]
+        assert all(write_port(node) == pg_cluster.primary.port for node in survivors)
+        print(f"new leader {new_leader} agreed by both survivors {elected_after:.2f} s after SIGKILL")
+
+        # Kill one more: the last node loses quorum, then (after the 1 s lease) refuses writes: on a
+        # connection it already had, and to new clients.
+        last = next(n for n in survivors if info(n)["self_id"] != new_leader)
+        held = connect(last)
+        group.kill(index_of(group, new_leader))
+        wait_for(lambda: not info(last)["quorum"], timeout=10, retry_on=(httpx.HTTPError,))
+
+        def held_write_refused() -> psycopg.Error | None:
+            try:
+                held.execute("SELECT txid_current()")
+            except psycopg.Error as exc:
+                return exc
+            return None
+
+        refusal = wait_for(held_write_refused, timeout=10, message="the lone node refuses writes")
+        assert refusal is not None
+        assert refusal.sqlstate == "25006", refusal
+        assert "lost contact with its watchdog quorum" in str(refusal)
+        held.close()
+        with pytest.raises(psycopg.OperationalError, match="lost contact with its watchdog quorum"):
+            write_port(last)
+        code, ready = readyz(last)
+        assert code == 503 and ready["quorum"] is False
+        committed = info(last)
+
+        # Restart the two killed nodes from their journals: the cluster forms again, terms only rise,
+        # and the committed log (epoch, primary) is still there.
+        for index, node in enumerate(group.nodes):
+            if node is None:
+                group.start(index)
+        nodes = group.live()
+        wait_leader(nodes, timeout=20)
+        after = [info(node) for node in nodes]
+        assert all(body["term"] >= committed["term"] for body in after)
+        assert all(body["commit_index"] >= committed["commit_index"] for body in after)
+        assert {(body["epoch"], body["primary_id"]) for body in after} == {(committed["epoch"], 0)}
+        wait_for(lambda: write_port(last) == pg_cluster.primary.port, timeout=10, retry_on=(psycopg.Error,))
+
+
+# --------------------------------------------------------------------------- quorum failover
+
+
+def test_one_node_voting_the_primary_down_is_not_enough_a_majority_fails_over_once(
+    pg_cluster_factory: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=2)
+    with contextlib.ExitStack() as stack:
+        group = Trio(cluster, tmp_path)
+        stack.callback(group.stop_all)
+        # Node 0 reaches backend 0 at a port where nothing listens: it alone sees the primary down.
+        group.settings[0]["backend_port0"] = free_tcp_port()
+        for index in range(3):
+            group.start(index)
+        nodes = group.live()
+        wait_leader(nodes)
+        wait_for(
+            lambda: {info(n)["primary_id"] for n in nodes} == {0}, timeout=10, retry_on=(httpx.HTTPError,)
+        )
+        epoch = info(nodes[1])["epoch"]
+
+        # Several health periods with one down vote: nothing moves, writes keep landing on the primary.
+        watch_until = time.monotonic() + 4
+        while time.monotonic() < watch_until:
+            assert {(info(n)["epoch"], info(n)["primary_id"]) for n in nodes} == {(epoch, 0)}
+            assert write_port(nodes[1]) == cluster.primary.port
+            time.sleep(0.25)
+        assert all(cluster.psql(s, "SELECT pg_is_in_recovery()") == "t" for s in cluster.standbys)
+
+        # The primary really dies: the other two vote it down too, and exactly one failover follows.
+        pid = cluster.postmaster_pid(cluster.primary)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+
+        def moved() -> tuple[int, int] | None:
+            seen = {(info(n)["epoch"], info(n)["primary_id"]) for n in nodes}
+            return seen.pop() if len(seen) == 1 and 0 not in {p for _, p in seen} else None
+
+        outcome = wait_for(
+            moved, timeout=30, message="all nodes on a new primary", retry_on=(httpx.HTTPError,)
+        )
+        assert outcome is not None
+        new_epoch, new_primary = outcome
+        assert new_epoch == epoch + 1
+        promoted = [s for s in cluster.standbys if cluster.psql(s, "SELECT pg_is_in_recovery()") == "f"]
+        assert len(promoted) == 1 and promoted[0] is cluster.nodes[new_primary]
+        new_port = promoted[0].port
+        for node in nodes:
+            wait_for(lambda: write_port(node) == new_port, timeout=15, retry_on=(psycopg.Error,))  # noqa: B023
+        assert {(info(n)["epoch"], info(n)["primary_id"]) for n in nodes} == {(new_epoch, new_primary)}

@@ -1,0 +1,141 @@
+"""WatchdogService over the in-memory store: settle/commit, adoption, leases, status and membership."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from consensus import MemoryCluster
+from pgbalancer.config import Config, parse_config_text
+from pgbalancer.ha.planner import HaOperationError, Probe, ProbeOutcome, ServerFacts
+from pgbalancer.health.controller import HaController
+from pgbalancer.proxy.server import ProxyServer
+from pgbalancer.watchdog import WatchdogService
+
+MEMBERS = ("127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003")
+
+
+def config(port: int, extra: str = "") -> Config:
+    return parse_config_text(
+        "backend_hostname0 = db0\nbackend_hostname1 = db1\nbackend_hostname2 = db2\nauth_type = trust\n"
+        f"watchdog_nodes = '{','.join(MEMBERS)}'\nwatchdog_port = {port}\nwatchdog_secret = s\n"
+        "watchdog_lease = 1\n" + extra
+    )
+
+
+def service(cluster: MemoryCluster, member: str, extra: str = "") -> WatchdogService:
+    cfg = config(int(member.rsplit(":", 1)[1]), extra)
+    proxy = ProxyServer(cfg, {}, None)
+    ha = HaController(cfg, proxy)
+    return WatchdogService(cfg, proxy, cluster.store(member), ha)
+
+
+async def test_only_the_leader_commits_and_every_node_adopts_the_committed_epoch() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a, b, _c = (service(cluster, m) for m in MEMBERS)
+    cluster.elect(MEMBERS[0])
+    for node in (a, b):
+        node.store.add_state_listener(node._on_state)
+    assert a.may_execute() and not b.may_execute() and a.ha.acts and not b.ha.acts
+    # A follower's own idea of a new primary is not adopted: it keeps the committed one.
+    moved = b.proxy.cluster_view.with_primary(2)
+    assert (await b.settle(moved)).primary_id == 2  # nothing committed yet: local view stands
+    first = await a.settle(a.proxy.cluster_view)
+    assert cluster.state.initialized and first.primary_id == 0
+    assert (await b.settle(moved)).primary_id == 0
+    # The leader's failover is committed once and adopted by the follower between rounds.
+    failover = a.proxy.cluster_view.with_primary(1)
+    assert (await a.settle(failover)).epoch == 1
+    assert (b.proxy.cluster_view.primary_id, b.proxy.cluster_view.epoch) == (1, 1)
+    # A second decision planned from the old epoch is refused: still epoch 1, primary 1.
+    stale = a.proxy.cluster_view.with_primary(2, new_epoch=False)
+    assert (await a.settle(stale)).primary_id == 1 and cluster.state.epoch == 1
+
+
+async def test_votes_follow_probes_and_count_for_the_planner() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a, b, _c = (service(cluster, m) for m in MEMBERS)
+    cluster.elect(MEMBERS[0])
+    down = {0: Probe(0, 1.0, ProbeOutcome.DOWN, error="refused")}
+    await a.cast_votes(down)
+    await b.cast_votes(down)
+    assert a.vote_counts() == ({0: 2, 1: 0, 2: 0}, 2)
+    await b.cast_votes({0: Probe(0, 2.0, ProbeOutcome.ALIVE)})
+    assert a.vote_counts()[0] == {0: 1, 1: 0, 2: 0}
+    # Without consensus, the leader's own probe decides (Pgpool-II's failover_require_consensus = off).
+    loose = service(MemoryCluster(MEMBERS), MEMBERS[0], "failover_require_consensus = off\n")
+    assert loose.vote_counts() == (None, 1)
+
+
+async def test_a_leader_that_never_saw_the_primary_learns_its_system_identifier() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a, b, _c = (service(cluster, m) for m in MEMBERS)
+    cluster.elect(MEMBERS[0])
+    assert 0 not in a.ha._observations({}, None).last_facts
+    facts = ServerFacts(in_recovery=False, wal_lsn=1, timeline=1, system_identifier=42)
+    await b.cast_votes({0: Probe(0, 1.0, ProbeOutcome.OK, facts)})
+    assert a.ha._observations({}, None).last_facts[0].system_identifier == 42
+
+
+async def test_a_cut_off_node_refuses_writes_after_its_lease(autojump_clock: trio.testing.MockClock) -> None:
+    cluster = MemoryCluster(MEMBERS, lease=1.0)
+    b = service(cluster, MEMBERS[1])
+    strict = service(cluster, MEMBERS[2], "partition_read_policy = refuse\n")
+    cluster.elect(MEMBERS[0])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.store.run)
+        await nursery.start(strict.store.run)
+        await trio.sleep(0.5)
+        cluster.isolate(MEMBERS[1])
+        cluster.isolate(MEMBERS[2])
+        assert b.proxy.partition_gate is not None and b.proxy.partition_gate(True) is None  # within lease
+        await trio.sleep(1.2)
+        refusal = b.proxy.partition_gate(True)
+        assert refusal is not None and "lost contact with its watchdog quorum" in refusal
+        assert b.proxy.partition_gate(False) is None  # partition_read_policy = stale
+        assert strict.partition_gate(False) is not None
+        cluster.heal(MEMBERS[1])
+        await trio.sleep(0.1)
+        assert b.proxy.partition_gate(True) is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_operations_on_a_follower_name_the_leader() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    b = service(cluster, MEMBERS[1])
+    cluster.elect(MEMBERS[0])
+    with pytest.raises(HaOperationError, match=r"send it to the leader's node \(127.0.0.1:9001\)") as caught:
+        await b.ha.detach(1)
+    assert caught.value.kind == "unavailable"
+
+
+async def test_info_has_the_contract_shape_and_membership_errors_map_to_kinds() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a = service(cluster, MEMBERS[0])
+    cluster.elect(MEMBERS[0])
+    info = a.info()
+    assert {"enabled", "self_id", "leader", "term", "commit_index", "quorum", "nodes", "vip"} <= set(info)
+    assert info["leader"] == MEMBERS[0] and info["vip"] == {
+        "address": None,
+        "interface": None,
+        "holder": None,
+    }
+    nodes = info["nodes"]
+    assert isinstance(nodes, list) and len(nodes) == 3
+    assert set(nodes[0]) == {
+        "id",
+        "address",
+        "role",
+        "last_contact_s",
+        "term",
+        "commit_index",
+        "holds_vip",
+        "self",
+    }
+    assert (await a.add_member("127.0.0.1:9004"))["members"] == [*MEMBERS, "127.0.0.1:9004"]
+    with pytest.raises(HaOperationError) as caught:
+        await a.add_member("127.0.0.1:9004")
+    assert caught.value.kind == "conflict"
+    with pytest.raises(HaOperationError) as caught:
+        await a.remove_member("127.0.0.1:9999")
+    assert caught.value.kind == "not_found"
