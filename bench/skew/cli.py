@@ -65,6 +65,7 @@ ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptiv
 SCENARIOS = ("delay", "cpu", "uniform")
 SAMPLE_INTERVAL_S = 0.5
 SHARE_WINDOW_S = 2.0
+HOLD_WINDOWS = 3  # a crossing counts once a window wholly after the change crossed, and the next two did
 
 
 class BenchError(RuntimeError):
@@ -414,8 +415,12 @@ def run_recovery(
         scenario=skew.scenario,
         skew_removed_at_s=round(removed_at, 1),
         skew_back_at_s=round(back_at, 1),
-        recovered_after_s=_round(seconds_until(points, removed_at, at_least=fair)),
-        shed_after_s=_round(seconds_until(points, back_at, at_most=fair / 2)),
+        recovered_after_s=_round(
+            seconds_until(points, removed_at, at_least=fair, window_s=SHARE_WINDOW_S, hold=HOLD_WINDOWS)
+        ),
+        shed_after_s=_round(
+            seconds_until(points, back_at, at_most=fair / 2, window_s=SHARE_WINDOW_S, hold=HOLD_WINDOWS)
+        ),
         share_skewed=_mean_share(points, removed_at - 10, removed_at),
         share_fixed=_mean_share(points, back_at - 10, back_at),
         share_skewed_again=_mean_share(points, samples[-1].at_s - 10, samples[-1].at_s),
