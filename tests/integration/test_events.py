@@ -444,6 +444,18 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
         nodes = group.live()
         leader = index_of(group, wait_leader(nodes))
         follower = next(i for i in range(3) if i != leader)
+        for index, node in enumerate(nodes):  # /metrics shows the same Raft state
+            raft = {
+                s.name: s
+                for family in text_string_to_metric_families(httpx.get(f"{api_base_url(node)}/metrics").text)
+                for s in family.samples
+                if s.name.startswith("pgbalancer_raft_")
+            }
+            assert raft["pgbalancer_raft_is_leader"].value == (index == leader)
+            assert raft["pgbalancer_raft_quorum"].value == 1 and raft["pgbalancer_raft_term"].value >= 1
+            assert (
+                raft["pgbalancer_raft_leader_info"].labels["leader"].endswith(f":{group.raft_ports[leader]}")
+            )
         mqtt_port = int(group.settings[follower]["mqtt_port"])
         leader_port = int(group.settings[leader]["mqtt_port"])
         with (
