@@ -104,7 +104,7 @@ pidfile = {work}/pgbouncer.pid
     return ini
 
 
-def write_pgpool(work: Path) -> Path:
+def write_pgpool(work: Path, load_balance: bool) -> Path:
     (work / "oiddir").mkdir(exist_ok=True)
     backends = "".join(
         f"backend_hostname{i} = '127.0.0.1'\nbackend_port{i} = {port}\nbackend_weight{i} = 1\n"
@@ -124,7 +124,7 @@ pcp_socket_dir = '{work}'
 pool_passwd = ''
 num_init_children = 32
 max_pool = 4
-load_balance_mode = on
+load_balance_mode = {"on" if load_balance else "off"}
 sr_check_period = 10
 sr_check_user = 'postgres'
 health_check_period = 5
@@ -175,7 +175,7 @@ log_level = warning
 
 
 @contextlib.contextmanager
-def targets(work: Path, only: list[str]) -> Iterator[None]:
+def targets(work: Path, only: list[str], pgpool_load_balance: bool) -> Iterator[None]:
     """Start every target that is not running; stop what was started, whatever happens."""
     started: list[tuple[str, subprocess.Popen[bytes] | None, Path | None]] = []
     for name, port in PORTS.items():
@@ -191,7 +191,7 @@ def targets(work: Path, only: list[str]) -> Iterator[None]:
                 as_postgres(["pgbouncer", "-d", "-q", str(ini)]).wait()
                 started.append((name, None, work / "pgbouncer.pid"))
             elif name == "pgpool":
-                conf = write_pgpool(work)
+                conf = write_pgpool(work, pgpool_load_balance)
                 run(["chown", "-R", "postgres:", str(work)])
                 pgpool = ["pgpool", "-n", "-D", "-f", str(conf), "-F", str(work / "pcp.conf")]
                 started.append((name, as_postgres(pgpool, work / "pgpool.log"), None))
@@ -306,29 +306,8 @@ def cache_counters(name: str) -> tuple[float, float]:
 
 
 def pgbench(port: int, clients: int, seconds: int, script: Path) -> dict[str, float]:
-    output = run(
-        [
-            f"{PGBIN}/pgbench",
-            "-n",
-            "-M",
-            "simple",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-U",
-            "bench",
-            "-c",
-            str(clients),
-            "-j",
-            "2",
-            "-T",
-            str(seconds),
-            "-f",
-            str(script),
-            "bench",
-        ]
-    )
+    options = f"-n -M simple -h 127.0.0.1 -p {port} -U bench -c {clients} -j 2 -T {seconds}"
+    output = run([f"{PGBIN}/pgbench", *options.split(), "-f", str(script), "bench"])
     tps = float(re.search(r"tps = ([\d.]+) \(without initial", output).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", output).group(1))  # type: ignore[union-attr]
     return {"tps": tps, "latency_ms": latency}
@@ -378,6 +357,9 @@ def main() -> None:
     parser.add_argument(
         "--only", action="append", default=[], help="run only this target (repeatable), e.g. pgbouncer"
     )
+    parser.add_argument(
+        "--pgpool-load-balance", choices=("on", "off"), default="on", help="Pgpool-II's load_balance_mode"
+    )
     parser.add_argument("--shared", type=Path, help="directory of the shared bench scripts (pgcluster.sh)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the PostgreSQL cluster up")
     args = parser.parse_args()
@@ -409,7 +391,7 @@ def main() -> None:
     try:
         run([str(shared / "pgcluster.sh"), "up", BASE], env=env)
         prepare_data()
-        with targets(work, [n for n in names if n != "direct"]):
+        with targets(work, [n for n in names if n != "direct"], args.pgpool_load_balance == "on"):
             for rep in range(args.reps):
                 for name in names:
                     print(f"[cache bench] rep {rep + 1}/{args.reps}: {name}", flush=True)

@@ -948,6 +948,35 @@ class Config:
         """Tables whose reads are never cached: names or regular expressions matched against the
         bare table name, case-insensitively, such as 'audit_log,tmp_.*'.""",
     )
+    memqcache_prefetch: bool = _setting(
+        False,
+        _BOOL,
+        Category.CACHE,
+        _L,
+        """Warm the cache after an invalidation: re-run, on the primary, the most hit of the
+        cached queries it dropped (self-contained ones: a simple Query, or an extended batch with
+        an unnamed statement), with the session settings they were cached under.""",
+    )
+    memqcache_prefetch_count: int = _setting(
+        10,
+        _POSITIVE_COUNT,
+        Category.CACHE,
+        _L,
+        "How many of the most hit dropped queries memqcache_prefetch re-runs per invalidation (top N).",
+    )
+    memqcache_prefetch_rate: float = _setting(
+        20.0,
+        _number(
+            0.0,
+            "a number of queries per second greater than 0, such as 20",
+            exclusive=True,
+            type_name="number (per second)",
+        ),
+        Category.CACHE,
+        _L,
+        """Most queries per second memqcache_prefetch sends to the primary; queries beyond what
+        that allows are dropped, not queued.""",
+    )
     memqcache_hit_lease: float = _setting(
         0.25,
         _POSITIVE_SECONDS,

@@ -121,6 +121,8 @@ class Node:
                 if self.vip is not None:  # after the watchdog: it follows the Raft leadership
                     await nursery.start(self.vip.run)
                 await nursery.start(self.ha.run)
+                if self.proxy.cache is not None:  # memqcache_prefetch: idle unless switched on
+                    await nursery.start(self.proxy.cache.run_prefetch, self.proxy)
                 await nursery.start(self.proxy.serve)
                 self._announce_ready()
                 log.info("pgbalancer %s ready (pid %d)", __version__, os.getpid())
@@ -314,10 +316,11 @@ def _run_node(
         return 2
     try:
         trio.run(node.run)
-    except ConsensusError as exc:
-        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
-        return 1
-    except (OSError, ExceptionGroup) as exc:
+    except (OSError, ConsensusError, ExceptionGroup) as exc:
+        watchdog_errors = _consensus_errors(exc)
+        if watchdog_errors:  # the Raft endpoint could not start (its address is not local, port taken)
+            sys.stderr.write(f"pgbalancer: cannot start the watchdog: {watchdog_errors[0]}\n")
+            return 1
         startup_errors = _only_os_errors(exc)
         if not startup_errors:
             raise
@@ -326,6 +329,22 @@ def _run_node(
         sys.stderr.write(f"pgbalancer: cannot start (port {config.port}): {reasons}\n")
         return 1
     return 0
+
+
+def _consensus_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, ConsensusError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    matched, _ = exc.split(ConsensusError)
+    return [] if matched is None else _flatten(matched)
+
+
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for inner in group.exceptions:
+        leaves.extend(_flatten(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return leaves
 
 
 def _only_os_errors(exc: BaseException) -> list[OSError]:

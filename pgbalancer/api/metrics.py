@@ -289,6 +289,8 @@ class ProxyCollector(Collector):
             ("invalidation_events", stats.invalidation_events, "Invalidations applied"),
             ("rejected", stats.rejected, "Answers not stored (too big, an error, a raced write)"),
             ("replication_failures", cache.replication_failures, "Invalidations not replicated in time"),
+            ("prefetched", cache.prefetched, "Dropped hot results re-run and stored (memqcache_prefetch)"),
+            ("prefetch_dropped", cache.prefetch_dropped, "Prefetches skipped by memqcache_prefetch_rate"),
         ):
             yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
 

@@ -37,6 +37,8 @@ class _Entry:
     tables: frozenset[str]
     expires_at: float
     size: int
+    hits: int = 0
+    recipe: object = None  # how to run the request again (prefetch); opaque here
 
 
 _ENTRY_SIZE = sys.getsizeof(_Entry(b"", frozenset(), 0.0, 0))
@@ -78,6 +80,7 @@ class ResultCache:
         self._all_generation = 0
         self.hits = self.misses = self.evictions = self.invalidations = 0
         self.invalidation_events = self.stores = self.rejected = 0
+        self.hottest_dropped: list[object] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -105,6 +108,7 @@ class ResultCache:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
+        entry.hits += 1
         return entry.payload
 
     def begin_fill(self) -> int:
@@ -120,11 +124,13 @@ class ResultCache:
         *,
         since: int,
         ttl: float | None = None,
+        recipe: object = None,
+        recipe_size: int = 0,
     ) -> bool:
         """Keep ``payload`` for ``key`` unless it is too big or an invalidation since ``since``
         touched its tables; evicts least recently used entries to stay within the limit."""
         tables = frozenset(tables)
-        size = sys.getsizeof(key) + sys.getsizeof(payload) + _ENTRY_SIZE + _EXPIRY_SIZE
+        size = sys.getsizeof(key) + sys.getsizeof(payload) + _ENTRY_SIZE + _EXPIRY_SIZE + recipe_size
         if len(payload) > self.max_entry_bytes or size > self.limit_bytes or self._stale(tables, since):
             self.rejected += 1
             return False
@@ -140,7 +146,7 @@ class ResultCache:
             self.rejected += 1
             return False
         tables = self._intern(tables)
-        self._entries[key] = _Entry(payload, tables, now + lifetime, size)
+        self._entries[key] = _Entry(payload, tables, now + lifetime, size, recipe=recipe)
         for table in tables:
             keys = self._by_table.get(table)
             if keys is None:
@@ -178,10 +184,15 @@ class ResultCache:
             del self._table_sets[tables]
             self._index_bytes -= sys.getsizeof(tables) + sys.getsizeof(held)
 
-    def invalidate(self, tables: Iterable[str] | None) -> int:
-        """Drop the entries that read any of ``tables`` (None: every entry); how many went."""
+    def invalidate(self, tables: Iterable[str] | None, *, hottest: int = 0) -> int:
+        """Drop the entries that read any of ``tables`` (None: every entry); how many went.
+        ``hottest``: keep the recipes of that many of the most hit entries dropped, in
+        ``hottest_dropped`` (for prefetch)."""
         self.generation += 1
         self.invalidation_events += 1
+        self.hottest_dropped = []
+        if hottest:
+            self.hottest_dropped = self._hottest(tables, hottest)
         if tables is None:
             removed = len(self._entries)
             self._entries.clear()
@@ -205,6 +216,15 @@ class ResultCache:
                     removed += 1
         self.invalidations += removed
         return removed
+
+    def _hottest(self, tables: Iterable[str] | None, count: int) -> list[object]:
+        if tables is None:
+            candidates = list(self._entries.values())
+        else:
+            keys = {key for table in tables for key in self._by_table.get(table, ())}
+            candidates = [self._entries[key] for key in keys if key in self._entries]
+        ranked = sorted((e for e in candidates if e.hits and e.recipe is not None), key=lambda e: -e.hits)
+        return [entry.recipe for entry in ranked[:count]]
 
     def resize(self, limit_bytes: int, *, max_entry_bytes: int, ttl: float) -> None:
         """New limits (a reload): evicts down to the new bound at once."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
+import secrets
 import sys
 from typing import Any
 
@@ -70,7 +72,10 @@ def stream_events(args: argparse.Namespace, client: ApiClient, json_output: bool
     env = client.env
     user = args.mqtt_user or env.get("PGBALANCER_MQTT_USER")
     inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
-    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2)
+    # A fresh client id and a clean session every time: amqtt keeps a session (and its subscriptions)
+    # per client id, so a reused id would bring back an earlier run's topic filter.
+    client_id = f"bctl-{os.getpid()}-{secrets.token_hex(4)}"
+    subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     if user:
         subscriber.username_pw_set(user, env.get("PGBALANCER_MQTT_PASSWORD"))
 

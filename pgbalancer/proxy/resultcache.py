@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -38,8 +39,9 @@ from pgbalancer.cache.relations import (
 )
 from pgbalancer.config import Config
 from pgbalancer.pgwire.framing import Message
-from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerError
+from pgbalancer.proxy.backend import BackendUnavailable, ServerConnection, ServerCredentials, ServerError
 from pgbalancer.proxy.netio import PeerClosed
+from pgbalancer.proxy.pool import ServerPool
 from pgbalancer.proxy.prepared import ClientStatements, PreparedStatement, server_name_for
 from pgbalancer.proxy.sessionstate import ClientSessionState
 from pgbalancer.routing.cacheability import CacheFacts, cache_facts
@@ -54,6 +56,8 @@ DDL_MARKER = "\x00ddl"
 
 
 _FACTS_MEMO_SIZE = 8192
+_PREFETCH_QUEUE = 256
+_RECIPE_OVERHEAD = 64  # the recipe record; its session context is shared by a session's entries
 # A writer waits this much beyond the hit lease: bounds clock-rate drift between nodes (1/25 of
 # the lease here) and the scheduling delay between a barrier's start and its Raft append.
 _LEASE_MARGIN = 0.01
@@ -69,6 +73,28 @@ class InvalidationReplicator(Protocol):
     def add_invalidation_listener(
         self, callback: Callable[[int, frozenset[str] | None], None]
     ) -> Callable[[], None]: ...
+
+
+class PrimaryPools(Protocol):
+    """What prefetch needs of the proxy: a pooled server connection to the primary."""
+
+    async def acquire_primary(
+        self, database: str, credentials: ServerCredentials
+    ) -> tuple[ServerPool, ServerConnection]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How to run a cached request again: its exact bytes, under its session's settings."""
+
+    key: bytes
+    request: bytes
+    reads: frozenset[str]
+    ttl: float | None
+    database: str
+    credentials: ServerCredentials
+    settings_sql: str
+    reset_query: str
 
 
 class CacheService:
@@ -93,6 +119,11 @@ class CacheService:
         # (statement text as sent, quoting, function policy) -> its cache facts: a hit skips
         # decoding and classifying. Cleared on reload.
         self.facts_memo: dict[tuple[bytes, bool, int], CacheFacts] = {}
+        self.prefetch = config.memqcache_prefetch
+        self.prefetch_count = config.memqcache_prefetch_count
+        self.prefetch_rate = config.memqcache_prefetch_rate
+        self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recipe](_PREFETCH_QUEUE)
+        self.prefetched = self.prefetch_dropped = self.prefetch_failures = 0
         self.lease_misses = 0  # lookups refused because this node was out of its lease
 
     def apply_config(self, config: Config) -> None:
@@ -105,6 +136,9 @@ class CacheService:
         self.invalidation_timeout = config.memqcache_invalidation_timeout
         self.hit_lease = config.memqcache_hit_lease
         self.facts_memo.clear()
+        self.prefetch = config.memqcache_prefetch
+        self.prefetch_count = config.memqcache_prefetch_count
+        self.prefetch_rate = config.memqcache_prefetch_rate
 
     # ---- the cluster (Raft): see docs/cache.md for why this barrier makes the guarantee hold
 
@@ -186,13 +220,29 @@ class CacheService:
         return self.store.begin_fill()
 
     def finish_fill(
-        self, key: bytes, payload: bytes, tables: frozenset[str], since: int, ttl: float | None
+        self,
+        key: bytes,
+        payload: bytes,
+        tables: frozenset[str],
+        since: int,
+        ttl: float | None,
+        recipe: Recipe | None = None,
     ) -> bool:
         """Store a captured answer if it is a clean, complete one (no error, notice or status change)."""
         if not clean_answer(payload):
             self.store.rejected += 1
             return False
-        return self.store.store(key, payload, tables, trio.current_time(), since=since, ttl=ttl)
+        recipe_size = 0 if recipe is None else sys.getsizeof(recipe.request) + _RECIPE_OVERHEAD
+        return self.store.store(
+            key,
+            payload,
+            tables,
+            trio.current_time(),
+            since=since,
+            ttl=ttl,
+            recipe=recipe,
+            recipe_size=recipe_size,
+        )
 
     # ---- invalidating
 
@@ -255,7 +305,59 @@ class CacheService:
             for key in [key for key in self._relations if key[1] in tables]:
                 del self._relations[key]
             tables = tables - {DDL_MARKER}
-        return self.store.invalidate(tables)
+        removed = self.store.invalidate(tables, hottest=self.prefetch_count if self.prefetch else 0)
+        for recipe in self.store.hottest_dropped:
+            if isinstance(recipe, Recipe):
+                try:
+                    self._prefetch_send.send_nowait(recipe)
+                except trio.WouldBlock:
+                    self.prefetch_dropped += 1
+        return removed
+
+    # ---- prefetch (memqcache_prefetch)
+
+    async def run_prefetch(
+        self, proxy: PrimaryPools, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Re-run dropped hot queries on the primary, at most memqcache_prefetch_rate a second
+        (a token bucket of memqcache_prefetch_count); what the rate does not allow is dropped."""
+        task_status.started()
+        tokens, refilled_at = float(self.prefetch_count), trio.current_time()
+        async for recipe in self._prefetch_receive:
+            now = trio.current_time()
+            tokens = min(float(self.prefetch_count), tokens + (now - refilled_at) * self.prefetch_rate)
+            refilled_at = now
+            if not self.prefetch or tokens < 1:
+                self.prefetch_dropped += 1
+                continue
+            tokens -= 1
+            try:
+                await self._prefetch_one(proxy, recipe)
+            except Exception as exc:  # a background warm-up never takes the node down
+                self.prefetch_failures += 1
+                log.debug("result cache: prefetch failed: %s", exc)
+
+    async def _prefetch_one(self, proxy: PrimaryPools, recipe: Recipe) -> None:
+        since = self.store.begin_fill()
+        pool, server = await proxy.acquire_primary(recipe.database, recipe.credentials)
+        reusable = False
+        try:
+            if recipe.settings_sql:
+                await server.run_query(recipe.settings_sql)
+            await server.socket.send_all(recipe.request)
+            answer = bytearray()
+            while True:
+                message = await server.channel.read_message()
+                answer += message.encode()
+                if message.type == b"Z" or len(answer) > self.store.max_entry_bytes:
+                    break
+            reusable = message.type == b"Z"
+            if reusable:
+                await server.reset(rollback=message.body != b"I", reset_query=recipe.reset_query)
+        finally:
+            pool.release(server, reusable=reusable)
+        if self.finish_fill(recipe.key, bytes(answer), recipe.reads, since, recipe.ttl, recipe):
+            self.prefetched += 1
 
     def stats(self) -> dict[str, object]:
         stats = self.store.stats()
@@ -313,7 +415,20 @@ class _Fill:
     plan: CachePlan
     since: int
     limit: int
+    recipe: Recipe | None = None
     captured: bytearray = field(default_factory=bytearray)
+
+
+def _names_nothing(message: Message) -> bool:
+    """Parse, Bind and Describe of the unnamed statement and portal only."""
+    body = message.body
+    if message.type == b"P":
+        return body[:1] == b"\x00"
+    if message.type == b"B":
+        return body[:2] == b"\x00\x00"
+    if message.type == b"D":
+        return body[1:2] == b"\x00"
+    return True
 
 
 class ClientCache:
@@ -328,8 +443,12 @@ class ClientCache:
         state: ClientSessionState,
         statements: ClientStatements,
         policy: FunctionPolicy,
+        credentials: ServerCredentials | None = None,
+        reset_query: str = "DISCARD ALL",
     ) -> None:
         self.service = service
+        self.credentials = credentials
+        self.reset_query = reset_query
         self.database = database
         self.user = user
         self.state = state
@@ -413,7 +532,24 @@ class ClientCache:
             self._add_pending(service.write_effect(self.database, written))
         self.fill = None
         if plan is not None and from_primary and service.reads_cacheable(self.database, plan.reads):
-            self.fill = _Fill(plan, service.begin_fill(), service.store.max_entry_bytes)
+            recipe = self._recipe(plan, batch) if service.prefetch else None
+            self.fill = _Fill(plan, service.begin_fill(), service.store.max_entry_bytes, recipe)
+
+    def _recipe(self, plan: CachePlan, batch: Sequence[Message]) -> Recipe | None:
+        """A recipe for a self-contained request (no statement names: nothing to prepare first)."""
+        if self.credentials is None or not all(_names_nothing(message) for message in batch):
+            return None
+        settings_sql, _ = self.state.statements_for({})
+        return Recipe(
+            plan.key,
+            b"".join(message.encode() for message in batch),
+            plan.reads,
+            plan.ttl,
+            self.database,
+            self.credentials,
+            settings_sql,
+            self.reset_query,
+        )
 
     def _written(self, batch: Sequence[Message]) -> Tables:
         """The tables the statements executed by this batch name as written (None: any table)."""
@@ -475,7 +611,9 @@ class ClientCache:
         fill, self.fill = self.fill, None
         if fill is not None:
             plan = fill.plan
-            self.service.finish_fill(plan.key, bytes(fill.captured), plan.reads, fill.since, plan.ttl)
+            self.service.finish_fill(
+                plan.key, bytes(fill.captured), plan.reads, fill.since, plan.ttl, fill.recipe
+            )
 
     async def flush_writes(self, *, keep: bool = False) -> None:
         """A transaction that wrote ended (committed or not): invalidate before its client sees

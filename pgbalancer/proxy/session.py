@@ -140,7 +140,7 @@ class ClientSession:
             await serve_admin_console(self.proxy, self, channel)
             return
         mode = self.proxy.config.pool_mode_for(self.database, self.user)
-        pool, server = await self._acquire_server(credentials)
+        pool, server = await self._acquire_server(credentials, pooled=mode is not PoolMode.SESSION)
         if mode is not PoolMode.SESSION:
             await self._serve_pooled_transactions(pool, server, startup, credentials, channel, mode)
             return
@@ -253,8 +253,12 @@ class ClientSession:
         await self.client.send_all(pgmsg.authentication_ok())
         return credentials
 
-    async def _acquire_server(self, credentials: ServerCredentials) -> tuple[ServerPool, ServerConnection]:
+    async def _acquire_server(
+        self, credentials: ServerCredentials, *, pooled: bool
+    ) -> tuple[ServerPool, ServerConnection]:
         try:
+            if pooled:  # the greeting may come from a standby when only reads are served here
+                return await self.proxy.acquire_for_login(self.database, credentials)
             return await self.proxy.acquire_primary(self.database, credentials)
         except QuorumLost as exc:
             await self._fail(exc.sqlstate, str(exc), hint=exc.hint)

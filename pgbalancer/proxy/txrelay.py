@@ -147,6 +147,8 @@ class TransactionRelay:
                 state,
                 self.statements,
                 self.proxy.router.settings.functions,
+                credentials,
+                self.proxy.config.server_reset_query,
             )
 
     async def run(self) -> bytes | None:

@@ -79,6 +79,8 @@ _NO_TABLE_EFFECT = _names(
     pg_cancel_backend pg_terminate_backend pg_reload_conf pg_sleep
     """
 )
+# Date/time input strings that mean "the moment it runs" ('now'::timestamptz, 'today'::date, ...).
+_TIME_LITERALS = frozenset({"now", "today", "tomorrow", "yesterday"})
 _SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
 _READ_COMMANDS = frozenset({"SELECT", "WITH", "VALUES", "TABLE"})
 # Utilities that change no table contents.
@@ -186,8 +188,11 @@ def _not_cacheable(
         if bare.lower() not in _IMMUTABLE or schema.lower() not in ("", "pg_catalog"):
             return f"calls {name}(), which is not known to be immutable"
     for index in range(start, end):
-        if tokens[index] in _VOLATILE_KEYWORDS:
-            return f"uses {tokens[index].upper()}, which depends on the session or the time"
+        token = tokens[index]
+        if token in _VOLATILE_KEYWORDS:
+            return f"uses {token.upper()}, which depends on the session or the time"
+        if token[:1] == "'" and token[1:].strip().lower() in _TIME_LITERALS:
+            return f"uses the literal {token}', which is read at run time"
     for schema in schemas:
         if schema in _SYSTEM_SCHEMAS or schema.startswith("pg_temp"):
             return f"reads the {schema} schema"

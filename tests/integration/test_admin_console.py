@@ -190,6 +190,7 @@ def test_show_pool_nodes_takes_roles_and_lag_from_the_cluster_view(admin_node: B
         return nodes if all(n["pg_role"] != "unknown" for n in nodes) else None
 
     nodes = wait_for(probed, timeout=20, message="every backend probed by the health checker")
+    assert nodes is not None
     assert [n["pg_role"] for n in nodes] == ["primary", "standby", "standby"]
     assert [n["load_balance_node"] for n in nodes] == ["true", "false", "false"]
     assert all(int(str(n["replication_delay"])) >= 0 for n in nodes)

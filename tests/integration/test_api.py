@@ -243,9 +243,10 @@ def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) ->
     assert all(n["queries_total"] > 0 for n in nodes if n["node_id"] in picked)
 
 
-def test_cache_stats_of_a_node_without_the_cache_say_it_is_off(viewer: httpx.Client) -> None:
-    stats = get(viewer, "cache/stats")  # the cache landed: no longer a pending 503
-    assert stats["enabled"] is False and stats["entries"] == 0 and stats["hits"] == 0
+def test_cache_stats_with_the_cache_off(viewer: httpx.Client) -> None:
+    response = viewer.get(f"{P}/cache/stats")
+    assert response.status_code == 200
+    assert response.json()["enabled"] is False and response.json()["entries"] == 0
 
 
 def test_watchdog_info_without_a_watchdog_says_how_to_form_one(viewer: httpx.Client) -> None:
@@ -506,12 +507,6 @@ SCHEMATHESIS_CONFIG = """
 include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
-
-# schemathesis 4's coverage phase crashes on Python 3.11 building negative cases for a string path
-# parameter ("AST constructor recursion depth mismatch" inside hypothesis): fuzzing still covers it.
-[[operations]]
-include-path-regex = "/watchdog/members/"
-phases.coverage.enabled = false
 """
 
 
@@ -534,10 +529,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
             "all",
             "--max-examples",
             "25",
+            # One worker: with two, hypothesis describes filter lambdas with ast.parse from two threads at
+            # once, and CPython 3.11.7's parser fails that with "SystemError: AST constructor recursion
+            # depth mismatch" (a schemathesis Runtime Error, not a finding).
             "--workers",
-            "2",
-            # These act on the cluster (promote, rejoin, switchover): never fuzz them against the
-            # shared cluster (a switchover to a fuzzed backend would move every later test's primary).
+            "1",
+            # These act on the cluster (promote, rejoin, switchover): never fuzz them against the shared
+            # cluster.
             "--exclude-path-regex",
             r"/nodes/\{node_id\}/(attach|detach|promote|recovery)|/control/switchover",
             "--request-timeout",

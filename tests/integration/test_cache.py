@@ -17,6 +17,7 @@ import httpx
 import psycopg
 import pytest
 
+from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
 from tests.integration.proxy_support import BalancerFactory, api_base_url, api_login, cache_stats
@@ -290,3 +291,30 @@ def test_psql_gets_the_same_answers(cached: BalancerProcess) -> None:
     ]
     outputs = {subprocess.run(command, capture_output=True, text=True, check=True).stdout for _ in range(3)}
     assert outputs == {"v9\n"}
+
+
+def test_prefetch_warms_the_hottest_results_after_a_write(
+    balancer_factory: BalancerFactory, cache_tables: None
+) -> None:
+    node = balancer_factory(
+        pool_mode="transaction", memory_cache_enabled=True, memqcache_prefetch=True, auth_type="trust"
+    )
+    metrics_url = f"{api_base_url(node)}/metrics"
+
+    def prefetched() -> float:
+        text = httpx.get(metrics_url, timeout=10).text
+        line = next(
+            line for line in text.splitlines() if line.startswith("pgbalancer_cache_prefetched_total")
+        )
+        return float(line.split()[-1])
+
+    read = "SELECT v FROM cache_items WHERE id = 150"
+    with connect(node) as reader, connect(node) as writer:
+        for _ in range(4):  # cached, then hit three times: the hottest entry of cache_items
+            assert reader.execute(read).fetchone() == ("v150",)
+        writer.execute("UPDATE cache_items SET v = 'warm' WHERE id = 150")
+        wait_for(lambda: prefetched() >= 1, timeout=10, message="nothing was prefetched")
+        before = hits(node)
+        assert reader.execute(read).fetchone() == ("warm",)  # the prefetched answer, post-write
+        assert hits(node) == before + 1
+        writer.execute("UPDATE cache_items SET v = 'v150' WHERE id = 150")

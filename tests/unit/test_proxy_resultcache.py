@@ -12,8 +12,9 @@ import trio.testing
 from pgbalancer.cache.relations import RelationFacts
 from pgbalancer.config import parse_config_text
 from pgbalancer.pgwire.framing import Message
+from pgbalancer.proxy.backend import ServerCredentials
 from pgbalancer.proxy.prepared import ClientStatements, PreparedStatement
-from pgbalancer.proxy.resultcache import DDL_MARKER, CacheService, ClientCache
+from pgbalancer.proxy.resultcache import DDL_MARKER, CacheService, ClientCache, Recipe
 from pgbalancer.proxy.sessionstate import ClientSessionState
 from pgbalancer.routing.classify import DEFAULT_POLICY
 
@@ -165,3 +166,47 @@ async def test_a_hit_is_keyed_by_session_settings() -> None:
     moved = client.plan(batch)
     assert moved is not None and moved.hit is None
     assert client.plan([Message(b"Q", b"SELECT now()\x00")]) is None
+
+
+def _recipe(key: bytes) -> Recipe:
+    return Recipe(
+        key, b"Q\x00\x00\x00\x0dSELECT 1\x00", frozenset({"t"}), None, "db", ServerCredentials("u"), "", ""
+    )
+
+
+async def test_prefetch_is_rate_limited_and_drops_the_excess(autojump_clock: trio.testing.MockClock) -> None:
+    cache = service("memqcache_prefetch = on\nmemqcache_prefetch_count = 10\nmemqcache_prefetch_rate = 20\n")
+    ran: list[bytes] = []
+
+    async def record(proxy: object, recipe: Recipe) -> None:
+        ran.append(recipe.key)
+
+    cache._prefetch_one = record  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run_prefetch, None)
+        for index in range(30):
+            cache._prefetch_send.send_nowait(_recipe(b"k%d" % index))
+        await trio.sleep(0.01)
+        assert len(ran) == 10 and cache.prefetch_dropped == 20  # the bucket holds ten
+        await trio.sleep(1.0)  # twenty a second refill it
+        for index in range(30, 40):
+            cache._prefetch_send.send_nowait(_recipe(b"k%d" % index))
+        await trio.sleep(0.01)
+        assert len(ran) == 20
+        nursery.cancel_scope.cancel()
+
+
+async def test_invalidation_hands_over_the_hottest_dropped_recipes() -> None:
+    cache = service("memqcache_prefetch = on\nmemqcache_prefetch_count = 2\n")
+    for index, hits in enumerate((5, 0, 9, 2)):
+        key = b"k%d" % index
+        assert cache.finish_fill(key, ANSWER, frozenset({"t"}), cache.begin_fill(), None, _recipe(key))
+        for _ in range(hits):
+            cache.lookup(key)
+    cache.finish_fill(b"other", ANSWER, frozenset({"u"}), cache.begin_fill(), None, _recipe(b"other"))
+    cache.lookup(b"other")
+    cache.apply(frozenset({"t"}))
+    handed = [cache._prefetch_receive.receive_nowait().key for _ in range(2)]
+    assert handed == [b"k2", b"k0"]
+    with pytest.raises(trio.WouldBlock):
+        cache._prefetch_receive.receive_nowait()
