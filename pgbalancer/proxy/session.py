@@ -452,11 +452,12 @@ class _Relay:
 
     def _count_statement(self, transaction_ended: bool) -> None:
         counters = self.counters
-        elapsed = time.monotonic() - self.request_started_at
         counters.query_count += 1
         counters.xact_count += transaction_ended
-        counters.query_time_us += int(elapsed * 1_000_000)
-        counters.query_latency.observe(elapsed)
+        if self.awaiting_reply:  # else a ReadyForQuery nobody asked for: nothing to time
+            elapsed = time.monotonic() - self.request_started_at
+            counters.query_time_us += int(elapsed * 1_000_000)
+            counters.query_latency.observe(elapsed)
         client = self.client_scanner.counts
         if client[_Q] + client[_S] + client[_F] == self.server_scanner.counts[_Z]:
             self.awaiting_reply = False  # every request is answered: the next one starts a new clock
