@@ -53,7 +53,12 @@ def _session_relay(counters: PoolCounters) -> Any:
 
 def _session_mode(counters: PoolCounters) -> Callable[[], None]:
     relay = _session_relay(counters)
-    return lambda: relay._count_statement(True)
+
+    def answer() -> None:
+        relay.awaiting_reply = True  # the request was sent (its clock read is timed separately below)
+        relay._count_statement(True)
+
+    return answer
 
 
 def _time_ns(call: Callable[[], None], calls: int) -> float:
@@ -100,7 +105,8 @@ async def _measure(calls: int, repeats: int) -> list[dict[str, Any]]:
     new_relay = _session_relay(PoolCounters())
 
     def timed_request_and_answer() -> None:
-        new_relay.request_started_at = time.monotonic()  # what _forward_client_bytes adds per request
+        new_relay.awaiting_reply = True  # what _forward_client_bytes adds per request
+        new_relay.request_started_at = time.monotonic()
         new_relay._count_statement(True)
 
     before, after = _best_pair_ns(counts_only, timed_request_and_answer, calls, repeats)

@@ -26,6 +26,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -197,7 +198,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000, help="at least this many events per flood")
     parser.add_argument("--rate", type=int, default=20_000, help="events offered per second during a flood")
     parser.add_argument("--json", type=Path, default=RESULTS / "mqtt_flood.json")
+    parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval (s)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     with tempfile.TemporaryDirectory(prefix="pgb-flood-") as tmp:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # the postgres OS user must traverse it

@@ -1403,9 +1403,10 @@ class Config:
         _PATH,
         Category.PROCESS,
         _R,
-        """Directory of the workers' peer sockets, pgbalancer-<port>-worker<N>.sock (mode 0600),
-        through which a worker passes a cancel request to the worker that owns the session.
-        Unused with workers = 1.""",
+        """Directory of the workers' peer sockets (mode 0600): pgbalancer-<port>-worker<N>.sock,
+        through which a worker passes a cancel request to the worker that owns the session, and
+        pgbalancer-<port>-worker<N>-stats.sock, from which worker 0 gathers every worker's traffic
+        figures for the REST API, /metrics and MQTT. Unused with workers = 1.""",
     )
     log_level: LogLevel = _setting(  # noqa: RUF009 (enum defaults are immutable)
         LogLevel.INFO, _choice(LogLevel), Category.PROCESS, _L, "Least severe log level written."

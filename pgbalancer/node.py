@@ -88,9 +88,18 @@ class Node:
         # The watchdog (Raft) member, when watchdog_nodes is set; a watchdog node runs one worker.
         self.watchdog = WatchdogService.for_node(config, self.proxy, self.ha, self.events)
         # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
-        self.vip = None if self.watchdog is None else manager_for(config, self.watchdog.store)
-        if self.vip is not None and self.events is not None:
-            self.vip.listeners.append(partial(_publish_vip, self.events, self.vip, self.watchdog))
+        self.vip: VipManager | None = None
+        if self.watchdog is not None:
+            self.vip = manager_for(config, self.watchdog.store)
+            if self.vip is not None and self.events is not None:
+                member = self.watchdog.store.self_id
+                self.vip.listeners.append(partial(publish_vip, self.events, self.vip, member))
+        elif config.delegate_ip:
+            log.warning(
+                "delegate_ip = %s is set but watchdog_nodes is empty: the VIP follows the Raft leader, so "
+                "no node will take it; set watchdog_nodes (and watchdog_secret) on every node",
+                config.delegate_ip,
+            )
         cache = self.proxy.cache
         if cache is not None:
             if self.events is not None:
@@ -216,12 +225,9 @@ class _ApiControl:
         return node.last_reload
 
 
-def _publish_vip(
-    events: EventService, vip: VipManager, watchdog: WatchdogService | None, holds: bool
-) -> None:
-    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id)."""
-    holder = watchdog.store.self_id if holds and watchdog is not None else None
-    events.publish_watchdog_vip(holder, vip.address, vip.interface)
+def publish_vip(events: EventService, vip: VipManager, member_id: str, holds: bool) -> None:
+    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id, or None)."""
+    events.publish_watchdog_vip(member_id if holds else None, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:
@@ -316,10 +322,11 @@ def _run_node(
         return 2
     try:
         trio.run(node.run)
-    except ConsensusError as exc:
-        sys.stderr.write(f"pgbalancer: cannot start the watchdog: {exc}\n")
-        return 1
-    except (OSError, ExceptionGroup) as exc:
+    except (OSError, ConsensusError, ExceptionGroup) as exc:
+        watchdog_errors = _consensus_errors(exc)
+        if watchdog_errors:  # the Raft endpoint could not start (its address is not local, port taken)
+            sys.stderr.write(f"pgbalancer: cannot start the watchdog: {watchdog_errors[0]}\n")
+            return 1
         startup_errors = _only_os_errors(exc)
         if not startup_errors:
             raise
@@ -328,6 +335,22 @@ def _run_node(
         sys.stderr.write(f"pgbalancer: cannot start (port {config.port}): {reasons}\n")
         return 1
     return 0
+
+
+def _consensus_errors(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, ConsensusError):
+        return [exc]
+    if not isinstance(exc, BaseExceptionGroup):
+        return []
+    matched, _ = exc.split(ConsensusError)
+    return [] if matched is None else _flatten(matched)
+
+
+def _flatten(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for inner in group.exceptions:
+        leaves.extend(_flatten(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return leaves
 
 
 def _only_os_errors(exc: BaseException) -> list[OSError]:

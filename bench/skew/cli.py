@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import datetime
 import json
+import math
 import os
 import subprocess
 import sys
@@ -54,6 +55,7 @@ from skew.workload import (
     medians,
     parse_summary,
     percentile,
+    ratio_medians,
     table,
     write_scripts,
 )
@@ -63,6 +65,7 @@ ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptiv
 SCENARIOS = ("delay", "cpu", "uniform")
 SAMPLE_INTERVAL_S = 0.5
 SHARE_WINDOW_S = 2.0
+HOLD_WINDOWS = 3  # a crossing counts once a window wholly after the change crossed, and the next two did
 
 
 class BenchError(RuntimeError):
@@ -300,15 +303,21 @@ def run_one(
     ):
         _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.warmup, scripts))  # learning time
         prefix = out / f"latency-{name}"
+        before = _standby_commits(cluster)
         summary = _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.seconds, scripts), prefix)
+        after = _standby_commits(cluster)
     tps, latency_avg = parse_summary(summary)
+    slow, other = (b - a for a, b in zip(before, after, strict=True))
+    slow_share = slow / (slow + other) if slow + other > 0 else math.nan
     lines: list[str] = []
     for path in sorted(out.glob(f"{prefix.name}.*")):
         lines += path.read_text().splitlines()
         path.unlink()  # the per-transaction logs are large; the figures below are what is kept
-    result = RunResult(skew.scenario, algorithm, tps, latency_avg, percentile(latencies_ms(lines), 0.99))
+    p99 = percentile(latencies_ms(lines), 0.99)
+    result = RunResult(skew.scenario, algorithm, tps, latency_avg, p99, round(slow_share, 3), rep)
     print(
-        f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {result.latency_p99_ms:.2f} ms",
+        f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {p99:.2f} ms, "
+        f"standby1 share {slow_share:.2f}",
         flush=True,
     )
     return result
@@ -328,6 +337,16 @@ class Recovery:
     share_fixed: float
     share_skewed_again: float
     series: list[SharePoint]
+
+
+def _standby_commits(cluster: LocalPgCluster) -> list[int]:
+    """xact_commit of database bench on standby1 and standby2, read on each (not through the shim)."""
+    conns = [psycopg.connect(n.dsn(), autocommit=True) for n in cluster.standbys]
+    try:
+        return _xact_commits(conns)
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 def _xact_commits(conns: Sequence[psycopg.Connection[tuple[int]]]) -> list[int]:
@@ -396,8 +415,12 @@ def run_recovery(
         scenario=skew.scenario,
         skew_removed_at_s=round(removed_at, 1),
         skew_back_at_s=round(back_at, 1),
-        recovered_after_s=_round(seconds_until(points, removed_at, at_least=fair)),
-        shed_after_s=_round(seconds_until(points, back_at, at_most=fair / 2)),
+        recovered_after_s=_round(
+            seconds_until(points, removed_at, at_least=fair, window_s=SHARE_WINDOW_S, hold=HOLD_WINDOWS)
+        ),
+        shed_after_s=_round(
+            seconds_until(points, back_at, at_most=fair / 2, window_s=SHARE_WINDOW_S, hold=HOLD_WINDOWS)
+        ),
         share_skewed=_mean_share(points, removed_at - 10, removed_at),
         share_fixed=_mean_share(points, back_at - 10, back_at),
         share_skewed_again=_mean_share(points, samples[-1].at_s - 10, samples[-1].at_s),
@@ -479,11 +502,15 @@ def run(argv: Sequence[str]) -> int:
         "machine": {"before": machine_before, "after": _machine()},
         "runs": [asdict(r) for r in results],
         "medians": [asdict(r) for r in medians(results)],
+        "ratios_to_round_robin_same_rep": {
+            f"{scenario}/{algorithm}": {"tps": round(tps, 3), "p99": round(p99, 3)}
+            for (scenario, algorithm), (tps, p99) in ratio_medians(results).items()
+        },
         "recovery": [asdict(r) for r in recoveries],
     }
     (out / "skew.json").write_text(json.dumps(report, indent=2) + "\n")
     fair = 0.5 * args.fair_fraction
-    text = table(medians(results)) + "\n" + recovery_table(recoveries, fair)
+    text = table(medians(results), ratio_medians(results)) + "\n" + recovery_table(recoveries, fair)
     (out / "table.md").write_text(text)
     print(text)
     print(f"written to {out}")

@@ -46,15 +46,23 @@ def seconds_until(
     *,
     at_least: float | None = None,
     at_most: float | None = None,
+    window_s: float = 0.0,
+    hold: int = 1,
 ) -> float | None:
-    """Seconds from ``after_s`` to the end of the first window ending after it whose share is at
-    least ``at_least`` (or at most ``at_most``); None when it never happens. A window that straddles
-    ``after_s`` still holds traffic from before the change, so the figure errs on the slow side."""
-    for point in points:
-        if point.at_s <= after_s:
-            continue
-        if (at_least is not None and point.slow_share >= at_least) or (
+    """Seconds from ``after_s`` to the end of the first window that lies wholly after it (it starts
+    ``window_s`` before its end) and whose share is at least ``at_least`` (or at most ``at_most``),
+    as are the ``hold - 1`` windows after it; None when that never happens. The figure includes one
+    window's length, so it errs on the slow side; ``hold`` keeps one lucky window from counting."""
+
+    def meets(point: SharePoint) -> bool:
+        return (at_least is not None and point.slow_share >= at_least) or (
             at_most is not None and point.slow_share <= at_most
-        ):
+        )
+
+    for index, point in enumerate(points):
+        if point.at_s - window_s <= after_s:
+            continue
+        following = points[index : index + hold]
+        if len(following) == hold and all(meets(p) for p in following):
             return point.at_s - after_s
     return None

@@ -25,3 +25,12 @@ def test_seconds_until_counts_only_windows_ending_after_the_change() -> None:
     assert seconds_until(points, 10.0, at_least=0.4) == 4.5
     assert seconds_until(points, 10.0, at_most=0.2) == 2.0
     assert seconds_until(points, 10.0, at_least=0.9) is None
+
+
+def test_the_window_must_lie_after_the_change_and_the_share_must_hold() -> None:
+    points = [SharePoint(t / 2, share) for t, share in enumerate([0.1] * 20 + [0.5, 0.1, 0.5, 0.5, 0.5, 0.5])]
+    # the change at 9.5 s: the 0.5 at 10.0 s is lucky (the next is 0.1); from 11.0 s it holds
+    assert seconds_until(points, 9.5, at_least=0.4) == 0.5
+    assert seconds_until(points, 9.5, at_least=0.4, hold=3) == 1.5
+    assert seconds_until(points, 9.5, at_least=0.4, window_s=0.5) == 1.5  # 10.0 s straddles the change
+    assert seconds_until(points, 9.5, at_least=0.9, hold=2) is None

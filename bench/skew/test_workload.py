@@ -17,6 +17,7 @@ from skew.workload import (
     medians,
     parse_summary,
     percentile,
+    ratio_medians,
     table,
     write_scripts,
 )
@@ -59,8 +60,22 @@ def test_table_shows_ratios_to_round_robin_per_scenario() -> None:
         RunResult("uniform", "adaptive", 2000.0, 4.0, 8.0),
     ]
     text = table(results)
-    assert "| skewed | adaptive | 1500 | 1.50x | 5.00 | 10.00 | 0.50x |" in text
+    assert "| skewed | adaptive | 1500 | 1.50x | 5.00 | 10.00 | 0.50x | - |" in text
     assert "| uniform | adaptive | 2000 | - |" in text
+
+
+def test_ratios_are_taken_within_each_repetition() -> None:
+    runs = [
+        RunResult("delay", "round_robin", 100.0, 4.0, 10.0, 0.5, rep=1),
+        RunResult("delay", "adaptive", 150.0, 3.0, 5.0, 0.1, rep=1),
+        RunResult("delay", "round_robin", 1000.0, 1.0, 2.0, 0.5, rep=2),  # a quiet minute
+        RunResult("delay", "adaptive", 1400.0, 1.0, 1.0, 0.2, rep=2),
+    ]
+    ratios = ratio_medians(runs)
+    assert ratios[("delay", "adaptive")] == (1.45, 0.5)
+    assert ratios[("delay", "round_robin")] == (1.0, 1.0)
+    text = table(medians(runs), ratios)
+    assert "| delay | adaptive | 775 | 1.45x | 2.00 | 3.00 | 0.50x | 0.15 |" in text
 
 
 def test_scripts_are_written_with_their_weights(tmp_path: Path) -> None:
@@ -74,13 +89,13 @@ def test_scripts_are_written_with_their_weights(tmp_path: Path) -> None:
 
 def test_medians_are_per_scenario_and_algorithm_in_first_seen_order() -> None:
     runs = [
-        RunResult("delay", "round_robin", 100.0, 4.0, 9.0),
-        RunResult("delay", "adaptive", 300.0, 2.0, 5.0),
-        RunResult("delay", "round_robin", 120.0, 3.0, 11.0),
-        RunResult("delay", "adaptive", 200.0, 1.0, 4.0),
-        RunResult("delay", "round_robin", 500.0, 1.0, 10.0),
+        RunResult("delay", "round_robin", 100.0, 4.0, 9.0, 0.5),
+        RunResult("delay", "adaptive", 300.0, 2.0, 5.0, 0.1),
+        RunResult("delay", "round_robin", 120.0, 3.0, 11.0, 0.4),
+        RunResult("delay", "adaptive", 200.0, 1.0, 4.0, 0.3),
+        RunResult("delay", "round_robin", 500.0, 1.0, 10.0, 0.6),
     ]
     assert medians(runs) == [
-        RunResult("delay", "round_robin", 120.0, 3.0, 10.0),
-        RunResult("delay", "adaptive", 250.0, 1.5, 4.5),
+        RunResult("delay", "round_robin", 120.0, 3.0, 10.0, 0.5, 3),
+        RunResult("delay", "adaptive", 250.0, 1.5, 4.5, 0.2, 2),
     ]

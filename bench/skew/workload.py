@@ -56,6 +56,8 @@ class RunResult:
     tps: float
     latency_avg_ms: float
     latency_p99_ms: float
+    slow_share: float = math.nan  # standby1's share of the standbys' transactions (0.5 = even)
+    rep: int = 1  # which repetition; in a median (``medians``), how many there were
 
 
 def parse_summary(output: str) -> tuple[float, float]:
@@ -99,26 +101,55 @@ def medians(results: Sequence[RunResult]) -> list[RunResult]:
             statistics.median(r.tps for r in runs),
             statistics.median(r.latency_avg_ms for r in runs),
             statistics.median(r.latency_p99_ms for r in runs),
+            statistics.median(r.slow_share for r in runs),
+            len(runs),
         )
         for (scenario, algorithm), runs in groups.items()
     ]
 
 
-def table(results: Sequence[RunResult]) -> str:
-    """Markdown: one row per scenario and algorithm, with ratios to round_robin in that scenario."""
+def ratio_medians(results: Sequence[RunResult]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(TPS ratio, p99 ratio) to round_robin of the same scenario AND repetition, median over the
+    repetitions: a ratio taken minutes apart on a shared machine says little, one taken side by side
+    in the same repetition says more."""
+    baseline = {(r.scenario, r.rep): r for r in results if r.algorithm == "round_robin"}
+    ratios: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for result in results:
+        base = baseline.get((result.scenario, result.rep))
+        if base is None or not base.tps or not base.latency_p99_ms:
+            continue
+        pair = (result.tps / base.tps, result.latency_p99_ms / base.latency_p99_ms)
+        ratios.setdefault((result.scenario, result.algorithm), []).append(pair)
+    return {
+        key: (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs))
+        for key, pairs in ratios.items()
+    }
+
+
+def table(
+    results: Sequence[RunResult], ratios: dict[tuple[str, str], tuple[float, float]] | None = None
+) -> str:
+    """Markdown: one row per scenario and algorithm, with ratios to round_robin in that scenario
+    (``ratios`` when given, else from the rows themselves) and standby1's share of standby reads."""
     lines = [
-        "| scenario | algorithm | TPS | vs round_robin | mean latency (ms) | p99 (ms) | p99 vs round_robin |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | algorithm | TPS | vs round_robin | mean latency (ms) | p99 (ms) | p99 vs round_robin "
+        "| standby1 share |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     baseline = {r.scenario: r for r in results if r.algorithm == "round_robin"}
     for result in results:
         base = baseline.get(result.scenario)
-        tps_ratio = f"{result.tps / base.tps:.2f}x" if base and base.tps else "-"
-        p99_ratio = (
-            f"{result.latency_p99_ms / base.latency_p99_ms:.2f}x" if base and base.latency_p99_ms else "-"
-        )
+        if ratios is not None and (result.scenario, result.algorithm) in ratios:
+            tps_r, p99_r = ratios[(result.scenario, result.algorithm)]
+            tps_ratio, p99_ratio = f"{tps_r:.2f}x", f"{p99_r:.2f}x"
+        else:
+            tps_ratio = f"{result.tps / base.tps:.2f}x" if base and base.tps else "-"
+            p99_ratio = (
+                f"{result.latency_p99_ms / base.latency_p99_ms:.2f}x" if base and base.latency_p99_ms else "-"
+            )
+        share = "-" if math.isnan(result.slow_share) else f"{result.slow_share:.2f}"
         lines.append(
             f"| {result.scenario} | {result.algorithm} | {result.tps:.0f} | {tps_ratio} | "
-            f"{result.latency_avg_ms:.2f} | {result.latency_p99_ms:.2f} | {p99_ratio} |"
+            f"{result.latency_avg_ms:.2f} | {result.latency_p99_ms:.2f} | {p99_ratio} | {share} |"
         )
     return "\n".join(lines) + "\n"

@@ -437,6 +437,7 @@ class _Routes:
             await _authenticate(self.state)
         metrics = self.state.metrics
         metrics.collector.figures = await self.state.figures.gather()
+        metrics.collector.watchdog = self.state.watchdog
         # generate_latest runs without a checkpoint, so no other scrape can swap the figures meanwhile.
         return Response(generate_latest(metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 

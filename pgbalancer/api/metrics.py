@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from pgbalancer import __version__
 from pgbalancer.api import snapshots
+from pgbalancer.api.control import WatchdogControl
 from pgbalancer.api.snapshots import ClusterEvents, NodeInfo
 from pgbalancer.proxy.figures import NodeFigures, merge, read_figures
 
@@ -51,6 +52,7 @@ class ProxyCollector(Collector):
         self.node = node
         self.events = events
         self.figures: NodeFigures | None = None  # set by GET /metrics just before each scrape
+        self.watchdog: WatchdogControl | None = None  # the node's watchdog, when watchdog_nodes is set
 
     def _figures(self) -> NodeFigures:
         if self.figures is not None:
@@ -67,6 +69,7 @@ class ProxyCollector(Collector):
         yield from self._cluster()
         yield from self._balancer()
         yield from self._cache()
+        yield from self._raft()
 
     def _node(self, figures: NodeFigures) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
@@ -290,6 +293,41 @@ class ProxyCollector(Collector):
             ("prefetch_dropped", cache.prefetch_dropped, "Prefetches skipped by memqcache_prefetch_rate"),
         ):
             yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
+
+    def _raft(self) -> Iterator[Metric]:
+        watchdog = self.watchdog
+        yield GaugeMetricFamily(
+            "pgbalancer_raft_enabled",
+            "1 when this node runs the watchdog (Raft)",
+            value=int(watchdog is not None),
+        )
+        if watchdog is None:
+            return
+        info = watchdog.info()
+        yield GaugeMetricFamily(
+            "pgbalancer_raft_term", "Raft term this node is in", value=_number(info["term"])
+        )
+        yield GaugeMetricFamily(
+            "pgbalancer_raft_commit_index", "Raft log index committed", value=_number(info["commit_index"])
+        )
+        yield GaugeMetricFamily(
+            "pgbalancer_raft_quorum",
+            "1 while this node is in contact with a majority",
+            value=int(bool(info["quorum"])),
+        )
+        leader = info["leader"]
+        yield GaugeMetricFamily(
+            "pgbalancer_raft_is_leader",
+            "1 while this node is the Raft leader",
+            value=int(leader == info["self_id"]),
+        )
+        known = InfoMetricFamily("pgbalancer_raft_leader", "The Raft leader this node knows (empty: none)")
+        known.add_metric([], {"leader": str(leader or "")})
+        yield known
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _finite_or_zero(value: float) -> float:

@@ -96,6 +96,7 @@ class NetCluster:
         self.lab: NetnsLab | None = None
         self.pg: LocalPgCluster | None = None
         self.nodes: dict[str, NodeProcess] = {}
+        self._probes: dict[str, Callable[[], set[str]]] = {}
         atexit.register(self.destroy)
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class NetCluster:
                 self.lab.destroy()
             if self.base.exists():
                 shutil.rmtree(self.base, ignore_errors=True)
-            self.pg, self.lab = None, None
+            self.pg, self.lab, self._probes = None, None, {}
             atexit.unregister(self.destroy)
 
     def __enter__(self) -> NetCluster:
@@ -249,9 +250,28 @@ class NetCluster:
         action = "add" if cut else "del"
         ip("-n", netns, "route", action, "blackhole", f"{PG_ADDRESSES[backend]}/32", check=cut)
 
+    def cut_peers(self, name: str, cut: bool = True) -> None:
+        """Node ``name`` loses (or regains) its routes to the other nodes only: a Raft partition that
+        leaves its link, and so PostgreSQL and its clients, in place."""
+        assert self.lab is not None
+        netns = self.lab.members[name].netns
+        for other, node in self.nodes.items():
+            if other != name:
+                ip(
+                    "-n",
+                    netns,
+                    "route",
+                    "add" if cut else "del",
+                    "blackhole",
+                    f"{node.address}/32",
+                    check=cut,
+                )
+
     def vip_holders(self) -> set[str]:
         assert self.lab is not None
-        return {name for name in self.nodes if VIP in self.lab.addresses(name)}
+        if not self._probes:
+            self._probes = {name: self.lab.address_probe(name) for name in self.nodes}
+        return {name for name, probe in self._probes.items() if VIP in probe()}
 
     # ---- talking to the lab ---------------------------------------------------------------------
 

@@ -235,6 +235,22 @@ class ProxyServer:
                 if not await self.ha.wait_for_primary(failed, deadline):
                     raise
 
+    async def acquire_for_login(
+        self, database: str, credentials: ServerCredentials
+    ) -> tuple[ServerPool, ServerConnection]:
+        """The server connection a pooled session logs in and is greeted with: the primary's, or,
+        on a node cut off from its watchdog quorum that still serves reads, a readable standby's
+        (its transactions are routed one by one afterwards; writes are refused then)."""
+        try:
+            return await self.acquire_primary(database, credentials)
+        except QuorumLost:
+            view = self.cluster_view
+            standby = next((s for s in view.readable() if s.node_id != view.primary_id), None)
+            if standby is None or (self.partition_gate is not None and self.partition_gate(False)):
+                raise
+            address = BackendAddress(standby.node_id, standby.host, standby.port)
+            return await self._acquire_from(address, database, credentials)
+
     def _check_partition(self, *, write: bool) -> None:
         """QuorumLost when the watchdog says this node is cut off from the majority for too long."""
         refusal = self.partition_gate(write) if self.partition_gate is not None else None

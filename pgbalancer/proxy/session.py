@@ -140,7 +140,7 @@ class ClientSession:
             await serve_admin_console(self.proxy, self, channel)
             return
         mode = self.proxy.config.pool_mode_for(self.database, self.user)
-        pool, server = await self._acquire_server(credentials)
+        pool, server = await self._acquire_server(credentials, pooled=mode is not PoolMode.SESSION)
         if mode is not PoolMode.SESSION:
             await self._serve_pooled_transactions(pool, server, startup, credentials, channel, mode)
             return
@@ -253,8 +253,12 @@ class ClientSession:
         await self.client.send_all(pgmsg.authentication_ok())
         return credentials
 
-    async def _acquire_server(self, credentials: ServerCredentials) -> tuple[ServerPool, ServerConnection]:
+    async def _acquire_server(
+        self, credentials: ServerCredentials, *, pooled: bool
+    ) -> tuple[ServerPool, ServerConnection]:
         try:
+            if pooled:  # the greeting may come from a standby when only reads are served here
+                return await self.proxy.acquire_for_login(self.database, credentials)
             return await self.proxy.acquire_primary(self.database, credentials)
         except QuorumLost as exc:
             await self._fail(exc.sqlstate, str(exc), hint=exc.hint)
@@ -448,11 +452,12 @@ class _Relay:
 
     def _count_statement(self, transaction_ended: bool) -> None:
         counters = self.counters
-        elapsed = time.monotonic() - self.request_started_at
         counters.query_count += 1
         counters.xact_count += transaction_ended
-        counters.query_time_us += int(elapsed * 1_000_000)
-        counters.query_latency.observe(elapsed)
+        if self.awaiting_reply:  # else a ReadyForQuery nobody asked for: nothing to time
+            elapsed = time.monotonic() - self.request_started_at
+            counters.query_time_us += int(elapsed * 1_000_000)
+            counters.query_latency.observe(elapsed)
         client = self.client_scanner.counts
         if client[_Q] + client[_S] + client[_F] == self.server_scanner.counts[_Z]:
             self.awaiting_reply = False  # every request is answered: the next one starts a new clock

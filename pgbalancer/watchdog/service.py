@@ -24,13 +24,13 @@ import logging
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 import trio
 
 from consensus import ClusterState, ClusterStore, ConsensusError, LeaderChange, NoQuorumError
 from consensus.raft import RaftClusterStore
 from pgbalancer.config import Config, PartitionReadPolicy, watchdog_self_address
-from pgbalancer.events.service import EventService
 from pgbalancer.ha.planner import HaOperationError, Probe
 from pgbalancer.ha.view import ClusterView
 from pgbalancer.health.controller import HaController
@@ -45,6 +45,12 @@ from pgbalancer.watchdog.decide import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class LeaderEvents(Protocol):
+    """Where leader changes are published (pgbalancer.events.EventService)."""
+
+    def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool: ...
 
 
 class WatchdogSetupError(Exception):
@@ -90,7 +96,7 @@ class WatchdogService:
         proxy: ProxyServer,
         store: ClusterStore,
         ha: HaController,
-        events: EventService | None = None,
+        events: LeaderEvents | None = None,
     ) -> None:
         self.config = config
         self.proxy = proxy
@@ -103,7 +109,7 @@ class WatchdogService:
 
     @classmethod
     def for_node(
-        cls, config: Config, proxy: ProxyServer, ha: HaController, events: EventService | None
+        cls, config: Config, proxy: ProxyServer, ha: HaController, events: LeaderEvents | None
     ) -> WatchdogService | None:
         """The node's watchdog on pysyncobj, or None when watchdog_nodes is empty."""
         if not config.watchdog_nodes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
@@ -56,3 +56,14 @@ def cluster() -> Iterator[SampledCluster]:
             yield cluster
         finally:
             cluster.sampler.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """A failed scenario's report ends with every node's log tail: the state is read through the API,
+    but why a node acted or refused is in its log."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    cluster = getattr(item, "funcargs", {}).get("cluster")
+    if report.when == "call" and report.failed and isinstance(cluster, NetCluster):
+        report.sections.append(("node logs", cluster.logs()))

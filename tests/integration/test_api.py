@@ -507,12 +507,6 @@ SCHEMATHESIS_CONFIG = """
 include-path-regex = "/(cache|watchdog)/|/readyz$"
 [operations.checks.not_a_server_error]
 expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
-
-# schemathesis 4's coverage phase crashes on Python 3.11 building negative cases for a string path
-# parameter ("AST constructor recursion depth mismatch" inside hypothesis): fuzzing still covers it.
-[[operations]]
-include-path-regex = "/watchdog/members/"
-phases.coverage.enabled = false
 """
 
 

@@ -121,6 +121,36 @@ def test_pool_statistics_follow_the_traffic(events_node: EventsNode, monitor: Su
 
 
 @pytest.mark.slow
+def test_pool_statistics_of_a_multi_worker_node_add_up_every_worker(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    started = start_events_node(pg_cluster, tmp_path, workers=2, pool_mode="transaction")
+    try:
+        with subscriber(started.mqtt_port, **MONITOR) as watcher:
+            # Worker 0 runs the broker; the proxy port may answer a moment before it does.
+            wait_for(watcher.connect, timeout=15, message="worker 0's broker", retry_on=(OSError,))
+            watcher.subscribe("pgbalancer/stats/pools")
+            dsn = started.node.dsn(APP_USER, APP_DB, USERLIST[APP_USER])
+            for _ in range(20):  # SO_REUSEPORT spreads new connections over both workers
+                with psycopg.connect(dsn, autocommit=True) as connection:
+                    connection.execute("SELECT 1").fetchall()
+
+            def app_queries(message: Received) -> int:
+                return sum(
+                    pool["query_count"]
+                    for pool in message.document["pools"]
+                    if (pool["database"], pool["user"]) == (APP_DB, APP_USER)
+                )
+
+            stats = watcher.wait_for("pgbalancer/stats/pools", lambda m: app_queries(m) >= 20).checked()
+            assert app_queries(watcher.received("pgbalancer/stats/pools")[-1]) == 20
+            app_pools = [p for p in stats["pools"] if (p["database"], p["user"]) == (APP_DB, APP_USER)]
+            assert sum(p["max_size"] for p in app_pools if p["backend_id"] == 0) == 20  # 10 per worker
+    finally:
+        started.node.stop()
+
+
+@pytest.mark.slow
 def test_a_late_subscriber_gets_the_retained_state(
     pg_cluster: PgClusterLike, events_node: EventsNode
 ) -> None:
@@ -414,6 +444,18 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
         nodes = group.live()
         leader = index_of(group, wait_leader(nodes))
         follower = next(i for i in range(3) if i != leader)
+        for index, node in enumerate(nodes):  # /metrics shows the same Raft state
+            raft = {
+                s.name: s
+                for family in text_string_to_metric_families(httpx.get(f"{api_base_url(node)}/metrics").text)
+                for s in family.samples
+                if s.name.startswith("pgbalancer_raft_")
+            }
+            assert raft["pgbalancer_raft_is_leader"].value == (index == leader)
+            assert raft["pgbalancer_raft_quorum"].value == 1 and raft["pgbalancer_raft_term"].value >= 1
+            assert (
+                raft["pgbalancer_raft_leader_info"].labels["leader"].endswith(f":{group.raft_ports[leader]}")
+            )
         mqtt_port = int(group.settings[follower]["mqtt_port"])
         leader_port = int(group.settings[leader]["mqtt_port"])
         with (

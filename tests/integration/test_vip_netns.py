@@ -37,7 +37,7 @@ pytestmark = [
 
 @pytest.fixture
 def lab() -> Iterator[NetnsLab]:
-    reap_orphaned_labs()
+    reap_orphaned_labs(tag="pgbv")
     lab = NetnsLab(tag="pgbv")
     try:
         for name, host in (("n1", 11), ("n2", 12), ("client", 50)):

@@ -147,7 +147,8 @@ def readyz(node: BalancerProcess) -> tuple[int, dict[str, Any]]:
 
 
 def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike, tmp_path: Path) -> None:
-    with watchdog_nodes(pg_cluster, tmp_path) as group:
+    # Reads go to the standbys only (weight 0 on the primary), so a cut-off node's reads can be seen.
+    with watchdog_nodes(pg_cluster, tmp_path, load_balance_mode=True, backend_weight0=0) as group:
         nodes = group.live()
         leader = wait_leader(nodes)
         status = info(nodes[0])
@@ -221,8 +222,13 @@ def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike,
         assert refusal.sqlstate == "25006", refusal
         assert "lost contact with its watchdog quorum" in str(refusal)
         held.close()
-        with pytest.raises(psycopg.OperationalError, match="lost contact with its watchdog quorum"):
+        with pytest.raises(psycopg.Error, match="lost contact with its watchdog quorum") as new_client:
             write_port(last)
+        assert new_client.value.sqlstate == "25006"
+        # partition_read_policy = stale: a new client still reads from a standby there.
+        with connect(last) as reader:
+            row = reader.execute("SELECT inet_server_port()").fetchone()
+        assert row is not None and int(str(row[0])) in {s.port for s in pg_cluster.standbys}
         code, ready = readyz(last)
         assert code == 503 and ready["quorum"] is False
         committed = info(last)
@@ -291,3 +297,19 @@ def test_one_node_voting_the_primary_down_is_not_enough_a_majority_fails_over_on
         for node in nodes:
             wait_for(lambda: write_port(node) == new_port, timeout=15, retry_on=(psycopg.Error,))  # noqa: B023
         assert {(info(n)["epoch"], info(n)["primary_id"]) for n in nodes} == {(new_epoch, new_primary)}
+
+
+def test_a_node_whose_watchdog_address_is_not_local_exits_saying_what_to_fix(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    settings = base_settings(pg_cluster, tmp_path)
+    settings.update(
+        watchdog_nodes="192.0.2.1:9000,192.0.2.2:9000",
+        watchdog_listen_address="192.0.2.3",  # TEST-NET-1: never an address of this machine
+        watchdog_secret="s",
+        watchdog_data_dir=str(tmp_path / "raft"),
+    )
+    with pytest.raises(RuntimeError, match="exited with 1") as caught:
+        BalancerProcess.start(tmp_path, settings)
+    assert "cannot start the watchdog: watchdog cannot listen on 192.0.2.3:9000" in str(caught.value)
+    assert "check watchdog_listen_address" in str(caught.value)

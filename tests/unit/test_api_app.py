@@ -561,3 +561,52 @@ def test_plaintext_api_passwords_are_loaded_with_a_warning_that_never_shows_them
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("plaintext passwords for 'dev'" in w and "development only" in w for w in warnings), warnings
     assert not any("plain-dev-pw" in w for w in warnings)
+
+
+class FakeWatchdog:
+    """What /metrics reads from the watchdog: its status, as GET /watchdog/info serves it."""
+
+    def __init__(self, leader: str | None) -> None:
+        self.status: dict[str, object] = {
+            "self_id": "127.0.0.1:7001",
+            "leader": leader,
+            "term": 7,
+            "commit_index": 42,
+            "quorum": leader is not None,
+        }
+
+    def info(self) -> dict[str, object]:
+        return dict(self.status)
+
+    def has_quorum(self) -> bool:
+        return bool(self.status["quorum"])
+
+    async def add_member(self, address: str) -> dict[str, object]:
+        raise NotImplementedError
+
+    async def remove_member(self, address: str) -> dict[str, object]:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(
+    ("leader", "is_leader", "quorum"), [("127.0.0.1:7001", 1, 1), ("127.0.0.1:7002", 0, 1), (None, 0, 0)]
+)
+async def test_metrics_show_the_raft_term_leader_and_quorum(
+    leader: str | None, is_leader: int, quorum: int
+) -> None:
+    state = make_state()
+    client = create_app(state).test_client()
+    off = {
+        s.name: s.value
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+        for s in f.samples
+    }
+    assert off["pgbalancer_raft_enabled"] == 0 and "pgbalancer_raft_term" not in off
+    state.watchdog = FakeWatchdog(leader)
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["pgbalancer_raft_enabled"].value == 1
+    assert samples["pgbalancer_raft_term"].value == 7 and samples["pgbalancer_raft_commit_index"].value == 42
+    assert samples["pgbalancer_raft_is_leader"].value == is_leader
+    assert samples["pgbalancer_raft_quorum"].value == quorum
+    assert samples["pgbalancer_raft_leader_info"].labels == {"leader": leader or ""}

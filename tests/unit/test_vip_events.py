@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pgbalancer.config import parse_config_text
 from pgbalancer.events import payloads
 from pgbalancer.events.schemas import schema_for_topic, validate
 from pgbalancer.events.service import EventService
+from pgbalancer.node import publish_vip
 from pgbalancer.proxy.server import ProxyServer
+from pgbalancer.vip.executor import VipExecutor
+from pgbalancer.vip.manager import VipManager, vip_commands
+from pgbalancer.vip.rule import FOLLOWER, VipTiming
 
 CONFIG = parse_config_text(
     "auth_type = trust\nbackend_hostname0 = db\nnode_name = n1\nworkers = 1\n"
@@ -25,3 +31,14 @@ def test_taking_and_releasing_the_vip_publish_retained_valid_events() -> None:
     assert taken.decoded()["holder"] == "10.0.0.1:9000" and taken.decoded()["node"] == "n1"
     assert released.decoded()["holder"] is None
     assert released.decoded()["vip"] == "192.0.2.10" and released.decoded()["interface"] == "eth0"
+
+
+def test_the_node_publishes_each_change_of_hands_with_its_member_id() -> None:
+    service = EventService(CONFIG, ProxyServer(CONFIG, {}))
+    manager = VipManager(VipExecutor(vip_commands(CONFIG)), VipTiming(acquire_delay=1.0), lambda: FOLLOWER)
+    manager.listeners.append(partial(publish_vip, service, manager, "10.0.0.1:9000"))
+    for listener in manager.listeners:
+        listener(True)
+        listener(False)
+    holders = [message.decoded()["holder"] for message in service.handoff.take(10)]
+    assert holders == ["10.0.0.1:9000", None]

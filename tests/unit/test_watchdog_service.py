@@ -52,6 +52,31 @@ async def test_only_the_leader_commits_and_every_node_adopts_the_committed_epoch
     assert (await a.settle(stale)).primary_id == 1 and cluster.state.epoch == 1
 
 
+class RecordedEvents:
+    def __init__(self) -> None:
+        self.leaders: list[tuple[str | None, int | None]] = []
+
+    def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
+        self.leaders.append((leader, term))
+        return True
+
+
+async def test_every_leader_change_is_published_and_wakes_the_new_leader_s_checks() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a = service(cluster, MEMBERS[0])
+    events = RecordedEvents()
+    a.events = events
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        cluster.elect(MEMBERS[1])
+        assert not a.ha._wake.is_set()
+        cluster.elect(MEMBERS[0])
+        assert a.ha._wake.is_set()  # becoming leader asks for a health round at once
+        cluster.elect(None)
+        nursery.cancel_scope.cancel()
+    assert events.leaders == [(MEMBERS[1], 1), (MEMBERS[0], 2), (None, 3)]
+
+
 async def test_votes_follow_probes_and_count_for_the_planner() -> None:
     cluster = MemoryCluster(MEMBERS)
     a, b, _c = (service(cluster, m) for m in MEMBERS)
