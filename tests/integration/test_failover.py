@@ -160,6 +160,9 @@ def test_kill_the_primary_writes_resume_the_other_standby_follows_and_the_old_pr
         for conn in [*idle, in_flight]:
             conn.close()
         assert node.process.poll() is None
+    except BaseException:  # the node's own account of the failover, shown with the failure
+        print(f"--- pgbalancer log tail ---\n{node.log_tail(120)}")
+        raise
     finally:
         node.stop()
 
