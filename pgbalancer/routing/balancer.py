@@ -189,7 +189,7 @@ class ClassEstimate:
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
     node_id: int
-    score: float  # relative score at the last adaptive pick it was a candidate in (1.0 = best)
+    score: float  # relative score at the last adaptive rebuild it was a candidate in (1.0 = best)
     share: float  # share of recent picks (decayed with a 10 s half-life)
     picks: int
     in_flight: int
