@@ -342,16 +342,6 @@ class Recovery:
     series: list[SharePoint]
 
 
-def _standby_commits(cluster: LocalPgCluster) -> list[int]:
-    """xact_commit of database bench on standby1 and standby2, read on each (not through the shim)."""
-    conns = [psycopg.connect(n.dsn(), autocommit=True) for n in cluster.standbys]
-    try:
-        return _xact_commits(conns)
-    finally:
-        for conn in conns:
-            conn.close()
-
-
 def _node_reads(cluster: LocalPgCluster) -> list[int]:
     """Read transactions committed so far on the primary, standby1 and standby2 (database bench, read on
     each node directly). On the primary the writer's commits are taken out: each commits one UPDATE
