@@ -303,21 +303,24 @@ def run_one(
     ):
         _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.warmup, scripts))  # learning time
         prefix = out / f"latency-{name}"
-        before = _standby_commits(cluster)
+        before = _node_reads(cluster)
         summary = _pgbench(_pgbench_argv(cluster, node.port, args.clients, args.seconds, scripts), prefix)
-        after = _standby_commits(cluster)
+        after = _node_reads(cluster)
     tps, latency_avg = parse_summary(summary)
-    slow, other = (b - a for a, b in zip(before, after, strict=True))
+    primary, slow, other = (b - a for a, b in zip(before, after, strict=True))
     slow_share = slow / (slow + other) if slow + other > 0 else math.nan
+    primary_share = primary / (primary + slow + other) if primary + slow + other > 0 else math.nan
     lines: list[str] = []
     for path in sorted(out.glob(f"{prefix.name}.*")):
         lines += path.read_text().splitlines()
         path.unlink()  # the per-transaction logs are large; the figures below are what is kept
     p99 = percentile(latencies_ms(lines), 0.99)
-    result = RunResult(skew.scenario, algorithm, tps, latency_avg, p99, round(slow_share, 3), rep)
+    result = RunResult(
+        skew.scenario, algorithm, tps, latency_avg, p99, round(slow_share, 3), rep, round(primary_share, 3)
+    )
     print(
         f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {p99:.2f} ms, "
-        f"standby1 share {slow_share:.2f}",
+        f"standby1 share {slow_share:.2f}, primary share of reads {primary_share:.2f}",
         flush=True,
     )
     return result
@@ -339,11 +342,21 @@ class Recovery:
     series: list[SharePoint]
 
 
-def _standby_commits(cluster: LocalPgCluster) -> list[int]:
-    """xact_commit of database bench on standby1 and standby2, read on each (not through the shim)."""
-    conns = [psycopg.connect(n.dsn(), autocommit=True) for n in cluster.standbys]
+def _node_reads(cluster: LocalPgCluster) -> list[int]:
+    """Read transactions committed so far on the primary, standby1 and standby2 (database bench, read on
+    each node directly). On the primary the writer's commits are taken out: each commits one UPDATE
+    of one row, so its tup_updated counts them."""
+    nodes = [cluster.primary, *cluster.standbys]
+    conns = [psycopg.connect(n.dsn(), autocommit=True) for n in nodes]
     try:
-        return _xact_commits(conns)
+        commits = _xact_commits(conns)
+        row = (
+            conns[0]
+            .execute("SELECT tup_updated FROM pg_stat_database WHERE datname = %s", (BENCH_DB,))
+            .fetchone()
+        )
+        commits[0] -= int(row[0]) if row else 0
+        return commits
     finally:
         for conn in conns:
             conn.close()

@@ -89,13 +89,13 @@ def test_scripts_are_written_with_their_weights(tmp_path: Path) -> None:
 
 def test_medians_are_per_scenario_and_algorithm_in_first_seen_order() -> None:
     runs = [
-        RunResult("delay", "round_robin", 100.0, 4.0, 9.0, 0.5),
-        RunResult("delay", "adaptive", 300.0, 2.0, 5.0, 0.1),
-        RunResult("delay", "round_robin", 120.0, 3.0, 11.0, 0.4),
-        RunResult("delay", "adaptive", 200.0, 1.0, 4.0, 0.3),
-        RunResult("delay", "round_robin", 500.0, 1.0, 10.0, 0.6),
+        RunResult("delay", "round_robin", 100.0, 4.0, 9.0, 0.5, primary_share=0.3),
+        RunResult("delay", "adaptive", 300.0, 2.0, 5.0, 0.1, primary_share=0.5),
+        RunResult("delay", "round_robin", 120.0, 3.0, 11.0, 0.4, primary_share=0.4),
+        RunResult("delay", "adaptive", 200.0, 1.0, 4.0, 0.3, primary_share=0.7),
+        RunResult("delay", "round_robin", 500.0, 1.0, 10.0, 0.6, primary_share=0.2),
     ]
     assert medians(runs) == [
-        RunResult("delay", "round_robin", 120.0, 3.0, 10.0, 0.5, 3),
-        RunResult("delay", "adaptive", 250.0, 1.5, 4.5, 0.2, 2),
+        RunResult("delay", "round_robin", 120.0, 3.0, 10.0, 0.5, 3, 0.3),
+        RunResult("delay", "adaptive", 250.0, 1.5, 4.5, 0.2, 2, 0.6),
     ]

@@ -58,6 +58,7 @@ class RunResult:
     latency_p99_ms: float
     slow_share: float = math.nan  # standby1's share of the standbys' transactions (0.5 = even)
     rep: int = 1  # which repetition; in a median (``medians``), how many there were
+    primary_share: float = math.nan  # the primary's share of all reads (its commits minus the writer's)
 
 
 def parse_summary(output: str) -> tuple[float, float]:
@@ -103,6 +104,7 @@ def medians(results: Sequence[RunResult]) -> list[RunResult]:
             statistics.median(r.latency_p99_ms for r in runs),
             statistics.median(r.slow_share for r in runs),
             len(runs),
+            statistics.median(r.primary_share for r in runs),
         )
         for (scenario, algorithm), runs in groups.items()
     ]
@@ -133,8 +135,8 @@ def table(
     (``ratios`` when given, else from the rows themselves) and standby1's share of standby reads."""
     lines = [
         "| scenario | algorithm | TPS | vs round_robin | mean latency (ms) | p99 (ms) | p99 vs round_robin "
-        "| standby1 share |",
-        "|---|---|---|---|---|---|---|---|",
+        "| standby1 share | primary share of reads |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     baseline = {r.scenario: r for r in results if r.algorithm == "round_robin"}
     for result in results:
@@ -148,8 +150,9 @@ def table(
                 f"{result.latency_p99_ms / base.latency_p99_ms:.2f}x" if base and base.latency_p99_ms else "-"
             )
         share = "-" if math.isnan(result.slow_share) else f"{result.slow_share:.2f}"
+        primary = "-" if math.isnan(result.primary_share) else f"{result.primary_share:.2f}"
         lines.append(
             f"| {result.scenario} | {result.algorithm} | {result.tps:.0f} | {tps_ratio} | "
-            f"{result.latency_avg_ms:.2f} | {result.latency_p99_ms:.2f} | {p99_ratio} | {share} |"
+            f"{result.latency_avg_ms:.2f} | {result.latency_p99_ms:.2f} | {p99_ratio} | {share} | {primary} |"
         )
     return "\n".join(lines) + "\n"

@@ -59,6 +59,11 @@ class BatchRouting:
         elif decision.action is RouteAction.REPLY_LOCALLY:
             self.held_begin = None
         if decision.action in (RouteAction.SEND, RouteAction.MIGRATE):
+            if self.decision is not None:
+                # A pipelined batch (or one whose ReadyForQuery was not reported, e.g. during a
+                # rollback) is replaced: its read must leave the in-flight count, or the node looks
+                # busier for ever and the balancer starves it.
+                self.router.abandon(self.decision)
             self.decision = decision
         return decision
 

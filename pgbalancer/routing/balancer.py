@@ -4,17 +4,21 @@ Strategies (``load_balance_algorithm``):
 
 * ``adaptive`` — a bandit. Per node and per query class (complexity bucket x read kind)
   it keeps exponentially weighted estimates of latency and error rate, plus the node's
-  reads in flight. A node's predicted cost for a class is its latency estimate, shrunk
-  toward a prior while confidence is low (the class's cluster mean scaled by how fast the
-  node is overall), times its load; its score is ``weight * health * (1 - error)**2 / cost``.
-  With probability ε it explores (a node drawn by weight, failing nodes less), otherwise
-  it draws a node with probability ∝ score² (score-weighted, not argmax, so equal nodes
-  share and no node is stampeded). ε starts at ``ai_exploration_rate`` and decays toward
-  ``ai_exploration_floor`` as the class gathers samples. Confidence decays with a
-  half-life when a node goes unobserved, so its estimates fall back to the prior and it
-  is tried again: a slow node that recovers wins its traffic back. Errors and timeouts
-  teach at once (a larger learning rate, and a timeout's latency counts), so a failing
-  node loses its share within a few reads.
+  reads in flight and the load (reads in flight) its latencies were measured under. A
+  node's latency for a class is its estimate, shrunk toward a prior while confidence is low
+  (the class's cluster mean scaled by how fast the node is overall), divided by the load it
+  was measured under; its score is ``weight * health * (1 - error)**2 / latency``, divided
+  at each pick by ``1 + f * (reads in flight + 1)`` (so load counts once, not twice). With
+  probability ε it explores (a node drawn by weight, failing nodes less), otherwise it draws
+  a node with probability ∝ score**4 (score-weighted, not argmax, so equal nodes share and no
+  node is stampeded; sharp enough that concurrent reads spread like least_connections). ε
+  starts at ``ai_exploration_rate`` and decays toward ``ai_exploration_floor`` as the class
+  gathers samples. Confidence decays with a half-life when a node goes unobserved, so its
+  estimates fall back to the prior and it is tried again: a slow node that recovers wins its
+  traffic back. Errors and timeouts teach at once (a larger learning rate, and a timeout's
+  latency counts), so a failing node loses its share within a few reads. Scores are cached
+  per class: rebuilt every 0.25 s (or when the candidates change, or after an error), and a
+  node's entry is refreshed by its own feedback, so a pick allocates nothing.
 * ``round_robin`` — rotate over the candidates in node order.
 * ``weighted`` — random, proportional to ``backend_weightN``.
 * ``least_connections`` — fewest reads in flight per unit of weight; ties rotate.
@@ -43,7 +47,8 @@ from pgbalancer.routing.complexity import ComplexityBucket
 _PRIOR_WEIGHT = 2.0  # pseudo-samples of prior mixed into every estimate
 _RATE_HALF_LIFE = 10.0  # seconds: window of the decisions-per-second and traffic-share figures
 _ERROR_EXPONENT = 2
-_LOAD_FACTOR = {ComplexityBucket.LIGHT: 0.5, ComplexityBucket.MEDIUM: 1.0, ComplexityBucket.HEAVY: 2.0}
+_REFRESH_S = 0.25  # seconds between full rebuilds of a class's cached scores (feedback refreshes one node)
+_LOAD_FACTOR = {ComplexityBucket.LIGHT: 1.0, ComplexityBucket.MEDIUM: 1.5, ComplexityBucket.HEAVY: 2.0}
 
 
 class Algorithm(enum.StrEnum):
@@ -81,7 +86,7 @@ class BalancerSettings:
     error_learning_rate: float = 0.5  # how hard one error or timeout moves the error estimate
     memory_half_life: float = 30.0  # seconds for an unobserved estimate to lose half its weight
     confidence_scale: float = 50.0  # class samples at which ε is halfway between rate and floor
-    sharpness: float = 2.0  # exploitation draws ∝ score ** sharpness
+    sharpness: float = 4.0  # exploitation draws ∝ score ** sharpness (in-flight load divides the score)
 
 
 def _decay(elapsed: float, half_life: float) -> float:
@@ -126,7 +131,8 @@ class _Node:
     picks: int = 0
     recent_picks: float = 0.0  # decayed with _RATE_HALF_LIFE
     recent_at: float = 0.0
-    score: float = 0.0  # last relative score (1.0 = the best candidate then)
+    score: float = 0.0  # relative score at the last refresh (1.0 = the best candidate then)
+    load: float = 1.0  # EWMA of this node's reads in flight while one finished (itself included)
 
     def estimate(self, query_class: QueryClass) -> _Estimate:
         found = self.classes.get(query_class)
@@ -136,6 +142,40 @@ class _Node:
 
     def recent(self, now: float) -> float:
         return self.recent_picks * _decay(now - self.recent_at, _RATE_HALF_LIFE)
+
+
+@dataclass(slots=True)
+class _ClassTable:
+    """The adaptive scores of one query class over one candidate set, cached between picks.
+
+    ``base[i]`` is node i's score without its current load: ``weight * health * (1 - error)**2 /
+    (latency / (1 + f * load seen))``, i.e. per unit of the load its latency was measured under. A
+    pick only divides by ``1 + f * (in_flight + 1)``. Rebuilt in full (priors, decay, ε) every
+    ``_REFRESH_S`` or when the candidates change; one node's entry is refreshed on its feedback.
+    """
+
+    nodes: list[_Node]
+    weights: list[float]  # (node_id, weight, health) of the candidates the table was built for
+    health: list[float]
+    base: list[float]
+    priors: list[float]  # each node's prior latency for the class at the last rebuild
+    explore: list[float]  # exploration draw weights
+    draw: list[float]  # scratch for the exploitation draw (reused: no allocation per pick)
+    epsilon: float
+    built_at: float
+
+    def matches(self, candidates: Sequence[BackendState]) -> bool:
+        nodes = self.nodes
+        if len(candidates) != len(nodes):
+            return False
+        for index, candidate in enumerate(candidates):
+            if (
+                candidate.node_id != nodes[index].node_id
+                or candidate.weight != self.weights[index]
+                or candidate.health_score != self.health[index]
+            ):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +189,7 @@ class ClassEstimate:
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
     node_id: int
-    score: float  # relative score at the last adaptive pick it was a candidate in (1.0 = best)
+    score: float  # relative score at the last adaptive rebuild it was a candidate in (1.0 = best)
     share: float  # share of recent picks (decayed with a 10 s half-life)
     picks: int
     in_flight: int
@@ -212,10 +252,12 @@ class Balancer:
         self._recent_at = 0.0
         self._first_decision_at: float | None = None
         self._epsilon = self.settings.exploration_rate
+        self._tables: dict[QueryClass, _ClassTable] = {}
 
     def configure(self, settings: BalancerSettings) -> None:
         """Apply reloaded settings; what was learned is kept."""
         self.settings = settings
+        self._tables.clear()
 
     # ---- choosing
 
@@ -232,8 +274,13 @@ class Balancer:
         must not be empty."""
         if not candidates:
             raise ValueError("the balancer needs at least one candidate node")
-        nodes = [self._refresh(candidate) for candidate in sorted(candidates, key=lambda c: c.node_id)]
-        chosen = nodes[0] if len(nodes) == 1 else self._choose(nodes, query_class, now)
+        if len(candidates) == 1:
+            chosen = self._refresh(candidates[0])
+        elif self.settings.algorithm is Algorithm.ADAPTIVE:
+            chosen = self._adaptive(candidates, query_class, now)
+        else:
+            nodes = [self._refresh(candidate) for candidate in sorted(candidates, key=lambda c: c.node_id)]
+            chosen = self._choose(nodes, query_class, now)
         self._count_pick(chosen, now)
         if in_flight:
             self.started(chosen.node_id)
@@ -245,8 +292,6 @@ class Balancer:
 
     def _choose(self, nodes: list[_Node], query_class: QueryClass, now: float) -> _Node:
         algorithm = self.settings.algorithm
-        if algorithm is Algorithm.ADAPTIVE:
-            return self._adaptive(nodes, query_class, now)
         if algorithm is Algorithm.WEIGHTED:
             return self._draw(nodes, [node.weight for node in nodes])
         if algorithm is Algorithm.LEAST_CONNECTIONS:
@@ -273,8 +318,39 @@ class Balancer:
                 return node
         return nodes[-1]
 
-    def _adaptive(self, nodes: list[_Node], query_class: QueryClass, now: float) -> _Node:
+    def _adaptive(self, candidates: Sequence[BackendState], query_class: QueryClass, now: float) -> _Node:
+        """ε: a node drawn by weight (failing nodes less); else a draw ∝ (base / (1 + f * load))**sharpness,
+        the load being the node's reads in flight plus this one. Scores come from the class's cached
+        table, so a pick costs a few multiplications per candidate and allocates nothing."""
+        table = self._tables.get(query_class)
+        if table is None or now - table.built_at >= _REFRESH_S or not table.matches(candidates):
+            table = self._rebuild(candidates, query_class, now)
+        rng = self._rng
+        if rng.random() < table.epsilon:
+            return self._draw(table.nodes, table.explore)
+        load_factor = _LOAD_FACTOR[query_class.bucket]
+        sharpness = self.settings.sharpness
+        draw, base, nodes = table.draw, table.base, table.nodes
+        total = 0.0
+        for index, node in enumerate(nodes):
+            weight = (base[index] / (1.0 + load_factor * (node.in_flight + 1))) ** sharpness
+            draw[index] = weight
+            total += weight
+        if not total > 0 or not math.isfinite(total):
+            return nodes[rng.randrange(len(nodes))]
+        point = rng.random() * total
+        for index, weight in enumerate(draw):
+            point -= weight
+            if point < 0:
+                return nodes[index]
+        return nodes[-1]
+
+    def _rebuild(
+        self, candidates: Sequence[BackendState], query_class: QueryClass, now: float
+    ) -> _ClassTable:
+        """The class's table from scratch: ε, priors, every node's base score (decayed to ``now``)."""
         settings = self.settings
+        nodes = [self._refresh(candidate) for candidate in candidates]
         half_life = settings.memory_half_life
         class_confidence = [node.estimate(query_class).confidence(now, half_life) for node in nodes]
         floor = min(settings.exploration_floor, settings.exploration_rate)
@@ -282,51 +358,40 @@ class Balancer:
         epsilon = floor + (settings.exploration_rate - floor) * scale / (scale + sum(class_confidence))
         self._epsilon = epsilon
         errors = [self._error(node, query_class, now) for node in nodes]
-        scores = self._scores(nodes, query_class, errors, class_confidence, now)
-        best = max(scores)
-        for node, score in zip(nodes, scores, strict=True):
-            node.score = score / best if best > 0 else 0.0
-        if self._rng.random() < epsilon:
-            return self._draw(
-                nodes, [node.weight * (1.0 - error) for node, error in zip(nodes, errors, strict=True)]
-            )
-        return self._draw(nodes, [score**settings.sharpness for score in scores])
-
-    def _scores(
-        self,
-        nodes: list[_Node],
-        query_class: QueryClass,
-        errors: list[float],
-        class_confidence: list[float],
-        now: float,
-    ) -> list[float]:
-        latencies = self._predicted_latencies(nodes, query_class, class_confidence, now)
+        priors = self._priors(nodes, query_class, class_confidence, now)
         load_factor = _LOAD_FACTOR[query_class.bucket]
-        return [
-            node.weight
-            * node.health
-            * (1.0 - error) ** _ERROR_EXPONENT
-            / (latency * (1.0 + load_factor * node.in_flight))
-            for node, error, latency in zip(nodes, errors, latencies, strict=True)
+        base = [
+            _base_score(
+                node, error, _shrunk(node.estimate(query_class).latency, confidence, prior), load_factor
+            )
+            for node, error, confidence, prior in zip(nodes, errors, class_confidence, priors, strict=True)
         ]
+        best = max(base)
+        for node, score in zip(nodes, base, strict=True):
+            node.score = score / best if best > 0 else 0.0
+        table = _ClassTable(
+            nodes=nodes,
+            weights=[candidate.weight for candidate in candidates],
+            health=[candidate.health_score for candidate in candidates],
+            base=base,
+            priors=priors,
+            explore=[node.weight * (1.0 - error) for node, error in zip(nodes, errors, strict=True)],
+            draw=[0.0] * len(nodes),
+            epsilon=epsilon,
+            built_at=now,
+        )
+        self._tables[query_class] = table
+        return table
 
-    def _predicted_latencies(
+    def _priors(
         self, nodes: list[_Node], query_class: QueryClass, class_confidence: list[float], now: float
     ) -> list[float]:
-        """Each node's latency for this class, shrunk toward a prior while its confidence is low.
-
-        The prior is the class's cluster mean scaled by how the node compares overall, so a
-        node known to be slow is presumed slow for a class it has not served yet.
-        """
+        """Each node's prior latency for this class, toward which its estimate is shrunk while its
+        confidence is low: the class's cluster mean scaled by how the node compares overall, so a
+        node known to be slow is presumed slow for a class it has not served yet."""
         ratios = self._speed_ratios(nodes, now)
         class_mean = _weighted_mean([node.estimate(query_class).latency for node in nodes], class_confidence)
-        latencies = []
-        for node, confidence, ratio in zip(nodes, class_confidence, ratios, strict=True):
-            prior = (class_mean if class_mean is not None else 1.0) * ratio
-            estimate = node.estimate(query_class).latency
-            shrunk = (confidence * estimate + _PRIOR_WEIGHT * prior) / (confidence + _PRIOR_WEIGHT)
-            latencies.append(max(shrunk, 1e-6))
-        return latencies
+        return [(class_mean if class_mean is not None else 1.0) * ratio for ratio in ratios]
 
     def _speed_ratios(self, nodes: list[_Node], now: float) -> list[float]:
         """Each node's overall latency relative to the candidates' mean, shrunk toward 1."""
@@ -355,11 +420,27 @@ class Balancer:
         """The read sent to ``node_id`` finished: ``latency`` seconds; ``ok`` False for a failure of
         the node (connection lost, timeout, recovery conflict), not for the client's own SQL error."""
         node = self._node(node_id)
+        load = max(node.in_flight, 1)  # the reads it shared the node with, itself included
         node.in_flight = max(0, node.in_flight - 1)
         if not (math.isfinite(latency) and latency >= 0):
             return
-        node.estimate(query_class).learn(latency, ok, now, self.settings)
-        node.overall.learn(latency, ok, now, self.settings)
+        settings = self.settings
+        estimate = node.estimate(query_class)
+        estimate.learn(latency, ok, now, settings)
+        node.overall.learn(latency, ok, now, settings)
+        node.load += max(settings.learning_rate, 1.0 / node.overall.samples) * (load - node.load)
+        if not ok:
+            for stale in self._tables.values():
+                stale.built_at = -math.inf  # errors teach every class at once: rebuild on the next pick
+            return
+        table = self._tables.get(query_class)
+        if table is not None and settings.algorithm is Algorithm.ADAPTIVE:
+            for index, member in enumerate(table.nodes):
+                if member is node:  # refresh this node's entry from what it just taught
+                    error = self._error(node, query_class, now)
+                    shrunk = _shrunk(estimate.latency, estimate.samples, table.priors[index])
+                    table.base[index] = _base_score(node, error, shrunk, _LOAD_FACTOR[query_class.bucket])
+                    break
 
     def abandon(self, node_id: int) -> None:
         """A read counted in flight ended without an outcome worth learning (the client left)."""
@@ -432,6 +513,22 @@ class Balancer:
         if warmed <= 0.0:
             return 0.0
         return recent_decisions * math.log(2) / _RATE_HALF_LIFE / warmed
+
+
+def _shrunk(estimate: float, confidence: float, prior: float) -> float:
+    return max((confidence * estimate + _PRIOR_WEIGHT * prior) / (confidence + _PRIOR_WEIGHT), 1e-6)
+
+
+def _base_score(node: _Node, error: float, latency: float, load_factor: float) -> float:
+    """Score per unit of load: the latency is divided by the load it was measured under, so a busy
+    node is not penalised twice (once in its latency, once again for its reads in flight)."""
+    return (
+        node.weight
+        * node.health
+        * (1.0 - error) ** _ERROR_EXPONENT
+        * (1.0 + load_factor * node.load)
+        / latency
+    )
 
 
 def _weighted_mean(values: list[float], weights: list[float]) -> float | None:

@@ -137,3 +137,11 @@ def test_a_failed_node_is_reported_to_the_balancer_at_once() -> None:
     nodes = {node.node_id: node for node in state.router.statistics(1.0).nodes}
     assert nodes[decision.node_id].error_rate == 1.0  # one read, one failure: learnt at once
     assert state.decision is None
+
+
+def test_a_pipelined_read_does_not_stay_in_flight_for_ever() -> None:
+    state = routing()
+    for now in (0.0, 0.001, 0.002):  # three reads sent before the first ReadyForQuery comes back
+        state.decide([query("SELECT 1")], VIEW, now, attached=None, standard_conforming_strings=True)
+    state.ready(b"I", ok=True, latency=0.003, now=0.003)  # one report for the whole pipeline
+    assert all(node.in_flight == 0 for node in state.router.statistics(1.0).nodes)
