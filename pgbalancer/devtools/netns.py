@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from pgbalancer.devtools.pgcluster import process_alive
+
 DEFAULT_TAG = "pgbt"
 DEFAULT_SUBNET = "10.77.0"
 BRIDGE = "br0"
@@ -258,18 +260,8 @@ def reap_orphaned_labs(tag: str = DEFAULT_TAG) -> list[str]:
     reaped: list[str] = []
     for netns in list_namespaces():
         match = _NAME_RE.fullmatch(netns)
-        if match is None or match["tag"] != tag or _alive(int(match["pid"])):
+        if match is None or match["tag"] != tag or process_alive(int(match["pid"])):
             continue
         ip("netns", "del", netns, check=False)
         reaped.append(netns)
     return reaped
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

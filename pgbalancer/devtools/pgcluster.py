@@ -714,7 +714,7 @@ def reap_orphaned_clusters(parent: Path, prefix: str) -> list[Path]:
             owner = int((base / "owner.pid").read_text().strip())
         except (OSError, ValueError):
             continue
-        if _process_alive(owner):
+        if process_alive(owner):
             continue
         try:
             LocalPgCluster.attach(base).destroy()
@@ -724,7 +724,8 @@ def reap_orphaned_clusters(parent: Path, prefix: str) -> list[Path]:
     return reaped
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (owned by anyone); used to reap what a dead run left."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
