@@ -10,13 +10,13 @@ pure ``consensus.state.apply_command`` to every committed log entry, and bridges
   again comes back through ``run_sync_soon``; the awaiting task waits for it with a deadline and
   then until the state it produced is applied here.
 
-Timings (``RaftTimings``) are tuned for seconds-level failover (STACK-NOTES: min/max election
-timeout 0.15/0.35 s, heartbeats every 0.03 s, ticks every 0.01 s). ``leader_fallback_timeout`` is
-how long a leader cut off from the majority still believes it leads; a new leader must wait
-``vip_acquire_delay`` (longer than that) before taking the virtual IP, so the old one has stepped
-down first. Peers authenticate and encrypt with ``password`` (watchdog_secret), the endpoint binds
-to this member's own address only, and the journal plus full dump under ``data_dir`` keep the term,
-vote and log across restarts.
+Timings (``RaftTimings``) are tuned for seconds-level failover (min/max election timeout 0.3/0.6 s,
+heartbeats every 0.05 s, ticks every 0.01 s; STACK-NOTES' 0.15/0.35/0.03 flapped under load).
+``leader_fallback_timeout`` is how long a leader cut off from the majority still believes it leads;
+a new leader must wait ``vip_acquire_delay`` (longer than that) before taking the virtual IP, so the
+old one has stepped down first. Peers authenticate and encrypt with ``password`` (watchdog_secret),
+the endpoint binds to this member's own address only, and the journal plus full dump under
+``data_dir`` keep the term, vote and log across restarts.
 
 It must never import pgbalancer, never block the trio thread on the network (the constructor runs in
 a worker thread), and never do more than hand values over inside the tick thread's callback.
@@ -71,13 +71,16 @@ _FAILURES = {
 class RaftTimings:
     """pysyncobj's timing knobs, in seconds."""
 
-    raft_min_timeout: float = 0.15
-    raft_max_timeout: float = 0.35
-    append_entries_period: float = 0.03
+    # Elections 0.3-0.6 s, heartbeats 0.05 s: with 0.15-0.35/0.03 a tick thread starved of the GIL by
+    # a busy process missed enough heartbeats for 3 leader changes a minute (docs/watchdog.md).
+    raft_min_timeout: float = 0.3
+    raft_max_timeout: float = 0.6
+    append_entries_period: float = 0.05
     auto_tick_period: float = 0.01
-    # A leader that heard from no majority for this long steps down. Twice the longest election
-    # timeout: a follower starts an election after at most raft_max_timeout of silence.
-    leader_fallback_timeout: float = 0.7
+    # A leader that heard from no majority for this long steps down. Above the longest election
+    # timeout (a follower starts an election after at most raft_max_timeout of silence), below
+    # vip_acquire_delay (the VIP rule, docs/vip.md).
+    leader_fallback_timeout: float = 1.0
     # The VIP rule's margin on top of leader_fallback_timeout (a tick or two plus scheduling).
     vip_margin: float = 0.3
     connection_timeout: float = 1.5  # a silent peer connection is dropped after this

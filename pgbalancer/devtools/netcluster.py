@@ -344,8 +344,10 @@ class NetCluster:
         chosen = list(names or self.nodes)
 
         def stable() -> str:
+            # the leader must be one of ``names``: survivors may still name a killed leader, whose
+            # namespace keeps the VIP address after a SIGKILL
             leader = self.agreed_leader(chosen)
-            return leader if leader is not None and self.vip_holders() == {leader} else ""
+            return leader if leader in chosen and self.vip_holders() == {leader} else ""
 
         try:
             return wait_for(

@@ -57,27 +57,47 @@ def _write_through_vip(cluster: SampledCluster, note: str) -> int:
     """Insert a row through the VIP; how many rows with ``note`` the committed primary then has."""
     cluster.query("CREATE TABLE IF NOT EXISTS wd_probe (id serial PRIMARY KEY, note text)")
     cluster.query(f"INSERT INTO wd_probe (note) VALUES ('{note}')")
-    (holder,) = cluster.vip_holders()
+    # one holder (the VIP may be between two while leadership moves under load: wait for it to land)
+    holder = wait_for(lambda: next(iter(h)) if len(h := cluster.vip_holders()) == 1 else "", timeout=15)
     primary = cluster.info(holder)["primary_id"]
     # straight on the primary: a read through pgbalancer may go to a standby that has not replayed it yet
     return int(cluster.pg_sql(f"SELECT count(*) FROM wd_probe WHERE note = '{note}'", node_index=primary))
 
 
-def _vip_holder_is(cluster: SampledCluster, name: str, holder: str) -> bool:
-    return cluster.name_of(cluster.info(name)["vip"]["holder"]) == holder
+def _consistent_view(cluster: SampledCluster) -> str:
+    """The leader (else ""), if one read of every node and of the namespaces says it leads and alone
+    holds the VIP."""
+    views = {name: cluster.info(name) for name in cluster.nodes}
+    leaders = {cluster.name_of(view["leader"]) for view in views.values()}
+    if len(leaders) != 1 or None in leaders or not all(view["quorum"] for view in views.values()):
+        return ""
+    (leader,) = leaders
+    assert leader is not None
+    holders = [cluster.name_of(node["id"]) for node in views[leader]["nodes"] if node["holds_vip"]]
+    named = {cluster.name_of(view["vip"]["holder"]) for view in views.values()}
+    if holders != [leader] or named != {leader} or cluster.vip_holders() != {leader}:
+        return ""
+    # read the leader again: it still leads, in the same term, so all the reads describe one leadership
+    again = cluster.info(leader)
+    return (
+        leader
+        if cluster.name_of(again["leader"]) == leader and again["term"] == views[leader]["term"]
+        else ""
+    )
 
 
 def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
     cluster: SampledCluster,
 ) -> None:
-    leader = cluster.wait_stable(timeout=60)
+    cluster.wait_stable(timeout=60)
+    # Leadership may legitimately move under CPU load, so the claim is checked on one consistent
+    # view, polled until there is one: every node names the same leader, that leader alone holds the
+    # VIP (its own status and the namespaces' addresses agree), and the replicated state names it
+    # as the holder on every node. A view that never becomes consistent fails the test.
+    leader = wait_for(
+        partial(_consistent_view, cluster), timeout=30, interval=0.1, message="one consistent leader+VIP view"
+    )
     info = cluster.info(leader)
-    holders = [node["id"] for node in info["nodes"] if node["holds_vip"]]
-    assert [cluster.name_of(holder) for holder in holders] == [leader]
-    for name in cluster.nodes:
-        assert cluster.name_of(cluster.info(name)["leader"]) == leader
-        # the holder is recorded in the replicated state: every node's status names it
-        wait_for(partial(_vip_holder_is, cluster, name, leader), timeout=10, message=f"{name} names it")
     assert info["vip"]["address"] == VIP and info["vip"]["interface"] == "eth0"
     assert _write_through_vip(cluster, "first leader") == 1
     _no_two_holders(cluster)

@@ -27,7 +27,7 @@ from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
 from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
-from tests.integration.test_watchdog_cluster import index_of, wait_leader, watchdog_nodes
+from tests.integration.test_watchdog_cluster import index_of, under_one_leader, wait_leader, watchdog_nodes
 from tests.integration.tls_support import make_tls_files
 
 ADMIN, ADMIN_PASSWORD = "api_admin", API_USERS["api_admin"][0]
@@ -617,21 +617,29 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
     # One signing key on every node, as a cluster should have it: a token from one works on all.
     with watchdog_nodes(pg_cluster, tmp_path / "nodes", api_jwt_secret=JWT_SECRET) as group:
         nodes = group.live()
-        leader = wait_leader(nodes)
+        wait_leader(nodes)
         apis = [api_base_url(node) for node in nodes]
         cluster = ",".join(api.removeprefix("http://") for api in apis)
         runner = BctlRunner(tmp_path / "home", extra_env={"PGBALANCER_URL": apis[0]})
         assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
 
-        status = runner("--cluster", cluster, "watchdog-status").json()
+        # Leadership may move under CPU load: each check runs while one leader led throughout (the
+        # nodes' /watchdog/info agree on it, in the same term, just before and just after the call).
+        leader, status = under_one_leader(
+            nodes, lambda: runner("--cluster", cluster, "watchdog-status").json()
+        )
         assert status["enabled"] is True and status["leader"] == leader and len(status["nodes"]) == 3
         assert [n["id"] for n in status["nodes"] if n["role"] == "leader"] == [leader]
-        table = runner("--cluster", cluster, "--table", "watchdog-status")
+        leader, table = under_one_leader(
+            nodes, lambda: runner("--cluster", cluster, "--table", "watchdog-status")
+        )
         assert table.code == 0 and leader in table.stdout and "members" in table.stdout
 
         # A control command goes to the leader's API, whichever node is listed first.
+        leader, reloaded = under_one_leader(
+            nodes, lambda: runner("--cluster", cluster, "--verbose", "reload")
+        )
         leader_api = apis[index_of(group, leader)]
-        reloaded = runner("--cluster", cluster, "--verbose", "reload")
         assert reloaded.json()["reloaded"] is True
         assert f"the watchdog leader is {leader} at {leader_api}" in reloaded.stderr
         assert f"> POST {leader_api}/api/v1/control/reload -> 200" in reloaded.stderr
@@ -646,9 +654,13 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
         assert again.code == 1 and "HTTP 404" in again.stderr
 
         # The leader dies: bctl skips its dead API and follows the new leader.
+        leader = wait_leader(nodes)
         group.kill(index_of(group, leader))
-        new_leader = wait_leader(group.live(), timeout=20)
+        # the survivors agree on one of themselves (never the killed one) before and after the call
+        new_leader, moved = under_one_leader(
+            group.live(), lambda: runner("--cluster", cluster, "--verbose", "reload"), timeout=40
+        )
+        assert new_leader != leader
         new_api = apis[index_of(group, new_leader)]
-        moved = runner("--cluster", cluster, "--verbose", "reload")
         assert moved.code == 0, moved.stderr
         assert f"the watchdog leader is {new_leader} at {new_api}" in moved.stderr

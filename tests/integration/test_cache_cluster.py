@@ -93,7 +93,8 @@ def wait_for_hits(pair: list[BalancerProcess]) -> None:
             functools.partial(_serves_hits, node),
             timeout=30,
             message=f"node {node.port} never served a cache hit",
-            retry_on=(psycopg.OperationalError,),
+            # 25006 (ReadOnlySqlTransaction): the node has no watchdog quorum yet and refuses it
+            retry_on=(psycopg.OperationalError, psycopg.errors.ReadOnlySqlTransaction),
         )
 
 

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 import pgbalancer.node
 from pgbalancer.config import parse_config_text
@@ -33,7 +34,7 @@ from pgbalancer.events.service import EventService
 from pgbalancer.proxy.server import ProxyServer
 from tests.integration.mqtt_support import MOSQUITTO, Received, Subscriber, run_mosquitto, subscriber
 from tests.integration.proxy_support import USERLIST, api_base_url, api_login, base_settings
-from tests.integration.test_watchdog_cluster import Trio, index_of, wait_leader
+from tests.integration.test_watchdog_cluster import Trio, index_of, under_one_leader
 
 MONITOR = {"username": "monitor", "password": "monitor-pw"}
 APP_USER = "app_scram"
@@ -442,15 +443,25 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
         for index in range(3):
             group.start(index)
         nodes = group.live()
-        leader = index_of(group, wait_leader(nodes))
+
+        def raft_metrics() -> list[dict[str, Sample]]:
+            return [
+                {
+                    s.name: s
+                    for family in text_string_to_metric_families(
+                        httpx.get(f"{api_base_url(node)}/metrics").text
+                    )
+                    for s in family.samples
+                    if s.name.startswith("pgbalancer_raft_")
+                }
+                for node in nodes
+            ]
+
+        # read while one leader led throughout (leadership may move under CPU load)
+        leader_id, metrics = under_one_leader(nodes, raft_metrics)
+        leader = index_of(group, leader_id)
         follower = next(i for i in range(3) if i != leader)
-        for index, node in enumerate(nodes):  # /metrics shows the same Raft state
-            raft = {
-                s.name: s
-                for family in text_string_to_metric_families(httpx.get(f"{api_base_url(node)}/metrics").text)
-                for s in family.samples
-                if s.name.startswith("pgbalancer_raft_")
-            }
+        for index, raft in enumerate(metrics):  # /metrics shows the same Raft state
             assert raft["pgbalancer_raft_is_leader"].value == (index == leader)
             assert raft["pgbalancer_raft_quorum"].value == 1 and raft["pgbalancer_raft_term"].value >= 1
             assert (

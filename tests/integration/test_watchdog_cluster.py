@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -101,24 +101,61 @@ def info(node: BalancerProcess) -> dict[str, Any]:
     return body
 
 
-def agreed_leader(nodes: list[BalancerProcess]) -> str | None:
-    """The leader every node names, if they all name the same one and have quorum."""
+T = TypeVar("T")
+
+
+def agreed_term(nodes: list[BalancerProcess]) -> tuple[str, int] | None:
+    """(leader, term) every node names, if they all name the same leader in one term, have quorum,
+    and the leader is one of ``nodes`` (survivors still naming a killed leader have not agreed yet)."""
     seen = [info(node) for node in nodes]
     leaders = {body["leader"] for body in seen}
-    if len(leaders) != 1 or None in leaders or not all(body["quorum"] for body in seen):
+    terms = {body["term"] for body in seen}
+    if len(leaders) != 1 or len(terms) != 1 or not all(body["quorum"] for body in seen):
         return None
-    return str(leaders.pop())
+    leader = leaders.pop()
+    if leader not in {body["self_id"] for body in seen}:
+        return None
+    return str(leader), int(terms.pop())
+
+
+def agreed_leader(nodes: list[BalancerProcess]) -> str | None:
+    """The leader every node names, if they all name the same one (one of ``nodes``) and have quorum."""
+    agreed = agreed_term(nodes)
+    return None if agreed is None else agreed[0]
 
 
 def wait_leader(nodes: list[BalancerProcess], timeout: float = 20) -> str:
-    leader = wait_for(
-        lambda: agreed_leader(nodes),
+    return wait_term(nodes, timeout)[0]
+
+
+def wait_term(nodes: list[BalancerProcess], timeout: float = 20) -> tuple[str, int]:
+    agreed = wait_for(
+        lambda: agreed_term(nodes),
         timeout=timeout,
         message="one leader known to all",
         retry_on=(httpx.HTTPError,),
     )
-    assert leader is not None
-    return leader
+    assert agreed is not None
+    return agreed
+
+
+def under_one_leader(
+    nodes: list[BalancerProcess], action: Callable[[], T], timeout: float = 30
+) -> tuple[str, T]:
+    """Run ``action`` while one leader leads throughout: ``nodes`` agree on the same (leader, term) just
+    before and just after it; the leader and what ``action`` returned, for the caller to check one
+    against the other. Leadership may legitimately move under CPU load (a starved tick thread misses
+    heartbeats); then ``action`` runs again, until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    changes: list[tuple[tuple[str, int], tuple[str, int]]] = []
+    while time.monotonic() < deadline:
+        before = wait_term(nodes, timeout=max(deadline - time.monotonic(), 1))
+        result = action()
+        after = wait_term(nodes, timeout=max(deadline - time.monotonic(), 1))
+        if before == after:
+            return before[0], result
+        changes.append((before, after))
+    raise TimeoutError(f"the watchdog leader changed during every attempt for {timeout}s: {changes}")
 
 
 def index_of(group: Trio, member: str) -> int:
