@@ -87,7 +87,12 @@ def stream_events(args: argparse.Namespace, client: ApiClient, json_output: bool
             inbox.put(("connected", None))
 
     def on_message(c: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        inbox.put(("message", (message.topic, bytes(message.payload), bool(message.retain))))
+        # The embedded amqtt broker has been seen to hand a new subscriber a retained message of
+        # another topic (a race in its retained-message delivery): print only what was asked for.
+        if mqtt.topic_matches_sub(args.topic, message.topic):
+            inbox.put(("message", (message.topic, bytes(message.payload), bool(message.retain))))
+        elif client.verbose:
+            client.log(f"> MQTT skipped {message.topic}: outside {args.topic}")
 
     def on_disconnect(c: mqtt.Client, userdata: object, flags: object, reason: Any, props: object) -> None:
         inbox.put(("disconnected", str(reason)))
