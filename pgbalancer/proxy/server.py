@@ -243,13 +243,17 @@ class ProxyServer:
         (its transactions are routed one by one afterwards; writes are refused then)."""
         try:
             return await self.acquire_primary(database, credentials)
-        except QuorumLost:
-            view = self.cluster_view
-            standby = next((s for s in view.readable() if s.node_id != view.primary_id), None)
-            if standby is None or (self.partition_gate is not None and self.partition_gate(False)):
+        except QuorumLost as refusal:
+            if self.partition_gate is not None and self.partition_gate(False):
                 raise
-            address = BackendAddress(standby.node_id, standby.host, standby.port)
-            return await self._acquire_from(address, database, credentials)
+            view = self.cluster_view
+            for standby in (s for s in view.readable() if s.node_id != view.primary_id):
+                address = BackendAddress(standby.node_id, standby.host, standby.port)
+                try:
+                    return await self._acquire_from(address, database, credentials)
+                except BackendUnavailable:  # a cut-off node's view may be stale: try the next one
+                    continue
+            raise refusal  # no standby answers: the client gets the quorum refusal, not a connect error
 
     def _check_partition(self, *, write: bool) -> None:
         """QuorumLost when the watchdog says this node is cut off from the majority for too long."""
