@@ -90,6 +90,12 @@ def watchdog_nodes(cluster: PgClusterLike, root: Path, **overrides: Setting) -> 
         for index in range(3):
             group.start(index)
         yield group
+    except BaseException:  # each node's own account (a node whose API stopped answering, say)
+        for index, node in enumerate(group.nodes):
+            if node is not None:
+                exited = node.process.poll()
+                print(f"--- node {index} (exit status {exited}) log tail ---\n{node.log_tail(60)}")
+        raise
     finally:
         group.stop_all()
 
