@@ -45,7 +45,8 @@ _SECONDS: Final[Schema] = {"type": "number", "minimum": 0}
 _STRING: Final[Schema] = {"type": "string"}
 _BOOL: Final[Schema] = {"type": "boolean"}
 _SHARE: Final[Schema] = {"type": "number", "minimum": 0, "maximum": 1}
-_NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256}
+# A NUL can never be part of a user or database name: the API refuses it with 400, so the schema says so.
+_NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"}
 _STRINGS: Final[Schema] = {"type": "array", "items": _STRING}
 
 _POOL: Final = _obj(
