@@ -9,6 +9,10 @@ puts standby1 behind a DelayShim (always, so every scenario has the same path). 
   sessions on standby1 itself run CPU-bound queries (background CPU load on that node only);
 - ``uniform``: no skew, the same path.
 
+``ideal`` in ``--algorithms`` is not an algorithm but a reference: round_robin with standby1 at
+weight 0, i.e. perfect shedding of the slow node (skewed scenarios only). An entry may carry
+settings, ``NAME:KEY=VALUE,...``, to compare tuning variants in one interleaved run.
+
 For each scenario and each algorithm a fresh ``pgbalancer -f`` (transaction pooling, 1 worker) runs
 in front of [primary, shim, standby2]; a read-heavy pgbench mix (workload.py) warms up and then is
 measured: TPS, mean latency and p99 from pgbench's per-transaction log. Then, for each scenario in
@@ -61,7 +65,10 @@ from skew.workload import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptive")
+ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptive", "ideal")
+# The reference no balancer can beat by shedding: round_robin with the slow standby at weight 0.
+# It shows how far the skew itself moves TPS and p99 on this machine (skewed scenarios only).
+IDEAL = "ideal"
 SCENARIOS = ("delay", "cpu", "uniform")
 SAMPLE_INTERVAL_S = 0.5
 SHARE_WINDOW_S = 2.0
@@ -219,6 +226,8 @@ def algorithm_settings(token: str) -> dict[str, Setting]:
     variants (``adaptive:ai_exploration_floor=0.005``) run interleaved with the others in one run."""
     name, _, overrides = token.partition(":")
     settings: dict[str, Setting] = {"load_balance_algorithm": name}
+    if name == IDEAL:
+        settings = {"load_balance_algorithm": "round_robin", "backend_weight1": 0}
     for pair in filter(None, overrides.split(",")):
         key, equals, value = pair.partition("=")
         if not equals or not key:
@@ -517,6 +526,8 @@ def run(argv: Sequence[str]) -> int:
                     for scenario in args.scenarios.split():
                         skew = Skew(scenario, shim, cpu, args.delay_ms / 1000.0)
                         for algorithm in args.algorithms.split():
+                            if algorithm.partition(":")[0] == IDEAL and scenario == "uniform":
+                                continue  # nothing to shed
                             print(f"--- rep {rep}/{args.reps}", flush=True)
                             results.append(run_one(cluster, skew, algorithm, rep, args, workdir, out))
                 for scenario in args.recovery.split():
