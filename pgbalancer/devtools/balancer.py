@@ -30,6 +30,14 @@ def render_config(settings: Mapping[str, Setting]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PID_FILE = "pgbalancer.pid"
+
+
+def _with_pid_file(settings: Mapping[str, Setting], workdir: Path) -> dict[str, Setting]:
+    """The settings with ``pid_file`` in ``workdir``, where ``wait_ready`` looks for it."""
+    return {**settings, "pid_file": str(workdir / PID_FILE)}
+
+
 def pgbalancer_command() -> list[str]:
     """The node command from the running interpreter's environment (the venv's console script)."""
     script = Path(sys.executable).with_name("pgbalancer")
@@ -52,7 +60,7 @@ class BalancerProcess:
     ) -> BalancerProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         config_path = workdir / "pgbalancer.conf"
-        config_path.write_text(render_config(settings))
+        config_path.write_text(render_config(_with_pid_file(settings, workdir)))
         log_path = workdir / "pgbalancer.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -78,16 +86,22 @@ class BalancerProcess:
         return node
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll until the port accepts TCP; fail early (with the log) if the process exits."""
+        """Poll until this process says it is ready (its pid file names it: written once the proxy
+        listens) and the port accepts TCP; fail early (with the log) if the process exits. The pid
+        file matters: on a busy machine another program may take the port pgbalancer was given, and
+        a bare TCP connect would then call someone else's server ready."""
         deadline = time.monotonic() + timeout
+        pid_file = self.config_path.parent / PID_FILE
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pgbalancer exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.5):
-                    return
+                if pid_file.read_text().strip() == str(self.process.pid):
+                    with socket.create_connection((self.host, self.port), timeout=0.5):
+                        return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise TimeoutError(
             f"pgbalancer did not listen on {self.host}:{self.port} in {timeout}s:\n{self.log_tail()}"
         )
@@ -107,7 +121,7 @@ class BalancerProcess:
     def reload(self, settings: Mapping[str, Setting] | None = None) -> None:
         """Rewrite the config (if given) and send SIGHUP."""
         if settings is not None:
-            self.config_path.write_text(render_config(settings))
+            self.config_path.write_text(render_config(_with_pid_file(settings, self.config_path.parent)))
         self.process.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> int:
