@@ -341,8 +341,20 @@ _CACHE_OFF: Final = {
 }
 
 
-def cache_stats(proxy: ProxyServer) -> Json:
-    """The result cache's counters (zeros with enabled false when memory_cache_enabled = off)."""
-    if proxy.cache is None:
+def cache_stats(figures: NodeFigures) -> Json:
+    """The result cache's counters, summed over the node's workers (zeros with enabled false when
+    memory_cache_enabled = off)."""
+    cache = figures.cache
+    if cache is None:
         return dict(_CACHE_OFF)
-    return proxy.cache.stats()
+    return {
+        "enabled": True,
+        "entries": cache.entries,
+        "bytes": cache.bytes,
+        "limit_bytes": cache.limit_bytes,
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "hit_ratio": round(cache.hit_ratio, 6),
+        "evictions": cache.evictions,
+        "invalidations": cache.invalidations,
+    }

@@ -418,20 +418,6 @@ class CacheService:
         if self.finish_fill(recipe.key, bytes(answer), recipe.reads, since, recipe.ttl, recipe, stamp):
             self.prefetched += 1
 
-    def stats(self) -> dict[str, object]:
-        stats = self.store.stats()
-        return {
-            "enabled": True,
-            "entries": stats.entries,
-            "bytes": stats.bytes,
-            "limit_bytes": stats.limit_bytes,
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "hit_ratio": round(stats.hit_ratio, 6),
-            "evictions": stats.evictions,
-            "invalidations": stats.invalidations,
-        }
-
 
 def _ttl(expire: int) -> float:
     return float(expire) if expire > 0 else math.inf
