@@ -151,15 +151,18 @@ def worker_summary(node: NodeInfo, figures: NodeFigures) -> Json:
 
 
 def per_worker(figures: NodeFigures) -> list[Json]:
-    return [
-        {
+    workers: list[Json] = []
+    for report in figures.workers:
+        worker: Json = {
             "index": report.worker_index,
             "clients": report.clients.total,
             "accepted_total": report.clients.accepted_total,
             "queries_total": sum(pool.counters.query_count for pool in report.pools),
         }
-        for report in figures.workers
-    ]
+        if report.cache is not None:  # reads each worker answered from its own cache
+            worker["cache_hits"] = report.cache.hits
+        workers.append(worker)
+    return workers
 
 
 def status(proxy: ProxyServer, figures: NodeFigures, node: NodeInfo, rate: QueryRate) -> Json:
