@@ -325,6 +325,15 @@ def _cache_shared_memory(config: Config, worker_count: int) -> tuple[mmap.mmap |
     write it had committed may not have been invalidated yet). Nothing when the cache is off."""
     if not config.memory_cache_enabled:
         return None, None
+    share = config.memqcache_total_size // worker_count
+    if share < config.memqcache_maxcache:  # workers = 0: the config check could not know the count
+        log.warning(
+            "each of the %d workers caches within memqcache_total_size / workers (%d bytes), less than "
+            "memqcache_maxcache (%d bytes): larger results are not cached; raise memqcache_total_size",
+            worker_count,
+            share,
+            config.memqcache_maxcache,
+        )
     shared = mmap.mmap(-1, buffer_size(worker_count))
     return shared, partial(_invalidate_for_lost_worker, shared, worker_count)
 
