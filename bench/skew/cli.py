@@ -214,6 +214,19 @@ class Skew:
 # ---- pgbalancer and pgbench -------------------------------------------------------------------------
 
 
+def algorithm_settings(token: str) -> dict[str, Setting]:
+    """An ``--algorithms`` entry as pgbalancer settings: ``NAME`` or ``NAME:KEY=VALUE,...``, so tuning
+    variants (``adaptive:ai_exploration_floor=0.005``) run interleaved with the others in one run."""
+    name, _, overrides = token.partition(":")
+    settings: dict[str, Setting] = {"load_balance_algorithm": name}
+    for pair in filter(None, overrides.split(",")):
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise BenchError(f"--algorithms entry {token!r}: write NAME:KEY=VALUE,KEY=VALUE")
+        settings[key] = value
+    return settings
+
+
 def _settings(cluster: LocalPgCluster, shim_port: int, algorithm: str) -> dict[str, Setting]:
     settings: dict[str, Setting] = {
         "listen_addresses": LOCALHOST,
@@ -226,7 +239,7 @@ def _settings(cluster: LocalPgCluster, shim_port: int, algorithm: str) -> dict[s
         "api_port": 0,
         "mqtt_mode": "off",
         "log_level": "warning",
-        "load_balance_algorithm": algorithm,
+        **algorithm_settings(algorithm),
     }
     ports = [cluster.primary.port, shim_port, cluster.standbys[1].port]
     for node_id, port in enumerate(ports):
@@ -315,12 +328,17 @@ def run_one(
         lines += path.read_text().splitlines()
         path.unlink()  # the per-transaction logs are large; the figures below are what is kept
     p99 = percentile(latencies_ms(lines), 0.99)
+    by_script = {
+        script: percentile(latencies_ms(line for line in lines if line.split()[3:4] == [str(index)]), 0.99)
+        for index, script in enumerate(("point", "range"))
+    }
     result = RunResult(
         skew.scenario, algorithm, tps, latency_avg, p99, round(slow_share, 3), rep, round(primary_share, 3)
     )
     print(
         f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {p99:.2f} ms, "
-        f"standby1 share {slow_share:.2f}, primary share of reads {primary_share:.2f}",
+        f"standby1 share {slow_share:.2f}, primary share of reads {primary_share:.2f}; "
+        f"p99 point reads {by_script['point']:.2f} ms, range reads {by_script['range']:.2f} ms",
         flush=True,
     )
     return result
