@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pgbalancer.cache.generations import Generations, Stamp
+from pgbalancer.cache.generations import EVERYTHING, Generations, Stamp
 
 # The expiry time of an entry is a float object of its own.
 _EXPIRY_SIZE = sys.getsizeof(0.5)
@@ -49,7 +49,7 @@ class _Entry:
 
 
 _ENTRY_SIZE = sys.getsizeof(_Entry(b"", frozenset(), 0.0, 0))
-_GENERATION_SIZE = sys.getsizeof(1 << 40)  # a stamp's generations are ints of their own
+_INT_SIZE = sys.getsizeof(1 << 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +155,7 @@ class ResultCache:
         tables = frozenset(tables)
         size = sys.getsizeof(key) + sys.getsizeof(payload) + _ENTRY_SIZE + _EXPIRY_SIZE + recipe_size
         if stamp is not None:
-            size += sys.getsizeof(stamp) + _GENERATION_SIZE * (len(stamp) // 2)
+            size += _stamp_size(stamp)
         if (
             len(payload) > self.max_entry_bytes
             or size > self.limit_bytes
@@ -298,6 +298,11 @@ class ResultCache:
                     del self._by_table[table]
                     self._index_bytes -= sys.getsizeof(keys)
         self._release(entry.tables)
+
+
+def _stamp_size(stamp: Stamp) -> int:
+    """The tuple and the int objects of its own (CPython shares -5..256 and the EVERYTHING constant)."""
+    return sys.getsizeof(stamp) + _INT_SIZE * sum(1 for value in stamp if value > 256 and value != EVERYTHING)
 
 
 def _index_estimate(tables: frozenset[str]) -> int:
