@@ -17,9 +17,9 @@ its query goes to PostgreSQL; a lookup serves the entry only while ``current(sta
 write's invalidation ``bump``s the writer's column before its client is answered. docs/cache.md
 walks through the interleavings. Two tables hashed to one slot only cost extra misses.
 
-Words are read and written in the machine's native format at 8-byte aligned offsets (one
-aligned load or store each, never torn). Pure: no I/O, no clock, no mmap, no locks; it must
-never let a worker write another worker's column.
+Words are read and written in the machine's native format at 8-byte aligned offsets (a
+memoryview of unsigned 64-bit items: one aligned load or store each, never torn). Pure: no I/O,
+no clock, no mmap, no locks; it must never let a worker write another worker's column.
 """
 
 from __future__ import annotations
@@ -33,14 +33,16 @@ SLOTS: Final = 4096
 EVERYTHING: Final = SLOTS  # the row bumped by an invalidation of every table
 RELATIONS: Final = SLOTS + 1  # the row bumped by DDL
 _ROWS: Final = SLOTS + 2
-_WORD: Final = struct.Struct("@Q")  # native: one aligned 8-byte load or store
+_WORD_BYTES: Final = struct.calcsize("@Q")
 
-Stamp = tuple[int, ...]  # flattened (slot, generation) pairs, EVERYTHING's among them
+# Flattened (index of the row's first word, generation) pairs, one per slot, EVERYTHING's among
+# them: a hit compares them without any arithmetic on slots.
+Stamp = tuple[int, ...]
 
 
 def buffer_size(workers: int) -> int:
     """Bytes of the shared table for ``workers`` columns."""
-    return _ROWS * workers * _WORD.size
+    return _ROWS * workers * _WORD_BYTES
 
 
 def slot_of(table: str) -> int:
@@ -56,27 +58,34 @@ class Generations:
             raise ValueError(f"worker {worker} is outside 0..{workers - 1}")
         if len(buffer) < buffer_size(workers):
             raise ValueError(f"the shared table needs {buffer_size(workers)} bytes, got {len(buffer)}")
-        self._buffer = buffer
+        self._bytes = memoryview(buffer).cast("B")
+        self._words = self._bytes.cast("Q")  # native, aligned 64-bit words
+        self._row = struct.Struct(f"@{workers}Q")
         self.workers = workers
         self.worker = worker
-        self._row = struct.Struct(f"@{workers}Q")
-        self._row_bytes = self._row.size
 
     def generation(self, slot: int) -> int:
-        return sum(self._row.unpack_from(self._buffer, slot * self._row_bytes))
+        return sum(self._row.unpack_from(self._bytes, slot * self._row.size))
 
     def stamp(self, tables: Iterable[str]) -> Stamp:
         """The generations a fill reading ``tables`` starts under (take it before the query runs)."""
         flat: list[int] = []
         for slot in sorted({slot_of(table) for table in tables} | {EVERYTHING}):
-            flat += (slot, self.generation(slot))
+            flat += (slot * self.workers, self.generation(slot))
         return tuple(flat)
 
     def current(self, stamp: Stamp) -> bool:
-        """No worker invalidated any of the stamp's slots since it was taken."""
-        unpack, buffer, row = self._row.unpack_from, self._buffer, self._row_bytes
-        for index in range(0, len(stamp), 2):
-            if sum(unpack(buffer, stamp[index] * row)) != stamp[index + 1]:
+        """No worker invalidated any of the stamp's slots since it was taken (the hit path)."""
+        pairs = iter(stamp)
+        if self.workers == 2:  # the common shape: two loads per slot, nothing allocated
+            words = self._words
+            for first in pairs:  # noqa: SIM110 - a generator in all() costs more on the hit path
+                if words[first] + words[first + 1] != next(pairs):
+                    return False
+            return True
+        unpack, data = self._row.unpack_from, self._bytes
+        for first in pairs:  # noqa: SIM110 - as above
+            if sum(unpack(data, first * _WORD_BYTES)) != next(pairs):
                 return False
         return True
 
@@ -89,9 +98,10 @@ class Generations:
             slots = {slot_of(table) for table in tables}
             if relations:
                 slots.add(RELATIONS)
+        words = self._words
         for slot in slots:
-            offset = (slot * self.workers + self.worker) * _WORD.size
-            _WORD.pack_into(self._buffer, offset, _WORD.unpack_from(self._buffer, offset)[0] + 1)
+            own = slot * self.workers + self.worker
+            words[own] = words[own] + 1
 
     def relations_epoch(self) -> int:
         """Changes whenever any worker ran DDL or invalidated everything."""

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pgbalancer.cache.generations import EVERYTHING, Generations, Stamp
+from pgbalancer.cache.generations import Generations, Stamp
 
 # The expiry time of an entry is a float object of its own.
 _EXPIRY_SIZE = sys.getsizeof(0.5)
@@ -301,8 +301,8 @@ class ResultCache:
 
 
 def _stamp_size(stamp: Stamp) -> int:
-    """The tuple and the int objects of its own (CPython shares -5..256 and the EVERYTHING constant)."""
-    return sys.getsizeof(stamp) + _INT_SIZE * sum(1 for value in stamp if value > 256 and value != EVERYTHING)
+    """The tuple and the int objects of its own (CPython shares the ints up to 256)."""
+    return sys.getsizeof(stamp) + _INT_SIZE * sum(1 for value in stamp if value > 256)
 
 
 def _index_estimate(tables: frozenset[str]) -> int:
