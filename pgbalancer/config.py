@@ -895,12 +895,14 @@ class Config:
         it knows little; it decays toward ai_exploration_floor as samples accumulate.""",
     )
     ai_exploration_floor: float = _setting(
-        0.02,
+        0.005,
         _FRACTION,
         Category.LOAD_BALANCING,
         _L,
         """Least share of exploring reads once the adaptive balancer is confident (capped at
-        ai_exploration_rate); keeps every node observed, so a recovered node wins its traffic back.""",
+        ai_exploration_rate). Besides it, a node not picked for a second gets the next read, so every
+        node stays observed at any rate and a recovered node wins its traffic back; a slow node's
+        share stays below 1 % of reads, out of the p99.""",
     )
 
     # Query result cache (issue 9; Pgpool-II's key names)

@@ -2,23 +2,24 @@
 
 Strategies (``load_balance_algorithm``):
 
-* ``adaptive`` — a bandit. Per node and per query class (complexity bucket x read kind)
-  it keeps exponentially weighted estimates of latency and error rate, plus the node's
-  reads in flight and the load (reads in flight) its latencies were measured under. A
-  node's latency for a class is its estimate, shrunk toward a prior while confidence is low
-  (the class's cluster mean scaled by how fast the node is overall), divided by the load it
-  was measured under; its score is ``weight * health * (1 - error)**2 / latency``, divided
-  at each pick by ``1 + f * (reads in flight + 1)`` (so load counts once, not twice). With
-  probability ε it explores (a node drawn by weight, failing nodes less), otherwise it draws
-  a node with probability ∝ score**8 (score-weighted, not argmax, so equal nodes share and no
-  node is stampeded; sharp enough that concurrent reads spread like least_connections). ε
-  starts at ``ai_exploration_rate`` and decays toward ``ai_exploration_floor`` as the class
-  gathers samples. Confidence decays with a half-life when a node goes unobserved, so its
-  estimates fall back to the prior and it is tried again: a slow node that recovers wins its
-  traffic back. Errors and timeouts teach at once (a larger learning rate, and a timeout's
-  latency counts), so a failing node loses its share within a few reads. Scores are cached
-  per class: rebuilt every 0.25 s (or when the candidates change, or after an error), and a
-  node's entry is refreshed by its own feedback, so a pick allocates nothing.
+* ``adaptive`` — a bandit. Per node and per query class (complexity bucket x read kind) it keeps
+  exponentially weighted estimates of latency and error rate, plus the node's reads in flight
+  and the load (reads in flight) its latencies were measured under. A node's latency for a class
+  is its estimate, shrunk toward a prior while confidence is low (the class's cluster mean
+  scaled by how fast the node is overall), divided by the load it was measured under; its score
+  is ``weight * health * (1 - error)**2 / latency``, divided at each pick by ``1 + f * (reads in
+  flight + 1)`` (so load counts once, not twice). With probability ε it explores (a node drawn
+  by weight, failing nodes less), otherwise it draws a node with probability ∝ score**8 (score-
+  weighted, not argmax, so equal nodes share and no node is stampeded; sharp enough that
+  concurrent reads spread like least_connections). ε starts at ``ai_exploration_rate`` and
+  decays toward ``ai_exploration_floor`` as the class gathers samples; besides ε, a node not
+  picked for a second (and not failing) gets the next read, so every node is observed at any
+  rate. Confidence decays with a half-life when a node goes unobserved, so its estimates fall
+  back to the prior and it is tried again: a slow node that recovers wins its traffic back.
+  Errors and timeouts teach at once (a larger learning rate, and a timeout's latency counts), so
+  a failing node loses its share within a few reads. Scores are cached per class: rebuilt every
+  0.25 s (or when the candidates change, or after an error), and a node's entry is refreshed by
+  its own feedback, so a pick allocates nothing.
 * ``round_robin`` — rotate over the candidates in node order.
 * ``weighted`` — random, proportional to ``backend_weightN``.
 * ``least_connections`` — fewest reads in flight per unit of weight; ties rotate.
@@ -47,6 +48,7 @@ from pgbalancer.routing.complexity import ComplexityBucket
 _PRIOR_WEIGHT = 2.0  # pseudo-samples of prior mixed into every estimate
 _RATE_HALF_LIFE = 10.0  # seconds: window of the decisions-per-second and traffic-share figures
 _ERROR_EXPONENT = 2
+_PROBE_AFTER_S = 1.0  # a candidate not picked for this long gets the next read, whatever the rate
 _REFRESH_S = 0.25  # seconds between full rebuilds of a class's cached scores (feedback refreshes one node)
 _LOAD_FACTOR = {ComplexityBucket.LIGHT: 1.0, ComplexityBucket.MEDIUM: 1.5, ComplexityBucket.HEAVY: 2.0}
 
@@ -82,7 +84,7 @@ class BalancerSettings:
     algorithm: Algorithm = Algorithm.ADAPTIVE
     learning_rate: float = 0.1  # ai_learning_rate
     exploration_rate: float = 0.2  # ai_exploration_rate: ε with no confidence yet
-    exploration_floor: float = 0.02  # ai_exploration_floor: ε never goes below (capped at the rate)
+    exploration_floor: float = 0.005  # ai_exploration_floor: ε never goes below (capped at the rate)
     error_learning_rate: float = 0.5  # how hard one error or timeout moves the error estimate
     memory_half_life: float = 30.0  # seconds for an unobserved estimate to lose half its weight
     confidence_scale: float = 50.0  # class samples at which ε is halfway between rate and floor
@@ -325,6 +327,17 @@ class Balancer:
         table = self._tables.get(query_class)
         if table is None or now - table.built_at >= _REFRESH_S or not table.matches(candidates):
             table = self._rebuild(candidates, query_class, now)
+        # A node not picked for a second gets this read (unless it is failing: errors teach, not
+        # probes), so every node is observed at any rate and a recovery is seen in seconds. A node
+        # never picked yet is ε's to find (ε is high while the balancer knows little).
+        for index, node in enumerate(table.nodes):
+            if (
+                node.picks
+                and now - node.recent_at >= _PROBE_AFTER_S
+                and node.in_flight == 0
+                and table.explore[index] > 0.5 * node.weight
+            ):
+                return node
         rng = self._rng
         if rng.random() < table.epsilon:
             return self._draw(table.nodes, table.explore)

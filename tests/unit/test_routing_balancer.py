@@ -129,6 +129,18 @@ class TestAdaptive:
         for node_id in (0, 1, 2):
             assert share(picked, node_id) >= settings.exploration_floor / 3 / 2, (node_id, picked)
 
+    def test_a_slow_node_stays_out_of_the_p99_yet_is_read_every_second(self) -> None:
+        # 1,000 reads/s: the slow node must get under 1 % of them (else it sets the p99), and still
+        # about one a second at least, so its recovery would be seen.
+        nodes = {0: SimNode(0.001), 1: SimNode(0.001), 2: SimNode(0.004)}
+        cluster = SimCluster(nodes, adaptive(), rate=1000.0)
+        cluster.run(5000)
+        picked = cluster.run(10_000)  # 10 s
+        assert 10 <= picked[2] < 0.01 * 10_000, picked
+        quiet = SimCluster(dict(nodes), adaptive(), rate=100.0)  # where ε alone would try it every 6 s
+        quiet.run(1000)
+        assert quiet.run(1000)[2] >= 8  # 10 s
+
     def test_a_failing_node_loses_its_share_within_a_few_reads(self) -> None:
         nodes = {0: SimNode(0.002), 1: SimNode(0.002), 2: SimNode(0.002)}
         cluster = SimCluster(nodes, adaptive())
