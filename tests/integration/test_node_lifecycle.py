@@ -11,6 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from pgbalancer.config import load_config
 from pgbalancer.devtools import free_tcp_port, free_tcp_ports, wait_for
 from pgbalancer.devtools.balancer import pgbalancer_command, render_config
 from pgbalancer.devtools.pgcluster import APP_DB
@@ -116,7 +117,7 @@ def test_a_node_whose_port_another_node_serves_fails_its_start_instead_of_passin
     balancer_factory: BalancerFactory,
 ) -> None:
     first = balancer_factory()
-    api_port = int(first.config_path.read_text().split("api_port = '")[1].split("'")[0])
+    api_port = load_config(first.config_path).api_port
     # Connecting to the port succeeds at once (the first node's API answers), but this node exits.
     with pytest.raises(RuntimeError, match="exited with 1") as caught:
         balancer_factory(port=api_port)
