@@ -1010,6 +1010,17 @@ class Config:
         older setups used 30, which leaves writes failing for that long. A connection error seen by
         a client session triggers a probe at once, whatever the period.""",
     )
+    sr_check_period: float = _setting(
+        0.5,
+        _number(0.0, "a number of seconds, 0 or more", exclusive=False, type_name="number (seconds)"),
+        Category.HEALTH_CHECK,
+        _L,
+        """Seconds between two reads of every backend's WAL position, between health checks, over one
+        kept connection per backend and worker (0 = only at health checks). A session that wrote
+        reads from a standby again once it has replayed past that write's commit, so this bounds how
+        long its reads stay on the primary; it also keeps the lag that delay_threshold compares
+        fresh. Pgpool-II's name; its default is 10.""",
+    )
     health_check_user: str = _setting(
         "postgres", _TEXT, Category.HEALTH_CHECK, _L, "User the health checker logs in as."
     )

@@ -9,6 +9,10 @@ puts standby1 behind a DelayShim (always, so every scenario has the same path). 
   sessions on standby1 itself run CPU-bound queries (background CPU load on that node only);
 - ``uniform``: no skew, the same path.
 
+``ideal`` in ``--algorithms`` is not an algorithm but a reference: round_robin with standby1 at
+weight 0, i.e. perfect shedding of the slow node (skewed scenarios only). An entry may carry
+settings, ``NAME:KEY=VALUE,...``, to compare tuning variants in one interleaved run.
+
 For each scenario and each algorithm a fresh ``pgbalancer -f`` (transaction pooling, 1 worker) runs
 in front of [primary, shim, standby2]; a read-heavy pgbench mix (workload.py) warms up and then is
 measured: TPS, mean latency and p99 from pgbench's per-transaction log. Then, for each scenario in
@@ -61,7 +65,10 @@ from skew.workload import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptive")
+ALGORITHMS = ("round_robin", "weighted", "least_connections", "random", "adaptive", "ideal")
+# The reference no balancer can beat by shedding: round_robin with the slow standby at weight 0.
+# It shows how far the skew itself moves TPS and p99 on this machine (skewed scenarios only).
+IDEAL = "ideal"
 SCENARIOS = ("delay", "cpu", "uniform")
 SAMPLE_INTERVAL_S = 0.5
 SHARE_WINDOW_S = 2.0
@@ -214,6 +221,21 @@ class Skew:
 # ---- pgbalancer and pgbench -------------------------------------------------------------------------
 
 
+def algorithm_settings(token: str) -> dict[str, Setting]:
+    """An ``--algorithms`` entry as pgbalancer settings: ``NAME`` or ``NAME:KEY=VALUE,...``, so tuning
+    variants (``adaptive:ai_exploration_floor=0.005``) run interleaved with the others in one run."""
+    name, _, overrides = token.partition(":")
+    settings: dict[str, Setting] = {"load_balance_algorithm": name}
+    if name == IDEAL:
+        settings = {"load_balance_algorithm": "round_robin", "backend_weight1": 0}
+    for pair in filter(None, overrides.split(",")):
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise BenchError(f"--algorithms entry {token!r}: write NAME:KEY=VALUE,KEY=VALUE")
+        settings[key] = value
+    return settings
+
+
 def _settings(cluster: LocalPgCluster, shim_port: int, algorithm: str) -> dict[str, Setting]:
     settings: dict[str, Setting] = {
         "listen_addresses": LOCALHOST,
@@ -226,7 +248,7 @@ def _settings(cluster: LocalPgCluster, shim_port: int, algorithm: str) -> dict[s
         "api_port": 0,
         "mqtt_mode": "off",
         "log_level": "warning",
-        "load_balance_algorithm": algorithm,
+        **algorithm_settings(algorithm),
     }
     ports = [cluster.primary.port, shim_port, cluster.standbys[1].port]
     for node_id, port in enumerate(ports):
@@ -315,12 +337,17 @@ def run_one(
         lines += path.read_text().splitlines()
         path.unlink()  # the per-transaction logs are large; the figures below are what is kept
     p99 = percentile(latencies_ms(lines), 0.99)
+    by_script = {
+        script: percentile(latencies_ms(line for line in lines if line.split()[3:4] == [str(index)]), 0.99)
+        for index, script in enumerate(("point", "range"))
+    }
     result = RunResult(
         skew.scenario, algorithm, tps, latency_avg, p99, round(slow_share, 3), rep, round(primary_share, 3)
     )
     print(
         f"==> {name}: {tps:.0f} TPS, {latency_avg:.2f} ms mean, p99 {p99:.2f} ms, "
-        f"standby1 share {slow_share:.2f}, primary share of reads {primary_share:.2f}",
+        f"standby1 share {slow_share:.2f}, primary share of reads {primary_share:.2f}; "
+        f"p99 point reads {by_script['point']:.2f} ms, range reads {by_script['range']:.2f} ms",
         flush=True,
     )
     return result
@@ -499,6 +526,8 @@ def run(argv: Sequence[str]) -> int:
                     for scenario in args.scenarios.split():
                         skew = Skew(scenario, shim, cpu, args.delay_ms / 1000.0)
                         for algorithm in args.algorithms.split():
+                            if algorithm.partition(":")[0] == IDEAL and scenario == "uniform":
+                                continue  # nothing to shed
                             print(f"--- rep {rep}/{args.reps}", flush=True)
                             results.append(run_one(cluster, skew, algorithm, rep, args, workdir, out))
                 for scenario in args.recovery.split():

@@ -10,7 +10,7 @@ they started with, as Patroni decides from snapshots. Pure: no I/O, no clock rea
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 
@@ -96,6 +96,24 @@ class ClusterView:
         return replace(
             self, backends=tuple(state if s.node_id == state.node_id else s for s in self.backends)
         )
+
+    def with_positions(self, positions: Mapping[int, int]) -> ClusterView:
+        """A new view with freshly read WAL positions (``node_id`` -> replay LSN, or the current LSN
+        for the primary); a standby's lag in bytes follows when the primary's position was read in
+        the same pass. Nothing else changes: status, roles and the epoch are the health checker's."""
+        primary_position = positions.get(self.primary_id) if self.primary_id is not None else None
+        states = []
+        for state in self.backends:
+            position = positions.get(state.node_id)
+            if position is not None:
+                lag = state.lag_bytes
+                if state.node_id == self.primary_id:
+                    lag = 0
+                elif primary_position is not None:
+                    lag = max(0, primary_position - position)
+                state = replace(state, replay_lsn=position, lag_bytes=lag)
+            states.append(state)
+        return replace(self, backends=tuple(states))
 
     def with_primary(self, node_id: int | None, *, new_epoch: bool = True) -> ClusterView:
         """A new view where ``node_id`` takes writes; a failover or switchover bumps the epoch."""

@@ -49,6 +49,7 @@ from pgbalancer.ha.view import ClusterView
 from pgbalancer.health.actions import ActionExecutor, ActionFailed, NodeInfo
 from pgbalancer.health.checker import ProbeFailed, ProbeSettings, probe_all, probe_backend, probe_once
 from pgbalancer.health.pgclient import AdminLogin
+from pgbalancer.health.positions import PositionPoller
 from pgbalancer.proxy.backend import BackendAddress
 from pgbalancer.proxy.server import ProxyServer
 
@@ -152,6 +153,7 @@ class HaController:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(PositionPoller(self.proxy, lambda: self.config, self.login).run)
             task_status.started()
             while True:
                 started = trio.current_time()

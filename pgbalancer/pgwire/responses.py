@@ -5,6 +5,8 @@ request the server will answer, and walks the server's byte stream header by hea
 
 * replies to requests the client sent are forwarded untouched (zero-copy slices);
 * replies to requests the proxy injected (a re-prepare on a new server) are dropped;
+* a probe the proxy injected (``expect_probe``: the commit LSN after a write) is dropped whole,
+  its ErrorResponse included, and the first column of its DataRows is kept in ``probe_values``;
 * synthetic replies (ParseComplete for a Parse the proxy answered itself) are emitted in
   the exact position the client expects them;
 * after an ErrorResponse in the extended protocol the server skips everything up to the
@@ -12,7 +14,7 @@ request the server will answer, and walks the server's byte stream header by hea
 
 It also reports each ReadyForQuery status and ParameterStatus, which is what the shell
 needs to return a server to the pool at ``ReadyForQuery 'I'``. Pure: no I/O, no clock.
-It inspects message bodies only of ReadyForQuery and ParameterStatus.
+It inspects message bodies only of ReadyForQuery, ParameterStatus and a probe's DataRow.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ _ERROR = ord("E")
 _READY = ord("Z")
 _PARAMETER_STATUS = ord("S")
 _PARAMETER_DESCRIPTION = ord("t")
+_DATA_ROW = ord("D")
 # CopyInResponse, CopyBothResponse: from here the server waits for the client's data.
 _COPY_FROM_CLIENT = frozenset(b"GW")
 # Messages the server may send at any time; they belong to no request.
@@ -81,6 +84,7 @@ class _Entry:
     forward: bool = True  # False: the proxy injected the request; drop its reply
     synthetic: bytes = b""
     token: object = None  # given back through on_request_lost if the server never performs it
+    probe: bool = False  # injected by the proxy for itself: nothing of its reply reaches the client
 
 
 @dataclass(slots=True)
@@ -137,6 +141,7 @@ class ResponseRouter:
         self.parameter_changes: list[tuple[str, str]] = []
         self.last_ready_status = b"I"
         self.awaits_client_data = False  # the last feed started a COPY from the client
+        self.probe_values: list[bytes | None] = []  # first column of each probe DataRow (None: NULL)
 
     # ---- requests (called as the client's messages go to the server) ----
 
@@ -148,6 +153,16 @@ class ResponseRouter:
             self._request_did_not_happen(token)
             return
         self._queue.append(_Entry(request, forward, token=token))
+
+    def expect_probe(self) -> None:
+        """The proxy sent a Query of its own after the client's requests: drop its whole reply (an
+        error too: it is the proxy's, not the client's) and keep its values in ``probe_values``."""
+        self._queue.append(_Entry(Request.QUERY, forward=False, probe=True))
+
+    def take_probe_value(self) -> bytes | None:
+        """The last probe value kept since the previous call (None if none), and forget them all."""
+        values, self.probe_values = self.probe_values, []
+        return values[-1] if values else None
 
     def reply_locally(self, message: bytes) -> None:
         """The proxy answers a request itself; the reply goes out in the request's position."""
@@ -233,7 +248,9 @@ class ResponseRouter:
         if message_type in _COPY_FROM_CLIENT:
             self.awaits_client_data = True
         self._forward_current = self._reply_is_forwarded(message_type)
-        self._capture_current = message_type in (_READY, _PARAMETER_STATUS)
+        self._capture_current = message_type in (_READY, _PARAMETER_STATUS) or (
+            message_type == _DATA_ROW and self._in_probe()
+        )
         self._body.clear()
         # A small reply that does not end in this chunk is held back until it is whole, so the
         # client's stream is always between messages after a send (a FATAL can then be added).
@@ -267,7 +284,11 @@ class ResponseRouter:
         if message_type in _ASYNCHRONOUS or not self._queue or self._queue[0].request is None:
             return True
         head = self._queue[0]
-        return head.forward or message_type == _ERROR  # an injected request's error explains what follows
+        # An injected request's error explains what follows; a probe's is the proxy's own business.
+        return head.forward or (message_type == _ERROR and not head.probe)
+
+    def _in_probe(self) -> bool:
+        return bool(self._queue) and self._queue[0].probe
 
     def _finish(self, out: _Output) -> None:
         if self._hold_current:
@@ -278,6 +299,8 @@ class ResponseRouter:
             status = bytes(self._body[:1]) or b"I"
             self.ready_statuses.append(status)
             self.last_ready_status = status
+        elif message_type == _DATA_ROW and self._capture_current:
+            self.probe_values.append(_first_column(bytes(self._body)))
         elif message_type == _PARAMETER_STATUS:
             name, _, rest = bytes(self._body).partition(b"\x00")
             self.parameter_changes.append(
@@ -315,3 +338,11 @@ class ResponseRouter:
     def _request_did_not_happen(self, token: object) -> None:
         if token is not None and self._on_request_lost is not None:
             self._on_request_lost(token)
+
+
+def _first_column(body: bytes) -> bytes | None:
+    """The first column of a DataRow body; None for NULL or a row too short to hold one."""
+    if len(body) < 6 or int.from_bytes(body[:2], "big") < 1:
+        return None
+    length = int.from_bytes(body[2:6], "big", signed=True)
+    return body[6 : 6 + length] if 0 <= length <= len(body) - 6 else None

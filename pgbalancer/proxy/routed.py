@@ -16,7 +16,14 @@ from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import SqlState, error_response
 from pgbalancer.pgwire.framing import Message
 from pgbalancer.routing.classify import Classification, StatementKind, classify, combine
-from pgbalancer.routing.router import RouteAction, RouteDecision, Router, RouteReason, SessionRouting
+from pgbalancer.routing.router import (
+    RouteAction,
+    RouteDecision,
+    Router,
+    RouteReason,
+    SessionRouting,
+    parse_lsn,
+)
 
 # Refusals of a batch no node could take: it never ran, and the caller may retry it once a node is up.
 _NOT_RUN = frozenset({RouteReason.NO_PRIMARY, RouteReason.NO_NODE})
@@ -88,9 +95,13 @@ class BatchRouting:
             return _replies(batch, "BEGIN", b"T")
         return _replies(batch, decision.local_tag or "COMMIT", b"I")
 
-    def ready(self, status: bytes, *, ok: bool, latency: float, now: float) -> None:
-        """The batch in flight got its last ReadyForQuery."""
-        self.session = self.router.on_ready(self.session, status, now)
+    def ready(
+        self, status: bytes, *, ok: bool, latency: float, now: float, commit_lsn: bytes | None = None
+    ) -> None:
+        """The batch in flight got its last ReadyForQuery; ``commit_lsn``: what the pipelined
+        ``pg_current_wal_insert_lsn()`` answered, when the batch asked for it."""
+        lsn = parse_lsn(commit_lsn) if commit_lsn is not None else None
+        self.session = self.router.on_ready(self.session, status, now, commit_lsn=lsn)
         decision, self.decision = self.decision, None
         if decision is not None and decision.query_class is not None:
             self.router.observe(decision, latency, ok, now)

@@ -195,6 +195,13 @@ class ProxyServer:
         for listener in self.view_listeners:
             listener(old, view, reason, details or {})
 
+    def refresh_positions(self, epoch: int, primary_id: int | None, positions: Mapping[int, int]) -> None:
+        """Adopt WAL positions read between health rounds (health/positions.py), quietly: listeners
+        hear nothing. Dropped if a failover or switchover changed the cluster while they were read."""
+        view = self.cluster_view
+        if positions and view.epoch == epoch and view.primary_id == primary_id:
+            self.cluster_view = view.with_positions(positions)
+
     def suspect_backend(self, node_id: int, reason: str = "") -> None:
         """A server connection to ``node_id`` failed at connect or died mid-stream: have it re-probed."""
         if self.ha is not None:

@@ -55,6 +55,9 @@ _RESET_TIMEOUT = 5.0
 _BOUNDARY_WAIT = 1.0
 _SYNC_POINTS = frozenset(b"QSF")
 _NO_EFFECT = SessionCommand(CommandKind.OTHER)
+# Pipelined after a batch that may commit a write, on the same primary connection: the server runs
+# it after the commit, so its answer is at or past the commit record (read-your-writes by LSN).
+_COMMIT_LSN_PROBE = pgmsg.query("SELECT pg_current_wal_insert_lsn()")
 
 
 class _Step(enum.Enum):
@@ -338,6 +341,9 @@ class TransactionRelay:
             data += pgmsg.query(held_begin)
         rewriter = BatchRewriter(self.statements, attachment.server.statements, attachment.router)
         data += rewriter.rewrite(batch)
+        if decision.wants_commit_lsn and batch[-1].type in (b"Q", b"S"):
+            data += _COMMIT_LSN_PROBE
+            attachment.router.expect_probe()
         attachment.count_request(len(data))
         if data:
             try:
@@ -564,7 +570,11 @@ class TransactionRelay:
             now = trio.current_time()
             ok = True  # a client's own SQL error says nothing about the node (failures: see above)
             self.routing.ready(
-                router.last_ready_status, ok=ok, latency=now - attachment.request_started_at, now=now
+                router.last_ready_status,
+                ok=ok,
+                latency=now - attachment.request_started_at,
+                now=now,
+                commit_lsn=router.take_probe_value(),
             )
         if self.statement_mode and router.last_ready_status != b"I":
             await self._end_from_pump(_statement_mode_refusal())

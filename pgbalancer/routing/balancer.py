@@ -10,7 +10,7 @@ Strategies (``load_balance_algorithm``):
   was measured under; its score is ``weight * health * (1 - error)**2 / latency``, divided
   at each pick by ``1 + f * (reads in flight + 1)`` (so load counts once, not twice). With
   probability ε it explores (a node drawn by weight, failing nodes less), otherwise it draws
-  a node with probability ∝ score**4 (score-weighted, not argmax, so equal nodes share and no
+  a node with probability ∝ score**8 (score-weighted, not argmax, so equal nodes share and no
   node is stampeded; sharp enough that concurrent reads spread like least_connections). ε
   starts at ``ai_exploration_rate`` and decays toward ``ai_exploration_floor`` as the class
   gathers samples. Confidence decays with a half-life when a node goes unobserved, so its
@@ -86,7 +86,7 @@ class BalancerSettings:
     error_learning_rate: float = 0.5  # how hard one error or timeout moves the error estimate
     memory_half_life: float = 30.0  # seconds for an unobserved estimate to lose half its weight
     confidence_scale: float = 50.0  # class samples at which ε is halfway between rate and floor
-    sharpness: float = 4.0  # exploitation draws ∝ score ** sharpness (in-flight load divides the score)
+    sharpness: float = 8.0  # exploitation draws ∝ score ** sharpness (in-flight load divides the score)
 
 
 def _decay(elapsed: float, half_life: float) -> float:

@@ -29,12 +29,13 @@ The shell's side of the contract (proxy/txrelay.py):
    now, commit_lsn=...)``; and, when ``decision.query_class`` is set, report the read with
    ``router.observe(decision, latency, ok, now)`` exactly once (``router.abandon(decision)``
    if the client left first).
-3. ``commit_lsn``: when ``decision.wants_commit_lsn``, the shell may pipeline ``SELECT
-   pg_current_wal_insert_lsn()`` right after the client's batch on the same primary
-   connection (no extra round trip; the server runs it after the commit, so it is at or past
-   the commit record) and pass ``parse_lsn(value)``. Without it, the commit time is the token: a
-   standby then qualifies once it has replayed past a primary WAL position probed after the
-   commit (the health checker's ``replay_lsn`` of the primary).
+3. ``commit_lsn``: when ``decision.wants_commit_lsn`` (a batch to the primary that may commit
+   a write, not a COPY), the shell pipelines ``SELECT pg_current_wal_insert_lsn()`` right after
+   the client's batch on the same primary connection (no extra round trip; the server runs it
+   after the commit, so it is at or past the commit record) and passes ``parse_lsn(value)``.
+   Without it, the commit time is the token: a standby then qualifies once it has replayed past
+   a primary WAL position probed after the commit (the health checker's ``replay_lsn`` of the
+   primary).
 
 Pure: no I/O, no clock (``now`` is the caller's monotonic clock, the same one the health
 checker stamps ``checked_at`` with). The only mutable state is the balancer's learning.
@@ -406,7 +407,13 @@ class Router:
         if statement.is_read:
             query_class = _query_class(statement, kind)
             self.balancer.started(node_id)
-        wants_lsn = self.settings.read_your_writes and session.wrote and _may_commit(statement, session)
+        wants_lsn = (
+            self.settings.read_your_writes
+            and session.wrote
+            and node_id == view.primary_id
+            and _may_commit(statement, session)
+            and _may_carry_a_probe(statement)
+        )
         return RouteDecision(
             RouteAction.SEND, node_id, reason, session, query_class=query_class, wants_commit_lsn=wants_lsn
         )
@@ -555,6 +562,12 @@ def _may_commit(statement: Classification, session: SessionRouting) -> bool:
     if not ops:
         return session.phase is TxnPhase.IDLE
     return ops[-1] is TransactionOp.COMMIT
+
+
+def _may_carry_a_probe(statement: Classification) -> bool:
+    """Can a query be pipelined after this batch? Not after a COPY (the server would take it for
+    COPY data) nor after text that could not be read (it might hide one)."""
+    return not statement.problem and all(info.command != "COPY" for info in statement.statements)
 
 
 def _discards_writes(statement: Classification) -> bool:

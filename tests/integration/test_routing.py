@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -144,3 +146,66 @@ def test_hostile_sql_is_routed_to_the_primary_and_the_session_goes_on(
             grew = [b - a for a, b in zip(before, after, strict=True)]
             assert grew[0] == 1 and grew[1:] == [0] * (len(grew) - 1), (name, grew)
             assert where(conn) is not None  # the session goes on
+
+
+def _read_back(conn: psycopg.Connection, row_id: int) -> tuple[str, bool]:
+    row = conn.execute("SELECT note, pg_is_in_recovery() FROM routed WHERE id = %s", (row_id,)).fetchone()
+    assert row is not None, f"row {row_id} not visible: a stale read"
+    return str(row[0]), bool(row[1])
+
+
+def _reads_until_a_standby_answers(conn: psycopg.Connection, row_id: int, note: str, limit: float) -> bool:
+    """Reads the row back until a standby serves it (True) or ``limit`` seconds pass; every read
+    must see the write (read-your-writes), wherever it ran."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        seen, on_standby = _read_back(conn, row_id)
+        assert seen == note
+        if on_standby:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_reads_return_to_standbys_once_they_replay_past_the_commit_lsn(
+    balancer_factory: BalancerFactory, routed: BalancerProcess
+) -> None:
+    # Health rounds every 60 s: the commit-time token (a primary probe after the commit) cannot be
+    # satisfied during this test, so standbys can only qualify through the commit's own LSN
+    # (pipelined after the write) and the positions read every sr_check_period.
+    node = balancer_factory(
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=60,
+        sr_check_period=0.2,
+    )
+    with connect(node) as conn:
+        for index in range(3):
+            note = f"lsn-{index}"
+            row = conn.execute("INSERT INTO routed (note) VALUES (%s) RETURNING id", (note,)).fetchone()
+            assert row is not None
+            assert _reads_until_a_standby_answers(conn, int(row[0]), note, limit=15.0), (
+                "reads never left the primary after a write"
+            )
+        with conn.cursor().copy("COPY routed (note) FROM STDIN") as copy:  # no probe after a COPY
+            copy.write_row(("copied",))
+        assert conn.execute("SELECT count(*) FROM routed WHERE note = 'copied'").fetchone() is not None
+
+
+@pytest.mark.slow
+def test_without_position_reads_a_writing_session_stays_on_the_primary(
+    balancer_factory: BalancerFactory, routed: BalancerProcess
+) -> None:
+    node = balancer_factory(
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=60,
+        sr_check_period=0,
+    )
+    with connect(node) as conn:
+        row = conn.execute("INSERT INTO routed (note) VALUES ('pinned') RETURNING id").fetchone()
+        assert row is not None
+        assert not _reads_until_a_standby_answers(conn, int(row[0]), "pinned", limit=3.0)

@@ -41,3 +41,19 @@ def test_unknown_node_id_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match="no backend 7 \\(known: 0, 1, 2\\)"):
         three_nodes().backend(7)
     assert not three_nodes().has(7)
+
+
+def test_with_positions_refreshes_lsns_and_lag_and_nothing_else() -> None:
+    view = three_nodes().with_backend(BackendState(2, "db2", 5432, status=BackendStatus.DOWN, lag_bytes=7))
+    fresh = view.with_positions({0: 10_000, 1: 9_000})
+    assert fresh.backend(0).replay_lsn == 10_000 and fresh.backend(0).lag_bytes == 0
+    assert fresh.backend(1).replay_lsn == 9_000 and fresh.backend(1).lag_bytes == 1_000
+    assert fresh.backend(2) == view.backend(2)  # not read: untouched
+    assert (fresh.primary_id, fresh.epoch) == (view.primary_id, view.epoch)
+    assert [s.status for s in fresh] == [s.status for s in view]
+
+
+def test_with_positions_keeps_a_standbys_lag_when_the_primary_was_not_read() -> None:
+    view = three_nodes().with_backend(BackendState(1, "db1", 5432, lag_bytes=42))
+    fresh = view.with_positions({1: 9_000})
+    assert fresh.backend(1).replay_lsn == 9_000 and fresh.backend(1).lag_bytes == 42

@@ -630,3 +630,51 @@ def test_garbage_from_the_server_only_raises_protocol_error(
             router.feed(chunk)
     except ProtocolError:
         pass
+
+
+# --------------------------------------------------------------------------- injected probes (commit LSN)
+
+LSN_ROW = frame(b"D", b"\x00\x01\x00\x00\x00\x090/3000148")
+NULL_ROW = frame(b"D", b"\x00\x01\xff\xff\xff\xff")
+PROBE_REPLY = ROW_DESCRIPTION + LSN_ROW + SELECT_1 + ready()
+
+
+def test_probe_after_a_commit_is_dropped_whole_and_its_value_kept() -> None:
+    router = ResponseRouter()
+    router.expect(Request.QUERY)
+    router.expect_probe()
+    client_reply = frame(b"C", b"COMMIT\x00") + ready()
+    assert joined(router.feed(client_reply + PROBE_REPLY)) == client_reply
+    assert router.probe_values == [b"0/3000148"]
+    assert router.outstanding == 0 and router.ready_statuses == [b"I", b"I"]
+
+
+@given(st.integers(min_value=1, max_value=60))
+def test_probe_value_is_kept_however_the_stream_is_split(step: int) -> None:
+    router = ResponseRouter()
+    router.expect(Request.QUERY)
+    router.expect_probe()
+    client_reply = SELECT_1 + ready()
+    stream = client_reply + PROBE_REPLY
+    sent = b"".join(joined(router.feed(stream[at : at + step])) for at in range(0, len(stream), step))
+    assert sent == client_reply
+    assert router.probe_values == [b"0/3000148"]
+
+
+def test_a_failing_probe_sends_nothing_to_the_client() -> None:
+    # e.g. pg_current_wal_insert_lsn() on a server that has just become a standby (55000)
+    router = ResponseRouter()
+    router.expect(Request.QUERY)
+    router.expect_probe()
+    client_reply = SELECT_1 + ready()
+    assert joined(router.feed(client_reply + ERROR + ready())) == client_reply
+    assert router.probe_values == [] and router.outstanding == 0
+
+
+def test_a_null_probe_value_is_none_and_client_rows_are_not_captured() -> None:
+    router = ResponseRouter()
+    router.expect(Request.QUERY)
+    router.expect_probe()
+    client_reply = ROW_DESCRIPTION + DATA_ROW + SELECT_1 + ready()
+    assert joined(router.feed(client_reply + ROW_DESCRIPTION + NULL_ROW + SELECT_1 + ready())) == client_reply
+    assert router.probe_values == [None]

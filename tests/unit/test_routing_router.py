@@ -508,6 +508,16 @@ def test_a_transaction_that_wrote_leaves_a_token_at_commit() -> None:
     assert not client.run("ROLLBACK").wants_commit_lsn
 
 
+def test_no_commit_lsn_probe_after_a_copy_or_unreadable_text() -> None:
+    # A query pipelined after COPY ... FROM STDIN would be taken for COPY data; unreadable text
+    # might hide a COPY. Both fall back to the commit-time token.
+    client = Client()
+    assert not client.run("COPY t FROM STDIN").wants_commit_lsn
+    assert client.session.commit_lsn is None and client.session.committed_at is not None
+    assert not client.run("INSERT INTO t VALUES ('unterminated").wants_commit_lsn
+    assert client.run("INSERT INTO t VALUES (1)").wants_commit_lsn
+
+
 def test_reads_leave_no_token() -> None:
     client = Client()
     for sql in ("SELECT 1", "BEGIN READ ONLY", "SELECT 2", "COMMIT", "SET x = 1", "SHOW x"):
