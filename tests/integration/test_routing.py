@@ -167,6 +167,17 @@ def _reads_until_a_standby_answers(conn: psycopg.Connection, row_id: int, note: 
     return False
 
 
+def _slow_health_checks(balancer_factory: BalancerFactory, *, sr_check_period: float) -> BalancerProcess:
+    """Round-robin routing with health rounds 60 s apart: no probe after a commit during a test."""
+    return balancer_factory(
+        pool_mode="transaction",
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",
+        health_check_period=60,
+        sr_check_period=sr_check_period,
+    )
+
+
 @pytest.mark.slow
 def test_reads_return_to_standbys_once_they_replay_past_the_commit_lsn(
     balancer_factory: BalancerFactory, routed: BalancerProcess
@@ -174,14 +185,7 @@ def test_reads_return_to_standbys_once_they_replay_past_the_commit_lsn(
     # Health rounds every 60 s: the commit-time token (a primary probe after the commit) cannot be
     # satisfied during this test, so standbys can only qualify through the commit's own LSN
     # (pipelined after the write) and the positions read every sr_check_period.
-    node = balancer_factory(
-        pool_mode="transaction",
-        load_balance_mode=True,
-        load_balance_algorithm="round_robin",
-        health_check_period=60,
-        sr_check_period=0.2,
-    )
-    with connect(node) as conn:
+    with connect(_slow_health_checks(balancer_factory, sr_check_period=0.2)) as conn:
         for index in range(3):
             note = f"lsn-{index}"
             row = conn.execute("INSERT INTO routed (note) VALUES (%s) RETURNING id", (note,)).fetchone()
@@ -198,14 +202,7 @@ def test_reads_return_to_standbys_once_they_replay_past_the_commit_lsn(
 def test_without_position_reads_a_writing_session_stays_on_the_primary(
     balancer_factory: BalancerFactory, routed: BalancerProcess
 ) -> None:
-    node = balancer_factory(
-        pool_mode="transaction",
-        load_balance_mode=True,
-        load_balance_algorithm="round_robin",
-        health_check_period=60,
-        sr_check_period=0,
-    )
-    with connect(node) as conn:
+    with connect(_slow_health_checks(balancer_factory, sr_check_period=0)) as conn:
         row = conn.execute("INSERT INTO routed (note) VALUES ('pinned') RETURNING id").fetchone()
         assert row is not None
         assert not _reads_until_a_standby_answers(conn, int(row[0]), "pinned", limit=3.0)
