@@ -1,9 +1,8 @@
 """Start and stop a real ``pgbalancer`` process from a dict of settings (tests, demo, bench).
 
 It writes ``pgbalancer.conf``, launches the node exactly as an operator would
-(``pgbalancer -f FILE``), waits until that very process reports ready (its pid in its
-``pid_file``, written once every listener is bound) and its port accepts connections,
-and stops it with SIGTERM. It never runs in the node itself.
+(``pgbalancer -f FILE``), waits until it accepts connections, and stops it with
+SIGTERM. It never runs in the node itself.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -29,6 +28,14 @@ def render_config(settings: Mapping[str, Setting]) -> str:
         text = ("on" if value else "off") if isinstance(value, bool) else str(value).replace("'", "''")
         lines.append(f"{key} = '{text}'")
     return "\n".join(lines) + "\n"
+
+
+PID_FILE = "pgbalancer.pid"
+
+
+def _with_pid_file(settings: Mapping[str, Setting], workdir: Path) -> dict[str, Setting]:
+    """The settings with ``pid_file`` in ``workdir``, where ``wait_ready`` looks for it."""
+    return {**settings, "pid_file": str(workdir / PID_FILE)}
 
 
 def pgbalancer_command() -> list[str]:
@@ -46,23 +53,14 @@ class BalancerProcess:
     host: str
     port: int
     process: subprocess.Popen[bytes]
-    # Where the node writes its pid once it serves (None: pid_file = '' was asked for, so only the port
-    # is polled), and the settings added to the caller's for that (kept on a reload).
-    pid_path: Path | None = None
-    added_settings: Mapping[str, Setting] = field(default_factory=dict)
 
     @classmethod
     def start(
         cls, workdir: Path, settings: Mapping[str, Setting], *, ready_timeout: float = 20.0
     ) -> BalancerProcess:
         workdir.mkdir(parents=True, exist_ok=True)
-        added: dict[str, Setting] = {} if "pid_file" in settings else {"pid_file": "pgbalancer.pid"}
-        pid_file = str({**settings, **added}["pid_file"])
-        pid_path = workdir / pid_file if pid_file else None  # relative: against the config's directory
-        if pid_path is not None:
-            pid_path.unlink(missing_ok=True)  # a killed node's file must not pass for this one's
         config_path = workdir / "pgbalancer.conf"
-        config_path.write_text(render_config({**settings, **added}))
+        config_path.write_text(render_config(_with_pid_file(settings, workdir)))
         log_path = workdir / "pgbalancer.log"
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -79,8 +77,6 @@ class BalancerProcess:
             "127.0.0.1" if host in ("*", "localhost") else host,
             int(settings.get("port", 5432)),
             process,
-            pid_path,
-            added,
         )
         try:
             node.wait_ready(ready_timeout)
@@ -90,35 +86,25 @@ class BalancerProcess:
         return node
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll until this process reports ready and its port accepts TCP; fail early (with the log)
-        if it exits.
-
-        A port that accepts is not enough on its own: when two port picks collide, the port may be
-        another node's listener while this process is about to exit with "Address already in use".
-        """
+        """Poll until this process says it is ready (its pid file names it: written once the proxy
+        listens) and the port accepts TCP; fail early (with the log) if the process exits. The pid
+        file matters: on a busy machine another program may take the port pgbalancer was given, and
+        a bare TCP connect would then call someone else's server ready."""
         deadline = time.monotonic() + timeout
+        pid_file = self.config_path.parent / PID_FILE
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"pgbalancer exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.reported_ready():
-                try:
+            try:
+                if pid_file.read_text().strip() == str(self.process.pid):
                     with socket.create_connection((self.host, self.port), timeout=0.5):
                         return
-                except OSError:
-                    pass
+            except OSError:
+                pass
             time.sleep(0.05)
         raise TimeoutError(
             f"pgbalancer did not listen on {self.host}:{self.port} in {timeout}s:\n{self.log_tail()}"
         )
-
-    def reported_ready(self) -> bool:
-        """True once the node wrote its own pid to its pid file (after binding every listener)."""
-        if self.pid_path is None:
-            return True
-        try:
-            return self.pid_path.read_text().strip() == str(self.process.pid)
-        except OSError:
-            return False
 
     def dsn(self, user: str, dbname: str, password: str | None = None, **extra: str) -> str:
         parts = [f"host={self.host}", f"port={self.port}", f"user={user}", f"dbname={dbname}"]
@@ -135,7 +121,7 @@ class BalancerProcess:
     def reload(self, settings: Mapping[str, Setting] | None = None) -> None:
         """Rewrite the config (if given) and send SIGHUP."""
         if settings is not None:
-            self.config_path.write_text(render_config({**settings, **self.added_settings}))
+            self.config_path.write_text(render_config(_with_pid_file(settings, self.config_path.parent)))
         self.process.send_signal(signal.SIGHUP)
 
     def stop(self, timeout: float = 10.0) -> int:
