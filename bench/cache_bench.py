@@ -15,7 +15,9 @@ gets cached) and directly from the primary; any difference is a stale read.
 Output: results/cache-<time>/cache.json and a markdown table on stdout. Uses the shared
 cluster script (shared/bench/pgcluster.sh) on its own base and ports, so it never touches a
 cluster another benchmark is using; PgBouncer and Pgpool-II get configs of their own here.
-Run as root from the repo root: bench/cache [--reps 3] [--time 20] [--clients 16].
+Run as root from the repo root: bench/cache [--reps 3] [--time 20] [--clients 16] [--workers 2].
+``--workers N`` (default 2) adds a row for pgbalancer with the cache on and N worker processes
+(each with its own store, invalidating across the workers); the 1-worker row stays.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = "/tmp/pgb-cache-bench"
 PRIMARY, REPLICAS = 5633, (5634, 5635)
 BASELINE = "pgbalancer (cache on, baseline)"  # --baseline: another checkout's code, same config
+MULTI = "pgbalancer (cache on, {} workers)"  # --workers N: the same config with N worker processes
 PORTS = {
     "pgbouncer": 6632,
     "pgpool": 9899,
@@ -53,9 +56,27 @@ PORTS = {
     BASELINE: 6645,
 }
 API_PORTS = {"pgbalancer (cache off)": 6653, "pgbalancer (cache on)": 6654, BASELINE: 6655}
+MULTI_PORT, MULTI_API_PORT = 6646, 6656
+CACHING = ("pgbalancer (cache on)", BASELINE, "pgpool")  # and MULTI: names with "cache on" in them
 PCP_PORT = 9897
 ROWS, HOT = 10_000, 200
 PGBIN = "/usr/lib/postgresql/15/bin"
+
+
+def add_multi_worker_target(workers: int) -> str:
+    """A pgbalancer target with the cache on and ``workers`` worker processes; its name."""
+    name = MULTI.format(workers)
+    PORTS[name], API_PORTS[name] = MULTI_PORT, MULTI_API_PORT
+    return name
+
+
+def _workers_of(name: str) -> int:
+    found = re.search(r"(\d+) workers", name)
+    return int(found.group(1)) if found else 1
+
+
+def caches(name: str) -> bool:
+    return name in CACHING or name.startswith(MULTI.split("{")[0])
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None) -> str:
@@ -156,7 +177,7 @@ memqcache_oiddir = '{work}/oiddir'
     return conf
 
 
-def write_pgbalancer(work: Path, name: str, cache: bool) -> Path:
+def write_pgbalancer(work: Path, name: str, cache: bool, workers: int = 1) -> Path:
     conf = work / f"pgbalancer-{PORTS[name]}.conf"
     backends = "".join(
         f"backend_hostname{i} = '127.0.0.1'\nbackend_port{i} = {port}\n"
@@ -169,7 +190,7 @@ port = {PORTS[name]}
 pool_mode = transaction
 num_init_children = 20
 max_pool = 4
-workers = 1
+workers = {workers}
 load_balance_mode = off
 mqtt_mode = off
 api_listen_addresses = '127.0.0.1'
@@ -206,7 +227,7 @@ def targets(
                 pgpool = ["pgpool", "-n", "-D", "-f", str(conf), "-F", str(work / "pcp.conf")]
                 started.append((name, as_postgres(pgpool, work / "pgpool.log"), None))
             elif name.startswith("pgbalancer"):
-                conf = write_pgbalancer(work, name, cache="on" in name)
+                conf = write_pgbalancer(work, name, cache="on" in name, workers=_workers_of(name))
                 env = dict(os.environ)
                 if name == BASELINE and baseline is not None:  # its package shadows the installed one
                     env["PYTHONPATH"] = str(baseline)
@@ -303,7 +324,7 @@ def validate(port: int, stop: threading.Event, out: Validation) -> None:
 
 def cache_counters(name: str) -> tuple[float, float]:
     """(hits, lookups) so far: pgbalancer's /metrics, Pgpool-II's SHOW pool_cache."""
-    if name in ("pgbalancer (cache on)", BASELINE):
+    if name in API_PORTS and caches(name):
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{API_PORTS[name]}/metrics", timeout=10).read().decode()
         )
@@ -345,7 +366,7 @@ def measure(name: str, args: argparse.Namespace, script: Path) -> RunResult:
     validation = Validation()
     stop = threading.Event()
     checker = None
-    if name in ("pgbalancer (cache on)", BASELINE, "pgpool"):
+    if caches(name):
         checker = threading.Thread(target=validate, args=(port, stop, validation), daemon=True)
         checker.start()
     result = pgbench(port, args.clients, args.time, script)
@@ -379,12 +400,20 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, help="directory of the shared bench scripts (pgcluster.sh)")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the PostgreSQL cluster up")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also measure pgbalancer with the cache on and this many worker processes (1: not)",
+    )
+    parser.add_argument(
         "--baseline",
         type=Path,
         help="a directory holding another version's pgbalancer package (e.g. from `git archive`): "
         "measured as a sixth target with the cache on, interleaved with this one",
     )
     args = parser.parse_args()
+    args.load_before = os.getloadavg()  # the machine is shared: say how busy it was
+    print(f"[cache bench] load average before: {args.load_before}", flush=True)
     if os.geteuid() != 0:
         raise SystemExit("run as root: PostgreSQL, PgBouncer and Pgpool-II run as the postgres user")
     candidates = [args.shared] if args.shared else [p / "shared" / "bench" for p in REPO.parents]
@@ -392,6 +421,8 @@ def main() -> None:
     if shared is None:
         raise SystemExit("no shared/bench/pgcluster.sh beside the repo or above it: pass --shared DIR")
     names = ["direct", "pgbouncer", "pgpool", "pgbalancer (cache off)", "pgbalancer (cache on)"]
+    if args.workers > 1:
+        names.append(add_multi_worker_target(args.workers))
     if args.baseline is not None:
         if not (args.baseline / "pgbalancer" / "__init__.py").is_file():
             raise SystemExit(f"--baseline {args.baseline}: no pgbalancer package there")
@@ -458,6 +489,8 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
     return {
         "workload": f"95% SELECT of {HOT} hot rows (of {ROWS}), 5% UPDATE elsewhere, pgbench -M simple",
         "clients": args.clients,
+        "pgbalancer_workers": args.workers,
+        "load_average_before": args.load_before,
         "seconds": args.time,
         "reps": args.reps,
         "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},

@@ -6,7 +6,9 @@ extended protocol (Parse/Bind/Describe/Execute/Sync), and accepts the replies; t
 loop per request. What is left out is only the kernel and trio's wait for the next request:
 the figure is the per-hit work pgbalancer adds on top of any I/O.
 
-Usage: bench/cache_hit [--hits 200000] [--rounds 5] [--baseline DIR]
+Usage: bench/cache_hit [--hits 200000] [--rounds 5] [--workers N] [--baseline DIR]
+(``--workers N``: also measured as one of N workers, whose hits check the invalidation
+generations shared across the workers.)
 (``--baseline``: another version's package, e.g. ``git archive HEAD~1 pgbalancer | tar -x -C DIR``,
 measured round by round in a child process.) Prints a table and writes JSON to
 bench/results/cache-hit-<time>.json.
@@ -28,6 +30,7 @@ from typing import Any
 
 import trio
 
+from pgbalancer.cache.generations import Generations, buffer_size
 from pgbalancer.config import parse_config_text
 from pgbalancer.pgwire.framing import MessageReader
 from pgbalancer.proxy.backend import ServerCredentials
@@ -111,11 +114,13 @@ class _Client:
         pass
 
 
-def _relay() -> tuple[TransactionRelay, CacheService]:
+def _relay(workers: int) -> tuple[TransactionRelay, CacheService]:
     config = parse_config_text(
         "backend_hostname0 = '127.0.0.1'\nauth_type = trust\nworkers = 1\nmemory_cache_enabled = on\n"
     )
     service = CacheService(config)
+    if workers > 1:
+        service.share_with_workers(Generations(bytearray(buffer_size(workers)), workers, 0))
     router = SimpleNamespace(settings=SimpleNamespace(functions=DEFAULT_POLICY))
     proxy = SimpleNamespace(cache=service, router=router, config=config)
     session = SimpleNamespace(
@@ -132,15 +137,16 @@ def _relay() -> tuple[TransactionRelay, CacheService]:
     return relay, service
 
 
-async def _measure(kind: str, request: bytes, hits: int) -> float:
-    relay, service = _relay()
+async def _measure(kind: str, request: bytes, hits: int, workers: int = 1) -> float:
+    relay, service = _relay(workers)
     cache = relay.cache
     assert cache is not None
     # Fill: plan the request once (a miss), then store the answer under its key.
     relay.reader.receive_data(request)
     plan = cache.plan(relay._drain_client_messages())
     assert plan is not None and plan.hit is None, "the request must be cacheable"
-    assert service.finish_fill(plan.key, ANSWERS[kind], plan.reads, service.begin_fill(), None)
+    since, stamp = service.begin_fill(), service.stamp(plan.reads)
+    assert service.finish_fill(plan.key, ANSWERS[kind], plan.reads, since, None, stamp=stamp)
     relay.session.client = relay.client = client = _Client(request, hits)
     started = time.perf_counter()
     await relay._client_loop()
@@ -162,6 +168,9 @@ def main() -> None:
         help="a directory holding another version's pgbalancer package (e.g. from `git archive`): "
         "measured in a child process, round by round with this one",
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="also measure this version as one of N workers (N > 1)"
+    )
     parser.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)  # the baseline's child
     args = parser.parse_args()
     requests = {"simple": SIMPLE, "extended": EXTENDED}
@@ -172,11 +181,14 @@ def main() -> None:
             )
         )
         return
-    versions = ["this"] + (["baseline"] if args.baseline else [])
+    multi = f"this, {args.workers} workers"
+    versions = ["this"] + ([multi] if args.workers > 1 else []) + (["baseline"] if args.baseline else [])
     samples: dict[str, dict[str, list[float]]] = {v: {kind: [] for kind in requests} for v in versions}
     for _ in range(args.rounds):
         for kind, request in requests.items():
             samples["this"][kind].append(trio.run(_measure, kind, request, args.hits))
+            if args.workers > 1:
+                samples[multi][kind].append(trio.run(_measure, kind, request, args.hits, args.workers))
         if args.baseline is not None:
             child = subprocess.run(
                 [sys.executable, __file__, "--one-round", "--hits", str(args.hits)],

@@ -913,7 +913,8 @@ class Config:
         block, calling only immutable functions, reading only plain permanent tables) and answer
         repeats from memory with the exact bytes PostgreSQL sent. Writes seen by any pgbalancer
         node invalidate the tables they touch on every node (through Raft when watchdog_nodes is
-        set). Needs transaction or statement pooling and workers = 1.""",
+        set) and in every worker process of a node (through generations in shared memory, before
+        the writer's client is answered). Needs transaction or statement pooling.""",
     )
     memqcache_total_size: int = _setting(
         64 << 20,
@@ -921,7 +922,8 @@ class Config:
         Category.CACHE,
         _L,
         """Memory the result cache may hold: entries, keys and index, counted in real bytes; least
-        recently used entries are evicted beyond it.""",
+        recently used entries are evicted beyond it. The node's total: with several workers each
+        worker holds its own entries within an equal share (memqcache_total_size / workers).""",
     )
     memqcache_maxcache: int = _setting(
         400 << 10,
@@ -1849,12 +1851,15 @@ def _check_delegate_ip(config: Config, build: _Build) -> Iterator[str]:
 def _check_cache(config: Config, build: _Build) -> Iterator[str]:
     if not config.memory_cache_enabled:
         return
-    if config.workers != 1:
-        yield (
-            f"{build.where('memory_cache_enabled')}: memory_cache_enabled = on needs workers = 1 "
-            f"(workers = {config.workers}): each worker process would hold its own cache and miss the "
-            "writes the others see; set workers = 1, or run one node per core behind Raft"
-        )
+    if config.workers > 1 and not config.watchdog_nodes:
+        share = config.memqcache_total_size // config.workers
+        if config.memqcache_maxcache > share:
+            yield (
+                f"{build.where('memqcache_total_size')}: each of the {config.workers} workers holds its "
+                f"own cache within memqcache_total_size / workers ({_render_size(share)}), which is "
+                f"smaller than memqcache_maxcache ({_render_size(config.memqcache_maxcache)}); raise "
+                "memqcache_total_size, lower memqcache_maxcache, or set fewer workers"
+            )
     session = [
         name
         for name, mode in (*config.database_pool_mode, *config.user_pool_mode)

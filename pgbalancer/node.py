@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import mmap
 import os
 import resource
 import signal
@@ -27,6 +28,7 @@ from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import ApiSettings, ApiSettingsError, load_api_settings
 from pgbalancer.api.snapshots import NodeInfo
+from pgbalancer.cache.generations import Generations, buffer_size
 from pgbalancer.config import Config, ConfigError, diff_configs, load_config
 from pgbalancer.events.service import EventService
 from pgbalancer.health.controller import HaController
@@ -106,6 +108,10 @@ class Node:
                 cache.on_invalidated = self.events.publish_cache_invalidation
             if self.watchdog is not None:  # invalidations go through Raft, with a hit barrier
                 cache.attach_cluster(self.watchdog.store)
+            elif worker is not None and worker.shared_memory is not None:  # across the workers
+                cache.share_with_workers(
+                    Generations(memoryview(worker.shared_memory), worker.count, worker.index)
+                )
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
@@ -304,8 +310,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         worker_count = 1
     if worker_count > 1:
         run_worker = partial(_run_node, args.config_file, config, userlist, api_settings)
-        return Supervisor(worker_count, run_worker, pid_file=config.pid_file).run()
+        shared, lost = _cache_shared_memory(config, worker_count)
+        supervisor = Supervisor(
+            worker_count, run_worker, pid_file=config.pid_file, shared_memory=shared, on_worker_lost=lost
+        )
+        return supervisor.run()
     return _run_node(args.config_file, config, userlist, api_settings)
+
+
+def _cache_shared_memory(config: Config, worker_count: int) -> tuple[mmap.mmap | None, partial[None] | None]:
+    """The result cache's invalidation generations, mapped once before the workers are forked
+    (anonymous and MAP_SHARED: every worker, restarted ones too, sees the same pages), and what
+    the supervisor does when a worker dies: invalidate everything in that worker's column (a
+    write it had committed may not have been invalidated yet). Nothing when the cache is off."""
+    if not config.memory_cache_enabled:
+        return None, None
+    share = config.memqcache_total_size // worker_count
+    if share < config.memqcache_maxcache:  # workers = 0: the config check could not know the count
+        log.warning(
+            "each of the %d workers caches within memqcache_total_size / workers (%d bytes), less than "
+            "memqcache_maxcache (%d bytes): larger results are not cached; raise memqcache_total_size",
+            worker_count,
+            share,
+            config.memqcache_maxcache,
+        )
+    shared = mmap.mmap(-1, buffer_size(worker_count))
+    return shared, partial(_invalidate_for_lost_worker, shared, worker_count)
+
+
+def _invalidate_for_lost_worker(shared: mmap.mmap, worker_count: int, index: int) -> None:
+    Generations(memoryview(shared), worker_count, index).bump(None)
 
 
 def _run_node(

@@ -7,6 +7,13 @@ its siblings (``pgbalancer.proxy.peering``). The supervisor restarts a worker th
 backoff; forwards SIGHUP to every worker; on SIGTERM/SIGINT stops them all and exits 0; owns the
 pid file; and exits 1 if a worker cannot start (e.g. the port is taken).
 
+Shared memory: a caller may hand the supervisor an anonymous shared mapping (``mmap.mmap(-1,
+size)``, MAP_SHARED) created before any fork; every worker, restarted ones included, inherits
+the same pages and finds them in ``WorkerContext.shared_memory`` (the result cache's
+invalidation generations live there). ``on_worker_lost(index)`` runs in the supervisor after a
+worker died unexpectedly and before its replacement is forked, so that nothing else writes the
+dead worker's part of that memory while it runs.
+
 Why fork rather than spawning ``python -m pgbalancer --worker-index N``: the supervisor already
 holds the validated config, and a forked worker starts from exactly that config. So a worker
 restarted after a crash binds the same port and backends as its siblings even if the file was
@@ -24,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import select
 import signal
@@ -92,10 +100,11 @@ def available_cpus() -> int | None:
 class WorkerContext:
     """What a forked worker knows about itself; ``report_ready`` tells the supervisor it listens."""
 
-    def __init__(self, index: int, count: int, ready_fd: int) -> None:
+    def __init__(self, index: int, count: int, ready_fd: int, shared_memory: mmap.mmap | None = None) -> None:
         self.index = index
         self.count = count
         self._ready_fd: int | None = ready_fd
+        self.shared_memory = shared_memory  # the node's shared mapping, the same in every worker
 
     def report_ready(self) -> None:
         if self._ready_fd is None:
@@ -140,9 +149,13 @@ class Supervisor:
         *,
         pid_file: str = "",
         clock: Callable[[], float] = time.monotonic,
+        shared_memory: mmap.mmap | None = None,
+        on_worker_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.worker_count = worker_count
         self.run_worker = run_worker
+        self.shared_memory = shared_memory
+        self.on_worker_lost = on_worker_lost
         self.pid_file = pid_file
         self.clock = clock
         self.slots = [_Slot(index) for index in range(worker_count)]
@@ -263,6 +276,11 @@ class Supervisor:
                 f"worker {slot.index} (pid {pid}) could not start ({describe_exit(exit_code)}); "
                 "see its error above"
             )
+        if self.on_worker_lost is not None:  # before any replacement is forked
+            try:
+                self.on_worker_lost(slot.index)
+            except Exception:
+                log.exception("worker %d: cleaning up after it failed", slot.index)
         slot.failures = failures_after_exit(slot.failures, self.clock() - slot.started_at)
         delay = restart_delay(slot.failures)
         slot.restart_at = self.clock() + delay
@@ -398,7 +416,7 @@ class Supervisor:
             self._drop_supervisor_state()
             _die_with_supervisor(supervisor_pid)
             _tag_log_records(f"worker{index}")
-            exit_code = self.run_worker(WorkerContext(index, self.worker_count, ready_fd))
+            exit_code = self.run_worker(WorkerContext(index, self.worker_count, ready_fd, self.shared_memory))
         except SystemExit as exc:
             exit_code = exc.code if isinstance(exc.code, int) else 1
         except BaseException:

@@ -629,7 +629,7 @@ class _Routes:
         return json_response({"resumed": True, "database": database})
 
     async def cache_stats(self) -> Response:
-        return json_response(snapshots.cache_stats(self.proxy))
+        return json_response(snapshots.cache_stats(await self.state.figures.gather()))
 
     async def cache_invalidate(self) -> Response:
         body = await _json_body({"table": _is_optional_name})

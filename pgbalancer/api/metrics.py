@@ -68,7 +68,7 @@ class ProxyCollector(Collector):
         yield from self._backends(figures)
         yield from self._cluster()
         yield from self._balancer()
-        yield from self._cache()
+        yield from self._cache(figures)
         yield from self._raft()
 
     def _node(self, figures: NodeFigures) -> Iterator[Metric]:
@@ -268,14 +268,13 @@ class ProxyCollector(Collector):
             errors.add_metric(backend, _finite_or_zero(node.error_rate))
         yield from (share, score, latency, errors)
 
-    def _cache(self) -> Iterator[Metric]:
-        cache = self.proxy.cache
+    def _cache(self, figures: NodeFigures) -> Iterator[Metric]:
+        stats = figures.cache  # every worker's, added up
         yield GaugeMetricFamily(
-            "pgbalancer_cache_enabled", "1 when memory_cache_enabled = on", value=int(cache is not None)
+            "pgbalancer_cache_enabled", "1 when memory_cache_enabled = on", value=int(stats is not None)
         )
-        if cache is None:
+        if stats is None:
             return
-        stats = cache.store.stats()
         yield GaugeMetricFamily("pgbalancer_cache_entries", "Results held by the cache", value=stats.entries)
         yield GaugeMetricFamily("pgbalancer_cache_bytes", "Memory the cache holds", value=stats.bytes)
         yield GaugeMetricFamily(
@@ -288,9 +287,9 @@ class ProxyCollector(Collector):
             ("invalidations", stats.invalidations, "Entries dropped by invalidations"),
             ("invalidation_events", stats.invalidation_events, "Invalidations applied"),
             ("rejected", stats.rejected, "Answers not stored (too big, an error, a raced write)"),
-            ("replication_failures", cache.replication_failures, "Invalidations not replicated in time"),
-            ("prefetched", cache.prefetched, "Dropped hot results re-run and stored (memqcache_prefetch)"),
-            ("prefetch_dropped", cache.prefetch_dropped, "Prefetches skipped by memqcache_prefetch_rate"),
+            ("replication_failures", stats.replication_failures, "Invalidations not replicated in time"),
+            ("prefetched", stats.prefetched, "Dropped hot results re-run and stored (memqcache_prefetch)"),
+            ("prefetch_dropped", stats.prefetch_dropped, "Prefetches skipped by memqcache_prefetch_rate"),
         ):
             yield CounterMetricFamily(f"pgbalancer_cache_{name}", what, value=value)
 

@@ -148,7 +148,14 @@ SCHEMAS: Final[dict[str, Schema]] = {
             "workers": {
                 "type": "array",
                 "items": _obj(
-                    {"index": _COUNT, "clients": _COUNT, "accepted_total": _COUNT, "queries_total": _COUNT}
+                    {
+                        "index": _COUNT,
+                        "clients": _COUNT,
+                        "accepted_total": _COUNT,
+                        "queries_total": _COUNT,
+                        "cache_hits": _COUNT,
+                    },
+                    optional=("cache_hits",),  # with memory_cache_enabled = on
                 ),
             },
             "started_at": _NUMBER,

@@ -151,15 +151,18 @@ def worker_summary(node: NodeInfo, figures: NodeFigures) -> Json:
 
 
 def per_worker(figures: NodeFigures) -> list[Json]:
-    return [
-        {
+    workers: list[Json] = []
+    for report in figures.workers:
+        worker: Json = {
             "index": report.worker_index,
             "clients": report.clients.total,
             "accepted_total": report.clients.accepted_total,
             "queries_total": sum(pool.counters.query_count for pool in report.pools),
         }
-        for report in figures.workers
-    ]
+        if report.cache is not None:  # reads each worker answered from its own cache
+            worker["cache_hits"] = report.cache.hits
+        workers.append(worker)
+    return workers
 
 
 def status(proxy: ProxyServer, figures: NodeFigures, node: NodeInfo, rate: QueryRate) -> Json:
@@ -341,8 +344,20 @@ _CACHE_OFF: Final = {
 }
 
 
-def cache_stats(proxy: ProxyServer) -> Json:
-    """The result cache's counters (zeros with enabled false when memory_cache_enabled = off)."""
-    if proxy.cache is None:
+def cache_stats(figures: NodeFigures) -> Json:
+    """The result cache's counters, summed over the node's workers (zeros with enabled false when
+    memory_cache_enabled = off)."""
+    cache = figures.cache
+    if cache is None:
         return dict(_CACHE_OFF)
-    return proxy.cache.stats()
+    return {
+        "enabled": True,
+        "entries": cache.entries,
+        "bytes": cache.bytes,
+        "limit_bytes": cache.limit_bytes,
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "hit_ratio": round(cache.hit_ratio, 6),
+        "evictions": cache.evictions,
+        "invalidations": cache.invalidations,
+    }

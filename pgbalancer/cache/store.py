@@ -15,6 +15,10 @@ Fill races: a result that was being computed while an invalidation of one of its
 happened may predate the write. ``begin_fill()`` hands out the invalidation generation at
 the start of a request, and ``store`` refuses a result whose tables were invalidated since.
 
+Several workers (``generations``): other workers' invalidations arrive through a shared table of
+generations (``generations.py``). A fill then also carries a ``stamp`` taken before its query
+ran; ``store`` refuses it and ``lookup`` drops it as soon as any worker bumped one of its slots.
+
 Pure: no I/O, no clock (``now`` is passed in), no threads. It must never serve an entry
 past its expiry or one whose table was invalidated after the request that filled it began.
 """
@@ -25,6 +29,8 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from pgbalancer.cache.generations import Generations, Stamp
 
 # The expiry time of an entry is a float object of its own.
 _EXPIRY_SIZE = sys.getsizeof(0.5)
@@ -39,9 +45,11 @@ class _Entry:
     size: int
     hits: int = 0
     recipe: object = None  # how to run the request again (prefetch); opaque here
+    stamp: Stamp | None = None  # the shared generations it was filled under (several workers)
 
 
 _ENTRY_SIZE = sys.getsizeof(_Entry(b"", frozenset(), 0.0, 0))
+_INT_SIZE = sys.getsizeof(1 << 20)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,8 @@ class ResultCache:
         self.hits = self.misses = self.evictions = self.invalidations = 0
         self.invalidation_events = self.stores = self.rejected = 0
         self.hottest_dropped: list[object] = []
+        # Several workers: what every worker invalidated (None: this process is the only one).
+        self.generations: Generations | None = None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -106,6 +116,12 @@ class ResultCache:
             self._remove(key, entry)
             self.misses += 1
             return None
+        stamp = entry.stamp
+        if stamp is not None and self.generations is not None and not self.generations.current(stamp):
+            self._remove(key, entry)  # another worker invalidated one of its tables
+            self.invalidations += 1
+            self.misses += 1
+            return None
         self._entries.move_to_end(key)
         self.hits += 1
         entry.hits += 1
@@ -114,6 +130,11 @@ class ResultCache:
     def begin_fill(self) -> int:
         """The generation to pass to ``store`` for a request starting now."""
         return self.generation
+
+    def stamp(self, tables: Iterable[str]) -> Stamp | None:
+        """With several workers, the shared generations to pass to ``store`` for a request reading
+        ``tables`` that starts now (before its query is sent); None otherwise."""
+        return None if self.generations is None else self.generations.stamp(tables)
 
     def store(
         self,
@@ -126,12 +147,21 @@ class ResultCache:
         ttl: float | None = None,
         recipe: object = None,
         recipe_size: int = 0,
+        stamp: Stamp | None = None,
     ) -> bool:
         """Keep ``payload`` for ``key`` unless it is too big or an invalidation since ``since``
-        touched its tables; evicts least recently used entries to stay within the limit."""
+        (and, with several workers, since ``stamp``) touched its tables; evicts least recently
+        used entries to stay within the limit."""
         tables = frozenset(tables)
         size = sys.getsizeof(key) + sys.getsizeof(payload) + _ENTRY_SIZE + _EXPIRY_SIZE + recipe_size
-        if len(payload) > self.max_entry_bytes or size > self.limit_bytes or self._stale(tables, since):
+        if stamp is not None:
+            size += _stamp_size(stamp)
+        if (
+            len(payload) > self.max_entry_bytes
+            or size > self.limit_bytes
+            or self._stale(tables, since)
+            or self._stale_elsewhere(stamp)
+        ):
             self.rejected += 1
             return False
         previous = self._entries.get(key)
@@ -146,7 +176,7 @@ class ResultCache:
             self.rejected += 1
             return False
         tables = self._intern(tables)
-        self._entries[key] = _Entry(payload, tables, now + lifetime, size, recipe=recipe)
+        self._entries[key] = _Entry(payload, tables, now + lifetime, size, recipe=recipe, stamp=stamp)
         for table in tables:
             keys = self._by_table.get(table)
             if keys is None:
@@ -251,6 +281,12 @@ class ResultCache:
         generations = self._table_generation
         return any(generations.get(table, 0) > since for table in tables)
 
+    def _stale_elsewhere(self, stamp: Stamp | None) -> bool:
+        if self.generations is None:
+            return False
+        # Several workers: a fill without a stamp cannot tell what the others invalidated.
+        return stamp is None or not self.generations.current(stamp)
+
     def _remove(self, key: bytes, entry: _Entry) -> None:
         del self._entries[key]
         self._bytes -= entry.size
@@ -262,6 +298,11 @@ class ResultCache:
                     del self._by_table[table]
                     self._index_bytes -= sys.getsizeof(keys)
         self._release(entry.tables)
+
+
+def _stamp_size(stamp: Stamp) -> int:
+    """The tuple and the int objects of its own (CPython shares the ints up to 256)."""
+    return sys.getsizeof(stamp) + _INT_SIZE * sum(1 for value in stamp if value > 256)
 
 
 def _index_estimate(tables: frozenset[str]) -> int:

@@ -1,6 +1,7 @@
 """Traffic figures of a whole node, summed over its worker processes.
 
-With ``workers > 1`` every worker accepts its own clients and holds its own pools, but only
+With ``workers > 1`` every worker accepts its own clients and holds its own pools and result
+cache (whose counters travel with the figures and add up the same way), but only
 worker 0 serves the REST API, ``/metrics`` and the MQTT ``stats/pools``. So each worker answers on
 a private Unix socket (``pgbalancer-<port>-worker<N>-stats.sock`` in ``worker_socket_dir``, mode
 0600) with a JSON copy of its figures: client counts, and per pool its gauges, counters and
@@ -85,10 +86,37 @@ class PoolFigures:
 
 
 @dataclass(frozen=True)
+class CacheFigures:
+    """The result cache's gauges and counters (memory_cache_enabled = on)."""
+
+    entries: int = 0
+    bytes: int = 0
+    limit_bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    invalidations: int = 0
+    invalidation_events: int = 0
+    rejected: int = 0
+    replication_failures: int = 0
+    prefetched: int = 0
+    prefetch_dropped: int = 0
+
+    def __add__(self, other: CacheFigures) -> CacheFigures:
+        return CacheFigures(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @property
+    def hit_ratio(self) -> float:
+        looked_up = self.hits + self.misses
+        return self.hits / looked_up if looked_up else 0.0
+
+
+@dataclass(frozen=True)
 class WorkerFigures:
     worker_index: int
     clients: ClientFigures
     pools: tuple[PoolFigures, ...]
+    cache: CacheFigures | None = None  # None: the cache is off
 
 
 @dataclass(frozen=True)
@@ -100,6 +128,7 @@ class NodeFigures:
     missing: tuple[int, ...]
     clients: ClientFigures
     pools: tuple[PoolFigures, ...]
+    cache: CacheFigures | None = None  # summed over the workers that answered; None: the cache is off
 
     def live_pools(self) -> list[PoolFigures]:
         return [pool for pool in self.pools if pool.live]
@@ -159,8 +188,11 @@ def merge(worker_count: int, reports: Sequence[WorkerFigures]) -> NodeFigures:
     reports = sorted(reports, key=lambda r: r.worker_index)
     pools: dict[PoolKey, PoolFigures] = {}
     clients = ClientFigures()
+    cache: CacheFigures | None = None
     for report in reports:
         clients += report.clients
+        if report.cache is not None:
+            cache = report.cache if cache is None else cache + report.cache
         for pool in report.pools:
             pools[pool.key] = _add_pools(pools[pool.key], pool) if pool.key in pools else pool
     reported = {r.worker_index for r in reports}
@@ -170,6 +202,7 @@ def merge(worker_count: int, reports: Sequence[WorkerFigures]) -> NodeFigures:
         missing=tuple(i for i in range(worker_count) if i not in reported),
         clients=clients,
         pools=tuple(sorted(pools.values(), key=lambda p: (p.key.backend_id, p.key.database, p.key.user))),
+        cache=cache,
     )
 
 
@@ -218,7 +251,28 @@ def read_figures(proxy: ProxyServer, worker_index: int, now: float) -> WorkerFig
         admin_console=len(logged_in) - len(pooled),
         accepted_total=proxy.accepted_total,
     )
-    return WorkerFigures(worker_index, clients, tuple(pools))
+    return WorkerFigures(worker_index, clients, tuple(pools), _cache_figures(proxy))
+
+
+def _cache_figures(proxy: ProxyServer) -> CacheFigures | None:
+    cache = proxy.cache
+    if cache is None:
+        return None
+    stats = cache.store.stats()
+    return CacheFigures(
+        entries=stats.entries,
+        bytes=stats.bytes,
+        limit_bytes=stats.limit_bytes,
+        hits=stats.hits,
+        misses=stats.misses,
+        evictions=stats.evictions,
+        invalidations=stats.invalidations,
+        invalidation_events=stats.invalidation_events,
+        rejected=stats.rejected,
+        replication_failures=cache.replication_failures,
+        prefetched=cache.prefetched,
+        prefetch_dropped=cache.prefetch_dropped,
+    )
 
 
 # --------------------------------------------------------------------------- pure: JSON codec
@@ -229,6 +283,9 @@ def figures_to_json(figures: WorkerFigures) -> dict[str, Any]:
         "worker_index": figures.worker_index,
         "clients": {f.name: getattr(figures.clients, f.name) for f in fields(ClientFigures)},
         "pools": [_pool_to_json(pool) for pool in figures.pools],
+        "cache": None
+        if figures.cache is None
+        else {f.name: getattr(figures.cache, f.name) for f in fields(CacheFigures)},
     }
 
 
@@ -254,7 +311,13 @@ def figures_from_json(document: object) -> WorkerFigures:
         assert isinstance(document, dict)
         clients = ClientFigures(**{f.name: int(document["clients"][f.name]) for f in fields(ClientFigures)})
         pools = tuple(_pool_from_json(pool) for pool in document["pools"])
-        return WorkerFigures(int(document["worker_index"]), clients, pools)
+        raw_cache = document.get("cache")
+        cache = (
+            None
+            if raw_cache is None
+            else CacheFigures(**{f.name: int(raw_cache[f.name]) for f in fields(CacheFigures)})
+        )
+        return WorkerFigures(int(document["worker_index"]), clients, pools, cache)
     except (AssertionError, KeyError, TypeError, ValueError) as exc:
         raise FiguresError(f"not a worker figures document: {exc!r}") from None
 

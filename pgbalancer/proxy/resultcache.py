@@ -1,10 +1,12 @@
-"""The result cache's shell: one per node, shared by every client session of the proxy.
+"""The result cache's shell: one per worker process, shared by every client session it serves.
 
 It holds the pure store (``pgbalancer.cache``), what the catalog said about relations, and the
-way invalidations leave this node: applied here at once, published on MQTT
-(``pgbalancer/cache/invalidate``, informational), and — with a watchdog — committed through
-Raft and applied by every peer before the write's answer reaches its client (the barrier is
-described in docs/cache.md). Sessions call it from the relay (txrelay.py):
+way invalidations leave this process: applied here at once, bumped in the generations shared
+with the node's other workers (``workers > 1``: they stop serving what the write changed before
+its client is answered), published on MQTT (``pgbalancer/cache/invalidate``, informational),
+and — with a watchdog — committed through Raft and applied by every peer before the write's
+answer reaches its client (the barrier is described in docs/cache.md). Sessions call it from
+the relay (txrelay.py):
 
 * ``lookup(key)`` for a cacheable read; ``None`` also while this node is out of its lease;
 * ``relations_known`` / ``learn_relations`` before a fill or a write names unknown relations;
@@ -36,6 +38,7 @@ from typing import Protocol
 import trio
 
 from pgbalancer.cache import ResultCache, clean_answer, extended_request, query_key, session_key
+from pgbalancer.cache.generations import Generations, Stamp
 from pgbalancer.cache.relations import (
     MAX_NAMES_PER_QUERY,
     UNKNOWN_RELATION,
@@ -135,10 +138,25 @@ class CacheService:
         self._prefetch_send, self._prefetch_receive = trio.open_memory_channel[Recipe](_PREFETCH_QUEUE)
         self.prefetched = self.prefetch_dropped = self.prefetch_failures = 0
         self.lease_misses = 0  # lookups refused because this node was out of its lease
+        self.workers = 1  # worker processes sharing memqcache_total_size (share_with_workers)
+        self.generations: Generations | None = None
+        self._relations_epoch = 0  # the shared relations epoch _relations holds facts of
+
+    def share_with_workers(self, generations: Generations) -> None:
+        """This process is one of ``generations.workers`` workers of the node: take a share of
+        memqcache_total_size, and invalidate across the workers through the shared generations."""
+        self.workers = generations.workers
+        self.generations = self.store.generations = generations
+        self._relations_epoch = generations.relations_epoch()
+        self.store.resize(
+            self.store.limit_bytes // self.workers,
+            max_entry_bytes=self.store.max_entry_bytes,
+            ttl=self.store.ttl,
+        )
 
     def apply_config(self, config: Config) -> None:
         self.store.resize(
-            config.memqcache_total_size,
+            config.memqcache_total_size // self.workers,
             max_entry_bytes=config.memqcache_maxcache,
             ttl=_ttl(config.memqcache_expire),
         )
@@ -209,6 +227,12 @@ class CacheService:
 
     def relations_known(self, database: str, names: Iterable[str]) -> list[str]:
         """The names whose facts this node has not asked the catalog about yet."""
+        generations = self.generations
+        if generations is not None:  # another worker ran DDL: forget what the catalog said
+            epoch = generations.relations_epoch()
+            if epoch != self._relations_epoch:
+                self._relations.clear()
+                self._relations_epoch = epoch
         return [name for name in names if (database, name) not in self._relations]
 
     def reads_cacheable(self, database: str, names: Iterable[str]) -> bool:
@@ -223,18 +247,29 @@ class CacheService:
         """Ask the catalog (one round trip on an idle server) about relations not known yet."""
         names = names[:MAX_NAMES_PER_QUERY]
         generation = self.store.generation
+        epoch = self._shared_relations_epoch()
         try:
             rows = await server.fetch_rows(relations_query(names))
         except (ServerError, BackendUnavailable, PeerClosed) as exc:  # cache less this time; a broken
             log.debug("result cache: catalog lookup failed: %s", exc)  # server fails the next send
             return
-        if self.store.generation != generation:
-            return  # DDL may have raced the lookup: ask again next time
+        if self.store.generation != generation or self._shared_relations_epoch() != epoch:
+            return  # DDL (here or in another worker) may have raced the lookup: ask again next time
+        if epoch != self._relations_epoch:
+            return  # facts of another epoch than those held: relations_known clears them first
         for name, facts in parse_relation_rows(names, rows).items():
             self._relations[(database, name)] = facts
 
+    def _shared_relations_epoch(self) -> int:
+        return self._relations_epoch if self.generations is None else self.generations.relations_epoch()
+
     def begin_fill(self) -> int:
         return self.store.begin_fill()
+
+    def stamp(self, reads: Iterable[str]) -> Stamp | None:
+        """The shared generations (several workers) a fill reading ``reads`` starts under; take
+        it before the request goes to PostgreSQL."""
+        return self.store.stamp(reads)
 
     def finish_fill(
         self,
@@ -244,6 +279,7 @@ class CacheService:
         since: int,
         ttl: float | None,
         recipe: Recipe | None = None,
+        stamp: Stamp | None = None,
     ) -> bool:
         """Store a captured answer if it is a clean, complete one (no error, notice or status change)."""
         if not clean_answer(payload):
@@ -259,6 +295,7 @@ class CacheService:
             ttl=ttl,
             recipe=recipe,
             recipe_size=recipe_size,
+            stamp=stamp,
         )
 
     # ---- invalidating
@@ -315,7 +352,12 @@ class CacheService:
         self.apply(None)
 
     def apply(self, tables: Tables) -> int:
-        """Apply an invalidation (this node's write, a peer's through Raft, or the API)."""
+        """Apply an invalidation (this node's write, a peer's through Raft, or the API): here, and
+        for the node's other workers through the shared generations."""
+        generations = self.generations
+        if generations is not None:
+            ddl = tables is not None and DDL_MARKER in tables
+            generations.bump(None if tables is None else tables - {DDL_MARKER}, relations=ddl)
         if tables is None:
             self._relations.clear()
         elif DDL_MARKER in tables:  # a DML write leaves what the catalog said as it was
@@ -355,7 +397,7 @@ class CacheService:
                 log.debug("result cache: prefetch failed: %s", exc)
 
     async def _prefetch_one(self, proxy: PrimaryPools, recipe: Recipe) -> None:
-        since = self.store.begin_fill()
+        since, stamp = self.store.begin_fill(), self.stamp(recipe.reads)
         pool, server = await proxy.acquire_primary(recipe.database, recipe.credentials)
         reusable = False
         try:
@@ -373,22 +415,8 @@ class CacheService:
                 await server.reset(rollback=message.body != b"I", reset_query=recipe.reset_query)
         finally:
             pool.release(server, reusable=reusable)
-        if self.finish_fill(recipe.key, bytes(answer), recipe.reads, since, recipe.ttl, recipe):
+        if self.finish_fill(recipe.key, bytes(answer), recipe.reads, since, recipe.ttl, recipe, stamp):
             self.prefetched += 1
-
-    def stats(self) -> dict[str, object]:
-        stats = self.store.stats()
-        return {
-            "enabled": True,
-            "entries": stats.entries,
-            "bytes": stats.bytes,
-            "limit_bytes": stats.limit_bytes,
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "hit_ratio": round(stats.hit_ratio, 6),
-            "evictions": stats.evictions,
-            "invalidations": stats.invalidations,
-        }
 
 
 def _ttl(expire: int) -> float:
@@ -462,6 +490,7 @@ class _Fill:
     since: int
     limit: int
     recipe: Recipe | None = None
+    stamp: Stamp | None = None
     captured: bytearray = field(default_factory=bytearray)
 
 
@@ -619,7 +648,8 @@ class ClientCache:
         self.fill = None
         if plan is not None and from_primary and service.reads_cacheable(self.database, plan.reads):
             recipe = self._recipe(plan, batch) if service.prefetch else None
-            self.fill = _Fill(plan, service.begin_fill(), service.store.max_entry_bytes, recipe)
+            since, stamp = service.begin_fill(), service.stamp(plan.reads)
+            self.fill = _Fill(plan, since, service.store.max_entry_bytes, recipe, stamp)
 
     def _recipe(self, plan: CachePlan, batch: Sequence[Message]) -> Recipe | None:
         """A recipe for a self-contained request (no statement names: nothing to prepare first)."""
@@ -698,7 +728,7 @@ class ClientCache:
         if fill is not None:
             plan = fill.plan
             self.service.finish_fill(
-                plan.key, bytes(fill.captured), plan.reads, fill.since, plan.ttl, fill.recipe
+                plan.key, bytes(fill.captured), plan.reads, fill.since, plan.ttl, fill.recipe, fill.stamp
             )
 
     async def flush_writes(self, *, keep: bool = False) -> None:

@@ -409,10 +409,12 @@ class Router:
             self.balancer.started(node_id)
         wants_lsn = (
             self.settings.read_your_writes
+            and self.settings.load_balance_mode  # otherwise reads stay on the primary anyway
             and session.wrote
             and node_id == view.primary_id
             and _may_commit(statement, session)
             and _may_carry_a_probe(statement)
+            and any(backend.is_up for backend in view.backends if backend.node_id != node_id)
         )
         return RouteDecision(
             RouteAction.SEND, node_id, reason, session, query_class=query_class, wants_commit_lsn=wants_lsn

@@ -6,12 +6,14 @@ from __future__ import annotations
 import gc
 import sys
 import tracemalloc
+from array import array
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from pgbalancer.cache.generations import Generations, buffer_size
 from pgbalancer.cache.store import ResultCache
 
 
@@ -107,7 +109,7 @@ def _real_bytes(cache: ResultCache, items: list[tuple[bytes, bytes, frozenset[st
     try:
         before = tracemalloc.get_traced_memory()[0]
         for key, payload, tables in items:
-            cache.store(key, payload, tables, 0.0, since=0)
+            cache.store(key, payload, tables, 0.0, since=0, stamp=cache.stamp(tables))
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
@@ -130,6 +132,15 @@ def test_byte_accounting_is_within_ten_percent_of_real_memory() -> None:
         ]
         real, charged = _real_bytes(_cache(limit=1 << 40, max_entry=1 << 30, ttl=1e9), items)
         assert abs(charged - real) <= real * 0.10, (payload_size, table_count, distinct, charged, real)
+        # one of several workers: each entry also keeps the stamp of its tables' generations,
+        # small ints (shared by CPython) on a fresh node, ints of their own on a busy one
+        for generation in (0, 10**6):
+            shared = bytearray(buffer_size(2))
+            memoryview(shared).cast("Q")[:] = array("Q", [generation]) * (len(shared) // 8)
+            cache = _cache(limit=1 << 40, max_entry=1 << 30, ttl=1e9)
+            cache.generations = Generations(shared, 2, 1)
+            real, charged = _real_bytes(cache, items)
+            assert abs(charged - real) <= real * 0.10, (payload_size, table_count, generation, charged, real)
 
 
 class CacheMachine(RuleBasedStateMachine):

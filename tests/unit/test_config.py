@@ -708,3 +708,21 @@ def test_partition_read_policy_and_lease_parse() -> None:
     config = parse("partition_read_policy = refuse\nwatchdog_lease = 0.5")
     assert config.partition_read_policy == "refuse" and config.watchdog_lease == 0.5
     assert "did you mean 'stale'" in only_error(MINIMAL + "partition_read_policy = stal")
+
+
+def test_the_cache_runs_on_several_workers_within_a_share_each() -> None:
+    config = parse("memory_cache_enabled = on\npool_mode = transaction\nworkers = 4\n")
+    assert config.memory_cache_enabled and config.workers == 4
+    error = only_error(
+        MINIMAL
+        + "memory_cache_enabled = on\nworkers = 4\nmemqcache_total_size = 1MB\nmemqcache_maxcache = 400kB\n"
+    )
+    assert "memqcache_total_size / workers (256kB)" in error and "raise memqcache_total_size" in error
+    # a watchdog node runs one worker whatever workers says: its one cache has the whole size
+    watchdog = (
+        "watchdog_nodes = '10.0.0.1:9000'\nwatchdog_port = 9000\nwatchdog_secret = 's3cret-s3cret-s3cret'\n"
+    )
+    parse(
+        "memory_cache_enabled = on\nworkers = 4\nmemqcache_total_size = 1MB\nmemqcache_maxcache = 400kB\n"
+        + watchdog
+    )

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pgbalancer.config import Config, parse_config_text
 from pgbalancer.proxy.figures import (
+    CacheFigures,
     ClientFigures,
     FiguresError,
     FiguresPeering,
@@ -88,7 +89,17 @@ worker_figures = st.builds(
     st.integers(0, 255),
     st.builds(ClientFigures, total=st.integers(0, 10**6), accepted_total=st.integers(0, 10**9)),
     st.lists(pool_figures, max_size=4).map(tuple),
+    st.none() | st.builds(CacheFigures, hits=st.integers(0, 10**9), entries=st.integers(0, 10**6)),
 )
+
+
+def test_cache_figures_add_up_over_the_workers_that_have_a_cache() -> None:
+    first = WorkerFigures(0, ClientFigures(), (), CacheFigures(entries=3, hits=9, misses=1, limit_bytes=50))
+    second = WorkerFigures(1, ClientFigures(), (), CacheFigures(entries=2, hits=1, limit_bytes=50))
+    node = merge(2, [first, second])
+    assert node.cache == CacheFigures(entries=5, hits=10, misses=1, limit_bytes=100)
+    assert node.cache.hit_ratio == 10 / 11
+    assert merge(1, [WorkerFigures(0, ClientFigures(), ())]).cache is None  # the cache is off
 
 
 @given(worker_figures)

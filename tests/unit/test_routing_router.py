@@ -518,6 +518,12 @@ def test_no_commit_lsn_probe_after_a_copy_or_unreadable_text() -> None:
     assert client.run("INSERT INTO t VALUES (1)").wants_commit_lsn
 
 
+def test_no_commit_lsn_probe_where_no_read_could_use_it() -> None:
+    assert not Client(routing(load_balance_mode=False)).run("INSERT INTO t VALUES (1)").wants_commit_lsn
+    only_primary = Client(view=cluster(standby(1, status=BackendStatus.DOWN)))
+    assert not only_primary.run("INSERT INTO t VALUES (1)").wants_commit_lsn
+
+
 def test_reads_leave_no_token() -> None:
     client = Client()
     for sql in ("SELECT 1", "BEGIN READ ONLY", "SELECT 2", "COMMIT", "SET x = 1", "SHOW x"):

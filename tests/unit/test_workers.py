@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import signal
 import threading
@@ -113,9 +114,13 @@ def _markers(directory: Path, name: str) -> list[Path]:
 @pytest.mark.slow
 def test_a_crashed_worker_is_restarted_reloads_reach_all_and_sigterm_exits_0(tmp_path: Path) -> None:
     pid_file = tmp_path / "node.pid"
+    shared = mmap.mmap(-1, 16)  # mapped before the forks: every worker, restarted too, shares it
+    lost: list[tuple[int, int]] = []  # (worker, its restarts seen so far) when the supervisor reaped it
 
     def stand_in(context: WorkerContext) -> int:
         signal.signal(signal.SIGHUP, lambda *_: _marker(tmp_path, f"hup{context.index}"))
+        assert context.shared_memory is not None
+        context.shared_memory[context.index] += 1
         context.report_ready()
         _marker(tmp_path, f"ready{context.index}")
         if context.index == 1 and len(_markers(tmp_path, "ready1")) == 1:
@@ -145,7 +150,14 @@ def test_a_crashed_worker_is_restarted_reloads_reach_all_and_sigterm_exits_0(tmp
         thread = threading.Thread(target=operator)
         thread.start()
         try:
-            assert Supervisor(2, stand_in, pid_file=str(pid_file)).run() == 0
+            supervisor = Supervisor(
+                2,
+                stand_in,
+                pid_file=str(pid_file),
+                shared_memory=shared,
+                on_worker_lost=lambda index: lost.append((index, len(_markers(tmp_path, "ready1")))),
+            )
+            assert supervisor.run() == 0
         finally:
             thread.join()
     if outcome:
@@ -153,3 +165,5 @@ def test_a_crashed_worker_is_restarted_reloads_reach_all_and_sigterm_exits_0(tmp
     assert not pid_file.exists()
     restarted = _markers(tmp_path, "ready1")[-1].name.split("-")[1]
     assert [path.name for path in _markers(tmp_path, "hup1")] == [f"hup1-{restarted}"]
+    assert (shared[0], shared[1]) == (1, 2)  # the restarted worker 1 wrote where the first one had
+    assert lost == [(1, 1)]  # called for the crash (not the stop), before the replacement started
