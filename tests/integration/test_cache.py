@@ -367,10 +367,17 @@ def test_psql_gets_the_same_answers(cached: BalancerProcess) -> None:
     assert outputs == {"v9\n"}
 
 
-def test_a_write_invalidates_once_though_the_commit_lsn_probe_follows_it(cached: BalancerProcess) -> None:
-    # read_your_writes pipelines SELECT pg_current_wal_insert_lsn() after a write; its reply is the
-    # proxy's own, so the write's ReadyForQuery ends the write: a second invalidation when the probe's
-    # reply follows would drop (or refuse) what prefetch and other sessions cached in between.
+def test_a_write_invalidates_once_though_the_commit_lsn_probe_follows_it(
+    balancer_factory: BalancerFactory, cache_tables: None
+) -> None:
+    # With reads balanced to standbys, read_your_writes pipelines SELECT pg_current_wal_insert_lsn()
+    # after a write; its reply is the proxy's own, so the write's ReadyForQuery ends the write: a second
+    # invalidation when the probe's reply follows would drop (or refuse) what prefetch and other
+    # sessions cached in between.
+    cached = balancer_factory(
+        pool_mode="transaction", memory_cache_enabled=True, auth_type="trust", load_balance_mode=True
+    )
+
     def invalidation_events() -> float:
         text = httpx.get(f"{api_base_url(cached)}/metrics", timeout=10).text
         return float(
