@@ -16,7 +16,6 @@ Run as root from the repo root: ``bench/failover_time --reps 20``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -24,10 +23,11 @@ import statistics
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from rep_results import write_results
 
 from pgbalancer.devtools import free_tcp_port
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
@@ -268,12 +268,7 @@ def main() -> None:
                 flush=True,
             )
     totals = summary(reps)
-    config = {key: value for key, value in vars(args).items() if key != "out"}
-    result = {"config": config, "summary": totals, "repetitions": [asdict(r) for r in reps]}
-    (out / "failover_time.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "failover_time.md").write_text(table(reps, totals))
-    print(table(reps, totals))
-    print(f"written to {out}")
+    write_results(out, "failover_time", args, reps, totals, table(reps, totals))
 
 
 if __name__ == "__main__":

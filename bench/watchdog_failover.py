@@ -17,14 +17,14 @@ Run as root from the repo root: ``bench/watchdog_failover --reps 10``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from rep_results import write_results
 
 from pgbalancer.devtools.netcluster import CLIENT, PROXY_PORT, VIP, NetCluster
 from pgbalancer.devtools.netns import HolderSampler, call_in_netns
@@ -179,12 +179,7 @@ def main() -> None:
             for name in cluster.nodes:
                 (out / f"{name}.log").write_text(cluster.log_tail(name, lines=100_000))
     totals = summary(reps)
-    config = {key: value for key, value in vars(args).items() if key != "out"}
-    result = {"config": config, "summary": totals, "repetitions": [asdict(r) for r in reps]}
-    (out / "watchdog_failover.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "watchdog_failover.md").write_text(table(reps, totals))
-    print(table(reps, totals))
-    print(f"written to {out}")
+    write_results(out, "watchdog_failover", args, reps, totals, table(reps, totals))
 
 
 if __name__ == "__main__":

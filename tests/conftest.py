@@ -30,10 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from pgbalancer.devtools import AsyncPoll, FreePort, Poll, free_tcp_port, wait_for, wait_for_async
 from pgbalancer.devtools.containers import ContainerPgCluster, choose_cluster_backend
 from pgbalancer.devtools.pgcluster import LocalPgCluster, PgClusterLike, reap_orphaned_clusters
+
+# Timing is never what a property test checks. On a loaded CI machine (2 cores, the suite serial)
+# Hypothesis' 200 ms per-example deadline fails examples that are merely slow, and a replay that then
+# meets it turns that into a Flaky error; the too-slow health check fails slow generation the same way.
+settings.register_profile("pgbalancer", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("pgbalancer")
 
 _CLUSTER_PARENT = Path(os.environ.get("PGBALANCER_TEST_PGDIR", "/tmp"))
 _CLUSTER_PREFIX = "pgbalancer-test-"

@@ -14,6 +14,7 @@ import copy
 from typing import Any, Final
 
 from pgbalancer import __version__
+from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 
 API_PREFIX: Final = "/api/v1"
 
@@ -48,6 +49,20 @@ _SHARE: Final[Schema] = {"type": "number", "minimum": 0, "maximum": 1}
 # A NUL can never be part of a user or database name: the API refuses it with 400, so the schema says so.
 _NAME: Final[Schema] = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\x00]*$"}
 _STRINGS: Final[Schema] = {"type": "array", "items": _STRING}
+# The admin console's databases are never paused (the API answers 400): not a valid pause target.
+_PAUSABLE: Final[Schema] = {**_NAME, "not": {"enum": sorted(ADMIN_DATABASES)}}
+# A watchdog member's host:port (IPv4, a host name or [IPv6]; port 1-65535, ASCII only): the API checks
+# an address against exactly this, so a schema-valid address is never refused with 400.
+MEMBER_ADDRESS_PATTERN: Final = (
+    r"^[A-Za-z0-9._\[\]:-]+:0*"
+    r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})$"
+)
+_MEMBER_ADDRESS: Final[Schema] = {
+    "type": "string",
+    "minLength": 3,
+    "maxLength": 300,
+    "pattern": MEMBER_ADDRESS_PATTERN,
+}
 
 _POOL: Final = _obj(
     {
@@ -276,7 +291,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
     "EmptyRequest": _obj({}),
     "PauseRequest": _obj(
         {
-            "database": _nullable(_NAME),
+            "database": _nullable(_PAUSABLE),
             "timeout": {"type": "number", "minimum": 0, "maximum": 60, "default": 30},
         },
         optional=("database", "timeout"),
@@ -338,7 +353,7 @@ SCHEMAS: Final[dict[str, Schema]] = {
             ),
         }
     ),
-    "WatchdogMemberRequest": _obj({"address": {"type": "string", "minLength": 3, "maxLength": 300}}),
+    "WatchdogMemberRequest": _obj({"address": _MEMBER_ADDRESS}),
     "WatchdogMemberAdded": _obj({"added": _STRING, "members": _STRINGS}),
     "WatchdogMemberRemoved": _obj({"removed": _STRING, "members": _STRINGS}),
 }
@@ -551,7 +566,7 @@ def _paths() -> dict[str, Schema]:
                         "name": "address",
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1},
+                        "schema": _MEMBER_ADDRESS,
                         "description": "The member's host:port, as in watchdog_nodes",
                     }
                 ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
@@ -64,18 +65,34 @@ class FreePort(Protocol):
     def __call__(self, host: str = ...) -> int: ...
 
 
+# Ports handed out by this process, oldest first. The kernel picks a bind(0) port at random, so two
+# separate picks repeat one about once in a few thousand picks of nine (a watchdog trio's proxy, API
+# and Raft ports): the second node then fails to bind a port the first already serves. Remembering
+# the recent picks makes every port a test process hands out distinct.
+_HANDED_OUT: dict[int, None] = {}
+_HANDED_OUT_LIMIT = 4096  # far below the ~14,000 ports bind(0) draws from, far above one test's needs
+_HANDED_OUT_LOCK = threading.Lock()
+
+
 def free_tcp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Return ``count`` distinct TCP ports that were free on ``host`` a moment ago.
 
-    All sockets stay bound until every port is picked, so the ports are distinct; another process may
-    still take one before the caller binds it (unavoidable without passing the socket itself).
+    All sockets stay bound until every port is picked, so the ports are distinct, and none is one this
+    process handed out recently (so separate calls do not collide either); another process may still
+    take one before the caller binds it (unavoidable without passing the socket itself).
     """
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as stack, _HANDED_OUT_LOCK:
         ports: list[int] = []
-        for _ in range(count):
+        while len(ports) < count:
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
-            ports.append(int(sock.getsockname()[1]))
+            sock.bind((host, 0))  # a repeat stays bound, so the kernel draws another next time
+            port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        for port in ports:
+            _HANDED_OUT[port] = None
+        while len(_HANDED_OUT) > _HANDED_OUT_LIMIT:
+            del _HANDED_OUT[next(iter(_HANDED_OUT))]
         return ports
 
 

@@ -181,6 +181,11 @@ class ResponseRouter:
         return len(self._queue)
 
     @property
+    def outstanding_for_client(self) -> int:
+        """Requests still awaiting a reply, the proxy's own probes aside (they write nothing)."""
+        return sum(not entry.probe for entry in self._queue)
+
+    @property
     def at_boundary(self) -> bool:
         """The server's stream is between messages."""
         return self._remaining == 0 and not self._header

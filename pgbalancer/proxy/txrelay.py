@@ -556,8 +556,11 @@ class TransactionRelay:
         attachment.count_replies(received)
         cache = self.cache
         if cache is not None and cache.has_pending and b"I" in router.ready_statuses:
-            # Before the client may see its write acknowledged; kept for what is still in flight.
-            await cache.flush_writes(keep=router.last_ready_status != b"I" or bool(router.outstanding))
+            # Before the client may see its write acknowledged; kept for what the client still has in
+            # flight (not for a commit LSN probe: it writes nothing, so its reply must not invalidate
+            # the same write a second time).
+            keep = router.last_ready_status != b"I" or bool(router.outstanding_for_client)
+            await cache.flush_writes(keep=keep)
         await self._send_pieces(pieces)
         if cache is not None and cache.fill is not None and router.ready_statuses and not router.outstanding:
             cache.finish_fill()

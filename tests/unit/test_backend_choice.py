@@ -77,7 +77,13 @@ def sock_path(tmp_path: Path) -> Path:
     return tmp_path / "d.sock"
 
 
+# What "quickly" allows on top of the probe's own timeout: a loaded 2-core CI machine may leave this
+# process unscheduled for a while. The failure guarded against is a hang (a client library's 60 s).
+SLACK = 2.0
+
+
 def _timed_probe(env: dict[str, str], timeout: float = 0.3) -> tuple[bool, float]:
+    """The probe's answer and how long it took."""
     started = time.monotonic()
     answer = docker_engine_answers(timeout=timeout, env=env)
     return answer, time.monotonic() - started
@@ -87,7 +93,7 @@ def test_nothing_at_the_socket_path_means_local(sock_path: Path) -> None:
     env = {"DOCKER_HOST": f"unix://{sock_path}"}
     answer, elapsed = _timed_probe(env)
     assert answer is False
-    assert elapsed < 0.5
+    assert elapsed < 0.3 + SLACK
     assert choose_cluster_backend(env) == "local"
 
 
@@ -97,7 +103,7 @@ def test_a_bound_socket_nobody_listens_on_means_local(sock_path: Path) -> None:
         env = {"DOCKER_HOST": f"unix://{sock_path}"}
         answer, elapsed = _timed_probe(env)
     assert answer is False
-    assert elapsed < 0.5
+    assert elapsed < 0.3 + SLACK
     assert choose_cluster_backend(env) == "local"
 
 
@@ -107,7 +113,7 @@ def test_an_engine_answering_ping_means_testcontainers(sock_path: Path) -> None:
         answer, elapsed = _timed_probe(env)
         assert choose_cluster_backend(env) == "testcontainers"
     assert answer is True
-    assert elapsed < 0.5
+    assert elapsed < 0.3 + SLACK
     assert engine.requests[0].startswith(b"GET /_ping HTTP/1.0\r\n")
 
 
@@ -120,7 +126,7 @@ def test_a_hung_engine_times_out_quickly(sock_path: Path) -> None:
     with _unix_engine(sock_path, None):
         answer, elapsed = _timed_probe({"DOCKER_HOST": f"unix://{sock_path}"}, timeout=0.2)
     assert answer is False
-    assert elapsed < 1.0
+    assert elapsed < 0.2 + SLACK
 
 
 def test_tcp_docker_host_is_probed_too() -> None:

@@ -649,6 +649,18 @@ def test_probe_after_a_commit_is_dropped_whole_and_its_value_kept() -> None:
     assert router.outstanding == 0 and router.ready_statuses == [b"I", b"I"]
 
 
+def test_once_the_clients_reply_is_in_only_the_probe_is_outstanding_and_not_for_the_client() -> None:
+    router = ResponseRouter()
+    router.expect(Request.QUERY)
+    router.expect_probe()
+    assert router.outstanding_for_client == 1
+    router.feed(frame(b"C", b"UPDATE 1\x00") + ready())  # the write's reply, the probe's still to come
+    assert router.ready_statuses == [b"I"]
+    assert router.outstanding == 1 and router.outstanding_for_client == 0
+    router.feed(PROBE_REPLY)
+    assert router.outstanding == 0 and router.outstanding_for_client == 0
+
+
 @given(st.integers(min_value=1, max_value=60))
 def test_probe_value_is_kept_however_the_stream_is_split(step: int) -> None:
     router = ResponseRouter()
