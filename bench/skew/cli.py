@@ -51,6 +51,7 @@ from pgbalancer.devtools import free_tcp_port
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.demo import initialize_bench
 from pgbalancer.devtools.pgcluster import BENCH_DB, BENCH_USER, LOCALHOST, LocalPgCluster, PgNode
+from skew.cpubox import CpuBox
 from skew.recovery import Sample, SharePoint, seconds_until, shares
 from skew.shim import DelayShim
 from skew.workload import (
@@ -86,6 +87,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--recovery", default="delay cpu", help="scenarios whose skew is removed and re-added")
     p.add_argument("--delay-ms", type=float, default=2.0, help="delay per reply of standby1 (default 2)")
     p.add_argument("--burners", type=int, default=2, help="CPU-bound sessions on standby1 (default 2)")
+    p.add_argument(
+        "--cpu-quota",
+        type=float,
+        default=0.5,
+        help="cpu scenario: standby1's CPU budget in cores, burners included (default 0.5)",
+    )
     p.add_argument("--seconds", type=int, default=15, help="measured pgbench -T per run (default 15)")
     p.add_argument("--warmup", type=int, default=5, help="seconds of the same load first (default 5)")
     p.add_argument(
@@ -140,17 +147,26 @@ def _pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(each, cpus)
 
 
+class _NoBox:
+    def close(self) -> None:
+        pass
+
+
 class CpuLoad:
-    """Background CPU load on one PostgreSQL node only: its processes share CPU 0 with ``burners``
-    sessions running CPU-bound queries on that node. New backends inherit the pinning from the
-    postmaster, so a pgbalancer started later is served by pinned backends too."""
+    """Background CPU load on one PostgreSQL node only: ``burners`` sessions run CPU-bound queries on
+    that node, and the node's processes (burners included) share a CPU budget of ``quota`` of one
+    core in a cgroup of their own (cpubox.py), as if it were a busy machine of its own; the other
+    nodes keep the host's cores. Without cgroups it falls back to pinning the node to CPU 0, where it
+    still competes with everything else. New backends inherit either from the postmaster, so a
+    pgbalancer started later is served by confined backends too."""
 
     BURN_SQL = "SELECT count(*) FROM generate_series(1, 30000000)"
 
-    def __init__(self, cluster: LocalPgCluster, node: PgNode, burners: int) -> None:
+    def __init__(self, cluster: LocalPgCluster, node: PgNode, burners: int, box: CpuBox | None) -> None:
         self.cluster = cluster
         self.node = node
         self.burners = burners
+        self.box = box
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._conns: list[psycopg.Connection[tuple[object, ...]]] = []
@@ -163,7 +179,10 @@ class CpuLoad:
 
     def apply(self) -> None:
         self._stop.clear()
-        _pin(self._postmaster(), {0})
+        if self.box is not None:
+            self.box.enter(_descendants(self._postmaster()))
+        else:
+            _pin(self._postmaster(), {0})
         for _ in range(self.burners):
             conn = psycopg.connect(self.node.dsn(), autocommit=True)  # backend forked after the pin
             self._conns.append(conn)
@@ -187,7 +206,10 @@ class CpuLoad:
             conn.close()
         self._threads.clear()
         self._conns.clear()
-        _pin(self._postmaster(), set(range(os.cpu_count() or 1)))
+        if self.box is not None:
+            self.box.leave(_descendants(self._postmaster()))
+        else:
+            _pin(self._postmaster(), set(range(os.cpu_count() or 1)))
 
 
 @dataclass
@@ -520,8 +542,11 @@ def run(argv: Sequence[str]) -> int:
             cluster.start()
             initialize_bench(cluster)
             slow = cluster.standbys[0]
-            with DelayShim((slow.host, slow.port), 0.0) as shim:
-                cpu = CpuLoad(cluster, slow, args.burners)
+            box = CpuBox.create(f"pgbalancer-skew-{os.getpid()}", args.cpu_quota)
+            if box is None:
+                print("    no CPU cgroup available: the cpu scenario pins standby1 to CPU 0", flush=True)
+            with DelayShim((slow.host, slow.port), 0.0) as shim, contextlib.closing(box or _NoBox()):
+                cpu = CpuLoad(cluster, slow, args.burners, box)
                 for rep in range(1, args.reps + 1):
                     for scenario in args.scenarios.split():
                         skew = Skew(scenario, shim, cpu, args.delay_ms / 1000.0)
