@@ -5,8 +5,9 @@ One run builds a fresh local cluster (primary + 2 streaming standbys, free ports
 puts standby1 behind a DelayShim (always, so every scenario has the same path). Scenarios:
 
 - ``delay``: the shim holds every reply of standby1 for ``--delay-ms`` (2 ms: one delay per round trip);
-- ``cpu``: standby1's postmaster and all its processes are pinned to CPU 0, where ``--burners``
-  sessions on standby1 itself run CPU-bound queries (background CPU load on that node only);
+- ``cpu``: ``--burners`` sessions on standby1 itself run CPU-bound queries, and standby1's
+  processes (burners included) share a CPU cgroup budget of ``--cpu-quota`` cores (cpubox.py):
+  background CPU load on that node only, as on a machine of its own;
 - ``uniform``: no skew, the same path.
 
 ``ideal`` in ``--algorithms`` is not an algorithm but a reference: round_robin with standby1 at
