@@ -253,8 +253,9 @@ class ResponseRouter:
         if message_type in _COPY_FROM_CLIENT:
             self.awaits_client_data = True
         self._forward_current = self._reply_is_forwarded(message_type)
+        # A probe's reply is never forwarded, so a client's DataRow (the hot case) costs no queue look.
         self._capture_current = message_type in (_READY, _PARAMETER_STATUS) or (
-            message_type == _DATA_ROW and self._in_probe()
+            message_type == _DATA_ROW and not self._forward_current and self._in_probe()
         )
         self._body.clear()
         # A small reply that does not end in this chunk is held back until it is whole, so the

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from pgbalancer.cache import CacheStats
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.latency import LatencyHistogram
 from pgbalancer.proxy.peering import bind_peer_socket, unlink_if_ours
@@ -254,21 +255,18 @@ def read_figures(proxy: ProxyServer, worker_index: int, now: float) -> WorkerFig
     return WorkerFigures(worker_index, clients, tuple(pools), _cache_figures(proxy))
 
 
+_STORE_STATS: Final = frozenset(f.name for f in fields(CacheStats))
+_FROM_STORE: Final = tuple(f.name for f in fields(CacheFigures) if f.name in _STORE_STATS)
+
+
 def _cache_figures(proxy: ProxyServer) -> CacheFigures | None:
     cache = proxy.cache
     if cache is None:
         return None
     stats = cache.store.stats()
+    from_store = {name: getattr(stats, name) for name in _FROM_STORE}  # the store's own figures, by name
     return CacheFigures(
-        entries=stats.entries,
-        bytes=stats.bytes,
-        limit_bytes=stats.limit_bytes,
-        hits=stats.hits,
-        misses=stats.misses,
-        evictions=stats.evictions,
-        invalidations=stats.invalidations,
-        invalidation_events=stats.invalidation_events,
-        rejected=stats.rejected,
+        **from_store,
         replication_failures=cache.replication_failures,
         prefetched=cache.prefetched,
         prefetch_dropped=cache.prefetch_dropped,
