@@ -148,11 +148,6 @@ def _pin(pid: int, cpus: set[int]) -> None:
             os.sched_setaffinity(each, cpus)
 
 
-class _NoBox:
-    def close(self) -> None:
-        pass
-
-
 class CpuLoad:
     """Background CPU load on one PostgreSQL node only: ``burners`` sessions run CPU-bound queries on
     that node, and the node's processes (burners included) share a CPU budget of ``quota`` of one
@@ -546,7 +541,8 @@ def run(argv: Sequence[str]) -> int:
             box = CpuBox.create(f"pgbalancer-skew-{os.getpid()}", args.cpu_quota)
             if box is None:
                 print("    no CPU cgroup available: the cpu scenario pins standby1 to CPU 0", flush=True)
-            with DelayShim((slow.host, slow.port), 0.0) as shim, contextlib.closing(box or _NoBox()):
+            box_closer = contextlib.closing(box) if box else contextlib.nullcontext()
+            with DelayShim((slow.host, slow.port), 0.0) as shim, box_closer:
                 cpu = CpuLoad(cluster, slow, args.burners, box)
                 for rep in range(1, args.reps + 1):
                     for scenario in args.scenarios.split():

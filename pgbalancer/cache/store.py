@@ -67,8 +67,13 @@ class CacheStats:
 
     @property
     def hit_ratio(self) -> float:
-        looked_up = self.hits + self.misses
-        return self.hits / looked_up if looked_up else 0.0
+        return hit_ratio(self.hits, self.misses)
+
+
+def hit_ratio(hits: int, misses: int) -> float:
+    """The share of lookups that hit; 0 before the first lookup."""
+    looked_up = hits + misses
+    return hits / looked_up if looked_up else 0.0
 
 
 class ResultCache:

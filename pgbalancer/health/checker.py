@@ -31,11 +31,16 @@ from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerE
 
 log = logging.getLogger(__name__)
 
+# A node's WAL position in bytes: what it has replayed as a standby, what it has written as a primary.
+WAL_POSITION_SQL = (
+    "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)"
+    " - '0/0'::pg_lsn"
+)
 # Columns, in order: recovery, WAL position, received position, timeline, system identifier,
 # lag seconds, client connections, max_connections, streaming from, primary_conninfo.
-PROBE_SQL = """\
+PROBE_SQL = f"""\
 SELECT pg_is_in_recovery(),
-  (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn,
+  {WAL_POSITION_SQL},
   pg_last_wal_receive_lsn() - '0/0'::pg_lsn,
   CASE WHEN pg_is_in_recovery()
     THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from pgbalancer.config import Config
+from pgbalancer.health.checker import WAL_POSITION_SQL
 from pgbalancer.health.pgclient import AdminLogin, fetch_value, open_admin_session
 from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerConnection, ServerError
 from pgbalancer.proxy.netio import PeerClosed
@@ -31,10 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POSITION_SQL = (
-    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
-    "ELSE pg_current_wal_lsn() END) - '0/0'::pg_lsn"
-)
+POSITION_SQL = f"SELECT {WAL_POSITION_SQL}"
 _IDLE_RECHECK = 5.0  # seconds between looks at the setting while sr_check_period = 0
 
 

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from pgbalancer.cache import CacheStats
+from pgbalancer.cache.store import hit_ratio
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.latency import LatencyHistogram
 from pgbalancer.proxy.peering import bind_peer_socket, unlink_if_ours
@@ -108,8 +109,7 @@ class CacheFigures:
 
     @property
     def hit_ratio(self) -> float:
-        looked_up = self.hits + self.misses
-        return self.hits / looked_up if looked_up else 0.0
+        return hit_ratio(self.hits, self.misses)
 
 
 @dataclass(frozen=True)
