@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-OS_PACKAGES := postgresql-15 postgresql-client-15 iproute2 iputils-arping mosquitto tmux
+OS_PACKAGES := postgresql-15 postgresql-client-15 iproute2 iputils-arping mosquitto tmux zsh
 PG_BIN := /usr/lib/postgresql/15/bin
 
 .PHONY: help os-deps venv lint typecheck pytest test demo demo-stop docs clean
@@ -32,6 +32,12 @@ os-deps:
 	    || echo 'create_main_cluster = false' | $$SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null; \
 	  $$SUDO apt-get update -qq; \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  case " $$missing " in *" mosquitto "*) \
+	    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet mosquitto 2>/dev/null; then \
+	      echo "==> stopping the mosquitto service the package started: it would hold pgbalancer's MQTT port 1883"; \
+	      $$SUDO systemctl disable --now mosquitto; \
+	    fi;; \
+	  esac; \
 	fi; \
 	id postgres >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  $$SUDO useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres; }; \
