@@ -14,10 +14,13 @@ proxy in three phases, interleaved over the repetitions:
   stopped reading and keeps its TCP connection open.
 
 Comparing the last two isolates what a stuck subscriber costs. Comparing the first two shows what
-publishing that many events costs the loop and the GIL. Prints a table (median, p95 and p99 per
-phase) and writes a JSON result. Run from the repo root as root (the cluster runs as the postgres
-user): ``.venv/bin/python bench/mqtt_flood.py``. It only touches the cluster it creates under a
-temporary directory, and removes it.
+publishing that many events costs the loop and the GIL. The broker thread hands the broker at most
+``--max-event-rate`` events a second (``mqtt_max_event_rate``); ``--compare-rate R`` adds the two
+flood phases again with the bound set to R (e.g. 1000000: effectively unbounded, the behaviour
+before the bound existed), interleaved with the others in the same run. Prints a table (median,
+p95 and p99 per phase) and writes a JSON result. Run from the repo root as root (the cluster runs
+as the postgres user): ``.venv/bin/python bench/mqtt_flood.py``. It only touches the cluster it
+creates under a temporary directory, and removes it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +52,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MONITOR = ("monitor", "monitor-pw")
 
 
-def make_config(cluster: LocalPgCluster, workdir: Path) -> Config:
+def make_config(cluster: LocalPgCluster, workdir: Path, rate: float) -> Config:
     users = workdir / "mqtt_users.txt"
     users.write_text(f'"{MONITOR[0]}" "{MONITOR[1]}"\n')
     settings = {
@@ -66,6 +70,7 @@ def make_config(cluster: LocalPgCluster, workdir: Path) -> Config:
         "mqtt_user_file": str(users),
         "mqtt_stats_interval": 3600,
         "node_name": "flood-bench",
+        "mqtt_max_event_rate": rate,
     }
     return parse_config_text("".join(f"{key} = '{value}'\n" for key, value in settings.items()))
 
@@ -128,14 +133,37 @@ async def flood(
     return offered
 
 
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    flood: bool
+    stalled: bool
+    rate: float  # mqtt_max_event_rate during the phase
+
+
+def phases(args: argparse.Namespace) -> list[Phase]:
+    chosen = [
+        Phase("quiet", False, False, args.max_event_rate),
+        Phase("flood", True, False, args.max_event_rate),
+        Phase("flood, stalled subscriber", True, True, args.max_event_rate),
+    ]
+    if args.compare_rate is not None:
+        chosen += [
+            Phase(f"flood, rate {args.compare_rate:g}", True, False, args.compare_rate),
+            Phase(f"flood, stalled, rate {args.compare_rate:g}", True, True, args.compare_rate),
+        ]
+    return chosen
+
+
 async def measure_phase(
-    phase: str, service: EventService, event: payloads.EventMessage, dsn: str, args: argparse.Namespace
+    phase: Phase, service: EventService, event: payloads.EventMessage, dsn: str, args: argparse.Namespace
 ) -> tuple[list[float], int]:
     """SELECT 1 latencies during one phase; the events offered meanwhile."""
-    if phase == "quiet":
+    service.set_max_event_rate(phase.rate)
+    if not phase.flood:
         return await trio.to_thread.run_sync(latencies, dsn, args.samples), 0
     stalled = None
-    if phase == "flood, stalled subscriber":
+    if phase.stalled:
         stalled = await trio.to_thread.run_sync(stalled_subscriber, service.config.mqtt_port)
     done, offered = trio.Event(), [0]
 
@@ -155,30 +183,35 @@ async def measure_phase(
     return measured, offered[0]
 
 
-PHASES = ("quiet", "flood", "flood, stalled subscriber")
-
-
 async def run(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     proxy = ProxyServer(config, {})
     service = EventService(config, proxy, capacity=1000)
     dsn = f"host=127.0.0.1 port={config.port} user={BENCH_USER} dbname={BENCH_DB}"
     # One prebuilt ~1 KiB event: the trio side of the flood costs only the offers, as in the node.
     event = payloads.cluster_config(("x" * 1000,), (), (), payloads.Stamp("flood", 0.0, "flood", 0))
-    measured: dict[str, list[float]] = {phase: [] for phase in PHASES}
-    offered: dict[str, list[int]] = {phase: [] for phase in PHASES}
+    chosen = phases(args)
+    measured: dict[str, list[float]] = {phase.name: [] for phase in chosen}
+    offered: dict[str, list[int]] = {phase.name: [] for phase in chosen}
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
         await nursery.start(service.run)
         for rep in range(args.reps):
-            for phase in PHASES:  # interleaved, so the machine's load drifts over all phases alike
+            for phase in chosen:  # interleaved, so the machine's load drifts over all phases alike
                 values, count = await measure_phase(phase, service, event, dsn, args)
-                measured[phase] += values
-                offered[phase].append(count)
+                measured[phase.name] += values
+                offered[phase.name].append(count)
             print(f"rep {rep + 1}/{args.reps} done", flush=True)
         nursery.cancel_scope.cancel()
     stats = service.statistics()
     return {
-        "phases": {phase: {**summary(measured[phase]), "events_offered": offered[phase]} for phase in PHASES},
+        "phases": {
+            phase.name: {
+                **summary(measured[phase.name]),
+                "events_offered": offered[phase.name],
+                "rate": phase.rate,
+            }
+            for phase in chosen
+        },
         "queue": {
             "capacity": stats.queue.capacity,
             "high_water": stats.queue.high_water,
@@ -186,6 +219,7 @@ async def run(config: Config, args: argparse.Namespace) -> dict[str, Any]:
             "accepted": stats.queue.accepted,
             "dropped": stats.queue.dropped,
             "delivered": stats.queue.delivered,
+            "coalesced": stats.queue.coalesced,
         },
         "slow_subscriber_skips": stats.slow_subscriber_skips,
     }
@@ -198,6 +232,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000, help="at least this many events per flood")
     parser.add_argument("--rate", type=int, default=20_000, help="events offered per second during a flood")
     parser.add_argument("--json", type=Path, default=RESULTS / "mqtt_flood.json")
+    parser.add_argument("--max-event-rate", type=float, default=200.0, help="mqtt_max_event_rate (events/s)")
+    parser.add_argument("--compare-rate", type=float, default=None, help="also flood with this rate bound")
     parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval (s)")
     args = parser.parse_args()
     if args.switch_interval is not None:
@@ -208,7 +244,7 @@ def main() -> None:
         cluster = LocalPgCluster(workdir / "cluster", standbys=0, fast=True)
         try:
             cluster.start()
-            result = trio.run(run, make_config(cluster, workdir), args)
+            result = trio.run(run, make_config(cluster, workdir, args.max_event_rate), args)
         finally:
             cluster.destroy()
     result |= {
@@ -219,15 +255,16 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'SELECT 1 through pgbalancer':<28} {'median':>9} {'p95':>9} {'p99':>9}  events offered")
+    print(f"{'SELECT 1 through pgbalancer':<32} {'median':>9} {'p95':>9} {'p99':>9}  events offered")
     for phase, row in result["phases"].items():
         print(
-            f"{phase:<28} {row['median_ms']:>6.3f} ms {row['p95_ms']:>6.3f} ms {row['p99_ms']:>6.3f} ms"
+            f"{phase:<32} {row['median_ms']:>6.3f} ms {row['p95_ms']:>6.3f} ms {row['p99_ms']:>6.3f} ms"
             f"  {sum(row['events_offered'])}"
         )
     queue = result["queue"]
     print(
-        f"events: {queue['offered']} offered, {queue['delivered']} delivered, {queue['dropped']} dropped "
+        f"events: {queue['offered']} offered, {queue['delivered']} delivered, {queue['dropped']} dropped, "
+        f"{queue['coalesced']} coalesced "
         f"(queue capacity {queue['capacity']}); {result['slow_subscriber_skips']} skipped for the stalled "
         f"subscriber. JSON: {args.json}"
     )

@@ -1259,6 +1259,22 @@ class Config:
     mqtt_tls_port: int = _setting(
         8883, _PORT, Category.EVENTS, _R, "TCP port of the embedded broker's TLS listener (MQTT over TLS)."
     )
+    # MQTT event rate bound (issue 8: a flood must not slow the data path)
+    mqtt_max_event_rate: float = _setting(
+        200.0,
+        _number(
+            0.0,
+            "a number of events per second greater than 0, such as 200",
+            exclusive=True,
+            type_name="number (per second)",
+        ),
+        Category.EVENTS,
+        _L,
+        """Events a second the MQTT thread hands to the broker at most (bursts of a quarter of a
+        second's worth), so a flood of events costs the query path a bounded share of the GIL. The
+        excess waits in the event queue; what does not fit is dropped and counted, except that a
+        retained topic's newest state replaces its waiting predecessor.""",
+    )
     node_name: str = _setting(
         "",
         _TEXT,

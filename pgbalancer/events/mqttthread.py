@@ -4,8 +4,10 @@ Role: the sink (the embedded amqtt broker, or the client of an external broker) 
 started inside this thread's own loop, as amqtt requires; ``start`` blocks the caller until it
 listens or connected (or re-raises why it could not), so the node calls it through
 ``trio.to_thread.run_sync``. A pump task moves messages from the :class:`EventHandoff` into the
-sink, one small batch at a time, so the sink's own pace (not the trio loop) decides how fast the
-queue drains; when the sink is slower, the hand-off fills and counts drops.
+sink, one small batch at a time, at most ``rate`` messages a second (a :class:`TokenBucket`,
+bursts of a quarter of a second's worth): the sink's own pace or the rate, whichever is slower,
+decides how fast the queue drains; when the producers are faster, the hand-off fills and counts
+drops. The bound keeps a flood from costing the trio loop more than a small, fixed share of the GIL.
 
 How the threads meet (DESIGN §1): trio only *offers* to the hand-off (a lock held for a few
 instructions) and, on an empty-to-non-empty transition, wakes this loop with
@@ -26,12 +28,19 @@ import threading
 from collections.abc import Callable
 from typing import Final, Protocol
 
-from pgbalancer.events.handoff import EventHandoff
+from pgbalancer.events.handoff import EventHandoff, TokenBucket
 from pgbalancer.events.payloads import EventMessage
 
 log = logging.getLogger("pgbalancer.events")
 
 _BATCH: Final = 64
+_MIN_NAP, _MAX_NAP = 0.02, 0.1  # out of tokens: a few wake-ups a second; a new rate applies soon
+DEFAULT_RATE: Final = 200.0
+
+
+def burst_for(rate: float) -> float:
+    """The bucket's depth: a quarter of a second's worth, at least one message."""
+    return max(1.0, rate / 4)
 
 
 class Sink(Protocol):
@@ -48,10 +57,17 @@ class MqttThread:
     """Runs ``make_sink()`` in a daemon thread with its own asyncio loop, fed by ``handoff``."""
 
     def __init__(
-        self, make_sink: Callable[[], Sink], handoff: EventHandoff, name: str = "pgbalancer-mqtt"
+        self,
+        make_sink: Callable[[], Sink],
+        handoff: EventHandoff,
+        name: str = "pgbalancer-mqtt",
+        *,
+        rate: float = DEFAULT_RATE,
     ) -> None:
         self._make_sink = make_sink
         self.handoff = handoff
+        self._rate = rate
+        self._bucket: TokenBucket | None = None
         self.sink: Sink | None = None
         self._name = name
         self._thread: threading.Thread | None = None
@@ -77,6 +93,17 @@ class MqttThread:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(function)
+
+    def set_rate(self, rate: float) -> None:
+        """Change the delivery bound (a reload); takes effect on the MQTT loop."""
+
+        def apply() -> None:
+            self._rate = rate
+            loop, bucket = self._loop, self._bucket
+            if loop is not None and bucket is not None:
+                bucket.set_rate(rate, burst_for(rate), loop.time())
+
+        self.call_soon(apply)
 
     def stop(self, timeout: float) -> None:
         """End the loop (closing the sink) and join the thread; idempotent."""
@@ -121,14 +148,21 @@ class MqttThread:
             await sink.close()
 
     async def _pump(self, sink: Sink, wakeup: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        bucket = self._bucket = TokenBucket(self._rate, burst_for(self._rate), loop.time())
         while True:
-            batch = self.handoff.take(_BATCH)
+            allowed = min(_BATCH, bucket.available(loop.time()))
+            if allowed < 1:
+                await asyncio.sleep(min(_MAX_NAP, max(_MIN_NAP, bucket.wait(loop.time()))))
+                continue
+            batch = self.handoff.take(allowed)
             if not batch:
                 wakeup.clear()
-                batch = self.handoff.take(_BATCH)  # an offer may have landed before the clear
+                batch = self.handoff.take(allowed)  # an offer may have landed before the clear
                 if not batch:
                     await wakeup.wait()
                     continue
+            bucket.spend(len(batch))
             for message in batch:
                 try:
                     delivered = await sink.deliver(message)

@@ -116,7 +116,7 @@ class EventService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start the MQTT thread (OSError if the broker cannot listen), then publish until cancelled."""
         self._trio_token = trio.lowlevel.current_trio_token()
-        thread = MqttThread(self._make_sink, self.handoff)
+        thread = MqttThread(self._make_sink, self.handoff, rate=self.config.mqtt_max_event_rate)
         await trio.to_thread.run_sync(thread.start, _START_TIMEOUT)
         self._thread = thread
         self.proxy.view_listeners.append(self.on_view_change)
@@ -190,13 +190,20 @@ class EventService:
 
     def config_reloaded(self, diff: ConfigDiff, new_config: Config) -> None:
         """After a reload: publish cluster/config and apply the reloadable MQTT keys."""
-        old_interval = self.config.mqtt_stats_interval
+        old = self.config
         self.config = new_config
-        if new_config.mqtt_stats_interval != old_interval:
+        if new_config.mqtt_stats_interval != old.mqtt_stats_interval:
             self._stats_changed.set()
+        if new_config.mqtt_max_event_rate != old.mqtt_max_event_rate:
+            self.set_max_event_rate(new_config.mqtt_max_event_rate)
         self._reload_credentials(new_config)
         stamp = self._stamp()
         self.publish(payloads.cluster_config(diff.changed, diff.applied_live, diff.restart_required, stamp))
+
+    def set_max_event_rate(self, rate: float) -> None:
+        """Bound the events handed to the broker to ``rate`` a second (mqtt_max_event_rate)."""
+        if self._thread is not None:
+            self._thread.set_rate(rate)
 
     def _reload_credentials(self, config: Config) -> None:
         """Re-read mqtt_user_file (its content may have changed even if its path did not)."""

@@ -3,7 +3,7 @@
 Covers issue 8's acceptance tests: cluster/config after a SIGHUP reload, stats/pools after traffic,
 retained state for a late subscriber, refused clients (logged), nodes/{id}/status + cluster/health
 after a real backend outage (once the health checker is wired into the node), external mode against
-a real Mosquitto, and a 10,000-event flood with a stuck subscriber that leaves query latency alone.
+a real Mosquitto, and 10,000-event floods with a stuck subscriber that leave query latency alone.
 """
 
 from __future__ import annotations
@@ -263,11 +263,13 @@ def test_external_mode_publishes_to_a_real_mosquitto(pg_cluster: PgClusterLike, 
 
 # --------------------------------------------------------------------------- the flood
 
-FLOOD_EVENTS = 10_000
-SAMPLES = 150
+FLOOD_EVENTS = 10_000  # offered in every flood phase
+ROUNDS = 6  # quiet and flooded phases alternate, so load drifting on the machine hits both alike
+SAMPLES = 60  # SELECT 1 round trips per phase and round
+RATE = 200.0  # mqtt_max_event_rate
 
 
-def _median_query_latency(dsn: str, samples: int) -> float:
+def _query_latencies(dsn: str, samples: int) -> list[float]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         connection.execute("SELECT 1").fetchall()  # warm: pool connection opened
         latencies = []
@@ -275,7 +277,7 @@ def _median_query_latency(dsn: str, samples: int) -> float:
             started = time.perf_counter()
             connection.execute("SELECT 1").fetchall()
             latencies.append(time.perf_counter() - started)
-    return statistics.median(latencies)
+    return latencies
 
 
 @pytest.mark.slow
@@ -283,58 +285,76 @@ async def test_a_flood_with_a_stuck_subscriber_never_stalls_queries(
     pg_cluster: PgClusterLike, tmp_path: Path
 ) -> None:
     settings = base_settings(pg_cluster, tmp_path)
-    settings.update(mqtt_settings(tmp_path), mqtt_stats_interval=3600, pool_mode="transaction")
+    settings.update(
+        mqtt_settings(tmp_path), mqtt_stats_interval=3600, pool_mode="transaction", mqtt_max_event_rate=RATE
+    )
     config = parse_config_text(render_config(settings))
     proxy = ProxyServer(config, USERLIST)
     service = EventService(config, proxy, capacity=1000)
     dsn = f"host=127.0.0.1 port={config.port} user={APP_USER} dbname={APP_DB} password={USERLIST[APP_USER]}"
     # One prebuilt ~1 KiB event: the trio side of the flood costs only the offers, as in the node.
     event = payloads.cluster_config(("x" * 1000,), (), (), payloads.Stamp("flood", 0.0, "flood", 0))
+    quiet: list[float] = []
+    flooded: list[float] = []
+    offered = 0
+
+    async def flood_while_measuring() -> None:
+        nonlocal offered
+        measured = trio.Event()
+
+        async def flood() -> None:
+            nonlocal offered
+            count = 0
+            while count < FLOOD_EVENTS or not measured.is_set():
+                for _ in range(100):
+                    service.publish(event)
+                count += 100
+                await trio.sleep(0.001)
+            offered += count
+
+        async with trio.open_nursery() as flooding:
+            flooding.start_soon(flood)
+            try:
+                flooded.extend(await trio.to_thread.run_sync(_query_latencies, dsn, SAMPLES))
+            finally:
+                measured.set()
 
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.serve)
+        began = time.monotonic()
         await nursery.start(service.run)
         stuck = Subscriber(config.mqtt_port, **MONITOR)
         await trio.to_thread.run_sync(stuck.connect)
         await trio.to_thread.run_sync(stuck.subscribe, "pgbalancer/#")
         await trio.to_thread.run_sync(stuck.stall)
         try:
-            quiet = await trio.to_thread.run_sync(_median_query_latency, dsn, SAMPLES)
-            measuring = trio.Event()
-            offered = 0
-
-            async def flood() -> None:
-                nonlocal offered
-                while offered < FLOOD_EVENTS or not measuring.is_set():
-                    for _ in range(100):
-                        service.publish(event)
-                    offered += 100
-                    await trio.sleep(0.001)
-
-            async def measure() -> float:
-                try:
-                    return await trio.to_thread.run_sync(_median_query_latency, dsn, SAMPLES)
-                finally:
-                    measuring.set()
-
-            # A loop stalled by the stuck subscriber would hang these queries: a generous deadline
-            # catches that. How much the flood costs in latency is bench/mqtt_flood.py's to measure
-            # (a ratio asserted here failed on a loaded machine: 1.15 ms quiet, 7.1 ms flooded).
+            # A loop stalled by the stuck subscriber would hang these queries: the deadline catches it.
             with trio.fail_after(120):
-                async with trio.open_nursery() as flooding:
-                    flooding.start_soon(flood)
-                    flooded = await measure()
+                for _ in range(ROUNDS):
+                    quiet.extend(await trio.to_thread.run_sync(_query_latencies, dsn, SAMPLES))
+                    await flood_while_measuring()
+            stats = service.statistics()
+            elapsed = time.monotonic() - began
         finally:
             await trio.to_thread.run_sync(stuck.close)
         nursery.cancel_scope.cancel()
 
-    stats = service.statistics()
-    print(f"median SELECT 1: {quiet * 1e3:.2f} ms quiet, {flooded * 1e3:.2f} ms under the flood; {stats}")
-    assert offered >= FLOOD_EVENTS
-    assert flooded < 1.0, f"a median SELECT 1 of {flooded:.2f}s under the flood is a stall, not load"
+    quiet_median, flooded_median = statistics.median(quiet), statistics.median(flooded)
+    print(
+        f"median SELECT 1: {quiet_median * 1e3:.3f} ms quiet, {flooded_median * 1e3:.3f} ms under the flood; "
+        f"{stats.queue.delivered} delivered in {elapsed:.1f} s; {stats}"
+    )
+    # The mechanism: the broker thread was handed at most the rate (plus one burst), the rest was
+    # dropped (counted) or coalesced, and the queue never grew past its capacity.
+    assert offered >= ROUNDS * FLOOD_EVENTS
+    assert stats.queue.delivered <= RATE / 4 + RATE * elapsed, stats
+    assert stats.queue.offered == stats.queue.accepted + stats.queue.dropped >= offered
+    assert stats.dropped >= offered - stats.queue.capacity - RATE / 4 - RATE * elapsed
     assert stats.queue.high_water <= stats.queue.capacity
-    assert stats.queue.offered >= FLOOD_EVENTS
-    assert stats.dropped > 0 or stats.slow_subscriber_skips > 0, stats
+    # The effect, with slack for a loaded 2-core box: before the rate bound, the flood doubled to
+    # quintupled the median (0.24 -> 0.63 ms, 0.44 -> 1.81 ms, 0.41 -> 2.49 ms; docs/benchmarks.md).
+    raised = f"from {quiet_median * 1e3:.3f} ms to {flooded_median * 1e3:.3f} ms"
+    assert flooded_median <= 1.5 * quiet_median + 0.25e-3, f"the flood raised the median SELECT 1 {raised}"
 
 
 # --------------------------------------------------------------------------- health-driven failover
