@@ -92,10 +92,7 @@ class Node:
         # The floating virtual IP (delegate_ip): held while this node is the committed Raft leader.
         self.vip: VipManager | None = None
         if self.watchdog is not None:
-            self.vip = manager_for(config, self.watchdog.store)
-            if self.vip is not None and self.events is not None:
-                member = self.watchdog.store.self_id
-                self.vip.listeners.append(partial(publish_vip, self.events, self.vip, member))
+            self.vip = manager_for(config, self.watchdog.store)  # its events: the watchdog's
         elif config.delegate_ip:
             log.warning(
                 "delegate_ip = %s is set but watchdog_nodes is empty: the VIP follows the Raft leader, so "
@@ -229,11 +226,6 @@ class _ApiControl:
         if node.reload_count == before:
             return ReloadOutcome(error=f"no reload happened within {_RELOAD_WAIT:g}s; see the node's log")
         return node.last_reload
-
-
-def publish_vip(events: EventService, vip: VipManager, member_id: str, holds: bool) -> None:
-    """pgbalancer/watchdog/vip from the node whose hold changed (holder: its Raft member id, or None)."""
-    events.publish_watchdog_vip(member_id if holds else None, vip.address, vip.interface)
 
 
 def _cancel_peering(config: Config, worker: WorkerContext | None) -> CancelPeering | None:

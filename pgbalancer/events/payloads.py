@@ -207,7 +207,7 @@ def watchdog_leader(leader: str | None, term: int | None, stamp: Stamp) -> Event
 
 
 def watchdog_vip(holder: str | None, vip: str, interface: str, stamp: Stamp) -> EventMessage:
-    """The virtual IP changed hands (holder None: the publishing node released it)."""
+    """The committed VIP holder changed (holder None: nobody holds the virtual IP now)."""
     body = {"holder": holder, "vip": vip, "interface": interface}
     return _message(TOPIC_WATCHDOG_VIP, "watchdog_vip", stamp, body)
 

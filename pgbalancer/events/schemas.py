@@ -161,7 +161,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
     payloads.TOPIC_WATCHDOG_LEADER: _envelope(
         "watchdog_leader",
         {"leader": {"type": ["string", "null"]}, "term": _NULLABLE_INT},
-        "The Raft leader changed (leader null: an election is under way). Retained.",
+        "The Raft leader changed (leader null: an election is under way). Every node publishes it "
+        "with event_id leader:<term> (leader:<term>:none while no leader is known). Retained.",
     ),
     payloads.TOPIC_WATCHDOG_VIP: _envelope(
         "watchdog_vip",
@@ -170,8 +171,8 @@ SCHEMAS: Final[dict[str, dict[str, Any]]] = {
             "vip": {"type": "string"},
             "interface": {"type": "string"},
         },
-        "The virtual IP changed hands: the node that took it (holder: its Raft member id) or released "
-        "it (holder null) publishes it. Retained.",
+        "The committed VIP holder changed (holder: its Raft member id; null: nobody holds it). Every "
+        "node publishes it with event_id vip:<holder or none>:<term>. Retained.",
     ),
     payloads.TOPIC_STATS_POOLS: _envelope(
         "pool_stats",

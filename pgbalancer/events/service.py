@@ -217,9 +217,12 @@ class EventService:
             return
         thread.call_soon(lambda: broker.set_credentials(credentials))
 
-    def publish_watchdog_vip(self, holder: str | None, vip: str, interface: str) -> bool:
-        """The virtual IP changed hands here (retained ``pgbalancer/watchdog/vip``); holder None: released."""
-        return self.publish(payloads.watchdog_vip(holder, vip, interface, self._stamp()))
+    def publish_watchdog_vip(
+        self, holder: str | None, vip: str, interface: str, *, event_id: str | None = None
+    ) -> bool:
+        """The committed VIP holder changed (retained ``pgbalancer/watchdog/vip``); holder None: nobody.
+        Every node publishes it with the same ``event_id`` (``vip:<holder>:<term>``)."""
+        return self.publish(payloads.watchdog_vip(holder, vip, interface, self._stamp(event_id)))
 
     def publish_state(self, reason: str) -> None:
         """The retained state as it is now: every backend's status, then the cluster health."""
@@ -251,8 +254,10 @@ class EventService:
         return self._stamp()
 
     def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
-        """The Raft leader changed (retained ``pgbalancer/watchdog/leader``)."""
-        return self.publish(payloads.watchdog_leader(leader, term, self._stamp()))
+        """The Raft leader changed (retained ``pgbalancer/watchdog/leader``). Every node publishes it,
+        with the id ``leader:<term>`` (``leader:<term>:none`` while no leader is known)."""
+        event_id = None if term is None else f"leader:{term}" if leader else f"leader:{term}:none"
+        return self.publish(payloads.watchdog_leader(leader, term, self._stamp(event_id)))
 
     # ------------------------------------------------------------------ reading
 
@@ -266,8 +271,10 @@ class EventService:
             slow_subscriber_skips=counters.slow_subscriber_skips if counters else 0,
         )
 
-    def _stamp(self) -> Stamp:
-        return Stamp(self.node, self._clock(), self._next_id(), self.proxy.cluster_view.epoch)
+    def _stamp(self, event_id: str | None = None) -> Stamp:
+        """Now, by this node; ``event_id`` for a cluster event every node publishes alike."""
+        event_id = event_id if event_id is not None else self._next_id()
+        return Stamp(self.node, self._clock(), event_id, self.proxy.cluster_view.epoch)
 
     def _next_id(self) -> str:
         self._sequence += 1

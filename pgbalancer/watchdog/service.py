@@ -10,7 +10,12 @@ Role: wires the replicated store (``consensus``) to the rest of the node:
 * leases: ``partition_gate`` refuses writes (and reads under partition_read_policy = refuse) once
   the node has been cut off from the majority for longer than watchdog_lease;
 * status and control for the REST API (``info``, ``add_member``, ``remove_member``), readiness
-  (``has_quorum``), and the retained MQTT ``pgbalancer/watchdog/leader`` on every leader change;
+  (``has_quorum``);
+* cluster events every node publishes to its own broker, so a subscriber on any node's broker sees
+  them, with ids derived from the Raft state so the copies from different nodes can be
+  de-duplicated: the retained ``pgbalancer/watchdog/leader`` on every leader change
+  (``leader:<term>``), and the retained ``pgbalancer/watchdog/vip`` when the committed VIP holder
+  changes (``vip:<holder>:<term>``);
 * a hook for the VIP executor: ``store`` (``is_leader``, ``vip_acquire_delay``, ``holds_vip``,
   ``set_vip_holder``) and ``add_leader_listener``.
 
@@ -48,9 +53,13 @@ log = logging.getLogger(__name__)
 
 
 class LeaderEvents(Protocol):
-    """Where leader changes are published (pgbalancer.events.EventService)."""
+    """Where committed cluster events are published (pgbalancer.events.EventService)."""
 
     def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool: ...
+
+    def publish_watchdog_vip(
+        self, holder: str | None, vip: str, interface: str, *, event_id: str | None = None
+    ) -> bool: ...
 
 
 class WatchdogSetupError(Exception):
@@ -104,6 +113,7 @@ class WatchdogService:
         self.ha = ha
         self.events = events
         self._unsubscribe: list[Callable[[], None]] = []
+        self._vip_holder_published: str | None = None  # the committed holder last published
         ha.coordinator = self
         proxy.partition_gate = self.partition_gate
 
@@ -157,6 +167,20 @@ class WatchdogService:
             self.ha.adopt(aligned, f"watchdog: committed epoch {state.epoch}, primary {state.primary_id}")
         if self.store.is_leader:
             self.ha.request_probe()  # new votes may confirm a failure: decide now, not a period later
+        self._publish_committed(state)
+
+    def _publish_committed(self, state: ClusterState) -> None:
+        """Every node publishes what the cluster committed, under the same event id."""
+        events = self.events
+        if events is None:
+            return
+        if self.config.delegate_ip and state.vip_holder != self._vip_holder_published:
+            self._vip_holder_published = state.vip_holder
+            holder, config = state.vip_holder, self.config
+            event_id = f"vip:{holder or 'none'}:{self.store.term}"
+            events.publish_watchdog_vip(
+                holder, config.delegate_ip, config.delegate_ip_interface, event_id=event_id
+            )
 
     # ---- HaCoordinator
 

@@ -500,7 +500,13 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
             for watcher in (on_follower, on_leader):
                 assert watcher.connect(), watcher.connect_result
                 watcher.subscribe("pgbalancer/cluster/#")
+                watcher.subscribe("pgbalancer/watchdog/#")
                 watcher.wait_for("pgbalancer/cluster/health", lambda m: m.document["primary_id"] == 0)
+            # The retained leader, as the follower's own broker publishes it, with the term as its id.
+            current = on_follower.wait_for(
+                "pgbalancer/watchdog/leader", lambda m: m.document["leader"] == leader_id
+            )
+            assert current.checked()["event_id"] == f"leader:{current.document['term']}"
             pid = cluster.postmaster_pid(cluster.primary)
             assert pid is not None
             os.kill(pid, signal.SIGKILL)
@@ -516,5 +522,24 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
             assert same["event_id"] == seen["event_id"] and same["node"] == f"node{leader}"
             ids = {m.document["event_id"] for m in on_follower.received("pgbalancer/cluster/failover")}
             assert len(ids) == 1, ids  # one committed failover, one event per broker
+
+            # The leader's node dies: the follower's broker tells of the new leader, and so does the
+            # third node's, under the same event id.
+            group.kill(leader)
+
+            def new_leader(message: Received) -> bool:
+                return message.document["leader"] not in (None, leader_id)
+
+            elected = on_follower.wait_for("pgbalancer/watchdog/leader", new_leader, timeout=60).checked()
+            assert elected["node"] == f"node{follower}"
+            assert elected["event_id"] == f"leader:{elected['term']}"
+            third = next(i for i in range(3) if i not in (leader, follower))
+            with subscriber(int(group.settings[third]["mqtt_port"]), **MONITOR) as late:
+                assert late.connect(), late.connect_result
+                late.subscribe("pgbalancer/watchdog/leader")
+                retained = late.wait_for("pgbalancer/watchdog/leader", new_leader, timeout=30).checked()
+            assert retained["node"] == f"node{third}"
+            assert retained["event_id"] == f"leader:{retained['term']}"
+            assert retained["term"] >= elected["term"]  # the same id, unless leadership moved on since
     finally:
         group.stop_all()

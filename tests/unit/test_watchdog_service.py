@@ -60,6 +60,11 @@ class RecordedEvents:
         self.leaders.append((leader, term))
         return True
 
+    def publish_watchdog_vip(
+        self, holder: str | None, vip: str, interface: str, *, event_id: str | None = None
+    ) -> bool:
+        return True
+
 
 async def test_every_leader_change_is_published_and_wakes_the_new_leader_s_checks() -> None:
     cluster = MemoryCluster(MEMBERS)
