@@ -195,6 +195,8 @@ class Node:
         self.ha.apply_config(new_config)
         if self.watchdog is not None:
             self.watchdog.apply_config(new_config)
+            if diff.changed:  # every node announces it: cluster/config, source raft, config:<version>
+                self.watchdog.config_changed()
         self.config = new_config
         if self.events is not None:
             self.events.config_reloaded(diff, new_config)

@@ -200,6 +200,12 @@ class EventService:
         stamp = self._stamp()
         self.publish(payloads.cluster_config(diff.changed, diff.applied_live, diff.restart_required, stamp))
 
+    def publish_config_version(self, version: int) -> bool:
+        """The watchdog cluster committed config_version ``version``: every node publishes
+        ``cluster/config`` (source raft) with the id ``config:<version>``."""
+        stamp = self._stamp(f"config:{version}")
+        return self.publish(payloads.cluster_config((), (), (), stamp, source="raft", config_version=version))
+
     def set_max_event_rate(self, rate: float) -> None:
         """Bound the events handed to the broker to ``rate`` a second (mqtt_max_event_rate)."""
         if self._thread is not None:

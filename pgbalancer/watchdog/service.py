@@ -15,7 +15,9 @@ Role: wires the replicated store (``consensus``) to the rest of the node:
   them, with ids derived from the Raft state so the copies from different nodes can be
   de-duplicated: the retained ``pgbalancer/watchdog/leader`` on every leader change
   (``leader:<term>``), and the retained ``pgbalancer/watchdog/vip`` when the committed VIP holder
-  changes (``vip:<holder>:<term>``);
+  changes (``vip:<holder>:<term>``), and ``pgbalancer/cluster/config`` (source ``raft``) when the
+  committed ``config_version`` rises (``config:<version>``); a reload that changed keys on any
+  node commits the next version (``config_changed``);
 * a hook for the VIP executor: ``store`` (``is_leader``, ``vip_acquire_delay``, ``holds_vip``,
   ``set_vip_holder``) and ``add_leader_listener``.
 
@@ -60,6 +62,8 @@ class LeaderEvents(Protocol):
     def publish_watchdog_vip(
         self, holder: str | None, vip: str, interface: str, *, event_id: str | None = None
     ) -> bool: ...
+
+    def publish_config_version(self, version: int) -> bool: ...
 
 
 class WatchdogSetupError(Exception):
@@ -114,6 +118,8 @@ class WatchdogService:
         self.events = events
         self._unsubscribe: list[Callable[[], None]] = []
         self._vip_holder_published: str | None = None  # the committed holder last published
+        self._config_version_published = 0
+        self._nursery: trio.Nursery | None = None
         ha.coordinator = self
         proxy.partition_gate = self.partition_gate
 
@@ -138,6 +144,23 @@ class WatchdogService:
         """A reload: partition_read_policy and failover_require_consensus apply live."""
         self.config = config
 
+    def config_changed(self) -> None:
+        """A reload changed keys here: commit the next config_version (in the background; never blocks)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self._commit_config_version)
+
+    async def _commit_config_version(self) -> None:
+        version = self.store.state.config_version + 1
+        try:
+            await self.store.set_config_version(version)
+        except ConsensusError as exc:
+            log.warning(
+                "could not commit config_version %d to the watchdog cluster (%s); the other nodes will not "
+                "announce this reload: reload again once the watchdog has a leader",
+                version,
+                exc,
+            )
+
     # ---- lifetime
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -148,9 +171,11 @@ class WatchdogService:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.store.run)
+                self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._nursery = None
             for unsubscribe in self._unsubscribe:
                 unsubscribe()
 
@@ -181,6 +206,9 @@ class WatchdogService:
             events.publish_watchdog_vip(
                 holder, config.delegate_ip, config.delegate_ip_interface, event_id=event_id
             )
+        if state.config_version > self._config_version_published:
+            self._config_version_published = state.config_version
+            events.publish_config_version(state.config_version)
 
     # ---- HaCoordinator
 

@@ -1,5 +1,5 @@
-"""The VIP's and the leader's MQTT events: every node publishes what the watchdog committed, under
-one event id derived from the Raft state."""
+"""The watchdog's MQTT events (VIP holder, leader, config_version): every node publishes what the
+watchdog committed, under one event id derived from the Raft state."""
 
 from __future__ import annotations
 
@@ -88,3 +88,13 @@ def watchdog_with_events(cluster: MemoryCluster, member: str) -> tuple[WatchdogS
     watchdog = WatchdogService(cfg, proxy, cluster.store(member), HaController(cfg, proxy), events)
     watchdog.store.add_state_listener(watchdog._on_state)
     return watchdog, events
+
+
+def test_a_committed_config_version_is_announced_as_cluster_config_from_raft() -> None:
+    service = EventService(CONFIG, ProxyServer(CONFIG, {}))
+    assert service.publish_config_version(4)
+    [message] = service.handoff.take(10)
+    document = message.decoded()
+    assert message.topic == payloads.TOPIC_CLUSTER_CONFIG and not message.retain
+    assert validate(document, schema_for_topic(message.topic)) == []
+    assert (document["source"], document["config_version"], document["event_id"]) == ("raft", 4, "config:4")

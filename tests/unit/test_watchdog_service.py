@@ -55,6 +55,7 @@ async def test_only_the_leader_commits_and_every_node_adopts_the_committed_epoch
 class RecordedEvents:
     def __init__(self) -> None:
         self.leaders: list[tuple[str | None, int | None]] = []
+        self.config_versions: list[int] = []
 
     def publish_watchdog_leader(self, leader: str | None, term: int | None) -> bool:
         self.leaders.append((leader, term))
@@ -63,6 +64,10 @@ class RecordedEvents:
     def publish_watchdog_vip(
         self, holder: str | None, vip: str, interface: str, *, event_id: str | None = None
     ) -> bool:
+        return True
+
+    def publish_config_version(self, version: int) -> bool:
+        self.config_versions.append(version)
         return True
 
 
@@ -80,6 +85,37 @@ async def test_every_leader_change_is_published_and_wakes_the_new_leader_s_check
         cluster.elect(None)
         nursery.cancel_scope.cancel()
     assert events.leaders == [(MEMBERS[1], 1), (MEMBERS[0], 2), (None, 3)]
+
+
+async def test_a_reload_commits_the_next_config_version_and_every_node_announces_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cluster = MemoryCluster(MEMBERS)
+    nodes = [service(cluster, member) for member in MEMBERS]
+    recorded = [RecordedEvents() for _ in nodes]
+    for node, events in zip(nodes, recorded, strict=True):
+        node.events = events
+    cluster.elect(MEMBERS[0])
+    async with trio.open_nursery() as nursery:
+        for node in nodes:
+            await nursery.start(node.run)
+        nodes[1].config_changed()  # a follower's reload: its write goes through the leader
+        with trio.fail_after(5):
+            await nodes[2].store.wait_applied(lambda state: state.config_version == 1)
+        nodes[0].config_changed()  # racing reloads (the same file on every node) may share one version
+        nodes[2].config_changed()
+        await trio.testing.wait_all_tasks_blocked()
+        assert cluster.state.config_version == 2
+        nodes[0].config_changed()
+        with trio.fail_after(5):
+            await nodes[1].store.wait_applied(lambda state: state.config_version == 3)
+        cluster.isolate(MEMBERS[2])  # no quorum on its side: logged, nothing committed, nothing raised
+        nodes[2].config_changed()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert cluster.state.config_version == 3
+    assert "could not commit config_version 4" in caplog.text and "reload again" in caplog.text
+    assert [events.config_versions for events in recorded] == [[1, 2, 3]] * 3
 
 
 async def test_votes_follow_probes_and_count_for_the_planner() -> None:
