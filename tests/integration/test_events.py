@@ -122,6 +122,36 @@ def test_pool_statistics_follow_the_traffic(events_node: EventsNode, monitor: Su
 
 
 @pytest.mark.slow
+def test_a_write_through_a_caching_node_publishes_the_cache_invalidation(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    pg_cluster.psql(
+        pg_cluster.primary,
+        "DROP TABLE IF EXISTS events_cached; CREATE TABLE events_cached (id int); "
+        "GRANT ALL ON events_cached TO PUBLIC;",
+        dbname=APP_DB,
+    )
+    started = start_events_node(pg_cluster, tmp_path, memory_cache_enabled=True, pool_mode="transaction")
+    try:
+        with subscriber(started.mqtt_port, **MONITOR) as client:
+            assert client.connect(), client.connect_result
+            client.subscribe("pgbalancer/cache/invalidate")
+            dsn = started.node.dsn(APP_USER, APP_DB, USERLIST[APP_USER])
+            with psycopg.connect(dsn, autocommit=True) as connection:
+                connection.execute("SELECT count(*) FROM events_cached").fetchall()  # cached now
+                connection.execute("INSERT INTO events_cached VALUES (1)")
+
+            def names_our_table(message: Received) -> bool:
+                return any(table.endswith("events_cached") for table in message.document["tables"])
+
+            event = client.wait_for("pgbalancer/cache/invalidate", names_our_table).checked()
+        assert event["all"] is False and event["node"] == "events-test-node"
+        assert not client.received("pgbalancer/cache/invalidate")[0].retain
+    finally:
+        started.node.stop()
+
+
+@pytest.mark.slow
 def test_pool_statistics_of_a_multi_worker_node_add_up_every_worker(
     pg_cluster: PgClusterLike, tmp_path: Path
 ) -> None:
