@@ -8,7 +8,6 @@ a real Mosquitto, and 10,000-event floods with a stuck subscriber that leave que
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import statistics
@@ -24,7 +23,6 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-import pgbalancer.node
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess, Setting, render_config
@@ -227,19 +225,7 @@ def test_refused_clients_are_refused_and_logged(events_node: EventsNode, monitor
         assert late.received("pgbalancer/cluster/failover") == []
 
 
-def _node_runs_a_health_checker() -> bool:
-    tree = ast.parse(Path(pgbalancer.node.__file__).read_text())
-    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    return any(name.startswith("pgbalancer.health") for name in imported)
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _node_runs_a_health_checker(),
-    reason="the health checker (pgbalancer/health, another issue) is not wired into the node yet, so "
-    "nothing turns a real outage into a cluster-view change; tests/unit/test_events_service.py drives "
-    "that listener path",
-)
 def test_a_stopped_standby_is_published_as_down(
     pg_cluster_factory: Callable[..., LocalPgCluster], tmp_path: Path
 ) -> None:

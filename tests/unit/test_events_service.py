@@ -164,6 +164,33 @@ async def test_refused_clients_are_counted_logged_and_their_publishes_never_deli
         assert any(expected in message for message in refusals), (expected, refusals)
 
 
+async def test_with_anonymous_allowed_a_client_without_a_name_receives_but_may_not_publish_ours(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pgbalancer.events")
+    config = make_config(tmp_path, mqtt_allow_anonymous="on")
+    async with running(config) as service, subscribed(config.mqtt_port) as anonymous:
+        retained = await blocking(anonymous.wait_for, "pgbalancer/cluster/health")
+        assert retained.retain and retained.checked()["node"] == "unit-node"
+        assert service.publish(payloads.cluster_config(("max_pool",), ("max_pool",), (), stamp("live")))
+        live = await blocking(anonymous.wait_for, "pgbalancer/cluster/config")
+        assert live.checked()["event_id"] == "live"
+
+        await blocking(anonymous.subscribe, "elsewhere/#")
+        await blocking(anonymous.publish, "pgbalancer/cluster/failover", b'{"forged": true}')
+        await blocking(anonymous.publish, "elsewhere/marker", b"after the forged one")
+        await blocking(anonymous.wait_for, "elsewhere/marker")  # in order: the forged one had its turn
+        assert anonymous.received("pgbalancer/cluster/failover") == []
+        stats = service.statistics()
+        assert (stats.publishes_refused, stats.connections_refused) == (1, 0)
+    assert any(
+        "refused: may not publish to 'pgbalancer/cluster/failover'" in r.getMessage()
+        and "no user name" in r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+    )
+
+
 async def test_a_reload_publishes_the_config_event_and_rereads_the_users(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service, subscribed(config.mqtt_port, **MONITOR) as live:
