@@ -15,7 +15,8 @@ instructions) and, on an empty-to-non-empty transition, wakes this loop with
 function on this loop (a credentials swap on reload); ``stop`` ends the loop and joins the thread.
 
 It must never: call into trio; block the caller of ``offer``; outlive ``stop`` (the loop is closed
-and the thread joined, or a timeout says so in the log).
+and the thread joined, or a timeout says so in the log); let amqtt log below WARNING (its DEBUG
+lines carry the external broker's password).
 """
 
 from __future__ import annotations
@@ -182,7 +183,9 @@ def _wake_loop(loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> None:
 
 
 def _quiet_library_loggers() -> None:
-    """amqtt logs every connection and state change at INFO; our own lines say what matters."""
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        for name in ("amqtt", "transitions"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+    """amqtt logs every connection and state change at INFO, and at DEBUG the external broker's
+    whole URL, password included ("Connecting to: mqtt://user:password@...", amqtt/client.py), and
+    the packets it handles: keep its loggers at WARNING even when the node logs at DEBUG. Our own
+    lines (``pgbalancer.events``) say what matters, with the password redacted."""
+    for name in ("amqtt", "transitions", "pgbalancer.mqtt"):  # the last: amqtt's plugin manager
+        logging.getLogger(name).setLevel(logging.WARNING)

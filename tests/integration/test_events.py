@@ -2,7 +2,7 @@
 
 Covers issue 8's acceptance tests: cluster/config after a SIGHUP reload, stats/pools after traffic,
 retained state for a late subscriber, refused clients (logged), nodes/{id}/status + cluster/health
-after a real backend outage (once the health checker is wired into the node), external mode against
+after a real backend outage, cache/invalidate after a write through a caching node, external mode against
 a real Mosquitto, and 10,000-event floods with a stuck subscriber that leave query latency alone.
 """
 

@@ -191,6 +191,33 @@ async def test_with_anonymous_allowed_a_client_without_a_name_receives_but_may_n
     )
 
 
+async def test_a_debug_log_never_shows_the_external_broker_password(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the whole process at DEBUG, amqtt's loggers included
+    secret = "s3cret-broker-pw"
+    broker_dir = tmp_path / "broker"
+    broker_dir.mkdir()
+    (broker_dir / "mqtt_users.txt").write_text(f'"publisher" "{secret}"\n')
+    broker = make_config(broker_dir)
+    url = f"mqtt://publisher:{secret}@127.0.0.1:{broker.mqtt_port}"
+    publisher = make_config(tmp_path, mqtt_mode="external", mqtt_broker_url=url)
+
+    def admitted() -> bool:
+        return any(
+            "'pgbalancer-unit-node'" in r.getMessage() and "refused" not in r.getMessage()
+            for r in caplog.records
+        )
+
+    async with running(broker), running(publisher):
+        with trio.fail_after(15):
+            while not admitted():  # the external client connected, with the password, and got in
+                await trio.sleep(0.02)
+    assert secret not in caplog.text
+    assert not [r for r in caplog.records if secret in r.getMessage()]
+    assert "publisher:********@127.0.0.1" in caplog.text  # our own line names the broker, redacted
+
+
 async def test_a_reload_publishes_the_config_event_and_rereads_the_users(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     async with running(config) as service, subscribed(config.mqtt_port, **MONITOR) as live:
