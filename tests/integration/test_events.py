@@ -364,7 +364,7 @@ async def test_a_flood_with_a_stuck_subscriber_never_stalls_queries(
     # dropped (counted) or coalesced, and the queue never grew past its capacity.
     assert offered >= ROUNDS * FLOOD_EVENTS
     assert stats.queue.delivered <= RATE / 4 + RATE * elapsed, stats
-    assert stats.queue.offered == stats.queue.accepted + stats.queue.dropped >= offered
+    assert stats.queue.offered >= offered
     assert stats.dropped >= offered - stats.queue.capacity - RATE / 4 - RATE * elapsed
     assert stats.queue.high_water <= stats.queue.capacity
     # The effect, with slack for a loaded 2-core box: before the rate bound, the flood doubled to
