@@ -360,17 +360,21 @@ async def test_a_flood_with_a_stuck_subscriber_never_stalls_queries(
         f"median SELECT 1: {quiet_median * 1e3:.3f} ms quiet, {flooded_median * 1e3:.3f} ms under the flood; "
         f"{stats.queue.delivered} delivered in {elapsed:.1f} s; {stats}"
     )
-    # The mechanism: the broker thread was handed at most the rate (plus one burst), the rest was
-    # dropped (counted) or coalesced, and the queue never grew past its capacity.
+    # The mechanism, which is what tells this from the behaviour before the bound: the broker thread
+    # was handed at most the rate (plus one burst), the rest was dropped (counted), and the queue
+    # never grew past its capacity. Unbounded, this run handed the broker 13,000 to 15,000 events in
+    # 2 to 4 s, against the 500 to 850 allowed here.
     assert offered >= ROUNDS * FLOOD_EVENTS
     assert stats.queue.delivered <= RATE / 4 + RATE * elapsed, stats
     assert stats.queue.offered >= offered
     assert stats.dropped >= offered - stats.queue.capacity - RATE / 4 - RATE * elapsed
     assert stats.queue.high_water <= stats.queue.capacity
-    # The effect, with slack for a loaded 2-core box: before the rate bound, the flood doubled to
-    # quintupled the median (0.24 -> 0.63 ms, 0.44 -> 1.81 ms, 0.41 -> 2.49 ms; docs/benchmarks.md).
+    # The effect, within one run (quiet and flooded rounds interleaved), as a guard against gross
+    # regressions only, with slack for a loaded 2-core box. It does not separate the bound from no
+    # bound reliably: unbounded, this test saw 0.43 -> 0.77 ms and 0.35 -> 0.43 ms, bounded
+    # 0.36 -> 0.45 ms. The figures are bench/mqtt_flood.py's (docs/benchmarks.md).
     raised = f"from {quiet_median * 1e3:.3f} ms to {flooded_median * 1e3:.3f} ms"
-    assert flooded_median <= 1.5 * quiet_median + 0.25e-3, f"the flood raised the median SELECT 1 {raised}"
+    assert flooded_median <= 2 * quiet_median + 0.5e-3, f"the flood raised the median SELECT 1 {raised}"
 
 
 # --------------------------------------------------------------------------- health-driven failover
