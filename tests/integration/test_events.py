@@ -543,6 +543,26 @@ def test_a_subscriber_on_a_followers_broker_gets_the_failover_the_cluster_commit
             ids = {m.document["event_id"] for m in on_follower.received("pgbalancer/cluster/failover")}
             assert len(ids) == 1, ids  # one committed failover, one event per broker
 
+            # A reload that changes a key on the follower commits config_version 1 through Raft: the
+            # leader's broker announces it too, as cluster/config from raft, id config:1.
+            group.settings[follower]["max_pool"] = 5
+            group.nodes[follower].reload(group.settings[follower])  # type: ignore[union-attr]
+
+            def from_raft(message: Received) -> bool:
+                return bool(message.document["source"] == "raft")
+
+            announced = on_leader.wait_for("pgbalancer/cluster/config", from_raft, timeout=30).checked()
+            assert (announced["config_version"], announced["event_id"]) == (1, "config:1")
+            assert announced["node"] == f"node{leader}"
+            local = on_follower.wait_for(
+                "pgbalancer/cluster/config", lambda m: m.document["source"] == "reload"
+            )
+            assert local.checked()["changed"] == ["max_pool"]  # the keys: from the reloading node itself
+            assert (
+                on_follower.wait_for("pgbalancer/cluster/config", from_raft).document["event_id"]
+                == "config:1"
+            )
+
             # The leader's node dies: the follower's broker tells of the new leader, and so does the
             # third node's, under the same event id.
             group.kill(leader)
