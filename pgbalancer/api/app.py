@@ -57,13 +57,6 @@ _DEFAULT_PAUSE_TIMEOUT: Final = 30.0
 _MAX_PAUSE_TIMEOUT: Final = 60.0
 _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
-# Features other issues are building: their endpoints exist and say so until then.
-PENDING_FEATURES: Final = {
-    "health_operations": (
-        "backend operations are not available until health checks are enabled (the failover engine is not "
-        "wired into this node yet)"
-    ),
-}
 
 _OPERATION_REFUSALS: Final = {"not_found": 404, "conflict": 409, "unavailable": 503}
 
@@ -111,8 +104,8 @@ class ApiState:
     settings: ApiSettings
     node: NodeInfo
     control: NodeControl | None = None
-    operations: BackendOperations | None = None  # the failover engine, once it is wired
-    quorum: Callable[[], bool] | None = None  # the watchdog's answer, once it exists
+    operations: BackendOperations | None = None  # the failover engine (a node always sets it)
+    quorum: Callable[[], bool] | None = None  # the watchdog's answer, when watchdog_nodes is set
     watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
     figures_source: FiguresPeering | None = None  # every worker's traffic figures; default: ours only
     events: ClusterEvents = field(default_factory=ClusterEvents)
@@ -506,19 +499,17 @@ class _Routes:
         except HaOperationError as exc:
             raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
 
-    def _pending(self, feature: str) -> Callable[[], Awaitable[Response]]:
-        async def pending() -> Response:
-            raise ApiError(503, "not_available", PENDING_FEATURES[feature], feature=feature)
-
-        pending.__name__ = f"pending_{feature}"
-        return pending
-
     # ------------------------------------------------------------------ acting (admin)
 
     def _operations(self) -> BackendOperations:
         operations = self.state.operations
-        if operations is None:
-            raise ApiError(503, "not_available", PENDING_FEATURES["health_operations"], feature="failover")
+        if operations is None:  # only an API served outside a node (tests): every node wires its engine
+            raise ApiError(
+                503,
+                "not_available",
+                "this API runs without a pgbalancer node's failover engine, so it cannot attach, detach, "
+                "promote, rejoin or switch over; use the node's own API",
+            )
         return operations
 
     async def _run_operation(self, action: str, node_id: int) -> Response:

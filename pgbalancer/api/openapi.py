@@ -1,9 +1,7 @@
 """The OpenAPI 3.0 description of the REST API, served at ``GET /api/v1/openapi.json``.
 
 It is the contract the schema-fuzzing test holds the implementation to: every route, every status
-it can answer and the exact shape of every JSON body. Endpoints of features other issues are still
-building (balancer, cache, watchdog, backend operations) are described with the 503 they answer
-today. Pure data: no I/O.
+it can answer and the exact shape of every JSON body. Pure data: no I/O.
 
 It must never: describe a field the API does not send, or leave out a status the API can answer.
 """
@@ -414,18 +412,6 @@ def _operation(
     if parameters:
         operation["parameters"] = parameters
     return operation
-
-
-def _pending(
-    summary: str, feature: str, *, role: str = "viewer", body: str | None = None, tag: str
-) -> Schema:
-    return _operation(
-        summary,
-        {"503": _error(f"Pending: {feature} is not built yet (the body names the feature)")},
-        role=role,
-        body=body,
-        tag=tag,
-    )
 
 
 def _node_action(verb: str, what: str) -> Schema:

@@ -346,17 +346,21 @@ async def test_reload_reports_the_nodes_answer(state: ApiState, client: QuartCli
     assert "the running config was kept" in (await json_of(failed))["message"]
 
 
-async def test_pending_features_answer_503_naming_them(client: QuartClient) -> None:
+async def test_an_api_without_a_failover_engine_says_so_and_changes_nothing(
+    state: ApiState, client: QuartClient
+) -> None:
+    """Only an API served outside a node has no engine (every node wires its HaController)."""
+    assert state.operations is None
     headers = bearer(await login(client))
-    for method, path, feature in [
-        ("POST", "nodes/1/detach", "failover"),
-    ]:
-        url = f"{P}/{path}"
-        response = await (
-            client.get(url, headers=headers) if method == "GET" else client.post(url, headers=headers)
-        )
+    view = state.proxy.cluster_view
+    for path in ("nodes/1/detach", "nodes/1/promote"):
+        response = await client.post(f"{P}/{path}", headers=headers)
         assert response.status_code == 503, path
-        assert (await json_of(response))["feature"] == feature
+        body = await json_of(response)
+        assert body["error"] == "not_available" and "failover engine" in body["message"]
+    switchover = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 1})
+    assert switchover.status_code == 503
+    assert state.proxy.cluster_view is view
     assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
 
 
