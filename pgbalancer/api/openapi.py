@@ -99,6 +99,7 @@ _NODE_FIELDS: Final[dict[str, Schema]] = {
     "checked_at": _nullable(_NUMBER),
     "queries_total": _COUNT,
     "traffic_share": _SHARE,
+    "read_share": _SHARE,
     "server_connections": _COUNT,
 }
 

@@ -202,7 +202,18 @@ def format_lsn(lsn: int | None) -> str | None:
     return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def backend_summary(proxy: ProxyServer, figures: NodeFigures, state: BackendState, clock: Clock) -> Json:
+def read_shares(proxy: ProxyServer) -> dict[int, float]:
+    """Each backend's share of the reads the balancer placed (its picks over all decisions, since
+    start; worker 0's balancer, as /ai/stats). A backend never picked is left out (share 0)."""
+    stats = proxy.router.statistics(trio.current_time())
+    if not stats.decisions:
+        return {}
+    return {node.node_id: round(node.picks / stats.decisions, 4) for node in stats.nodes}
+
+
+def backend_summary(
+    proxy: ProxyServer, figures: NodeFigures, state: BackendState, clock: Clock, shares: Mapping[int, float]
+) -> Json:
     totals = figures.totals_by_backend()
     all_queries = sum(c.query_count for c in totals.values())
     counters = totals.get(state.node_id, PoolCounters())
@@ -221,16 +232,17 @@ def backend_summary(proxy: ProxyServer, figures: NodeFigures, state: BackendStat
         "checked_at": clock.to_wall(state.checked_at),
         "queries_total": counters.query_count,
         "traffic_share": round(counters.query_count / all_queries, 4) if all_queries else 0.0,
+        "read_share": shares.get(state.node_id, 0.0),
         "server_connections": figures.server_connections_to(state.node_id),
     }
 
 
 def nodes(proxy: ProxyServer, figures: NodeFigures) -> Json:
-    view, clock = proxy.cluster_view, Clock.now()
+    view, clock, shares = proxy.cluster_view, Clock.now(), read_shares(proxy)
     return {
         "primary_id": view.primary_id,
         "epoch": view.epoch,
-        "nodes": [backend_summary(proxy, figures, state, clock) for state in view],
+        "nodes": [backend_summary(proxy, figures, state, clock, shares) for state in view],
     }
 
 
@@ -242,7 +254,7 @@ def node_detail(proxy: ProxyServer, figures: NodeFigures, node_id: int, events: 
     configured = next((b for b in proxy.config.backends if b.node_id == node_id), None)
     counters = figures.totals_by_backend().get(node_id, PoolCounters())
     return {
-        **backend_summary(proxy, figures, state, clock),
+        **backend_summary(proxy, figures, state, clock, read_shares(proxy)),
         "replay_lsn": format_lsn(state.replay_lsn),
         "backend_connections": state.connections,
         "backend_max_connections": state.max_connections,

@@ -227,20 +227,38 @@ def test_metrics_parse_and_move_with_traffic(api_node: BalancerProcess) -> None:
     )
 
 
-def test_ai_stats_show_the_balancers_reads(balancer_factory: BalancerFactory) -> None:
+def test_ai_stats_read_shares_and_metrics_agree_while_a_backend_is_detached(
+    balancer_factory: BalancerFactory,
+) -> None:
+    """Backend 2 is detached before any read: the balancer never picks it, /nodes gives it read_share 0
+    and /metrics has it down; /nodes' read shares and /metrics' balancer shares are /ai/stats' figures."""
     node = balancer_factory(pool_mode="transaction", load_balance_mode=True)
-    headers = {"Authorization": f"Bearer {api_login(node, 'api_viewer')}"}
-    with connect(node) as conn:
-        for _ in range(30):
-            conn.execute("SELECT 1")
-    stats = httpx.get(f"{api_base_url(node)}{P}/ai/stats", headers=headers).json()
+    base = f"{api_base_url(node)}{P}"
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_login(node)}"}) as admin:
+        assert admin.post("/nodes/2/detach").status_code == 200
+        with connect(node) as conn:
+            for _ in range(30):
+                conn.execute("SELECT 1")
+        stats = admin.get("/ai/stats").json()
+        listing = admin.get("/nodes").json()["nodes"]
     assert stats["algorithm"] == "adaptive" and stats["load_balance_mode"] is True
     assert stats["decisions"] >= 30
-    assert sum(n["picks"] for n in stats["nodes"]) == stats["decisions"]
+    picks = {n["node_id"]: n["picks"] for n in stats["nodes"]}
+    assert sum(picks.values()) == stats["decisions"] and picks.get(2, 0) == 0
     assert any(n["samples"] > 0 and n["latency_ms"] > 0 for n in stats["nodes"])
-    nodes = httpx.get(f"{api_base_url(node)}{P}/nodes", headers=headers).json()["nodes"]
-    picked = {n["node_id"] for n in stats["nodes"] if n["picks"] > 0}
-    assert all(n["queries_total"] > 0 for n in nodes if n["node_id"] in picked)
+    read_shares = {n["node_id"]: n["read_share"] for n in listing}
+    assert read_shares == {
+        node_id: round(picks.get(node_id, 0) / stats["decisions"], 4) for node_id in (0, 1, 2)
+    }
+    assert read_shares[2] == 0 and abs(sum(read_shares.values()) - 1) < 0.001
+    assert all(n["queries_total"] > 0 for n in listing if picks.get(n["node_id"], 0) > 0)
+    families = scrape(node)
+    shares = {s.labels["backend"]: s.value for s in families["pgbalancer_balancer_share"].samples}
+    assert abs(sum(shares.values()) - 1) < 0.001
+    for entry in stats["nodes"]:  # /ai/stats rounds to 4 places; no read came in between
+        assert abs(shares[str(entry["node_id"])] - entry["share"]) < 0.0001, (shares, stats["nodes"])
+    up = {s.labels["backend"]: s.value for s in families["pgbalancer_backend_up"].samples}
+    assert up == {"0": 1, "1": 1, "2": 0}
 
 
 def test_cache_stats_with_the_cache_off(viewer: httpx.Client) -> None:

@@ -391,6 +391,16 @@ async def test_ai_stats_show_what_the_balancer_learned(state: ApiState, client: 
     assert all(node["classes"][0]["class"] == str(point_read) for node in sampled)
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "pgbalancer_balancer_decisions_total 20.0" in metrics
+    listing = await json_of(await client.get(f"{P}/nodes", headers=basic("watcher", "watch-pw")))
+    read_shares = {node["node_id"]: node["read_share"] for node in listing["nodes"]}
+    assert read_shares == {node_id: round(node["picks"] / 20, 4) for node_id, node in nodes.items()}
+    detail = await json_of(await client.get(f"{P}/nodes/1", headers=basic("watcher", "watch-pw")))
+    assert detail["read_share"] == read_shares[1]
+
+
+async def test_read_share_is_zero_before_any_balanced_read(client: QuartClient) -> None:
+    listing = await json_of(await client.get(f"{P}/nodes", headers=basic("watcher", "watch-pw")))
+    assert [node["read_share"] for node in listing["nodes"]] == [0.0, 0.0]
 
 
 @dataclasses.dataclass(frozen=True)
