@@ -704,3 +704,33 @@ _DOCUMENT: Final[Schema] = {
 def openapi_document() -> Schema:
     """A fresh copy of the document (callers may not change the shared one)."""
     return copy.deepcopy(_DOCUMENT)
+
+
+_REF_PREFIX: Final = "#/components/schemas/"
+
+
+def component_json_schema(name: str) -> Schema:
+    """Component ``name`` as plain JSON Schema (draft 4), for validators that know no OpenAPI:
+    references inlined, OpenAPI 3.0's ``nullable`` turned into a ``null`` type (and enum member)."""
+    plain: Schema = _plain(SCHEMAS[name])
+    return plain
+
+
+def _plain(schema: object) -> Any:
+    if isinstance(schema, list):
+        return [_plain(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _plain(SCHEMAS[schema["$ref"].removeprefix(_REF_PREFIX)])
+    plain = {key: list(value) if key == "enum" else _plain(value) for key, value in schema.items()}
+    if "properties" in schema:  # a mapping of names to schemas, not a schema (a field may be "nullable")
+        plain["properties"] = {name: _plain(value) for name, value in schema["properties"].items()}
+    if plain.get("required") == []:  # draft 4 wants at least one name there
+        del plain["required"]
+    if plain.pop("nullable", False):
+        if "type" in plain:
+            plain["type"] = [plain["type"], "null"]
+        if "enum" in plain:
+            plain["enum"].append(None)
+    return plain

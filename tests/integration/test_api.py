@@ -8,6 +8,7 @@ here so tests can sign expired or otherwise bad tokens with it.
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -107,6 +108,35 @@ def signed(**overrides: Any) -> str:
     return jwt.encode(claims, key, algorithm="HS256")
 
 
+# --------------------------------------------------------------------------- logging in
+
+
+def test_login_answers_a_bearer_jwt_with_every_claim(api_node: BalancerProcess) -> None:
+    password, _ = API_USERS["api_viewer"]
+    before = int(time.time())
+    response = httpx.post(
+        f"{api_base_url(api_node)}{P}/auth/login", json={"username": "api_viewer", "password": password}
+    )
+    assert response.status_code == 200 and response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"token", "token_type", "expires_in", "role"}
+    assert body["token_type"] == "Bearer" and body["expires_in"] == 3600 and body["role"] == "viewer"
+    assert jwt.get_unverified_header(body["token"])["alg"] == "HS256"
+    claims = jwt.decode(
+        body["token"], KEY, algorithms=["HS256"], audience="pgbalancer-api", issuer="pgbalancer"
+    )
+    assert set(claims) == {"sub", "role", "iat", "exp", "jti", "iss", "aud"}
+    assert claims["sub"] == "api_viewer" and claims["role"] == "viewer"
+    assert before - 1 <= claims["iat"] <= time.time() + 1 and claims["exp"] - claims["iat"] == 3600
+    assert isinstance(claims["jti"], str) and len(claims["jti"]) >= 16
+    again = httpx.post(
+        f"{api_base_url(api_node)}{P}/auth/login", json={"username": "api_viewer", "password": password}
+    ).json()["token"]
+    assert jwt.decode(again, KEY, algorithms=["HS256"], audience="pgbalancer-api")["jti"] != claims["jti"]
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(body["token"], KEY, algorithms=["HS256"], audience="another-api")
+
+
 # --------------------------------------------------------------------------- reading live values
 
 
@@ -136,6 +166,50 @@ def test_pools_show_a_held_connection(api_node: BalancerProcess, viewer: httpx.C
         message="the server connection back in the pool",
     )
     assert released["idle"] >= 1 and released["queries_total"] >= 1
+
+
+def test_pools_count_prepared_statements_and_the_longest_wait(balancer_factory: BalancerFactory) -> None:
+    """Transaction pooling (the proxy tracks named statements on its server connections): a psycopg
+    prepare=True statement shows in prepared_statements; a client held by a pause moves both waits."""
+    node = balancer_factory(pool_mode="transaction")
+    with httpx.Client(
+        base_url=api_base_url(node), headers={"Authorization": f"Bearer {api_login(node)}"}
+    ) as admin:
+        with connect(node) as conn:
+            for number in range(3):
+                assert conn.execute("SELECT %s::int", (number,), prepare=True).fetchone() == (number,)
+            pool = app_pool(get(admin, "pools"))
+        assert pool["prepared_statements"] >= 1, pool
+        assert pool["max_wait_seconds"] == 0
+        before = pool["max_wait_seconds_ever"]
+        assert admin.post(f"{P}/control/pause", json={}).json()["drained"] is True
+        results: list[object] = []
+
+        def query() -> None:
+            with connect(node) as conn:
+                row = conn.execute("SELECT 7").fetchone()
+                results.append(row[0] if row else None)
+
+        waiter = threading.Thread(target=query, daemon=True)
+        waiter.start()
+        try:
+            waiting = wait_for(
+                lambda: (
+                    (p := app_pool(get(admin, "pools")))["waiting"] == 1
+                    and p["max_wait_seconds"] > 0.05
+                    and p
+                ),
+                timeout=10,
+                message="a client waiting over 50 ms in the app pool",
+            )
+        finally:
+            assert admin.post(f"{P}/control/resume").status_code == 200
+        waiter.join(10)
+        assert results == [7]
+        after = app_pool(get(admin, "pools"))
+    assert waiting["max_wait_seconds"] > 0.05 and waiting["paused"] is True
+    assert after["waiting"] == 0 and after["max_wait_seconds"] == 0
+    assert after["max_wait_seconds_ever"] >= waiting["max_wait_seconds"] > before
 
 
 def test_nodes_list_the_backends_and_their_traffic(
@@ -374,6 +448,29 @@ def test_bad_tokens_get_401_json_and_nothing_changes(
     assert response.headers["content-type"] == "application/json"
     status = httpx.get(f"{base}{P}/status", headers={"Authorization": f"Bearer {signed()}"}).json()
     assert status["paused"] is False
+
+
+def test_a_viewer_token_forged_into_an_admin_one_gets_401_and_nothing_changes(
+    api_node: BalancerProcess, viewer: httpx.Client
+) -> None:
+    """The viewer's real token with its payload rewritten to role admin, keeping the old signature."""
+    token = api_login(api_node, "api_viewer")
+    header, payload, signature = token.split(".")
+    claims = jwt.decode(token, KEY, algorithms=["HS256"], audience="pgbalancer-api")
+    assert claims["role"] == "viewer"
+    raised = jwt.utils.base64url_encode(json.dumps({**claims, "role": "admin"}).encode()).decode()
+    assert raised != payload
+    forged = {"Authorization": f"Bearer {header}.{raised}.{signature}"}
+    base = api_base_url(api_node)
+    for path, body in (("control/pause", {}), ("nodes/1/detach", None), ("cache/invalidate", {})):
+        response = httpx.post(f"{base}{P}/{path}", headers=forged, json=body)
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"] == "unauthorized" and "signature" in response.json()["message"]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    reading = httpx.get(f"{base}{P}/status", headers=forged)
+    assert reading.status_code == 401  # a forged token reads nothing either
+    assert get(viewer, "status")["paused"] is False
+    assert get(viewer, "nodes/1")["detached"] is False
 
 
 def test_viewer_on_admin_endpoints_gets_403_and_nothing_changes(viewer: httpx.Client) -> None:

@@ -29,7 +29,7 @@ from quart_trio import QuartTrio
 from pgbalancer.api import app as api_app
 from pgbalancer.api.app import ApiState, create_app
 from pgbalancer.api.control import ReloadOutcome
-from pgbalancer.api.openapi import API_PREFIX, openapi_document
+from pgbalancer.api.openapi import API_PREFIX, component_json_schema, openapi_document
 from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import load_api_settings
 from pgbalancer.api.snapshots import NodeInfo
@@ -577,6 +577,23 @@ def test_the_spec_references_resolve() -> None:
     text = json.dumps(spec)
     for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert name in spec["components"]["schemas"], name
+
+
+async def test_component_json_schemas_hold_the_live_bodies(client: QuartClient) -> None:
+    """component_json_schema is draft 4 (nullable as a null type, references inlined): the live
+    /nodes and /status bodies pass, and a body off the spec fails."""
+    headers = basic("watcher", "watch-pw")
+    for path, component in (("nodes", "NodeList"), ("status", "Status"), ("nodes/1", "NodeDetail")):
+        validator = jsonschema_rs.Draft4Validator(component_json_schema(component))
+        body = await json_of(await client.get(f"{P}/{path}", headers=headers))
+        validator.validate(body)
+        assert not validator.is_valid({**body, "unexpected": 1}), component
+    node_list = jsonschema_rs.Draft4Validator(component_json_schema("NodeList"))
+    assert node_list.is_valid({"primary_id": None, "epoch": 0, "nodes": []})
+    assert not node_list.is_valid({"primary_id": "0", "epoch": 0, "nodes": []})
+    listing = await json_of(await client.get(f"{P}/nodes", headers=headers))
+    listing["nodes"][0]["read_share"] = 1.5
+    assert not node_list.is_valid(listing)
 
 
 def _field_schema(component: str, field: str) -> dict[str, Any]:
