@@ -230,10 +230,13 @@ class ProxyCollector(Collector):
             value=self.events.failovers,
         )
         changes = CounterMetricFamily(
-            "pgbalancer_cluster_view_changes", "Cluster view updates adopted, by reason", labels=["reason"]
+            "pgbalancer_cluster_view_changes",
+            "Cluster view updates adopted, by what changed: failover, epoch, membership, detach, status, "
+            "role or health",
+            labels=["reason"],
         )
-        for reason, count in sorted(self.events.view_changes.items()):
-            changes.add_metric([reason], count)
+        for change, count in self.events.view_changes.items():
+            changes.add_metric([str(change)], count)
         yield changes
 
     def _balancer(self) -> Iterator[Metric]:

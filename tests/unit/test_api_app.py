@@ -32,12 +32,12 @@ from pgbalancer.api.control import ReloadOutcome
 from pgbalancer.api.openapi import API_PREFIX, component_json_schema, openapi_document
 from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import load_api_settings
-from pgbalancer.api.snapshots import NodeInfo
+from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, ViewChange, classify_view_change
 from pgbalancer.api.users import parse_api_users
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port
 from pgbalancer.ha.planner import HaOperationError
-from pgbalancer.ha.view import BackendStatus
+from pgbalancer.ha.view import BackendRole, BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.server import ProxyServer
@@ -526,6 +526,48 @@ async def test_nodes_follow_the_cluster_view(state: ApiState, client: QuartClien
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "pgbalancer_failovers_total 1.0" in metrics
     assert 'pgbalancer_backend_up{backend="1",host="127.0.0.1",port="1"} 0.0' in metrics
+
+
+def test_view_changes_are_counted_by_a_fixed_set_of_kinds() -> None:
+    """However many failovers, each with its own note text, the counter keeps the same seven series."""
+    view = make_state().proxy.cluster_view
+    one = view.backend(1)
+    cases = [
+        (view.with_primary(1), ViewChange.FAILOVER),
+        (dataclasses.replace(view, epoch=view.epoch + 1), ViewChange.EPOCH),
+        (dataclasses.replace(view, backends=view.backends[:1]), ViewChange.MEMBERSHIP),
+        (
+            view.with_backend(dataclasses.replace(one, detached=True, status=BackendStatus.DOWN)),
+            ViewChange.DETACH,
+        ),
+        (view.with_backend(dataclasses.replace(one, status=BackendStatus.DOWN)), ViewChange.STATUS),
+        (view.with_backend(dataclasses.replace(one, role=BackendRole.STANDBY)), ViewChange.ROLE),
+        (view.with_backend(dataclasses.replace(one, health_score=0.5, lag_bytes=7)), ViewChange.HEALTH),
+    ]
+    for new, kind in cases:
+        assert classify_view_change(view, new) is kind, kind
+    events = ClusterEvents()
+    for number in range(500):  # free-text reasons as the planner writes them: a new text every time
+        new = dataclasses.replace(view.with_primary(number % 2), epoch=number + 1)
+        events(view, new, f"primary {number} is down: connection refused (epoch {number + 1})", {})
+    assert set(events.view_changes) == set(ViewChange)
+    assert events.view_changes[ViewChange.FAILOVER] + events.view_changes[ViewChange.EPOCH] == 500
+
+
+async def test_view_change_metric_has_one_series_per_kind(state: ApiState, client: QuartClient) -> None:
+    view = state.proxy.cluster_view
+    for number in range(20):
+        state.proxy.update_cluster_view(
+            dataclasses.replace(view.with_primary(1 - number % 2), epoch=number + 1),
+            reason=f"failover {number}",
+        )
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+    }
+    samples = {s.labels["reason"]: s.value for s in families["pgbalancer_cluster_view_changes"].samples}
+    assert set(samples) == {str(kind) for kind in ViewChange}
+    assert samples["failover"] == 20 and samples["health"] == 0
 
 
 async def test_config_is_redacted(client: QuartClient) -> None:
