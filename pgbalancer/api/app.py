@@ -36,6 +36,7 @@ from pgbalancer.api.control import BackendOperations, NodeControl, WatchdogContr
 from pgbalancer.api.metrics import ApiMetrics
 from pgbalancer.api.openapi import API_PREFIX, MEMBER_ADDRESS_PATTERN, openapi_document
 from pgbalancer.api.ratelimit import LoginRateLimiter
+from pgbalancer.api.readiness import ReadinessProbe
 from pgbalancer.api.settings import ApiSettings
 from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, QueryRate
 from pgbalancer.api.tokens import TokenRejected, issue_token, verify_token
@@ -44,7 +45,6 @@ from pgbalancer.config import redacted_settings
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.figures import FiguresPeering
-from pgbalancer.proxy.netio import connect_tcp
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _POLL_INTERVAL: Final = 0.05  # pause watches the pools this often
-_PROBE_TIMEOUT: Final = 1.0  # /readyz's TCP probe of the backends
 _DEFAULT_PAUSE_TIMEOUT: Final = 30.0
 _MAX_PAUSE_TIMEOUT: Final = 60.0
 _MAX_BODY: Final = 64 * 1024
@@ -113,6 +112,7 @@ class ApiState:
     figures: FiguresPeering = field(init=False)
     metrics: ApiMetrics = field(init=False)
     limiter: LoginRateLimiter = field(init=False)
+    readiness: ReadinessProbe = field(default_factory=ReadinessProbe)  # /readyz's cached backend probe
 
     def __post_init__(self) -> None:
         self.figures = self.figures_source if self.figures_source is not None else FiguresPeering(self.proxy)
@@ -393,7 +393,7 @@ class _Routes:
         return json_response({"status": "ok", "uptime_seconds": round(uptime, 3)})
 
     async def readyz(self) -> Response:
-        reachable = await _reachable_backends(self.proxy)
+        reachable = await self.state.readiness.reachable(self.proxy.cluster_view)
         quorum = self._quorum()
         reasons = []
         if not reachable:
@@ -636,23 +636,3 @@ class _Routes:
         return json_response(
             {"invalidated_entries": removed, "tables": None if tables is None else sorted(tables)}
         )
-
-
-async def _reachable_backends(proxy: ProxyServer) -> list[int]:
-    """Backends the cluster view has up that accept a TCP connection now (probed concurrently)."""
-    reachable: list[int] = []
-
-    async def probe(node_id: int, host: str, port: int) -> None:
-        try:
-            sock = await connect_tcp(host, port, _PROBE_TIMEOUT)
-        except OSError:
-            return
-        sock.close()
-        reachable.append(node_id)
-
-    with trio.move_on_after(_PROBE_TIMEOUT + 0.5):
-        async with trio.open_nursery() as nursery:
-            for state in proxy.cluster_view:
-                if state.is_up:
-                    nursery.start_soon(probe, state.node_id, state.host, state.port)
-    return sorted(reachable)

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jsonschema_rs
@@ -62,9 +63,9 @@ class FakeControl:
         return self.outcome
 
 
-def make_state(extra: str = "", control: FakeControl | None = None) -> ApiState:
+def make_state(extra: str = "", control: FakeControl | None = None, port0: int | None = None) -> ApiState:
     text = (
-        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {free_tcp_port()}\n"
+        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {port0 or free_tcp_port()}\n"
         "backend_hostname1 = '127.0.0.1'\nbackend_port1 = 1\n"
         f"auth_type = trust\napi_jwt_secret = '{KEY}'\napi_login_rate_limit = 3\n{extra}"
     )
@@ -487,6 +488,45 @@ async def test_switchover_takes_the_target_in_its_body(state: ApiState, client: 
     )
     assert viewer.status_code == 403
     assert operations.calls == [("switchover", 0)]
+
+
+async def test_readyz_probes_each_backend_at_most_once_per_ttl(nursery: trio.Nursery) -> None:
+    """An open endpoint: 30 callers, concurrent or one after another, cost backend 0 one connection
+    while the answer is fresh; once it is stale, the next call probes again."""
+    accepted = 0
+
+    async def count(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, count, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    state = make_state(port0=port)
+    client = create_app(state).test_client()
+    answers: list[int] = []
+
+    async def ready() -> None:
+        response = await client.get(f"{P}/readyz")
+        assert (await json_of(response))["reachable_backends"] == [0]
+        answers.append(response.status_code)
+
+    async with trio.open_nursery() as callers:
+        for _ in range(20):
+            callers.start_soon(ready)
+    for _ in range(10):
+        await ready()
+    assert answers == [200] * 30
+    with trio.fail_after(5):
+        while accepted < 1:
+            await trio.sleep(0.01)
+    assert state.readiness.rounds == 1 and accepted == 1
+    state.readiness.ttl = 0.0  # every answer is stale now
+    await ready()
+    assert state.readiness.rounds == 2
+    with trio.fail_after(5):
+        while accepted < 2:
+            await trio.sleep(0.01)
 
 
 # --------------------------------------------------------------------------- reading
