@@ -47,6 +47,7 @@ from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.figures import FiguresPeering
 
 if TYPE_CHECKING:
+    from pgbalancer.events.service import EventStatistics
     from pgbalancer.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ class ApiState:
     quorum: Callable[[], bool] | None = None  # the watchdog's answer, when watchdog_nodes is set
     watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
     figures_source: FiguresPeering | None = None  # every worker's traffic figures; default: ours only
+    event_statistics: Callable[[], EventStatistics] | None = (
+        None  # the MQTT event service's, when it runs here
+    )
     events: ClusterEvents = field(default_factory=ClusterEvents)
     rate: QueryRate = field(default_factory=QueryRate)
     figures: FiguresPeering = field(init=False)
@@ -432,6 +436,7 @@ class _Routes:
         metrics = self.state.metrics
         metrics.collector.figures = await self.state.figures.gather()
         metrics.collector.watchdog = self.state.watchdog
+        metrics.collector.event_statistics = self.state.event_statistics
         # generate_latest runs without a checkpoint, so no other scrape can swap the figures meanwhile.
         return Response(generate_latest(metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, PgClusterLike
+from tests.integration.mqtt_support import subscriber
 from tests.integration.proxy_support import (
     API_USERS,
     USERLIST,
@@ -37,6 +38,7 @@ from tests.integration.proxy_support import (
     api_login,
     base_settings,
 )
+from tests.integration.test_events import MONITOR, start_events_node
 from tests.integration.tls_support import make_tls_files
 
 pytestmark = pytest.mark.slow
@@ -591,6 +593,53 @@ def test_a_multi_worker_node_reports_every_workers_traffic(balancer_factory: Bal
     node.config_path.write_text(node.config_path.read_text().replace("max_pool = '4'", "max_pool = '5'"))
     reloaded = httpx.post(f"{base}/control/reload", headers=headers, timeout=15)
     assert reloaded.json()["changed"] == ["max_pool"]
+
+
+def test_metrics_count_the_mqtt_events_and_the_brokers_refusals(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    """A node with the embedded broker (worker 0 runs it): a subscriber, a refused login, a refused
+    publish and pool statistics every 0.5 s move the counters in /metrics."""
+    started = start_events_node(pg_cluster, tmp_path)
+    try:
+
+        def mqtt(families: dict[str, Metric]) -> dict[str, float]:
+            return {s.name: s.value for name, f in families.items() if "mqtt" in name for s in f.samples}
+
+        before = mqtt(scrape(started.node))
+        assert before["pgbalancer_mqtt_enabled"] == 1
+        assert before["pgbalancer_mqtt_event_queue_capacity"] == 1000
+        with subscriber(started.mqtt_port, **MONITOR) as monitor:
+            assert monitor.connect(), monitor.connect_result
+            monitor.subscribe("pgbalancer/#")
+            with subscriber(started.mqtt_port, username="monitor", password="wrong") as refused:
+                assert not refused.connect()
+            monitor.publish("pgbalancer/cluster/failover", b'{"forged": true}')
+            monitor.wait_for("pgbalancer/stats/pools")
+
+            def moved() -> dict[str, float]:
+                now = mqtt(scrape(started.node))
+                grew = all(
+                    now[f"pgbalancer_mqtt_{name}_total"] > before[f"pgbalancer_mqtt_{name}_total"]
+                    for name in (
+                        "events_offered",
+                        "events_delivered",
+                        "connections_refused",
+                        "publishes_refused",
+                    )
+                )
+                return now if grew else {}
+
+            after = wait_for(moved, timeout=15, message="the MQTT counters in /metrics to move")
+        assert after["pgbalancer_mqtt_events_dropped_total"] == 0
+        assert (
+            after["pgbalancer_mqtt_events_delivered_total"] <= after["pgbalancer_mqtt_events_offered_total"]
+        )
+        assert (
+            0 <= after["pgbalancer_mqtt_event_queue_depth"] <= after["pgbalancer_mqtt_event_queue_high_water"]
+        )
+    finally:
+        started.node.stop()
 
 
 def test_api_port_zero_turns_the_api_off(balancer_factory: BalancerFactory) -> None:

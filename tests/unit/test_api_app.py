@@ -37,6 +37,7 @@ from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, ViewChange, classi
 from pgbalancer.api.users import parse_api_users
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port
+from pgbalancer.events.service import EventService
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.ha.view import BackendRole, BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
@@ -608,6 +609,30 @@ async def test_view_change_metric_has_one_series_per_kind(state: ApiState, clien
     samples = {s.labels["reason"]: s.value for s in families["pgbalancer_cluster_view_changes"].samples}
     assert set(samples) == {str(kind) for kind in ViewChange}
     assert samples["failover"] == 20 and samples["health"] == 0
+
+
+async def test_a_full_event_queues_drops_appear_in_metrics(state: ApiState, client: QuartClient) -> None:
+    """The MQTT hand-off is never drained here (no MQTT thread), so a queue of 2 fills and drops."""
+    before = {
+        f.name: f
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+    }
+    assert before["pgbalancer_mqtt_enabled"].samples[0].value == 0
+    assert "pgbalancer_mqtt_events_dropped" not in before
+    events = EventService(state.proxy.config, state.proxy, capacity=2)
+    state.event_statistics = events.statistics
+    for _ in range(2):
+        events.publish_state("test")  # each: one status per backend (2) and the cluster health
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["pgbalancer_mqtt_enabled"] == 1
+    assert values["pgbalancer_mqtt_events_offered_total"] == 6
+    assert values["pgbalancer_mqtt_events_dropped_total"] == 4
+    assert values["pgbalancer_mqtt_events_delivered_total"] == 0
+    assert values["pgbalancer_mqtt_event_queue_depth"] == 2
+    assert values["pgbalancer_mqtt_event_queue_capacity"] == 2
+    assert values["pgbalancer_mqtt_event_queue_high_water"] == 2
+    assert values["pgbalancer_mqtt_connections_refused_total"] == 0  # no embedded broker started
 
 
 async def test_config_is_redacted(client: QuartClient) -> None:
