@@ -84,6 +84,20 @@ def connect(node: BalancerProcess) -> psycopg.Connection[Any]:
     return conn
 
 
+def query_in_thread(node: BalancerProcess, sql: str) -> tuple[threading.Thread, list[object]]:
+    """Run ``sql`` on a new connection in a started thread; its first value lands in the list."""
+    results: list[object] = []
+
+    def query() -> None:
+        with connect(node) as conn:
+            row = conn.execute(sql.encode()).fetchone()
+            results.append(row[0] if row else None)
+
+    thread = threading.Thread(target=query, daemon=True)
+    thread.start()
+    return thread, results
+
+
 def get(client: httpx.Client, path: str) -> Json:
     response = client.get(f"{P}/{path}")
     assert response.status_code == 200, response.text
@@ -185,15 +199,7 @@ def test_pools_count_prepared_statements_and_the_longest_wait(balancer_factory: 
         assert pool["max_wait_seconds"] == 0
         before = pool["max_wait_seconds_ever"]
         assert admin.post(f"{P}/control/pause", json={}).json()["drained"] is True
-        results: list[object] = []
-
-        def query() -> None:
-            with connect(node) as conn:
-                row = conn.execute("SELECT 7").fetchone()
-                results.append(row[0] if row else None)
-
-        waiter = threading.Thread(target=query, daemon=True)
-        waiter.start()
+        waiter, results = query_in_thread(node, "SELECT 7")
         try:
             waiting = wait_for(
                 lambda: (
@@ -361,15 +367,7 @@ def test_pause_blocks_a_new_query_until_resume(api_node: BalancerProcess, admin:
     assert admin.post(f"{P}/control/resume").status_code == 200
     paused = admin.post(f"{P}/control/pause", json={})
     assert paused.json() == {"paused": True, "database": None, "drained": True, "busy_servers": 0}
-    results: list[object] = []
-
-    def query() -> None:
-        with connect(api_node) as conn:
-            row = conn.execute("SELECT 42").fetchone()
-            results.append(row[0] if row else None)
-
-    worker = threading.Thread(target=query, daemon=True)
-    worker.start()
+    worker, results = query_in_thread(api_node, "SELECT 42")
     try:
         wait_for(lambda: get(admin, "status")["clients"]["waiting"] >= 1, timeout=10, message="client waits")
         assert get(admin, "status")["paused"] and results == [] and worker.is_alive()
