@@ -192,6 +192,7 @@ def test_pools_count_prepared_statements_and_the_longest_wait(balancer_factory: 
         base_url=api_base_url(node), headers={"Authorization": f"Bearer {api_login(node)}"}
     ) as admin:
         with connect(node) as conn:
+            conn.prepare_threshold = 5  # psycopg prepares nothing at all with None, not even prepare=True
             for number in range(3):
                 assert conn.execute("SELECT %s::int", (number,), prepare=True).fetchone() == (number,)
             pool = app_pool(get(admin, "pools"))
