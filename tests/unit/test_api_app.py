@@ -37,6 +37,7 @@ from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, ViewChange, classi
 from pgbalancer.api.users import parse_api_users
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port
+from pgbalancer.events import payloads
 from pgbalancer.events.service import EventService
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.ha.view import BackendRole, BackendStatus
@@ -621,8 +622,8 @@ async def test_a_full_event_queues_drops_appear_in_metrics(state: ApiState, clie
     assert "pgbalancer_mqtt_events_dropped" not in before
     events = EventService(state.proxy.config, state.proxy, capacity=2)
     state.event_statistics = events.statistics
-    for _ in range(2):
-        events.publish_state("test")  # each: one status per backend (2) and the cluster health
+    for _ in range(6):  # non-retained: a retained topic's newer state would replace the waiting one
+        events.publish(payloads.cluster_config(("max_pool",), ("max_pool",), (), events.stamp()))
     text = await (await client.get("/metrics")).get_data(as_text=True)
     values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
     assert values["pgbalancer_mqtt_enabled"] == 1
