@@ -351,6 +351,11 @@ class ProxyCollector(Collector):
                 "Events handed to the broker or the external broker client",
             ),
             ("events_failed", queue.failed, "Events taken from the queue that could not be delivered"),
+            (
+                "events_coalesced",
+                queue.coalesced,
+                "Retained events replaced by a newer state of their topic before delivery",
+            ),
             ("connections_refused", stats.connections_refused, "MQTT clients refused by the embedded broker"),
             ("publishes_refused", stats.publishes_refused, "Client publishes refused (pgbalancer/# topics)"),
             (

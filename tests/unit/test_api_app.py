@@ -634,6 +634,20 @@ async def test_a_full_event_queues_drops_appear_in_metrics(state: ApiState, clie
     assert values["pgbalancer_mqtt_event_queue_capacity"] == 2
     assert values["pgbalancer_mqtt_event_queue_high_water"] == 2
     assert values["pgbalancer_mqtt_connections_refused_total"] == 0  # no embedded broker started
+    assert values["pgbalancer_mqtt_events_coalesced_total"] == 0
+
+
+async def test_coalesced_retained_events_appear_in_metrics(state: ApiState, client: QuartClient) -> None:
+    """A retained topic's newer state replaces the waiting one, and /metrics counts the replacement."""
+    events = EventService(state.proxy.config, state.proxy, capacity=10)
+    state.event_statistics = events.statistics
+    for _ in range(3):
+        events.publish_watchdog_vip("n1", "10.0.0.100", "eth0")
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["pgbalancer_mqtt_events_coalesced_total"] == 2
+    assert values["pgbalancer_mqtt_event_queue_depth"] == 1
+    assert values["pgbalancer_mqtt_events_dropped_total"] == 0
 
 
 async def test_config_is_redacted(client: QuartClient) -> None:
