@@ -328,7 +328,8 @@ def test_unknown_node_id_exits_1(bctl: BctlRunner) -> None:
 
 
 @pytest.mark.parametrize(
-    "cluster", ["", "a:b", "db1:8080,,db2:8080", "db1:0", "db1:70000", "[::1:80", "http://x:80", "a b:80"]
+    "cluster",
+    ["", "a:b", "db1:8080,,db2:8080", "db1:0", "db1:70000", "[::1:80", "http://x:80", "a b:80", "db:²"],
 )
 def test_malformed_cluster_exits_2(tmp_path: Path, cluster: str) -> None:
     result = BctlRunner(tmp_path / "home")("--cluster", cluster, "status")
@@ -348,6 +349,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.code == 2 and "usage: bctl" in result.stderr, args
     bad_url = runner("status", PGBALANCER_URL="ftp://x")
     assert bad_url.code == 2 and "PGBALANCER_URL" in bad_url.stderr
+    both = runner("--cluster", "db1:8080", "--port", "9090", "status")
+    assert both.code == 2 and "either --cluster or --host/--port" in both.stderr
+    slash = runner("--host", "a/b", "status")
+    assert slash.code == 2 and "--host 'a/b' is not a host name" in slash.stderr
 
 
 def test_cluster_skips_a_dead_node_and_acts_on_a_live_one(node: BalancerProcess, bctl: BctlRunner) -> None:
