@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -157,28 +158,56 @@ def test_verbose_shows_requests_and_timing(bctl: BctlRunner) -> None:
 
 
 def test_tables_match_the_golden_files(
-    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path
+    balancer_factory: Callable[..., BalancerProcess], pg_cluster: PgClusterLike, tmp_path: Path
 ) -> None:
-    fresh = balancer_factory(health_check_period=1)
+    # load_balance_mode on (transaction pooling: the balancer picks per transaction), so the read
+    # balancer has a row per backend.
+    fresh = balancer_factory(health_check_period=1, load_balance_mode=True, pool_mode="transaction")
     runner = BctlRunner(tmp_path / "home", api_base_url(fresh))
-    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    login = runner("--table", "login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD)
+    assert login.code == 0 and runner.token_file.exists()
+    check_golden("bctl_login", login.stdout)
     wait_for(
-        lambda: runner("health").json()["backends"][0]["checks_observed"] > 0, 20, message="a health round"
+        lambda: all(b["checks_observed"] > 0 for b in runner("health").json()["backends"]),
+        20,
+        message="a health round on every backend",
     )
-    # One client holds one pool: (app, app_scram) on the primary (session mode, no balancing).
-    with psycopg.connect(fresh.dsn(USER, APP_DB, PASSWORD), autocommit=True) as client:
-        client.execute("SELECT 1").fetchone()
-        for name, args in {
-            "bctl_nodes": ["nodes"],
-            "bctl_node_detail": ["nodes", "2"],
-            "bctl_status": ["status"],
-            "bctl_pools": ["pools"],
-            "bctl_ai_stats": ["ai-stats"],
-        }.items():
+
+    def golden_tables(goldens: dict[str, list[str]]) -> None:
+        for name, args in goldens.items():
             result = runner("--table", *args)
             assert result.code == 0, result.stderr
             assert "┌" in result.stdout and "│" in result.stdout
             check_golden(name, result.stdout)
+
+    with psycopg.connect(fresh.dsn(USER, APP_DB, PASSWORD), autocommit=True) as client:
+        # First one pool, (app, app_scram), on the primary only (the hint keeps the balancer out).
+        client.execute("/* pgbalancer: primary */ SELECT 1").fetchone()
+        golden_tables(
+            {
+                "bctl_nodes": ["nodes"],
+                "bctl_node_detail": ["nodes", "0"],
+                "bctl_status": ["status"],
+                "bctl_pools": ["pools"],
+            }
+        )
+        # Then a balanced read: the balancer's table gets its per-backend rows.
+        client.execute("SELECT 1").fetchone()
+        assert len(runner("ai-stats").json()["nodes"]) == 3
+        golden_tables(
+            {
+                "bctl_ai_stats": ["ai-stats"],
+                "bctl_health": ["health"],
+                "bctl_pool_advice": ["pool-advice", "--dsn", pg_cluster.primary.dsn()],
+            }
+        )
+    # Wide enough that no path folds onto a second line, whatever the temporary directory's length.
+    config = runner("--table", "config", "show", COLUMNS="1000")
+    assert config.code == 0 and "api_jwt_secret" in config.stdout
+    check_golden("bctl_config_show", config.stdout)
+    logout = runner("--table", "logout")
+    assert logout.code == 0 and not runner.token_file.exists()
+    check_golden("bctl_logout", logout.stdout)
 
 
 # --------------------------------------------------------------------------- acting on the shared node
@@ -187,6 +216,9 @@ def test_tables_match_the_golden_files(
 def test_reload_pause_resume(bctl: BctlRunner) -> None:
     reloaded = bctl("reload").json()
     assert reloaded["reloaded"] is True and reloaded["changed"] == []
+    reload_table = bctl("--table", "reload")
+    assert reload_table.code == 0
+    check_golden("bctl_reload", reload_table.stdout)
     paused = bctl("pause", "--database", APP_DB, "--timeout", "5").json()
     assert paused["paused"] is True and paused["database"] == APP_DB
     assert bctl("status").json()["paused_databases"] == [APP_DB]
@@ -194,6 +226,13 @@ def test_reload_pause_resume(bctl: BctlRunner) -> None:
     assert twice.code == 1 and "not paused" in twice.stderr
     assert bctl("resume", "--database", APP_DB).json() == {"resumed": True, "database": APP_DB}
     assert bctl("status").json()["paused_databases"] == []
+    # The same actions as tables.
+    pause_table = bctl("--table", "pause", "--database", APP_DB, "--timeout", "5")
+    assert pause_table.code == 0 and bctl("status").json()["paused_databases"] == [APP_DB]
+    check_golden("bctl_pause", pause_table.stdout)
+    resume_table = bctl("--table", "resume", "--database", APP_DB)
+    assert resume_table.code == 0 and bctl("status").json()["paused_databases"] == []
+    check_golden("bctl_resume", resume_table.stdout)
 
 
 def test_features_off_on_this_node_say_so_with_exit_1(bctl: BctlRunner) -> None:
@@ -252,6 +291,9 @@ def test_cache_stats_and_invalidate_on_a_caching_node(
     after = runner("cache", "stats").json()
     assert after["entries"] == 0 and after["invalidations"] >= 1
     assert runner("cache", "invalidate", "--yes").json() == {"invalidated_entries": 0, "tables": None}
+    every = runner("--table", "cache", "invalidate", "--yes")
+    assert every.code == 0
+    check_golden("bctl_cache_invalidate", every.stdout)
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
@@ -445,8 +487,21 @@ def test_events_streams_the_retained_state(
     assert "pgbalancer/cluster/health" in topics and "pgbalancer/nodes/0/status" in topics
     health = next(m for m in messages if m["topic"] == "pgbalancer/cluster/health")
     assert health["retain"] is True and health["payload"]["event"] == "cluster_health"
-    lines = runner("events", "--table", "--count", "1", "--topic", "pgbalancer/cluster/health")
+    health_topic = ("--count", "1", "--topic", "pgbalancer/cluster/health")
+    wait_for(
+        lambda: runner("events", "--json", *health_topic).json()["payload"]["backends_up"] == 3,
+        20,
+        message="a retained cluster health with every backend up",
+    )
+    lines = runner("events", "--table", *health_topic)
     assert lines.code == 0 and " pgbalancer/cluster/health cluster_health " in lines.stdout
+    # Why it was published (periodic, a health check) and which figures are measured yet (null) depend
+    # on timing.
+    check_golden(
+        "bctl_events_line",
+        lines.stdout,
+        also=lambda t: re.sub(r"reason=.*", "reason=R", t.replace(": null", ": N")),
+    )
     refused = runner(
         "events", "--count", "1", PGBALANCER_MQTT_USER="monitor", PGBALANCER_MQTT_PASSWORD="wrong"
     )
@@ -550,6 +605,20 @@ def test_zsh_completion_loads(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- node actions (private cluster)
 
 
+def watchdog_masks(masked: str) -> str:
+    """Which member leads and which one answered move from run to run: each member row's role
+    becomes ROLE, its "(this node)" mark goes, and the rows are sorted."""
+    lines = masked.splitlines()
+    members = [i for i, line in enumerate(lines) if line.startswith("│ N.N:N")]
+    rows = sorted(
+        re.sub(r"│ (leader|follower|candidate) │", "│ ROLE │", lines[i].replace(" (this node)", ""))
+        for i in members
+    )
+    for i, row in zip(members, rows, strict=True):
+        lines[i] = row
+    return "\n".join(lines) + "\n"
+
+
 def ha_node(cluster: LocalPgCluster, workdir: Path) -> BalancerProcess:
     return BalancerProcess.start(workdir, ha_settings(cluster, workdir))
 
@@ -574,12 +643,20 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         assert attached["action"] == "attach"
         wait_for(lambda: bctl("nodes", "2").json()["status"] == "up", 20, message="backend 2 up again")
         assert bctl("nodes", "2").json()["detached"] is False
+        # The same two actions as tables.
+        detach_table = bctl("--table", "node", "detach", "2", "--yes")
+        assert detach_table.code == 0 and bctl("nodes", "2").json()["detached"] is True
+        check_golden("bctl_node_detach", detach_table.stdout)
+        attach_table = bctl("--table", "node", "attach", "2", "--yes")
+        assert attach_table.code == 0
+        check_golden("bctl_node_attach", attach_table.stdout)
+        wait_for(lambda: bctl("nodes", "2").json()["status"] == "up", 20, message="backend 2 up again")
 
         epoch = bctl("status").json()["epoch"]
-        switched = bctl("switchover", "--to", "1", "--yes").json()
-        assert (
-            switched["action"] == "switchover" and switched["primary_id"] == 1 and switched["epoch"] > epoch
-        )
+        switched_table = bctl("--table", "switchover", "--to", "1", "--yes")
+        assert switched_table.code == 0, switched_table.stderr
+        check_golden("bctl_switchover", switched_table.stdout)
+        assert bctl("status").json()["epoch"] > epoch
         assert cluster.psql(cluster.nodes[1], "SELECT pg_is_in_recovery()") == "f"
         nodes = bctl("nodes").json()
         assert nodes["primary_id"] == 1 and nodes["nodes"][1]["role"] == "primary"
@@ -639,6 +716,7 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
             nodes, lambda: runner("--cluster", cluster, "--table", "watchdog-status")
         )
         assert table.code == 0 and leader in table.stdout and "members" in table.stdout
+        check_golden("bctl_watchdog_status", table.stdout, also=watchdog_masks)
 
         # A control command goes to the leader's API, whichever node is listed first.
         leader, reloaded = under_one_leader(
@@ -655,6 +733,16 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
         wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
         removed = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes").json()
         assert removed["removed"] == spare and spare not in removed["members"]
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 3, 15)
+        # The same two actions as tables.
+        add_table = runner("--table", "--cluster", cluster, "watchdog", "add", spare, "--yes")
+        assert add_table.code == 0, add_table.stderr
+        check_golden("bctl_watchdog_add", add_table.stdout)
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
+        remove_table = runner("--table", "--cluster", cluster, "watchdog", "remove", spare, "--yes")
+        assert remove_table.code == 0, remove_table.stderr
+        check_golden("bctl_watchdog_remove", remove_table.stdout)
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 3, 15)
         again = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes")
         assert again.code == 1 and "HTTP 404" in again.stderr
 
