@@ -25,7 +25,7 @@ import pytest
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
-from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
+from tests.integration.bctl_support import BCTL, BctlRunner, TmuxBctl, check_golden
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
 from tests.integration.test_watchdog_cluster import index_of, under_one_leader, wait_leader, watchdog_nodes
@@ -593,13 +593,71 @@ def test_bash_completion_loads_and_completes(tmp_path: Path) -> None:
     assert complete("bctl", "cache", "invalidate", "--t") == ["--table"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
-def test_zsh_completion_loads(tmp_path: Path) -> None:
+def test_zsh_completion_completes(tmp_path: Path) -> None:
+    """zsh (a required OS package) through its own bash layer: ``$_comps[bctl]`` runs as the widget
+    would, and the candidates it hands ``compadd`` are filtered by the typed prefix as compadd does."""
     script = BctlRunner(tmp_path / "home")("completion", "zsh")
+    assert script.code == 0
     path = tmp_path / "bctl.zsh"
     path.write_text(script.stdout)
-    done = subprocess.run(["zsh", "-c", f"source {path}; complete -p bctl"], capture_output=True, text=True)
-    assert done.returncode == 0 and "_bctl" in done.stdout
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        probe = f"""
+            source {path}
+            compadd() {{  # stands in for the builtin: print what it would offer for $PREFIX
+              while [[ $# -gt 0 && $1 != - ]]; do shift; done; shift
+              local word; for word in "$@"; do [[ $word == $PREFIX* ]] && print -r -- $word; done
+            }}
+            words=({line}); CURRENT={len(words)}; PREFIX=${{words[CURRENT]}}
+            ${{=_comps[bctl]}}
+        """
+        done = subprocess.run(["zsh", "-f", "-c", probe], capture_output=True, text=True, check=True)
+        assert done.stderr == ""
+        return sorted(done.stdout.split())
+
+    assert complete("bctl", "no") == ["node", "nodes"]
+    assert complete("bctl", "node", "") == sorted(
+        ["attach", "detach", "promote", "rejoin", "--help", "--json", "--table", "--verbose"]
+    )
+    assert complete("bctl", "--host", "h", "swi") == ["switchover"]
+    assert "--to" in complete("bctl", "--table", "switchover", "--")
+    assert complete("bctl", "completion", "") == ["--help", "bash", "zsh"]
+    assert complete("bctl", "watchdog", "re") == ["remove"]
+
+
+@pytest.mark.slow
+def test_zsh_completes_on_a_real_terminal(tmp_path: Path) -> None:
+    """An interactive zsh under tmux: Tab after ``bctl switc`` writes ``switchover``."""
+    home = tmp_path / "zhome"
+    home.mkdir()
+    script = BctlRunner(tmp_path / "home")("completion", "zsh")
+    (home / "bctl.zsh").write_text(script.stdout)
+    (home / ".zshrc").write_text(f"PS1='zsh> '\nsource {home / 'bctl.zsh'}\n")
+    tmux = ["tmux", "-L", f"bctl-zsh-{time.monotonic_ns()}"]
+    bin_dir = Path(BCTL).parent
+    shell = f"env -i HOME={home} ZDOTDIR={home} TERM=xterm PATH={bin_dir}:/usr/bin:/bin zsh -i"
+    subprocess.run([*tmux, "new-session", "-d", "-s", "z", "-x", "120", "-y", "20", shell], check=True)
+
+    def screen() -> str:
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "z"], capture_output=True, text=True, check=True
+        ).stdout
+
+    def shown(text: str) -> None:
+        try:
+            wait_for(lambda: text in screen(), 15, message=repr(text))
+        except TimeoutError as exc:
+            raise AssertionError(f"zsh never showed {text!r}:\n{screen()}") from exc
+
+    try:
+        shown("zsh>")  # capture-pane drops trailing blanks
+        subprocess.run([*tmux, "send-keys", "-t", "z", "bctl switc", "Tab"], check=True)
+        shown("zsh> bctl switchover")
+        subprocess.run([*tmux, "send-keys", "-t", "z", "C-u", "bctl node det", "Tab"], check=True)
+        shown("zsh> bctl node detach")
+    finally:
+        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
 
 
 # --------------------------------------------------------------------------- node actions (private cluster)
