@@ -563,6 +563,18 @@ def test_an_expired_token_is_refreshed_by_asking_on_a_terminal(node: BalancerPro
     assert claims["exp"] > time.time() + 3000
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_tables_are_the_default_on_a_terminal(bctl: BctlRunner) -> None:
+    terminal = TmuxBctl(bctl, "nodes")  # no --table, no --json
+    try:
+        shown = terminal.wait_for_screen("backends (primary 0", "┌", "└")
+        assert terminal.exit_code() == 0
+        assert re.search(r"│ +primary +│", shown) and '"nodes"' not in shown
+    finally:
+        terminal.close()
+
+
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
     result = bctl("top")
     assert result.code == 2 and "needs a terminal" in result.stderr
