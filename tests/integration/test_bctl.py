@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
 import re
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -506,6 +508,57 @@ def test_events_streams_the_retained_state(
         "events", "--count", "1", PGBALANCER_MQTT_USER="monitor", PGBALANCER_MQTT_PASSWORD="wrong"
     )
     assert refused.code == 1 and "refused" in refused.stderr
+
+    # A topic filter over several messages: the three retained backend statuses, nothing else.
+    nodes = runner("events", "--json", "--count", "3", "--topic", "pgbalancer/nodes/#")
+    statuses = [json.loads(line) for line in nodes.stdout.splitlines()]
+    assert nodes.code == 0 and len(statuses) == 3
+    assert all(m["topic"].startswith("pgbalancer/nodes/") for m in statuses)
+    assert sorted(m["topic"] for m in statuses) == [f"pgbalancer/nodes/{i}/status" for i in range(3)]
+
+
+@pytest.mark.slow
+def test_events_streams_an_event_as_it_happens(
+    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path
+) -> None:
+    events_node = balancer_factory(
+        mqtt_mode="embedded",
+        mqtt_port=free_tcp_port(),
+        mqtt_listen_addresses="127.0.0.1",
+        mqtt_allow_anonymous=True,
+    )
+    runner = BctlRunner(tmp_path / "home", api_base_url(events_node))
+    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    # 3 retained statuses first (proof that the subscription stands), then the live one.
+    stream = subprocess.Popen(
+        [BCTL, "events", "--json", "--count", "4", "--topic", "pgbalancer/nodes/#"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=runner.env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        retained = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        assert all(m["retain"] and m["payload"]["backend"]["detached"] is False for m in retained)
+        assert runner("node", "detach", "2", "--yes").json()["action"] == "detach"
+        live = json.loads(lines.get(timeout=30))
+        assert live["topic"] == "pgbalancer/nodes/2/status"
+        assert live["payload"]["event"] == "node_status" and live["payload"]["backend"]["detached"] is True
+        assert stream.wait(15) == 0
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()
+        stream_err = stream.stderr.read() if stream.stderr else ""
+    assert "Traceback" not in stream_err
+    assert runner("node", "attach", "2", "--yes").json()["action"] == "attach"
 
 
 def test_events_on_a_node_without_mqtt_exits_1(bctl: BctlRunner) -> None:
