@@ -152,6 +152,14 @@ def test_nodes_health_pools_ai_stats_and_config(
     assert settings["api_jwt_secret"] != JWT_SECRET  # redacted
 
 
+def test_host_and_port_flags_reach_the_node(node: BalancerProcess, bctl: BctlRunner) -> None:
+    port = api_base_url(node).rsplit(":", 1)[1]
+    dead = f"http://127.0.0.1:{free_tcp_port()}"  # the flags win over PGBALANCER_URL
+    result = bctl("--host", "127.0.0.1", "--port", port, "--verbose", "status", PGBALANCER_URL=dead)
+    assert result.json()["backends"] == {"up": 3, "total": 3}
+    assert f"> GET http://127.0.0.1:{port}/api/v1/status -> 200" in result.stderr
+
+
 def test_verbose_shows_requests_and_timing(bctl: BctlRunner) -> None:
     result = bctl("--verbose", "status", "--json")
     assert result.code == 0
@@ -299,7 +307,13 @@ def test_cache_stats_and_invalidate_on_a_caching_node(
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
-    for args in (["node", "detach", "1"], ["switchover", "--to", "1"], ["cache", "invalidate"]):
+    for args in (
+        ["node", "detach", "1"],
+        ["switchover", "--to", "1"],
+        ["cache", "invalidate"],
+        ["watchdog", "add", "127.0.0.1:7999"],
+        ["watchdog", "remove", "127.0.0.1:7999"],
+    ):
         result = bctl(*args)
         assert result.code == 2 and "without --yes" in result.stderr, result.stderr
     assert bctl("nodes", "1").json()["detached"] is False
@@ -317,6 +331,9 @@ def test_unreachable_host_exits_3(tmp_path: Path) -> None:
         "--host", "127.0.0.1", "--port", port, "login", "--user", "x", "--password-stdin", stdin="y"
     )
     assert login.code == 3
+    # Without any token bctl says so before it tries the network (exit 1, not 3).
+    anonymous = runner("--host", "127.0.0.1", "--port", port, "status")
+    assert anonymous.code == 1 and "not logged in: run `bctl login`" in anonymous.stderr
 
 
 def test_https_with_the_api_ca(balancer_factory: Callable[..., BalancerProcess], tmp_path: Path) -> None:
