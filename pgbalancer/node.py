@@ -115,6 +115,8 @@ class Node:
         self.api = self._api_service(config, worker)
         if self.api is not None:  # /api/v1/nodes/{id}/attach|detach|promote|recovery act through it
             self.api.state.operations = self.ha
+            if self.events is not None:  # /metrics exports the MQTT queue's and broker's counters
+                self.api.state.event_statistics = self.events.statistics
             if self.watchdog is not None:
                 self.api.state.watchdog = self.watchdog
                 self.api.state.quorum = self.watchdog.has_quorum

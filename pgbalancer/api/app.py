@@ -36,6 +36,7 @@ from pgbalancer.api.control import BackendOperations, NodeControl, WatchdogContr
 from pgbalancer.api.metrics import ApiMetrics
 from pgbalancer.api.openapi import API_PREFIX, MEMBER_ADDRESS_PATTERN, openapi_document
 from pgbalancer.api.ratelimit import LoginRateLimiter
+from pgbalancer.api.readiness import ReadinessProbe
 from pgbalancer.api.settings import ApiSettings
 from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, QueryRate
 from pgbalancer.api.tokens import TokenRejected, issue_token, verify_token
@@ -44,26 +45,18 @@ from pgbalancer.config import redacted_settings
 from pgbalancer.ha.planner import HaOperationError
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.figures import FiguresPeering
-from pgbalancer.proxy.netio import connect_tcp
 
 if TYPE_CHECKING:
+    from pgbalancer.events.service import EventStatistics
     from pgbalancer.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
 
 _POLL_INTERVAL: Final = 0.05  # pause watches the pools this often
-_PROBE_TIMEOUT: Final = 1.0  # /readyz's TCP probe of the backends
 _DEFAULT_PAUSE_TIMEOUT: Final = 30.0
 _MAX_PAUSE_TIMEOUT: Final = 60.0
 _MAX_BODY: Final = 64 * 1024
 _REALM: Final = 'Bearer realm="pgbalancer", Basic realm="pgbalancer"'
-# Features other issues are building: their endpoints exist and say so until then.
-PENDING_FEATURES: Final = {
-    "health_operations": (
-        "backend operations are not available until health checks are enabled (the failover engine is not "
-        "wired into this node yet)"
-    ),
-}
 
 _OPERATION_REFUSALS: Final = {"not_found": 404, "conflict": 409, "unavailable": 503}
 
@@ -111,15 +104,19 @@ class ApiState:
     settings: ApiSettings
     node: NodeInfo
     control: NodeControl | None = None
-    operations: BackendOperations | None = None  # the failover engine, once it is wired
-    quorum: Callable[[], bool] | None = None  # the watchdog's answer, once it exists
+    operations: BackendOperations | None = None  # the failover engine (a node always sets it)
+    quorum: Callable[[], bool] | None = None  # the watchdog's answer, when watchdog_nodes is set
     watchdog: WatchdogControl | None = None  # set when watchdog_nodes is set
     figures_source: FiguresPeering | None = None  # every worker's traffic figures; default: ours only
+    event_statistics: Callable[[], EventStatistics] | None = (
+        None  # the MQTT event service's, when it runs here
+    )
     events: ClusterEvents = field(default_factory=ClusterEvents)
     rate: QueryRate = field(default_factory=QueryRate)
     figures: FiguresPeering = field(init=False)
     metrics: ApiMetrics = field(init=False)
     limiter: LoginRateLimiter = field(init=False)
+    readiness: ReadinessProbe = field(default_factory=ReadinessProbe)  # /readyz's cached backend probe
 
     def __post_init__(self) -> None:
         self.figures = self.figures_source if self.figures_source is not None else FiguresPeering(self.proxy)
@@ -400,7 +397,7 @@ class _Routes:
         return json_response({"status": "ok", "uptime_seconds": round(uptime, 3)})
 
     async def readyz(self) -> Response:
-        reachable = await _reachable_backends(self.proxy)
+        reachable = await self.state.readiness.reachable(self.proxy.cluster_view)
         quorum = self._quorum()
         reasons = []
         if not reachable:
@@ -439,6 +436,7 @@ class _Routes:
         metrics = self.state.metrics
         metrics.collector.figures = await self.state.figures.gather()
         metrics.collector.watchdog = self.state.watchdog
+        metrics.collector.event_statistics = self.state.event_statistics
         # generate_latest runs without a checkpoint, so no other scrape can swap the figures meanwhile.
         return Response(generate_latest(metrics.registry), status=200, content_type=CONTENT_TYPE_LATEST)
 
@@ -506,19 +504,17 @@ class _Routes:
         except HaOperationError as exc:
             raise ApiError(_OPERATION_REFUSALS.get(exc.kind, 409), exc.kind, exc.message) from None
 
-    def _pending(self, feature: str) -> Callable[[], Awaitable[Response]]:
-        async def pending() -> Response:
-            raise ApiError(503, "not_available", PENDING_FEATURES[feature], feature=feature)
-
-        pending.__name__ = f"pending_{feature}"
-        return pending
-
     # ------------------------------------------------------------------ acting (admin)
 
     def _operations(self) -> BackendOperations:
         operations = self.state.operations
-        if operations is None:
-            raise ApiError(503, "not_available", PENDING_FEATURES["health_operations"], feature="failover")
+        if operations is None:  # only an API served outside a node (tests): every node wires its engine
+            raise ApiError(
+                503,
+                "not_available",
+                "this API runs without a pgbalancer node's failover engine, so it cannot attach, detach, "
+                "promote, rejoin or switch over; use the node's own API",
+            )
         return operations
 
     async def _run_operation(self, action: str, node_id: int) -> Response:
@@ -645,23 +641,3 @@ class _Routes:
         return json_response(
             {"invalidated_entries": removed, "tables": None if tables is None else sorted(tables)}
         )
-
-
-async def _reachable_backends(proxy: ProxyServer) -> list[int]:
-    """Backends the cluster view has up that accept a TCP connection now (probed concurrently)."""
-    reachable: list[int] = []
-
-    async def probe(node_id: int, host: str, port: int) -> None:
-        try:
-            sock = await connect_tcp(host, port, _PROBE_TIMEOUT)
-        except OSError:
-            return
-        sock.close()
-        reachable.append(node_id)
-
-    with trio.move_on_after(_PROBE_TIMEOUT + 0.5):
-        async with trio.open_nursery() as nursery:
-            for state in proxy.cluster_view:
-                if state.is_up:
-                    nursery.start_soon(probe, state.node_id, state.host, state.port)
-    return sorted(reachable)

@@ -1,8 +1,9 @@
 """What the REST API asks of the node and of the failover engine, as small interfaces.
 
 The node implements :class:`NodeControl` (reload exactly like SIGHUP, and report what changed); the
-failover engine, once it exists, implements :class:`BackendOperations`. The API depends only on
-these shapes, so it can be served (and tested) without the rest of the node.
+failover engine (``pgbalancer.health.controller.HaController``) implements
+:class:`BackendOperations`. The API depends only on these shapes, so it can be served (and tested)
+without the rest of the node.
 
 It must never: import the node (wiring is the top layer) or do any work itself.
 """

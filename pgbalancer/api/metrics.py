@@ -16,7 +16,7 @@ It must never: change the state it reads; put a secret in a label.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 import trio
@@ -38,6 +38,7 @@ from pgbalancer.api.snapshots import ClusterEvents, NodeInfo
 from pgbalancer.proxy.figures import NodeFigures, merge, read_figures
 
 if TYPE_CHECKING:
+    from pgbalancer.events.service import EventStatistics
     from pgbalancer.proxy.server import ProxyServer
 
 _POOL_LABELS: Final = ["backend", "database", "user"]
@@ -53,6 +54,8 @@ class ProxyCollector(Collector):
         self.events = events
         self.figures: NodeFigures | None = None  # set by GET /metrics just before each scrape
         self.watchdog: WatchdogControl | None = None  # the node's watchdog, when watchdog_nodes is set
+        # The MQTT event service's counters, on the process that runs it (mqtt_mode not off; worker 0).
+        self.event_statistics: Callable[[], EventStatistics] | None = None
 
     def _figures(self) -> NodeFigures:
         if self.figures is not None:
@@ -70,6 +73,7 @@ class ProxyCollector(Collector):
         yield from self._balancer()
         yield from self._cache(figures)
         yield from self._raft()
+        yield from self._mqtt()
 
     def _node(self, figures: NodeFigures) -> Iterator[Metric]:
         info = InfoMetricFamily("pgbalancer", "pgbalancer version and node identity")
@@ -230,10 +234,13 @@ class ProxyCollector(Collector):
             value=self.events.failovers,
         )
         changes = CounterMetricFamily(
-            "pgbalancer_cluster_view_changes", "Cluster view updates adopted, by reason", labels=["reason"]
+            "pgbalancer_cluster_view_changes",
+            "Cluster view updates adopted, by what changed: failover, epoch, membership, detach, status, "
+            "role or health",
+            labels=["reason"],
         )
-        for reason, count in sorted(self.events.view_changes.items()):
-            changes.add_metric([reason], count)
+        for change, count in self.events.view_changes.items():
+            changes.add_metric([str(change)], count)
         yield changes
 
     def _balancer(self) -> Iterator[Metric]:
@@ -323,6 +330,42 @@ class ProxyCollector(Collector):
         known = InfoMetricFamily("pgbalancer_raft_leader", "The Raft leader this node knows (empty: none)")
         known.add_metric([], {"leader": str(leader or "")})
         yield known
+
+    def _mqtt(self) -> Iterator[Metric]:
+        source = self.event_statistics
+        yield GaugeMetricFamily(
+            "pgbalancer_mqtt_enabled",
+            "1 when this process publishes MQTT events",
+            value=int(source is not None),
+        )
+        if source is None:
+            return
+        stats = source()
+        queue = stats.queue
+        for name, value, what in (
+            ("events_offered", queue.offered, "Events offered to the MQTT hand-off queue"),
+            ("events_dropped", queue.dropped, "Events dropped because the queue was full (MQTT side behind)"),
+            (
+                "events_delivered",
+                queue.delivered,
+                "Events handed to the broker or the external broker client",
+            ),
+            ("events_failed", queue.failed, "Events taken from the queue that could not be delivered"),
+            ("connections_refused", stats.connections_refused, "MQTT clients refused by the embedded broker"),
+            ("publishes_refused", stats.publishes_refused, "Client publishes refused (pgbalancer/# topics)"),
+            (
+                "slow_subscriber_skips",
+                stats.slow_subscriber_skips,
+                "Events not sent to a subscriber that is not reading",
+            ),
+        ):
+            yield CounterMetricFamily(f"pgbalancer_mqtt_{name}", what, value=value)
+        for name, value, what in (
+            ("event_queue_depth", queue.depth, "Events waiting in the hand-off queue now"),
+            ("event_queue_high_water", queue.high_water, "The most events that ever waited at once"),
+            ("event_queue_capacity", queue.capacity, "Events the queue holds before it drops"),
+        ):
+            yield GaugeMetricFamily(f"pgbalancer_mqtt_{name}", what, value=value)
 
 
 def _number(value: object) -> float:

@@ -1,9 +1,7 @@
 """The OpenAPI 3.0 description of the REST API, served at ``GET /api/v1/openapi.json``.
 
 It is the contract the schema-fuzzing test holds the implementation to: every route, every status
-it can answer and the exact shape of every JSON body. Endpoints of features other issues are still
-building (balancer, cache, watchdog, backend operations) are described with the 503 they answer
-today. Pure data: no I/O.
+it can answer and the exact shape of every JSON body. Pure data: no I/O.
 
 It must never: describe a field the API does not send, or leave out a status the API can answer.
 """
@@ -101,6 +99,7 @@ _NODE_FIELDS: Final[dict[str, Schema]] = {
     "checked_at": _nullable(_NUMBER),
     "queries_total": _COUNT,
     "traffic_share": _SHARE,
+    "read_share": _SHARE,
     "server_connections": _COUNT,
 }
 
@@ -416,18 +415,6 @@ def _operation(
     return operation
 
 
-def _pending(
-    summary: str, feature: str, *, role: str = "viewer", body: str | None = None, tag: str
-) -> Schema:
-    return _operation(
-        summary,
-        {"503": _error(f"Pending: {feature} is not built yet (the body names the feature)")},
-        role=role,
-        body=body,
-        tag=tag,
-    )
-
-
 def _node_action(verb: str, what: str) -> Schema:
     return _operation(
         what,
@@ -717,3 +704,33 @@ _DOCUMENT: Final[Schema] = {
 def openapi_document() -> Schema:
     """A fresh copy of the document (callers may not change the shared one)."""
     return copy.deepcopy(_DOCUMENT)
+
+
+_REF_PREFIX: Final = "#/components/schemas/"
+
+
+def component_json_schema(name: str) -> Schema:
+    """Component ``name`` as plain JSON Schema (draft 4), for validators that know no OpenAPI:
+    references inlined, OpenAPI 3.0's ``nullable`` turned into a ``null`` type (and enum member)."""
+    plain: Schema = _plain(SCHEMAS[name])
+    return plain
+
+
+def _plain(schema: object) -> Any:
+    if isinstance(schema, list):
+        return [_plain(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _plain(SCHEMAS[schema["$ref"].removeprefix(_REF_PREFIX)])
+    plain = {key: list(value) if key == "enum" else _plain(value) for key, value in schema.items()}
+    if "properties" in schema:  # a mapping of names to schemas, not a schema (a field may be "nullable")
+        plain["properties"] = {name: _plain(value) for name, value in schema["properties"].items()}
+    if plain.get("required") == []:  # draft 4 wants at least one name there
+        del plain["required"]
+    if plain.pop("nullable", False):
+        if "type" in plain:
+            plain["type"] = [plain["type"], "null"]
+        if "enum" in plain:
+            plain["enum"].append(None)
+    return plain

@@ -16,6 +16,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
@@ -82,6 +83,40 @@ class QueryRate:
         return round((total - start_total) / elapsed, 3) if elapsed > 0 else 0.0
 
 
+class ViewChange(StrEnum):
+    """What a cluster-view update changed: the fixed label set of the view-change counter. The
+    reason text that comes with an update (planner notes, probe errors, epoch numbers) differs with
+    every failover, so as a label it would make a new metric series each time; this set cannot grow."""
+
+    FAILOVER = "failover"  # another primary (a failover, switchover or promote)
+    EPOCH = "epoch"  # a new epoch with the same primary
+    MEMBERSHIP = "membership"  # backends added or removed
+    DETACH = "detach"  # an operator detached or attached a backend
+    STATUS = "status"  # a backend went up, down or into quarantine
+    ROLE = "role"  # a backend's role (primary/standby) was learned or changed
+    HEALTH = "health"  # only figures: health scores, lag, connections, probe times, weights
+
+
+def classify_view_change(old: ClusterView, new: ClusterView) -> ViewChange:
+    """The most significant thing that changed from ``old`` to ``new`` (pure)."""
+    if new.primary_id != old.primary_id:
+        return ViewChange.FAILOVER
+    if new.epoch != old.epoch:
+        return ViewChange.EPOCH
+    before = {state.node_id: state for state in old.backends}
+    after = {state.node_id: state for state in new.backends}
+    if before.keys() != after.keys():
+        return ViewChange.MEMBERSHIP
+    pairs = [(before[node_id], state) for node_id, state in after.items()]
+    if any(a.detached != b.detached for a, b in pairs):
+        return ViewChange.DETACH
+    if any(a.status != b.status for a, b in pairs):
+        return ViewChange.STATUS
+    if any(a.role != b.role for a, b in pairs):
+        return ViewChange.ROLE
+    return ViewChange.HEALTH
+
+
 @dataclass
 class _BackendHistory:
     checks: int = 0
@@ -98,13 +133,13 @@ class ClusterEvents:
 
     def __init__(self) -> None:
         self.failovers = 0  # changes of the primary (a new epoch with another primary_id)
-        self.view_changes: dict[str, int] = defaultdict(int)
+        self.view_changes: dict[ViewChange, int] = dict.fromkeys(ViewChange, 0)  # bounded: a fixed set
         self._backends: dict[int, _BackendHistory] = defaultdict(_BackendHistory)
 
     def __call__(
         self, old: ClusterView, new: ClusterView, reason: str, details: Mapping[str, object]
     ) -> None:
-        self.view_changes[reason or "unspecified"] += 1
+        self.view_changes[classify_view_change(old, new)] += 1
         if new.primary_id != old.primary_id:
             self.failovers += 1
         wall = time.time()
@@ -202,7 +237,18 @@ def format_lsn(lsn: int | None) -> str | None:
     return None if lsn is None else f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
 
 
-def backend_summary(proxy: ProxyServer, figures: NodeFigures, state: BackendState, clock: Clock) -> Json:
+def read_shares(proxy: ProxyServer) -> dict[int, float]:
+    """Each backend's share of the reads the balancer placed (its picks over all decisions, since
+    start; worker 0's balancer, as /ai/stats). A backend never picked is left out (share 0)."""
+    stats = proxy.router.statistics(trio.current_time())
+    if not stats.decisions:
+        return {}
+    return {node.node_id: round(node.picks / stats.decisions, 4) for node in stats.nodes}
+
+
+def backend_summary(
+    proxy: ProxyServer, figures: NodeFigures, state: BackendState, clock: Clock, shares: Mapping[int, float]
+) -> Json:
     totals = figures.totals_by_backend()
     all_queries = sum(c.query_count for c in totals.values())
     counters = totals.get(state.node_id, PoolCounters())
@@ -221,16 +267,17 @@ def backend_summary(proxy: ProxyServer, figures: NodeFigures, state: BackendStat
         "checked_at": clock.to_wall(state.checked_at),
         "queries_total": counters.query_count,
         "traffic_share": round(counters.query_count / all_queries, 4) if all_queries else 0.0,
+        "read_share": shares.get(state.node_id, 0.0),
         "server_connections": figures.server_connections_to(state.node_id),
     }
 
 
 def nodes(proxy: ProxyServer, figures: NodeFigures) -> Json:
-    view, clock = proxy.cluster_view, Clock.now()
+    view, clock, shares = proxy.cluster_view, Clock.now(), read_shares(proxy)
     return {
         "primary_id": view.primary_id,
         "epoch": view.epoch,
-        "nodes": [backend_summary(proxy, figures, state, clock) for state in view],
+        "nodes": [backend_summary(proxy, figures, state, clock, shares) for state in view],
     }
 
 
@@ -242,7 +289,7 @@ def node_detail(proxy: ProxyServer, figures: NodeFigures, node_id: int, events: 
     configured = next((b for b in proxy.config.backends if b.node_id == node_id), None)
     counters = figures.totals_by_backend().get(node_id, PoolCounters())
     return {
-        **backend_summary(proxy, figures, state, clock),
+        **backend_summary(proxy, figures, state, clock, read_shares(proxy)),
         "replay_lsn": format_lsn(state.replay_lsn),
         "backend_connections": state.connections,
         "backend_max_connections": state.max_connections,

@@ -30,13 +30,8 @@ class SampledCluster(NetCluster):
     sampler: HolderSampler
 
 
-def _skip_without_watchdog(cluster: NetCluster) -> None:
-    """Skip (naming the missing piece) on a build whose nodes have no watchdog at all yet."""
-    info = wait_for(lambda: _answer(cluster), timeout=30, message="node n1's REST API")
-    if info.get("error") == "not_available":
-        pytest.skip(
-            f"the watchdog is not wired into the node yet (GET /watchdog/info: {info.get('message')})"
-        )
+def _wait_for_the_api(cluster: NetCluster) -> None:
+    wait_for(lambda: _answer(cluster), timeout=30, message="node n1's REST API")
 
 
 def _answer(cluster: NetCluster) -> dict[str, object]:
@@ -50,7 +45,7 @@ def _answer(cluster: NetCluster) -> dict[str, object]:
 def cluster() -> Iterator[SampledCluster]:
     cluster = SampledCluster(extra_conf={"watchdog_lease": "2"})
     with cluster:
-        _skip_without_watchdog(cluster)
+        _wait_for_the_api(cluster)
         cluster.sampler = HolderSampler(cluster.lab, VIP, sorted(cluster.nodes)).start()  # type: ignore[arg-type]
         try:
             yield cluster

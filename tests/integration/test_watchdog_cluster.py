@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import jsonschema_rs
 import psycopg
 import pytest
 
+from pgbalancer.api.openapi import component_json_schema
 from pgbalancer.devtools import free_tcp_port, free_tcp_ports, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
@@ -100,10 +102,16 @@ def watchdog_nodes(cluster: PgClusterLike, root: Path, **overrides: Setting) -> 
         group.stop_all()
 
 
+# Every /watchdog/info body a test sees (elections, lost quorum, membership changes) must match the
+# spec's WatchdogInfo exactly: the schema fuzzing never runs against a node with a watchdog.
+WATCHDOG_INFO = jsonschema_rs.Draft4Validator(component_json_schema("WatchdogInfo"))
+
+
 def info(node: BalancerProcess) -> dict[str, Any]:
     response = httpx.get(f"{api_base_url(node)}/api/v1/watchdog/info", auth=ADMIN, timeout=5)
     response.raise_for_status()
     body: dict[str, Any] = response.json()
+    WATCHDOG_INFO.validate(body)
     return body
 
 

@@ -14,6 +14,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jsonschema_rs
@@ -29,15 +30,16 @@ from quart_trio import QuartTrio
 from pgbalancer.api import app as api_app
 from pgbalancer.api.app import ApiState, create_app
 from pgbalancer.api.control import ReloadOutcome
-from pgbalancer.api.openapi import API_PREFIX, openapi_document
+from pgbalancer.api.openapi import API_PREFIX, component_json_schema, openapi_document
 from pgbalancer.api.service import ApiService
 from pgbalancer.api.settings import load_api_settings
-from pgbalancer.api.snapshots import NodeInfo
+from pgbalancer.api.snapshots import ClusterEvents, NodeInfo, ViewChange, classify_view_change
 from pgbalancer.api.users import parse_api_users
 from pgbalancer.config import parse_config_text
 from pgbalancer.devtools import free_tcp_port
+from pgbalancer.events.service import EventService
 from pgbalancer.ha.planner import HaOperationError
-from pgbalancer.ha.view import BackendStatus
+from pgbalancer.ha.view import BackendRole, BackendStatus
 from pgbalancer.pgwire.auth import make_scram_verifier, md5_password_hash
 from pgbalancer.proxy.admin_commands import ADMIN_DATABASES
 from pgbalancer.proxy.server import ProxyServer
@@ -62,9 +64,9 @@ class FakeControl:
         return self.outcome
 
 
-def make_state(extra: str = "", control: FakeControl | None = None) -> ApiState:
+def make_state(extra: str = "", control: FakeControl | None = None, port0: int | None = None) -> ApiState:
     text = (
-        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {free_tcp_port()}\n"
+        f"backend_hostname0 = '127.0.0.1'\nbackend_port0 = {port0 or free_tcp_port()}\n"
         "backend_hostname1 = '127.0.0.1'\nbackend_port1 = 1\n"
         f"auth_type = trust\napi_jwt_secret = '{KEY}'\napi_login_rate_limit = 3\n{extra}"
     )
@@ -346,17 +348,21 @@ async def test_reload_reports_the_nodes_answer(state: ApiState, client: QuartCli
     assert "the running config was kept" in (await json_of(failed))["message"]
 
 
-async def test_pending_features_answer_503_naming_them(client: QuartClient) -> None:
+async def test_an_api_without_a_failover_engine_says_so_and_changes_nothing(
+    state: ApiState, client: QuartClient
+) -> None:
+    """Only an API served outside a node has no engine (every node wires its HaController)."""
+    assert state.operations is None
     headers = bearer(await login(client))
-    for method, path, feature in [
-        ("POST", "nodes/1/detach", "failover"),
-    ]:
-        url = f"{P}/{path}"
-        response = await (
-            client.get(url, headers=headers) if method == "GET" else client.post(url, headers=headers)
-        )
+    view = state.proxy.cluster_view
+    for path in ("nodes/1/detach", "nodes/1/promote"):
+        response = await client.post(f"{P}/{path}", headers=headers)
         assert response.status_code == 503, path
-        assert (await json_of(response))["feature"] == feature
+        body = await json_of(response)
+        assert body["error"] == "not_available" and "failover engine" in body["message"]
+    switchover = await client.post(f"{P}/control/switchover", headers=headers, json={"to": 1})
+    assert switchover.status_code == 503
+    assert state.proxy.cluster_view is view
     assert (await client.post(f"{P}/nodes/7/attach", headers=headers)).status_code == 404
 
 
@@ -387,6 +393,16 @@ async def test_ai_stats_show_what_the_balancer_learned(state: ApiState, client: 
     assert all(node["classes"][0]["class"] == str(point_read) for node in sampled)
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "pgbalancer_balancer_decisions_total 20.0" in metrics
+    listing = await json_of(await client.get(f"{P}/nodes", headers=basic("watcher", "watch-pw")))
+    read_shares = {node["node_id"]: node["read_share"] for node in listing["nodes"]}
+    assert read_shares == {node_id: round(node["picks"] / 20, 4) for node_id, node in nodes.items()}
+    detail = await json_of(await client.get(f"{P}/nodes/1", headers=basic("watcher", "watch-pw")))
+    assert detail["read_share"] == read_shares[1]
+
+
+async def test_read_share_is_zero_before_any_balanced_read(client: QuartClient) -> None:
+    listing = await json_of(await client.get(f"{P}/nodes", headers=basic("watcher", "watch-pw")))
+    assert [node["read_share"] for node in listing["nodes"]] == [0.0, 0.0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -475,6 +491,45 @@ async def test_switchover_takes_the_target_in_its_body(state: ApiState, client: 
     assert operations.calls == [("switchover", 0)]
 
 
+async def test_readyz_probes_each_backend_at_most_once_per_ttl(nursery: trio.Nursery) -> None:
+    """An open endpoint: 30 callers, concurrent or one after another, cost backend 0 one connection
+    while the answer is fresh; once it is stale, the next call probes again."""
+    accepted = 0
+
+    async def count(stream: trio.SocketStream) -> None:
+        nonlocal accepted
+        accepted += 1
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, count, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    state = make_state(port0=port)
+    client = create_app(state).test_client()
+    answers: list[int] = []
+
+    async def ready() -> None:
+        response = await client.get(f"{P}/readyz")
+        assert (await json_of(response))["reachable_backends"] == [0]
+        answers.append(response.status_code)
+
+    async with trio.open_nursery() as callers:
+        for _ in range(20):
+            callers.start_soon(ready)
+    for _ in range(10):
+        await ready()
+    assert answers == [200] * 30
+    with trio.fail_after(5):
+        while accepted < 1:
+            await trio.sleep(0.01)
+    assert state.readiness.rounds == 1 and accepted == 1
+    state.readiness.ttl = 0.0  # every answer is stale now
+    await ready()
+    assert state.readiness.rounds == 2
+    with trio.fail_after(5):
+        while accepted < 2:
+            await trio.sleep(0.01)
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -512,6 +567,72 @@ async def test_nodes_follow_the_cluster_view(state: ApiState, client: QuartClien
     metrics = await (await client.get("/metrics")).get_data(as_text=True)
     assert "pgbalancer_failovers_total 1.0" in metrics
     assert 'pgbalancer_backend_up{backend="1",host="127.0.0.1",port="1"} 0.0' in metrics
+
+
+def test_view_changes_are_counted_by_a_fixed_set_of_kinds() -> None:
+    """However many failovers, each with its own note text, the counter keeps the same seven series."""
+    view = make_state().proxy.cluster_view
+    one = view.backend(1)
+    cases = [
+        (view.with_primary(1), ViewChange.FAILOVER),
+        (dataclasses.replace(view, epoch=view.epoch + 1), ViewChange.EPOCH),
+        (dataclasses.replace(view, backends=view.backends[:1]), ViewChange.MEMBERSHIP),
+        (
+            view.with_backend(dataclasses.replace(one, detached=True, status=BackendStatus.DOWN)),
+            ViewChange.DETACH,
+        ),
+        (view.with_backend(dataclasses.replace(one, status=BackendStatus.DOWN)), ViewChange.STATUS),
+        (view.with_backend(dataclasses.replace(one, role=BackendRole.STANDBY)), ViewChange.ROLE),
+        (view.with_backend(dataclasses.replace(one, health_score=0.5, lag_bytes=7)), ViewChange.HEALTH),
+    ]
+    for new, kind in cases:
+        assert classify_view_change(view, new) is kind, kind
+    events = ClusterEvents()
+    for number in range(500):  # free-text reasons as the planner writes them: a new text every time
+        new = dataclasses.replace(view.with_primary(number % 2), epoch=number + 1)
+        events(view, new, f"primary {number} is down: connection refused (epoch {number + 1})", {})
+    assert set(events.view_changes) == set(ViewChange)
+    assert events.view_changes[ViewChange.FAILOVER] + events.view_changes[ViewChange.EPOCH] == 500
+
+
+async def test_view_change_metric_has_one_series_per_kind(state: ApiState, client: QuartClient) -> None:
+    view = state.proxy.cluster_view
+    for number in range(20):
+        state.proxy.update_cluster_view(
+            dataclasses.replace(view.with_primary(1 - number % 2), epoch=number + 1),
+            reason=f"failover {number}",
+        )
+    families = {
+        f.name: f
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+    }
+    samples = {s.labels["reason"]: s.value for s in families["pgbalancer_cluster_view_changes"].samples}
+    assert set(samples) == {str(kind) for kind in ViewChange}
+    assert samples["failover"] == 20 and samples["health"] == 0
+
+
+async def test_a_full_event_queues_drops_appear_in_metrics(state: ApiState, client: QuartClient) -> None:
+    """The MQTT hand-off is never drained here (no MQTT thread), so a queue of 2 fills and drops."""
+    before = {
+        f.name: f
+        for f in text_string_to_metric_families(await (await client.get("/metrics")).get_data(as_text=True))
+    }
+    assert before["pgbalancer_mqtt_enabled"].samples[0].value == 0
+    assert "pgbalancer_mqtt_events_dropped" not in before
+    events = EventService(state.proxy.config, state.proxy, capacity=2)
+    state.event_statistics = events.statistics
+    for _ in range(2):
+        events.publish_state("test")  # each: one status per backend (2) and the cluster health
+    text = await (await client.get("/metrics")).get_data(as_text=True)
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert values["pgbalancer_mqtt_enabled"] == 1
+    assert values["pgbalancer_mqtt_events_offered_total"] == 6
+    assert values["pgbalancer_mqtt_events_dropped_total"] == 4
+    assert values["pgbalancer_mqtt_events_delivered_total"] == 0
+    assert values["pgbalancer_mqtt_event_queue_depth"] == 2
+    assert values["pgbalancer_mqtt_event_queue_capacity"] == 2
+    assert values["pgbalancer_mqtt_event_queue_high_water"] == 2
+    assert values["pgbalancer_mqtt_connections_refused_total"] == 0  # no embedded broker started
 
 
 async def test_config_is_redacted(client: QuartClient) -> None:
@@ -563,6 +684,23 @@ def test_the_spec_references_resolve() -> None:
     text = json.dumps(spec)
     for name in set(re.findall(r"#/components/schemas/(\w+)", text)):
         assert name in spec["components"]["schemas"], name
+
+
+async def test_component_json_schemas_hold_the_live_bodies(client: QuartClient) -> None:
+    """component_json_schema is draft 4 (nullable as a null type, references inlined): the live
+    /nodes and /status bodies pass, and a body off the spec fails."""
+    headers = basic("watcher", "watch-pw")
+    for path, component in (("nodes", "NodeList"), ("status", "Status"), ("nodes/1", "NodeDetail")):
+        validator = jsonschema_rs.Draft4Validator(component_json_schema(component))
+        body = await json_of(await client.get(f"{P}/{path}", headers=headers))
+        validator.validate(body)
+        assert not validator.is_valid({**body, "unexpected": 1}), component
+    node_list = jsonschema_rs.Draft4Validator(component_json_schema("NodeList"))
+    assert node_list.is_valid({"primary_id": None, "epoch": 0, "nodes": []})
+    assert not node_list.is_valid({"primary_id": "0", "epoch": 0, "nodes": []})
+    listing = await json_of(await client.get(f"{P}/nodes", headers=headers))
+    listing["nodes"][0]["read_share"] = 1.5
+    assert not node_list.is_valid(listing)
 
 
 def _field_schema(component: str, field: str) -> dict[str, Any]:
