@@ -119,7 +119,13 @@ class TmuxBctl:
         return int(self.exit_file.read_text())
 
     def close(self) -> None:
-        subprocess.run([*self.tmux, "kill-server"], check=False, capture_output=True)
+        kill_tmux(self.name)
+
+
+def kill_tmux(name: str) -> None:
+    """Stop the private tmux server ``-L name`` and remove its socket (kill-server leaves it behind)."""
+    subprocess.run(["tmux", "-L", name, "kill-server"], check=False, capture_output=True)
+    (Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / name).unlink(missing_ok=True)
 
 
 def mask_table(text: str) -> str:

@@ -27,7 +27,7 @@ import pytest
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
-from tests.integration.bctl_support import BCTL, BctlRunner, TmuxBctl, check_golden
+from tests.integration.bctl_support import BCTL, BctlRunner, TmuxBctl, check_golden, kill_tmux
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
 from tests.integration.test_watchdog_cluster import index_of, under_one_leader, wait_leader, watchdog_nodes
@@ -716,7 +716,8 @@ def test_zsh_completes_on_a_real_terminal(tmp_path: Path) -> None:
     script = BctlRunner(tmp_path / "home")("completion", "zsh")
     (home / "bctl.zsh").write_text(script.stdout)
     (home / ".zshrc").write_text(f"PS1='zsh> '\nsource {home / 'bctl.zsh'}\n")
-    tmux = ["tmux", "-L", f"bctl-zsh-{time.monotonic_ns()}"]
+    name = f"bctl-zsh-{time.monotonic_ns()}"
+    tmux = ["tmux", "-L", name]
     bin_dir = Path(BCTL).parent
     shell = f"env -i HOME={home} ZDOTDIR={home} TERM=xterm PATH={bin_dir}:/usr/bin:/bin zsh -i"
     subprocess.run([*tmux, "new-session", "-d", "-s", "z", "-x", "120", "-y", "20", shell], check=True)
@@ -739,7 +740,7 @@ def test_zsh_completes_on_a_real_terminal(tmp_path: Path) -> None:
         subprocess.run([*tmux, "send-keys", "-t", "z", "C-u", "bctl node det", "Tab"], check=True)
         shown("zsh> bctl node detach")
     finally:
-        subprocess.run([*tmux, "kill-server"], check=False, capture_output=True)
+        kill_tmux(name)
 
 
 # --------------------------------------------------------------------------- node actions (private cluster)
