@@ -85,7 +85,8 @@ def _node_count(client: ApiClient) -> int:
 
 
 def pool_advice(args: argparse.Namespace, client: ApiClient, json_output: bool) -> int:
-    advice = advise(server_facts(args.dsn), balancer_facts(client, args.nodes))
+    balancer = balancer_facts(client, args.nodes)  # first: without a token, fail before any connection
+    advice = advise(server_facts(args.dsn), balancer)
     if json_output:
         sys.stdout.write(json.dumps(advice.as_json(), indent=2) + "\n")
     else:

@@ -67,9 +67,20 @@ def _confirm_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() alone accepts '²', which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _node_id(text: str) -> int:
-    if not text.isdigit():
+    if not _digits(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a backend id (a number, as in backend_hostnameN)")
+    return int(text)
+
+
+def _tcp_port(text: str) -> int:
+    if not _digits(text) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
     return int(text)
 
 
@@ -84,7 +95,7 @@ def _positive(text: str) -> float:
 
 
 def _count(text: str) -> int:
-    if not text.isdigit() or int(text) == 0:
+    if not _digits(text) or int(text) == 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
     return int(text)
 
@@ -101,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bctl {__version__}")
     where = parser.add_argument_group("connection")
     where.add_argument("--host", help="REST API host (default: PGBALANCER_URL's, else localhost)")
-    where.add_argument("--port", type=int, help="REST API port (default: PGBALANCER_URL's, else 8080)")
+    where.add_argument("--port", type=_tcp_port, help="REST API port (default: PGBALANCER_URL's, else 8080)")
     where.add_argument(
         "--cluster",
         metavar="H:P,...",
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--topic", default="pgbalancer/#", help="MQTT topic filter (default pgbalancer/#)")
     events.add_argument("--count", type=_count, help="stop after this many events")
     events.add_argument("--mqtt-host", help="broker host (default: the API node's host)")
-    events.add_argument("--mqtt-port", type=int, help="broker port (default: the node's mqtt_port)")
+    events.add_argument("--mqtt-port", type=_tcp_port, help="broker port (default: the node's mqtt_port)")
     events.add_argument(
         "--mqtt-user", help="broker user (default PGBALANCER_MQTT_USER; password PGBALANCER_MQTT_PASSWORD)"
     )

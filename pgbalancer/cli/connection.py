@@ -53,9 +53,25 @@ class Endpoint:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isdigit() alone accepts '²', which int() then refuses: ASCII digits only.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise CliError(f"{what}: {text!r} is not a TCP port (1-65535)", EXIT_USAGE)
     return int(text)
+
+
+def _plain_host(host: str) -> bool:
+    """A host name or address, not a URL, a path or user@host."""
+    return bool(host) and not any(c in host for c in "/@ ?#")
+
+
+def _ipv6(text: str) -> bool:
+    import ipaddress  # only for a --host with a colon
+
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_cluster(text: str, scheme: str = "http") -> tuple[Endpoint, ...]:
@@ -74,7 +90,7 @@ def parse_cluster(text: str, scheme: str = "http") -> tuple[Endpoint, ...]:
             host, colon, port_text = item.rpartition(":")
             if not colon:
                 host, port_text = item, str(DEFAULT_PORT)
-        if not host or any(c in host for c in "/@ ?#"):
+        if not _plain_host(host):
             raise CliError(
                 f"--cluster: {item!r} is not host:port; write it like 'db1:8080,db2:8080'", EXIT_USAGE
             )
@@ -100,9 +116,18 @@ def resolve_endpoints(
 ) -> tuple[Endpoint, ...]:
     """Flags first, then PGBALANCER_URL, then http://localhost:8080."""
     if cluster is not None:
-        if host is not None:
-            raise CliError("give either --cluster or --host, not both", EXIT_USAGE)
+        if host is not None or port is not None:
+            raise CliError(
+                "give either --cluster or --host/--port, not both (each --cluster entry has its own port)",
+                EXIT_USAGE,
+            )
         return parse_cluster(cluster)
+    if host is not None:
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if not _plain_host(host) or (":" in host and not _ipv6(host)):
+            raise CliError(
+                f"--host {host!r} is not a host name or address; e.g. --host db1 --port 8080", EXIT_USAGE
+            )
     base = (
         parse_url(env["PGBALANCER_URL"]) if env.get("PGBALANCER_URL") else Endpoint("http", "localhost", 8080)
     )

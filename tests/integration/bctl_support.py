@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,13 @@ class TmuxBctl:
         return int(self.exit_file.read_text())
 
     def close(self) -> None:
-        subprocess.run([*self.tmux, "kill-server"], check=False, capture_output=True)
+        kill_tmux(self.name)
+
+
+def kill_tmux(name: str) -> None:
+    """Stop the private tmux server ``-L name`` and remove its socket (kill-server leaves it behind)."""
+    subprocess.run(["tmux", "-L", name, "kill-server"], check=False, capture_output=True)
+    (Path(os.environ.get("TMUX_TMPDIR") or "/tmp") / f"tmux-{os.getuid()}" / name).unlink(missing_ok=True)
 
 
 def mask_table(text: str) -> str:
@@ -132,12 +139,17 @@ def mask_table(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines()).strip() + "\n"
 
 
-def check_golden(name: str, table_text: str) -> None:
-    """Compare with tests/golden/<name>.txt (UPDATE_GOLDEN=1 rewrites it)."""
+def check_golden(name: str, table_text: str, also: Callable[[str], str] | None = None) -> None:
+    """Compare with tests/golden/<name>.txt (UPDATE_GOLDEN=1 rewrites it); ``also`` masks further."""
     path = GOLDEN / f"{name}.txt"
     masked = mask_table(table_text)
+    if also is not None:
+        masked = also(masked)
     if os.environ.get("UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(masked)
     assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1 once and review it"
-    assert masked == path.read_text(), f"{name} table differs from {path}:\n{masked}"
+    assert masked == path.read_text(), (
+        f"{name} table differs from {path} (if the change is meant, e.g. a new config key, rerun with "
+        f"UPDATE_GOLDEN=1 and review `git diff tests/golden`):\n{masked}"
+    )

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import json
+import queue
+import re
 import shutil
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +27,7 @@ import pytest
 from pgbalancer.devtools import free_tcp_port, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgClusterLike
-from tests.integration.bctl_support import BctlRunner, TmuxBctl, check_golden
+from tests.integration.bctl_support import BCTL, BctlRunner, TmuxBctl, check_golden, kill_tmux
 from tests.integration.proxy_support import API_USERS, USERLIST, api_base_url, base_settings
 from tests.integration.test_failover import ha_settings
 from tests.integration.test_watchdog_cluster import index_of, under_one_leader, wait_leader, watchdog_nodes
@@ -149,6 +152,14 @@ def test_nodes_health_pools_ai_stats_and_config(
     assert settings["api_jwt_secret"] != JWT_SECRET  # redacted
 
 
+def test_host_and_port_flags_reach_the_node(node: BalancerProcess, bctl: BctlRunner) -> None:
+    port = api_base_url(node).rsplit(":", 1)[1]
+    dead = f"http://127.0.0.1:{free_tcp_port()}"  # the flags win over PGBALANCER_URL
+    result = bctl("--host", "127.0.0.1", "--port", port, "--verbose", "status", PGBALANCER_URL=dead)
+    assert result.json()["backends"] == {"up": 3, "total": 3}
+    assert f"> GET http://127.0.0.1:{port}/api/v1/status -> 200" in result.stderr
+
+
 def test_verbose_shows_requests_and_timing(bctl: BctlRunner) -> None:
     result = bctl("--verbose", "status", "--json")
     assert result.code == 0
@@ -157,28 +168,56 @@ def test_verbose_shows_requests_and_timing(bctl: BctlRunner) -> None:
 
 
 def test_tables_match_the_golden_files(
-    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path
+    balancer_factory: Callable[..., BalancerProcess], pg_cluster: PgClusterLike, tmp_path: Path
 ) -> None:
-    fresh = balancer_factory(health_check_period=1)
+    # load_balance_mode on (transaction pooling: the balancer picks per transaction), so the read
+    # balancer has a row per backend.
+    fresh = balancer_factory(health_check_period=1, load_balance_mode=True, pool_mode="transaction")
     runner = BctlRunner(tmp_path / "home", api_base_url(fresh))
-    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    login = runner("--table", "login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD)
+    assert login.code == 0 and runner.token_file.exists()
+    check_golden("bctl_login", login.stdout)
     wait_for(
-        lambda: runner("health").json()["backends"][0]["checks_observed"] > 0, 20, message="a health round"
+        lambda: all(b["checks_observed"] > 0 for b in runner("health").json()["backends"]),
+        20,
+        message="a health round on every backend",
     )
-    # One client holds one pool: (app, app_scram) on the primary (session mode, no balancing).
-    with psycopg.connect(fresh.dsn(USER, APP_DB, PASSWORD), autocommit=True) as client:
-        client.execute("SELECT 1").fetchone()
-        for name, args in {
-            "bctl_nodes": ["nodes"],
-            "bctl_node_detail": ["nodes", "2"],
-            "bctl_status": ["status"],
-            "bctl_pools": ["pools"],
-            "bctl_ai_stats": ["ai-stats"],
-        }.items():
+
+    def golden_tables(goldens: dict[str, list[str]]) -> None:
+        for name, args in goldens.items():
             result = runner("--table", *args)
             assert result.code == 0, result.stderr
             assert "┌" in result.stdout and "│" in result.stdout
             check_golden(name, result.stdout)
+
+    with psycopg.connect(fresh.dsn(USER, APP_DB, PASSWORD), autocommit=True) as client:
+        # First one pool, (app, app_scram), on the primary only (the hint keeps the balancer out).
+        client.execute("/* pgbalancer: primary */ SELECT 1").fetchone()
+        golden_tables(
+            {
+                "bctl_nodes": ["nodes"],
+                "bctl_node_detail": ["nodes", "0"],
+                "bctl_status": ["status"],
+                "bctl_pools": ["pools"],
+            }
+        )
+        # Then a balanced read: the balancer's table gets its per-backend rows.
+        client.execute("SELECT 1").fetchone()
+        assert len(runner("ai-stats").json()["nodes"]) == 3
+        golden_tables(
+            {
+                "bctl_ai_stats": ["ai-stats"],
+                "bctl_health": ["health"],
+                "bctl_pool_advice": ["pool-advice", "--dsn", pg_cluster.primary.dsn()],
+            }
+        )
+    # Wide enough that no path folds onto a second line, whatever the temporary directory's length.
+    config = runner("--table", "config", "show", COLUMNS="1000")
+    assert config.code == 0 and "api_jwt_secret" in config.stdout
+    check_golden("bctl_config_show", config.stdout)
+    logout = runner("--table", "logout")
+    assert logout.code == 0 and not runner.token_file.exists()
+    check_golden("bctl_logout", logout.stdout)
 
 
 # --------------------------------------------------------------------------- acting on the shared node
@@ -187,6 +226,9 @@ def test_tables_match_the_golden_files(
 def test_reload_pause_resume(bctl: BctlRunner) -> None:
     reloaded = bctl("reload").json()
     assert reloaded["reloaded"] is True and reloaded["changed"] == []
+    reload_table = bctl("--table", "reload")
+    assert reload_table.code == 0
+    check_golden("bctl_reload", reload_table.stdout)
     paused = bctl("pause", "--database", APP_DB, "--timeout", "5").json()
     assert paused["paused"] is True and paused["database"] == APP_DB
     assert bctl("status").json()["paused_databases"] == [APP_DB]
@@ -194,6 +236,13 @@ def test_reload_pause_resume(bctl: BctlRunner) -> None:
     assert twice.code == 1 and "not paused" in twice.stderr
     assert bctl("resume", "--database", APP_DB).json() == {"resumed": True, "database": APP_DB}
     assert bctl("status").json()["paused_databases"] == []
+    # The same actions as tables.
+    pause_table = bctl("--table", "pause", "--database", APP_DB, "--timeout", "5")
+    assert pause_table.code == 0 and bctl("status").json()["paused_databases"] == [APP_DB]
+    check_golden("bctl_pause", pause_table.stdout)
+    resume_table = bctl("--table", "resume", "--database", APP_DB)
+    assert resume_table.code == 0 and bctl("status").json()["paused_databases"] == []
+    check_golden("bctl_resume", resume_table.stdout)
 
 
 def test_features_off_on_this_node_say_so_with_exit_1(bctl: BctlRunner) -> None:
@@ -252,10 +301,19 @@ def test_cache_stats_and_invalidate_on_a_caching_node(
     after = runner("cache", "stats").json()
     assert after["entries"] == 0 and after["invalidations"] >= 1
     assert runner("cache", "invalidate", "--yes").json() == {"invalidated_entries": 0, "tables": None}
+    every = runner("--table", "cache", "invalidate", "--yes")
+    assert every.code == 0
+    check_golden("bctl_cache_invalidate", every.stdout)
 
 
 def test_actions_need_yes_without_a_terminal(bctl: BctlRunner) -> None:
-    for args in (["node", "detach", "1"], ["switchover", "--to", "1"], ["cache", "invalidate"]):
+    for args in (
+        ["node", "detach", "1"],
+        ["switchover", "--to", "1"],
+        ["cache", "invalidate"],
+        ["watchdog", "add", "127.0.0.1:7999"],
+        ["watchdog", "remove", "127.0.0.1:7999"],
+    ):
         result = bctl(*args)
         assert result.code == 2 and "without --yes" in result.stderr, result.stderr
     assert bctl("nodes", "1").json()["detached"] is False
@@ -273,6 +331,9 @@ def test_unreachable_host_exits_3(tmp_path: Path) -> None:
         "--host", "127.0.0.1", "--port", port, "login", "--user", "x", "--password-stdin", stdin="y"
     )
     assert login.code == 3
+    # Without any token bctl says so before it tries the network (exit 1, not 3).
+    anonymous = runner("--host", "127.0.0.1", "--port", port, "status")
+    assert anonymous.code == 1 and "not logged in: run `bctl login`" in anonymous.stderr
 
 
 def test_https_with_the_api_ca(balancer_factory: Callable[..., BalancerProcess], tmp_path: Path) -> None:
@@ -328,7 +389,8 @@ def test_unknown_node_id_exits_1(bctl: BctlRunner) -> None:
 
 
 @pytest.mark.parametrize(
-    "cluster", ["", "a:b", "db1:8080,,db2:8080", "db1:0", "db1:70000", "[::1:80", "http://x:80", "a b:80"]
+    "cluster",
+    ["", "a:b", "db1:8080,,db2:8080", "db1:0", "db1:70000", "[::1:80", "http://x:80", "a b:80", "db:²"],
 )
 def test_malformed_cluster_exits_2(tmp_path: Path, cluster: str) -> None:
     result = BctlRunner(tmp_path / "home")("--cluster", cluster, "status")
@@ -348,6 +410,10 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
         assert result.code == 2 and "usage: bctl" in result.stderr, args
     bad_url = runner("status", PGBALANCER_URL="ftp://x")
     assert bad_url.code == 2 and "PGBALANCER_URL" in bad_url.stderr
+    both = runner("--cluster", "db1:8080", "--port", "9090", "status")
+    assert both.code == 2 and "either --cluster or --host/--port" in both.stderr
+    slash = runner("--host", "a/b", "status")
+    assert slash.code == 2 and "--host 'a/b' is not a host name" in slash.stderr
 
 
 def test_cluster_skips_a_dead_node_and_acts_on_a_live_one(node: BalancerProcess, bctl: BctlRunner) -> None:
@@ -440,12 +506,76 @@ def test_events_streams_the_retained_state(
     assert "pgbalancer/cluster/health" in topics and "pgbalancer/nodes/0/status" in topics
     health = next(m for m in messages if m["topic"] == "pgbalancer/cluster/health")
     assert health["retain"] is True and health["payload"]["event"] == "cluster_health"
-    lines = runner("events", "--table", "--count", "1", "--topic", "pgbalancer/cluster/health")
+    health_topic = ("--count", "1", "--topic", "pgbalancer/cluster/health")
+    wait_for(
+        lambda: runner("events", "--json", *health_topic).json()["payload"]["backends_up"] == 3,
+        20,
+        message="a retained cluster health with every backend up",
+    )
+    lines = runner("events", "--table", *health_topic)
     assert lines.code == 0 and " pgbalancer/cluster/health cluster_health " in lines.stdout
+    # Why it was published (periodic, a health check) and which figures are measured yet (null) depend
+    # on timing.
+    check_golden(
+        "bctl_events_line",
+        lines.stdout,
+        also=lambda t: re.sub(r"reason=.*", "reason=R", t.replace(": null", ": N")),
+    )
     refused = runner(
         "events", "--count", "1", PGBALANCER_MQTT_USER="monitor", PGBALANCER_MQTT_PASSWORD="wrong"
     )
     assert refused.code == 1 and "refused" in refused.stderr
+
+    # A topic filter over several messages: the three retained backend statuses, nothing else.
+    nodes = runner("events", "--json", "--count", "3", "--topic", "pgbalancer/nodes/#")
+    statuses = [json.loads(line) for line in nodes.stdout.splitlines()]
+    assert nodes.code == 0 and len(statuses) == 3
+    assert all(m["topic"].startswith("pgbalancer/nodes/") for m in statuses)
+    assert sorted(m["topic"] for m in statuses) == [f"pgbalancer/nodes/{i}/status" for i in range(3)]
+
+
+@pytest.mark.slow
+def test_events_streams_an_event_as_it_happens(
+    balancer_factory: Callable[..., BalancerProcess], tmp_path: Path
+) -> None:
+    events_node = balancer_factory(
+        mqtt_mode="embedded",
+        mqtt_port=free_tcp_port(),
+        mqtt_listen_addresses="127.0.0.1",
+        mqtt_allow_anonymous=True,
+    )
+    runner = BctlRunner(tmp_path / "home", api_base_url(events_node))
+    assert runner("login", "--user", ADMIN, "--password-stdin", stdin=ADMIN_PASSWORD).code == 0
+    # 3 retained statuses first (proof that the subscription stands), then the live one.
+    stream = subprocess.Popen(
+        [BCTL, "events", "--json", "--count", "4", "--topic", "pgbalancer/nodes/#"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=runner.env(),
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        retained = [json.loads(lines.get(timeout=30)) for _ in range(3)]
+        assert all(m["retain"] and m["payload"]["backend"]["detached"] is False for m in retained)
+        assert runner("node", "detach", "2", "--yes").json()["action"] == "detach"
+        live = json.loads(lines.get(timeout=30))
+        assert live["topic"] == "pgbalancer/nodes/2/status"
+        assert live["payload"]["event"] == "node_status" and live["payload"]["backend"]["detached"] is True
+        assert stream.wait(15) == 0
+    finally:
+        if stream.poll() is None:
+            stream.kill()
+            stream.wait()
+        stream_err = stream.stderr.read() if stream.stderr else ""
+    assert "Traceback" not in stream_err
+    assert runner("node", "attach", "2", "--yes").json()["action"] == "attach"
 
 
 def test_events_on_a_node_without_mqtt_exits_1(bctl: BctlRunner) -> None:
@@ -503,6 +633,18 @@ def test_an_expired_token_is_refreshed_by_asking_on_a_terminal(node: BalancerPro
     assert claims["exp"] > time.time() + 3000
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make test installs it)")
+def test_tables_are_the_default_on_a_terminal(bctl: BctlRunner) -> None:
+    terminal = TmuxBctl(bctl, "nodes")  # no --table, no --json
+    try:
+        shown = terminal.wait_for_screen("backends (primary 0", "┌", "└")
+        assert terminal.exit_code() == 0
+        assert re.search(r"│ +primary +│", shown) and '"nodes"' not in shown
+    finally:
+        terminal.close()
+
+
 def test_top_without_a_terminal_exits_2(bctl: BctlRunner) -> None:
     result = bctl("top")
     assert result.code == 2 and "needs a terminal" in result.stderr
@@ -533,16 +675,89 @@ def test_bash_completion_loads_and_completes(tmp_path: Path) -> None:
     assert complete("bctl", "cache", "invalidate", "--t") == ["--table"]
 
 
-@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
-def test_zsh_completion_loads(tmp_path: Path) -> None:
+def test_zsh_completion_completes(tmp_path: Path) -> None:
+    """zsh (a required OS package) through its own bash layer: ``$_comps[bctl]`` runs as the widget
+    would, and the candidates it hands ``compadd`` are filtered by the typed prefix as compadd does."""
     script = BctlRunner(tmp_path / "home")("completion", "zsh")
+    assert script.code == 0
     path = tmp_path / "bctl.zsh"
     path.write_text(script.stdout)
-    done = subprocess.run(["zsh", "-c", f"source {path}; complete -p bctl"], capture_output=True, text=True)
-    assert done.returncode == 0 and "_bctl" in done.stdout
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(f"'{w}'" for w in words)
+        probe = f"""
+            source {path}
+            compadd() {{  # stands in for the builtin: print what it would offer for $PREFIX
+              while [[ $# -gt 0 && $1 != - ]]; do shift; done; shift
+              local word; for word in "$@"; do [[ $word == $PREFIX* ]] && print -r -- $word; done
+            }}
+            words=({line}); CURRENT={len(words)}; PREFIX=${{words[CURRENT]}}
+            ${{=_comps[bctl]}}
+        """
+        done = subprocess.run(["zsh", "-f", "-c", probe], capture_output=True, text=True, check=True)
+        assert done.stderr == ""
+        return sorted(done.stdout.split())
+
+    assert complete("bctl", "no") == ["node", "nodes"]
+    assert complete("bctl", "node", "") == sorted(
+        ["attach", "detach", "promote", "rejoin", "--help", "--json", "--table", "--verbose"]
+    )
+    assert complete("bctl", "--host", "h", "swi") == ["switchover"]
+    assert "--to" in complete("bctl", "--table", "switchover", "--")
+    assert complete("bctl", "completion", "") == ["--help", "bash", "zsh"]
+    assert complete("bctl", "watchdog", "re") == ["remove"]
+
+
+@pytest.mark.slow
+def test_zsh_completes_on_a_real_terminal(tmp_path: Path) -> None:
+    """An interactive zsh under tmux: Tab after ``bctl switc`` writes ``switchover``."""
+    home = tmp_path / "zhome"
+    home.mkdir()
+    script = BctlRunner(tmp_path / "home")("completion", "zsh")
+    (home / "bctl.zsh").write_text(script.stdout)
+    (home / ".zshrc").write_text(f"PS1='zsh> '\nsource {home / 'bctl.zsh'}\n")
+    name = f"bctl-zsh-{time.monotonic_ns()}"
+    tmux = ["tmux", "-L", name]
+    bin_dir = Path(BCTL).parent
+    shell = f"env -i HOME={home} ZDOTDIR={home} TERM=xterm PATH={bin_dir}:/usr/bin:/bin zsh -i"
+    subprocess.run([*tmux, "new-session", "-d", "-s", "z", "-x", "120", "-y", "20", shell], check=True)
+
+    def screen() -> str:
+        return subprocess.run(
+            [*tmux, "capture-pane", "-p", "-t", "z"], capture_output=True, text=True, check=True
+        ).stdout
+
+    def shown(text: str) -> None:
+        try:
+            wait_for(lambda: text in screen(), 15, message=repr(text))
+        except TimeoutError as exc:
+            raise AssertionError(f"zsh never showed {text!r}:\n{screen()}") from exc
+
+    try:
+        shown("zsh>")  # capture-pane drops trailing blanks
+        subprocess.run([*tmux, "send-keys", "-t", "z", "bctl switc", "Tab"], check=True)
+        shown("zsh> bctl switchover")
+        subprocess.run([*tmux, "send-keys", "-t", "z", "C-u", "bctl node det", "Tab"], check=True)
+        shown("zsh> bctl node detach")
+    finally:
+        kill_tmux(name)
 
 
 # --------------------------------------------------------------------------- node actions (private cluster)
+
+
+def watchdog_masks(masked: str) -> str:
+    """Which member leads and which one answered move from run to run: each member row's role
+    becomes ROLE, its "(this node)" mark goes, and the rows are sorted."""
+    lines = masked.splitlines()
+    members = [i for i, line in enumerate(lines) if line.startswith("│ N.N:N")]
+    rows = sorted(
+        re.sub(r"│ (leader|follower|candidate) │", "│ ROLE │", lines[i].replace(" (this node)", ""))
+        for i in members
+    )
+    for i, row in zip(members, rows, strict=True):
+        lines[i] = row
+    return "\n".join(lines) + "\n"
 
 
 def ha_node(cluster: LocalPgCluster, workdir: Path) -> BalancerProcess:
@@ -569,12 +784,20 @@ def test_detach_attach_switchover_and_rejoin_for_real(
         assert attached["action"] == "attach"
         wait_for(lambda: bctl("nodes", "2").json()["status"] == "up", 20, message="backend 2 up again")
         assert bctl("nodes", "2").json()["detached"] is False
+        # The same two actions as tables.
+        detach_table = bctl("--table", "node", "detach", "2", "--yes")
+        assert detach_table.code == 0 and bctl("nodes", "2").json()["detached"] is True
+        check_golden("bctl_node_detach", detach_table.stdout)
+        attach_table = bctl("--table", "node", "attach", "2", "--yes")
+        assert attach_table.code == 0
+        check_golden("bctl_node_attach", attach_table.stdout)
+        wait_for(lambda: bctl("nodes", "2").json()["status"] == "up", 20, message="backend 2 up again")
 
         epoch = bctl("status").json()["epoch"]
-        switched = bctl("switchover", "--to", "1", "--yes").json()
-        assert (
-            switched["action"] == "switchover" and switched["primary_id"] == 1 and switched["epoch"] > epoch
-        )
+        switched_table = bctl("--table", "switchover", "--to", "1", "--yes")
+        assert switched_table.code == 0, switched_table.stderr
+        check_golden("bctl_switchover", switched_table.stdout)
+        assert bctl("status").json()["epoch"] > epoch
         assert cluster.psql(cluster.nodes[1], "SELECT pg_is_in_recovery()") == "f"
         nodes = bctl("nodes").json()
         assert nodes["primary_id"] == 1 and nodes["nodes"][1]["role"] == "primary"
@@ -634,6 +857,7 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
             nodes, lambda: runner("--cluster", cluster, "--table", "watchdog-status")
         )
         assert table.code == 0 and leader in table.stdout and "members" in table.stdout
+        check_golden("bctl_watchdog_status", table.stdout, also=watchdog_masks)
 
         # A control command goes to the leader's API, whichever node is listed first.
         leader, reloaded = under_one_leader(
@@ -650,6 +874,16 @@ def test_cluster_follows_the_watchdog_leader(pg_cluster: PgClusterLike, tmp_path
         wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
         removed = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes").json()
         assert removed["removed"] == spare and spare not in removed["members"]
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 3, 15)
+        # The same two actions as tables.
+        add_table = runner("--table", "--cluster", cluster, "watchdog", "add", spare, "--yes")
+        assert add_table.code == 0, add_table.stderr
+        check_golden("bctl_watchdog_add", add_table.stdout)
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 4, 15)
+        remove_table = runner("--table", "--cluster", cluster, "watchdog", "remove", spare, "--yes")
+        assert remove_table.code == 0, remove_table.stderr
+        check_golden("bctl_watchdog_remove", remove_table.stdout)
+        wait_for(lambda: len(runner("--cluster", cluster, "watchdog-status").json()["nodes"]) == 3, 15)
         again = runner("--cluster", cluster, "watchdog", "remove", spare, "--yes")
         assert again.code == 1 and "HTTP 404" in again.stderr
 

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pgbalancer.cli.advice import BalancerFacts, PoolDemand, ServerFacts, advise
@@ -30,6 +30,7 @@ def test_cluster_lists_parse_in_order() -> None:
 
 
 @given(st.text(max_size=60))
+@example("a:²")  # str.isdigit() is true for '²', int() refuses it
 def test_cluster_parsing_never_fails_other_than_as_a_usage_error(text: str) -> None:
     try:
         endpoints = parse_cluster(text)
@@ -44,9 +45,16 @@ def test_endpoint_resolution_order() -> None:
     assert resolve_endpoints(None, None, None, env) == (Endpoint("https", "api.example", 9443),)
     assert resolve_endpoints("h", 1, None, env) == (Endpoint("https", "h", 1),)
     assert resolve_endpoints(None, None, None, {}) == (Endpoint("http", "localhost", 8080),)
-    with pytest.raises(CliError) as both:
-        resolve_endpoints("h", None, "a:1", {})
-    assert both.value.exit_code == EXIT_USAGE
+    assert resolve_endpoints("[::1]", 9, None, {}) == (Endpoint("http", "::1", 9),)
+    for host, port, cluster in (
+        ("h", None, "a:1"),
+        (None, 9, "a:1"),
+        ("a/b", None, None),
+        ("db1:80", None, None),
+    ):
+        with pytest.raises(CliError) as bad:
+            resolve_endpoints(host, port, cluster, {})
+        assert bad.value.exit_code == EXIT_USAGE
 
 
 def _token(claims: object) -> str:
@@ -131,3 +139,13 @@ def test_usage_errors_exit_2_and_version_exits_0(capsys: pytest.CaptureFixture[s
     assert main(["version"]) == 0 and "bctl" in capsys.readouterr().out
     assert main(["--cluster", "a:b", "status"]) == EXIT_USAGE
     assert "is not a TCP port" in capsys.readouterr().err
+    assert main(["--cluster", "db:²", "status"]) == EXIT_USAGE
+    assert "is not a TCP port" in capsys.readouterr().err
+    assert main(["--cluster", "db:1", "--port", "2", "status"]) == EXIT_USAGE
+    assert "not both" in capsys.readouterr().err
+    assert main(["--host", "a/b", "status"]) == EXIT_USAGE
+    assert "--host 'a/b' is not a host name" in capsys.readouterr().err
+    for args in (["nodes", "²"], ["events", "--count", "²"], ["--port", "²", "status"]):
+        with pytest.raises(SystemExit) as superscript:
+            main(args)
+        assert superscript.value.code == EXIT_USAGE
