@@ -7,7 +7,7 @@ thread, which is also how every test tears down.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -33,17 +33,17 @@ class Members:
         self.stores: dict[str, RaftClusterStore] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
 
-    def make(self, address: str, lease: float = 1.0) -> RaftClusterStore:
+    def make(self, address: str, lease: float = 1.0, secret: str = SECRET) -> RaftClusterStore:
         return RaftClusterStore(
             address,
             self.addresses,
-            secret=SECRET,
+            secret=secret,
             data_dir=self.root / address.replace(":", "_"),
             lease=lease,
         )
 
-    async def start(self, address: str, lease: float = 1.0) -> RaftClusterStore:
-        store = self.make(address, lease)
+    async def start(self, address: str, lease: float = 1.0, secret: str = SECRET) -> RaftClusterStore:
+        store = self.make(address, lease, secret)
         scope = trio.CancelScope()
 
         async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -144,6 +144,68 @@ async def test_a_member_alone_loses_quorum_and_its_lease(tmp_path: Path, apoll: 
         store.timings = type(store.timings)(write_timeout=0.5)
         with pytest.raises(NoQuorumError, match="no leader with a majority"):
             await store.vote(0, True)
+
+
+async def _stays(predicate: Callable[[], bool], seconds: float, message: str) -> None:
+    """Check ``predicate`` again and again for ``seconds``: a negative (nothing happens) needs a window."""
+    deadline = trio.current_time() + seconds
+    while trio.current_time() < deadline:
+        assert predicate(), message
+        await trio.sleep(0.05)
+
+
+async def test_a_member_with_another_secret_never_joins_the_two_that_share_one(
+    tmp_path: Path, apoll: AsyncPoll
+) -> None:
+    """watchdog_secret is pysyncobj's password: a member whose secret differs cannot read its peers'
+    messages nor they its own, so it never counts towards their quorum, never learns their leader
+    and never applies their writes, while the two that share the secret form a majority of three."""
+    async with members(tmp_path) as group:
+        outsider_address = group.addresses[2]
+        pair = [await group.start(address) for address in group.addresses[:2]]
+        outsider = await group.start(outsider_address, secret="another-secret")
+
+        def pair_elected() -> str | None:
+            leaders = {s.leader_id for s in pair}
+            return leaders.pop() if len(leaders) == 1 and all(s.has_quorum() for s in pair) else None
+
+        leader = await apoll(
+            pair_elected, timeout=15, message="the two members sharing a secret elect a leader"
+        )
+        assert leader in {s.self_id for s in pair}
+        assert await pair[0].commit_view(0, 0, 1, ())
+        generation = await pair[1].replicate_invalidation(None)
+        await apoll(
+            lambda: all(s.state.primary_id == 1 and s.applied_generation == generation for s in pair),
+            timeout=5,
+        )
+        # a window of several election timeouts (0.3-0.6 s): nothing it receives decrypts, so it never
+        # even counts as connected and never calls an election its peers could answer
+        await _stays(
+            lambda: (
+                outsider.leader_id is None and not outsider.has_quorum() and not outsider.state.initialized
+            ),
+            3.0,
+            "the member with another secret learned the leader or applied the pair's writes",
+        )
+        assert outsider.applied_generation == 0
+        outsider.timings = type(outsider.timings)(write_timeout=0.5)
+        with pytest.raises(NoQuorumError):
+            await outsider.vote(0, True)
+
+        # The control: the same member, restarted with the shared secret, joins and catches up at once.
+        await group.stop(outsider_address)
+        rejoined = await group.start(outsider_address)
+        await apoll(
+            lambda: (
+                rejoined.has_quorum()
+                and rejoined.leader_id in {s.self_id for s in pair}
+                and rejoined.state.primary_id == 1
+                and rejoined.applied_generation == generation
+            ),
+            timeout=15,
+            message="the member restarted with the shared secret joins and applies the pair's writes",
+        )
 
 
 async def test_term_vote_and_log_survive_a_restart(tmp_path: Path, apoll: AsyncPoll) -> None:
