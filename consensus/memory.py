@@ -137,18 +137,22 @@ class MemoryClusterStore(ClusterStore):
 
     def status(self, now: float) -> WatchdogStatus:
         leader = self.leader_id
+        # The fake knows everything, but reports only what a real member can know (RaftClusterStore
+        # .status): its own role, the leader's role and term; other peers' role and term are unknown.
+        own_role = RaftRole.LEADER if leader == self.self_id else RaftRole.FOLLOWER
         members = tuple(
             MemberStatus(
                 id=member,
                 address=member,
-                role=RaftRole.LEADER if member == leader else RaftRole.FOLLOWER,
+                role=own_role if own else RaftRole.LEADER if member == leader else RaftRole.UNKNOWN,
                 last_contact_s=0.0 if self.cluster.reachable(member) else None,
-                term=self.term,
-                commit_index=len(self.cluster.commands),
+                term=self.term if own or member == leader else None,
+                commit_index=len(self.cluster.commands) if own or own_role is RaftRole.LEADER else None,
                 holds_vip=self.cluster.stores[member].holds_vip if member in self.cluster.stores else False,
-                self=member == self.self_id,
+                self=own,
             )
             for member in self.members
+            for own in (member == self.self_id,)
         )
         return WatchdogStatus(
             self_id=self.self_id,

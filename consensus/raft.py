@@ -185,31 +185,38 @@ class RaftClusterStore(ClusterStore):
         return self.timings.leader_fallback_timeout + self.timings.vip_margin
 
     def status(self, now: float) -> WatchdogStatus:
+        """This member's view. Of a peer it reports only what this member knows (docs/watchdog.md):
+        the leader's role and term (a node that follows a leader is in the very term that leader
+        leads in: it adopted that term from the leader's appends, and drops the leader on any newer
+        term), when a Raft connection to it was last live, and, on the leader, its match index.
+        pysyncobj exposes no other peer's role or term, and a connection alone proves neither (a
+        connected peer may be campaigning in a newer term), so those are "unknown" and null."""
         obj = self._obj
         raw = _status_of(obj) if obj is not None else {}
-        leader = self.leader_id
         own_role = _STATE_NAMES.get(int(raw.get("state", -1)), RaftRole.UNKNOWN)
+        term = int(raw.get("raft_term", self.term))
         commit_index = int(raw.get("commit_idx", 0))
+        if "leader" in raw:  # the same snapshot as the term
+            leader = None if raw["leader"] is None else str(raw["leader"].id)
+        else:
+            leader = self.leader_id
         members = []
         for member in self.members:
             if member == self.self_id:
                 members.append(
-                    MemberStatus(member, member, own_role, 0.0, self.term, commit_index, self.holds_vip, True)
+                    MemberStatus(member, member, own_role, 0.0, term, commit_index, self.holds_vip, True)
                 )
                 continue
             seen = self._contact.get(member)
-            connected = seen is not None and now - seen <= _POLL_PERIOD * 2
-            role = (
-                RaftRole.LEADER if member == leader else RaftRole.FOLLOWER if connected else RaftRole.UNKNOWN
-            )
+            leads = member == leader
             match = raw.get(f"match_idx_server_{member}")
             members.append(
                 MemberStatus(
                     id=member,
                     address=member,
-                    role=role,
+                    role=RaftRole.LEADER if leads else RaftRole.UNKNOWN,
                     last_contact_s=None if seen is None else round(max(0.0, now - seen), 3),
-                    term=self.term if connected else None,
+                    term=term if leads else None,
                     commit_index=int(match) if match is not None and own_role is RaftRole.LEADER else None,
                     holds_vip=self.state.vip_holder == member,
                     self=False,
@@ -218,7 +225,7 @@ class RaftClusterStore(ClusterStore):
         return WatchdogStatus(
             self_id=self.self_id,
             leader=leader,
-            term=self.term,
+            term=term,
             commit_index=commit_index,
             quorum=self.has_quorum(),
             lease_valid=self.lease_valid(now),

@@ -56,7 +56,7 @@ class RaftRole(enum.StrEnum):
     LEADER = "leader"
     FOLLOWER = "follower"
     CANDIDATE = "candidate"
-    UNKNOWN = "unknown"  # a peer this member cannot see right now
+    UNKNOWN = "unknown"  # a peer whose role this member cannot know: any peer but the leader
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,11 @@ class LeaderChange:
 
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
-    """One watchdog member as this member sees it (peers' term and index are known only to the leader)."""
+    """One watchdog member as this member sees it: of a peer, only what this member can know.
+
+    ``role``/``term`` of a peer are known only for the leader (its term is this member's term);
+    any other peer's are ``UNKNOWN``/None. A peer's ``commit_index`` is its match index, on the
+    leader only."""
 
     id: str
     address: str

@@ -118,7 +118,16 @@ async def test_a_leader_is_elected_writes_replicate_and_a_new_leader_follows_a_s
         status = follower.status(trio.current_time())
         assert status.leader == leader and status.quorum and status.lease_valid
         assert {m.id for m in status.members} == set(group.addresses)
-        assert [m.role for m in status.members if m.id == leader] == ["leader"]
+        assert [(m.role, m.term) for m in status.members if m.id == leader] == [("leader", status.term)]
+        # the other follower: connected, but its role and term are not this member's to know
+        (other,) = (m for m in status.members if not m.self and m.id != leader)
+        assert (other.role, other.term, other.commit_index) == ("unknown", None, None)
+        assert other.last_contact_s is not None
+        led = group.stores[leader].status(trio.current_time())
+        peers = [m for m in led.members if not m.self]
+        assert all(m.role == "unknown" and m.term is None for m in peers)
+        if [m.role for m in led.members if m.self] == ["leader"]:  # still leading (the Raft thread moves on)
+            assert all(m.commit_index is not None for m in peers)  # its match index of each peer
 
         await group.stop(leader)
         new_leader = await _elected(group, apoll)
