@@ -175,13 +175,15 @@ class MemoryClusterStore(ClusterStore):
             raise ConsensusError(f"{address} is already a watchdog member")
         if not self.has_quorum():
             raise NoQuorumError("no majority reachable: membership cannot change now")
+        await self._write(ForgetMember(address))  # like the Raft store: it comes back with no votes
         self.cluster.member_ids = sorted([*self.cluster.member_ids, address])
 
-    async def remove_member(self, address: str) -> None:
+    async def remove_member(self, address: str) -> str | None:
         if address not in self.cluster.member_ids:
             raise ConsensusError(f"{address} is not a watchdog member (members: {', '.join(self.members)})")
         await self._write(ForgetMember(address))
         self.cluster.member_ids = [m for m in self.cluster.member_ids if m != address]
+        return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -59,6 +59,7 @@ from consensus.store import (
 log = logging.getLogger(__name__)
 
 _POLL_PERIOD = 0.05  # trio-side: lease and peer-contact bookkeeping
+_FORGET_RETRY = 0.1  # between attempts to clear a removed member's votes
 _STATE_NAMES = {0: RaftRole.FOLLOWER, 1: RaftRole.CANDIDATE, 2: RaftRole.LEADER}
 _FAILURES = {
     getattr(FAIL_REASON, name): name.lower().replace("_", " ")
@@ -387,10 +388,12 @@ class RaftClusterStore(ClusterStore):
         if address in self.members:
             raise ConsensusError(f"{address} is already a watchdog member")
         obj = self._require_obj()
+        # A former member comes back with no votes: clear any its removal could not (remove_member).
+        await self._write(ForgetMember(address))
         await self._call(lambda cb: obj.addNodeToCluster(address, callback=cb), f"adding member {address}")
         log.info("watchdog member %s added", address)
 
-    async def remove_member(self, address: str) -> None:
+    async def remove_member(self, address: str) -> str | None:
         _check_address(address)
         if address not in self.members:
             raise ConsensusError(f"{address} is not a watchdog member (members: {', '.join(self.members)})")
@@ -400,9 +403,31 @@ class RaftClusterStore(ClusterStore):
         await self._call(
             lambda cb: obj.removeNodeFromCluster(address, callback=cb), f"removing member {address}"
         )
-        await self._write(ForgetMember(address))
         self._contact.pop(address, None)
         log.info("watchdog member %s removed", address)
+        return await self._forget(address)
+
+    async def _forget(self, address: str) -> str | None:
+        """Clear a removed member's votes and VIP claim. The removal is committed by now, so failing
+        here must not make it look undone: retry for two write timeouts, then report it as a note.
+        What is left is harmless: only members' votes count, and add_member clears it first."""
+        failure: NoQuorumError | None = None
+        with trio.move_on_after(2 * self.timings.write_timeout):
+            while True:
+                try:
+                    await self._write(ForgetMember(address))
+                except NoQuorumError as exc:
+                    failure = exc
+                    await trio.sleep(_FORGET_RETRY)
+                else:
+                    return None
+        note = (
+            f"{address} is no longer a member, but its recorded votes could not be cleared yet "
+            f"({failure or 'no answer in time'}); they do not count (only members' votes do) and are "
+            "cleared if it is added again"
+        )
+        log.warning("watchdog member removal: %s", note)
+        return note
 
     def _require_obj(self) -> SyncObj:
         if self._obj is None:

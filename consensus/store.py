@@ -302,11 +302,14 @@ class ClusterStore(abc.ABC):
 
     @abc.abstractmethod
     async def add_member(self, address: str) -> None:
-        """Add a member ("host:port") to the cluster; it must be started with the new member list."""
+        """Add a member ("host:port") to the cluster, with no votes recorded for it; it must be
+        started with the new member list."""
 
     @abc.abstractmethod
-    async def remove_member(self, address: str) -> None:
-        """Remove a member; its votes stop counting."""
+    async def remove_member(self, address: str) -> str | None:
+        """Remove a member; its votes stop counting. Returns None when all is done, or a note for
+        the operator when the member is out but its recorded votes could not be cleared (they no
+        longer count, and ``add_member`` clears them before it comes back)."""
 
     # ---- lifetime
 

@@ -15,7 +15,8 @@ import pytest
 import trio
 
 from consensus import LeaderChange, NoQuorumError
-from consensus.raft import RaftClusterStore
+from consensus.raft import RaftClusterStore, RaftTimings
+from consensus.state import CastVote, Command, CommandResult, ForgetMember
 from pgbalancer.devtools import AsyncPoll, free_tcp_ports
 
 pytestmark = pytest.mark.slow
@@ -31,10 +32,11 @@ class Members:
         self.root = root
         self.nursery = nursery
         self.stores: dict[str, RaftClusterStore] = {}
+        self.store_class: type[RaftClusterStore] = RaftClusterStore
         self.scopes: dict[str, trio.CancelScope] = {}
 
     def make(self, address: str, lease: float = 1.0, secret: str = SECRET) -> RaftClusterStore:
-        return RaftClusterStore(
+        return self.store_class(
             address,
             self.addresses,
             secret=secret,
@@ -253,3 +255,56 @@ async def test_membership_grows_and_shrinks_at_runtime(tmp_path: Path, apoll: As
         await group.stores[leader].remove_member(third)
         await apoll(lambda: group.stores[leader].members == tuple(sorted(first_two)), timeout=5)
         assert group.stores[leader].down_votes(1) == 0
+
+
+class ForgetFails(RaftClusterStore):
+    """A fault shim for the one step a real cluster cannot be made to fail on cue: the ForgetMember
+    write right after a membership change committed (the leader lost between the two commits)."""
+
+    forget_failures = 0  # how many more ForgetMember writes fail
+
+    async def _write(self, command: Command) -> CommandResult:
+        if isinstance(command, ForgetMember) and self.forget_failures > 0:
+            self.forget_failures -= 1
+            raise NoQuorumError("injected: the leader was lost before the votes were cleared")
+        return await super()._write(command)
+
+
+async def test_a_removal_is_reported_done_once_committed_even_if_clearing_its_votes_fails(
+    tmp_path: Path, apoll: AsyncPoll
+) -> None:
+    async with members(tmp_path) as group:
+        group.store_class = ForgetFails
+        for address in group.addresses:
+            await group.start(address)
+        await _elected(group, apoll)
+        first, second, gone = group.addresses
+        remaining = tuple(sorted((first, second)))
+        await group.stores[gone].vote(1, True)
+        await group.stop(gone)  # removing a member that died is the usual case
+        store = group.stores[first]
+        assert isinstance(store, ForgetFails)
+        await apoll(lambda: store.state.voters(1) == {gone}, timeout=5)
+
+        # One failed attempt: retried, and the removal is done, votes and all.
+        store.forget_failures = 1
+        assert await store.remove_member(gone) is None
+        assert store.forget_failures == 0 and store.state.voters(1) == frozenset()
+        await apoll(lambda: store.members == remaining, timeout=5)
+
+        # Back as a member (never restarted), with a vote recorded for it again; then a removal whose
+        # clean-up never succeeds: still a removal, with a note, and the leftover vote does not count.
+        await store.add_member(gone)
+        await store._write(CastVote(gone, 1, True))
+        store.timings = RaftTimings(write_timeout=0.5)  # two write timeouts of retries: 1 s
+        store.forget_failures = 10**6
+        note = await store.remove_member(gone)
+        assert note is not None and f"{gone} is no longer a member" in note
+        assert "injected: the leader was lost" in note
+        await apoll(lambda: all(s.members == remaining for s in group.stores.values()), timeout=5)
+        assert store.state.voters(1) == {gone} and store.down_votes(1) == 0
+
+        # Adding it again clears what the failed removal left behind.
+        store.forget_failures = 0
+        await store.add_member(gone)
+        assert store.state.voters(1) == frozenset() and store.down_votes(1) == 0
