@@ -6,8 +6,10 @@ serves every repetition. A repetition waits until the nodes agree on a leader th
 VIP, SIGKILLs that node's pgbalancer process, and from the client namespace starts a new connection
 + ``SELECT 1`` to the VIP every ``--probe-interval`` seconds (each attempt on its own thread, libpq's
 minimum connect_timeout of 2 s). The figure is the time from the kill to the completion of the first
-attempt that succeeds. A second thread samples ``ip -n NS addr`` every 20 ms and records when the VIP
-appeared on the new leader and whether two nodes ever held it at once. The killed node is then
+attempt that succeeds. A second thread reads every node namespace's IPv4 addresses every 20 ms
+(``HolderSampler``: ioctl(SIOCGIFCONF) on a socket made inside each namespace, the same addresses
+``ip -n NS addr`` lists, without starting a process per look) and records when the VIP appeared on the
+new leader and whether two nodes ever held it at once. The killed node is then
 restarted and rejoins before the next repetition.
 
 It only touches the namespaces, processes and directories it creates, and removes them.

@@ -137,18 +137,22 @@ class MemoryClusterStore(ClusterStore):
 
     def status(self, now: float) -> WatchdogStatus:
         leader = self.leader_id
+        # The fake knows everything, but reports only what a real member can know (RaftClusterStore
+        # .status): its own role, the leader's role and term; other peers' role and term are unknown.
+        own_role = RaftRole.LEADER if leader == self.self_id else RaftRole.FOLLOWER
         members = tuple(
             MemberStatus(
                 id=member,
                 address=member,
-                role=RaftRole.LEADER if member == leader else RaftRole.FOLLOWER,
+                role=own_role if own else RaftRole.LEADER if member == leader else RaftRole.UNKNOWN,
                 last_contact_s=0.0 if self.cluster.reachable(member) else None,
-                term=self.term,
-                commit_index=len(self.cluster.commands),
+                term=self.term if own or member == leader else None,
+                commit_index=len(self.cluster.commands) if own or own_role is RaftRole.LEADER else None,
                 holds_vip=self.cluster.stores[member].holds_vip if member in self.cluster.stores else False,
-                self=member == self.self_id,
+                self=own,
             )
             for member in self.members
+            for own in (member == self.self_id,)
         )
         return WatchdogStatus(
             self_id=self.self_id,
@@ -171,13 +175,15 @@ class MemoryClusterStore(ClusterStore):
             raise ConsensusError(f"{address} is already a watchdog member")
         if not self.has_quorum():
             raise NoQuorumError("no majority reachable: membership cannot change now")
+        await self._write(ForgetMember(address))  # like the Raft store: it comes back with no votes
         self.cluster.member_ids = sorted([*self.cluster.member_ids, address])
 
-    async def remove_member(self, address: str) -> None:
+    async def remove_member(self, address: str) -> str | None:
         if address not in self.cluster.member_ids:
             raise ConsensusError(f"{address} is not a watchdog member (members: {', '.join(self.members)})")
         await self._write(ForgetMember(address))
         self.cluster.member_ids = [m for m in self.cluster.member_ids if m != address]
+        return None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

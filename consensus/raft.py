@@ -59,6 +59,7 @@ from consensus.store import (
 log = logging.getLogger(__name__)
 
 _POLL_PERIOD = 0.05  # trio-side: lease and peer-contact bookkeeping
+_FORGET_RETRY = 0.1  # between attempts to clear a removed member's votes
 _STATE_NAMES = {0: RaftRole.FOLLOWER, 1: RaftRole.CANDIDATE, 2: RaftRole.LEADER}
 _FAILURES = {
     getattr(FAIL_REASON, name): name.lower().replace("_", " ")
@@ -185,31 +186,38 @@ class RaftClusterStore(ClusterStore):
         return self.timings.leader_fallback_timeout + self.timings.vip_margin
 
     def status(self, now: float) -> WatchdogStatus:
+        """This member's view. Of a peer it reports only what this member knows (docs/watchdog.md):
+        the leader's role and term (a node that follows a leader is in the very term that leader
+        leads in: it adopted that term from the leader's appends, and drops the leader on any newer
+        term), when a Raft connection to it was last live, and, on the leader, its match index.
+        pysyncobj exposes no other peer's role or term, and a connection alone proves neither (a
+        connected peer may be campaigning in a newer term), so those are "unknown" and null."""
         obj = self._obj
         raw = _status_of(obj) if obj is not None else {}
-        leader = self.leader_id
         own_role = _STATE_NAMES.get(int(raw.get("state", -1)), RaftRole.UNKNOWN)
+        term = int(raw.get("raft_term", self.term))
         commit_index = int(raw.get("commit_idx", 0))
+        if "leader" in raw:  # the same snapshot as the term
+            leader = None if raw["leader"] is None else str(raw["leader"].id)
+        else:
+            leader = self.leader_id
         members = []
         for member in self.members:
             if member == self.self_id:
                 members.append(
-                    MemberStatus(member, member, own_role, 0.0, self.term, commit_index, self.holds_vip, True)
+                    MemberStatus(member, member, own_role, 0.0, term, commit_index, self.holds_vip, True)
                 )
                 continue
             seen = self._contact.get(member)
-            connected = seen is not None and now - seen <= _POLL_PERIOD * 2
-            role = (
-                RaftRole.LEADER if member == leader else RaftRole.FOLLOWER if connected else RaftRole.UNKNOWN
-            )
+            leads = member == leader
             match = raw.get(f"match_idx_server_{member}")
             members.append(
                 MemberStatus(
                     id=member,
                     address=member,
-                    role=role,
+                    role=RaftRole.LEADER if leads else RaftRole.UNKNOWN,
                     last_contact_s=None if seen is None else round(max(0.0, now - seen), 3),
-                    term=self.term if connected else None,
+                    term=term if leads else None,
                     commit_index=int(match) if match is not None and own_role is RaftRole.LEADER else None,
                     holds_vip=self.state.vip_holder == member,
                     self=False,
@@ -218,7 +226,7 @@ class RaftClusterStore(ClusterStore):
         return WatchdogStatus(
             self_id=self.self_id,
             leader=leader,
-            term=self.term,
+            term=term,
             commit_index=commit_index,
             quorum=self.has_quorum(),
             lease_valid=self.lease_valid(now),
@@ -380,10 +388,12 @@ class RaftClusterStore(ClusterStore):
         if address in self.members:
             raise ConsensusError(f"{address} is already a watchdog member")
         obj = self._require_obj()
+        # A former member comes back with no votes: clear any its removal could not (remove_member).
+        await self._write(ForgetMember(address))
         await self._call(lambda cb: obj.addNodeToCluster(address, callback=cb), f"adding member {address}")
         log.info("watchdog member %s added", address)
 
-    async def remove_member(self, address: str) -> None:
+    async def remove_member(self, address: str) -> str | None:
         _check_address(address)
         if address not in self.members:
             raise ConsensusError(f"{address} is not a watchdog member (members: {', '.join(self.members)})")
@@ -393,9 +403,31 @@ class RaftClusterStore(ClusterStore):
         await self._call(
             lambda cb: obj.removeNodeFromCluster(address, callback=cb), f"removing member {address}"
         )
-        await self._write(ForgetMember(address))
         self._contact.pop(address, None)
         log.info("watchdog member %s removed", address)
+        return await self._forget(address)
+
+    async def _forget(self, address: str) -> str | None:
+        """Clear a removed member's votes and VIP claim. The removal is committed by now, so failing
+        here must not make it look undone: retry for two write timeouts, then report it as a note.
+        What is left is harmless: only members' votes count, and add_member clears it first."""
+        failure: NoQuorumError | None = None
+        with trio.move_on_after(2 * self.timings.write_timeout):
+            while True:
+                try:
+                    await self._write(ForgetMember(address))
+                except NoQuorumError as exc:
+                    failure = exc
+                    await trio.sleep(_FORGET_RETRY)
+                else:
+                    return None
+        note = (
+            f"{address} is no longer a member, but its recorded votes could not be cleared yet "
+            f"({failure or 'no answer in time'}); they do not count (only members' votes do) and are "
+            "cleared if it is added again"
+        )
+        log.warning("watchdog member removal: %s", note)
+        return note
 
     def _require_obj(self) -> SyncObj:
         if self._obj is None:

@@ -56,7 +56,7 @@ class RaftRole(enum.StrEnum):
     LEADER = "leader"
     FOLLOWER = "follower"
     CANDIDATE = "candidate"
-    UNKNOWN = "unknown"  # a peer this member cannot see right now
+    UNKNOWN = "unknown"  # a peer whose role this member cannot know: any peer but the leader
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,11 @@ class LeaderChange:
 
 @dataclass(frozen=True, slots=True)
 class MemberStatus:
-    """One watchdog member as this member sees it (peers' term and index are known only to the leader)."""
+    """One watchdog member as this member sees it: of a peer, only what this member can know.
+
+    ``role``/``term`` of a peer are known only for the leader (its term is this member's term);
+    any other peer's are ``UNKNOWN``/None. A peer's ``commit_index`` is its match index, on the
+    leader only."""
 
     id: str
     address: str
@@ -298,11 +302,14 @@ class ClusterStore(abc.ABC):
 
     @abc.abstractmethod
     async def add_member(self, address: str) -> None:
-        """Add a member ("host:port") to the cluster; it must be started with the new member list."""
+        """Add a member ("host:port") to the cluster, with no votes recorded for it; it must be
+        started with the new member list."""
 
     @abc.abstractmethod
-    async def remove_member(self, address: str) -> None:
-        """Remove a member; its votes stop counting."""
+    async def remove_member(self, address: str) -> str | None:
+        """Remove a member; its votes stop counting. Returns None when all is done, or a note for
+        the operator when the member is out but its recorded votes could not be cleared (they no
+        longer count, and ``add_member`` clears them before it comes back)."""
 
     # ---- lifetime
 

@@ -354,7 +354,9 @@ SCHEMAS: Final[dict[str, Schema]] = {
     ),
     "WatchdogMemberRequest": _obj({"address": _MEMBER_ADDRESS}),
     "WatchdogMemberAdded": _obj({"added": _STRING, "members": _STRINGS}),
-    "WatchdogMemberRemoved": _obj({"removed": _STRING, "members": _STRINGS}),
+    "WatchdogMemberRemoved": _obj(
+        {"removed": _STRING, "members": _STRINGS, "notes": _STRINGS}, optional=("notes",)
+    ),
 }
 
 
@@ -541,7 +543,10 @@ def _paths() -> dict[str, Schema]:
             "delete": _operation(
                 "Remove a watchdog member",
                 {
-                    "200": ok(_ref("WatchdogMemberRemoved"), "Committed: the member left the cluster"),
+                    "200": ok(
+                        _ref("WatchdogMemberRemoved"),
+                        "Committed: the member left the cluster (notes: what was left to tidy up, harmless)",
+                    ),
                     "400": _error("The address is not host:port"),
                     "404": _error("Not a member"),
                     "409": _error("The member is this node, or a membership change is still in progress"),

@@ -251,8 +251,9 @@ class ProxyServer:
         try:
             return await self.acquire_primary(database, credentials)
         except QuorumLost as refusal:
-            if self.partition_gate is not None and self.partition_gate(False):
-                raise
+            read_refusal = self.partition_gate(False) if self.partition_gate is not None else None
+            if read_refusal is not None:  # partition_read_policy = refuse: say so, not just "writes"
+                raise QuorumLost(read_refusal) from None
             view = self.cluster_view
             for standby in (s for s in view.readable() if s.node_id != view.primary_id):
                 address = BackendAddress(standby.node_id, standby.host, standby.port)

@@ -298,13 +298,16 @@ class WatchdogService:
 
     async def remove_member(self, address: str) -> dict[str, object]:
         try:
-            await self.store.remove_member(address)
+            note = await self.store.remove_member(address)
         except NoQuorumError as exc:
             raise HaOperationError(str(exc), "unavailable") from exc
         except ConsensusError as exc:
             kind = "not_found" if "not a watchdog member" in str(exc) else "conflict"
             raise HaOperationError(str(exc), kind) from exc
-        return {"removed": address, "members": list(self.store.members)}
+        body: dict[str, object] = {"removed": address, "members": list(self.store.members)}
+        if note is not None:  # removed all the same: the note says what is left over
+            body["notes"] = [note]
+        return body
 
 
 def _others(config: Config, self_address: str) -> tuple[str, ...]:

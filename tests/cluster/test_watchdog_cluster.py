@@ -104,15 +104,19 @@ def test_a_leader_is_elected_holds_the_vip_alone_and_clients_query_through_it(
 
 
 def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster: SampledCluster) -> None:
+    """The bound here (5 s from SIGKILL to the first query through the VIP) is loose enough for a
+    loaded CI machine, where one run may also include a lost SYN's retransmission; the issue's 2 s
+    median is proven by bench/watchdog_failover over 10 runs (docs/benchmarks.md), not by this test."""
     old = cluster.wait_stable()
     others = [name for name in cluster.nodes if name != old]
     killed = time.monotonic()
     cluster.kill_node(old)
     wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
     recovered = time.monotonic() - killed
+    print(f"SIGKILL of {old} to the first query through the VIP: {recovered:.2f} s")
     new = cluster.wait_stable(names=others)
     assert new != old and cluster.vip_holders() == {new}
-    assert recovered < 10, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
+    assert recovered < 5, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
     assert _write_through_vip(cluster, "after sigkill") == 1
 
     cluster.start_node(old)
@@ -281,8 +285,11 @@ def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> No
     samples = cluster.sampler.samples
     assert len(samples) > 100, "the sampler did not run"
     gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
-    # a loaded 2-core machine may not schedule the thread for a while; beyond 2 s it proves little
-    assert max(gaps) < 2.0, f"the sampler stalled for {max(gaps):.2f}s"
+    print(f"{len(samples)} VIP samples, longest gap {max(gaps):.3f} s")
+    # samples every 50 ms; a gap of up to 0.5 s is scheduling noise on a loaded 2-core machine. With
+    # no longer gap, any two-holder window of 0.5 s or more is certainly seen (and shorter ones very
+    # likely); a stall of seconds could hide one entirely
+    assert max(gaps) < 0.5, f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide"
     holders = {holder for sample in samples for holder in sample.holders}
     assert len(holders) >= 2, f"the VIP never moved: {holders}"
     _no_two_holders(cluster)

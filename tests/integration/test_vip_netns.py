@@ -2,8 +2,9 @@
 
 Two nodes run :mod:`tests.integration.vip_child` (the real manager with the default ``ip`` and
 ``arping`` commands), each in its own namespace on a bridge, with a client namespace beside them.
-The test plays Raft by rewriting each node's leadership file, and checks with ``ip -n NS addr``
-(sampled every 50 ms) and the client's neighbour table what really happened.
+The test plays Raft by rewriting each node's leadership file, and checks with the namespaces' own
+address lists (``HolderSampler``: ioctl(SIOCGIFCONF) inside each namespace every 50 ms, what
+``ip -n NS addr`` shows) and the client's neighbour table what really happened.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ partitions are tests/cluster/'s job.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import jsonschema_rs
 import psycopg
@@ -311,6 +313,74 @@ def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike,
         assert all(body["commit_index"] >= committed["commit_index"] for body in after)
         assert {(body["epoch"], body["primary_id"]) for body in after} == {(committed["epoch"], 0)}
         wait_for(lambda: write_port(last) == pg_cluster.primary.port, timeout=10, retry_on=(psycopg.Error,))
+
+
+def login_error(node: BalancerProcess) -> asyncpg.PostgresError | None:
+    """The error a new client's login to ``node`` gets (None: it logged in)."""
+
+    async def login() -> asyncpg.PostgresError | None:
+        try:
+            conn = await asyncpg.connect(node.dsn_url(USER, APP_DB, PASSWORD), timeout=10)
+        except asyncpg.PostgresError as exc:
+            return exc
+        await conn.close()
+        return None
+
+    return asyncio.run(login())
+
+
+def read_port(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Run a read on ``conn``; the port of the PostgreSQL server that answered it."""
+    row = conn.execute("SELECT inet_server_port()").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def test_partition_read_policy_refuse_a_node_cut_off_from_its_peers_refuses_reads_too(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    """partition_read_policy = refuse end to end (stale is covered above): the two peers are frozen
+    (SIGSTOP), so the third is cut off from the Raft majority while PostgreSQL stays reachable: a
+    read it would serve gets 25006 naming the policy, on a held connection and for a new client;
+    once the peers run again it serves new clients' reads again."""
+    settings: dict[str, Setting] = {"load_balance_mode": True, "backend_weight0": 0}
+    with watchdog_nodes(pg_cluster, tmp_path, partition_read_policy="refuse", **settings) as group:
+        nodes = group.live()
+        wait_leader(nodes)
+        lone, *peers = nodes
+        standbys = {s.port for s in pg_cluster.standbys}
+        held = connect(lone)
+        assert read_port(held) in standbys  # with quorum the policy does not apply
+        try:
+            for peer in peers:
+                peer.process.send_signal(signal.SIGSTOP)
+            wait_for(lambda: not info(lone)["lease_valid"], timeout=15, retry_on=(httpx.HTTPError,))
+
+            def held_read_refused() -> psycopg.Error | None:
+                try:
+                    read_port(held)
+                except psycopg.Error as exc:
+                    return exc
+                return None
+
+            refusal = wait_for(held_read_refused, timeout=10, message="the cut-off node refuses reads")
+            assert refusal is not None and refusal.sqlstate == "25006", refusal
+            assert "refuses queries (partition_read_policy = refuse)" in str(refusal)
+            # a new client is refused at login (asyncpg: libpq keeps no SQLSTATE of a failed connect)
+            login = login_error(lone)
+            assert login is not None and login.sqlstate == "25006", login
+            assert "refuses queries (partition_read_policy = refuse)" in str(login)
+        finally:
+            for peer in peers:
+                peer.process.send_signal(signal.SIGCONT)
+        held.close()  # the refusal ended that session (FATAL), like the write refusal's
+        wait_for(lambda: info(lone)["lease_valid"], timeout=20, retry_on=(httpx.HTTPError,))
+
+        def new_client_read() -> int:
+            with connect(lone) as reader:
+                return read_port(reader)
+
+        assert wait_for(new_client_read, timeout=10, retry_on=(psycopg.Error,)) in standbys
 
 
 # --------------------------------------------------------------------------- quorum failover

@@ -67,3 +67,15 @@ async def test_membership_changes_move_the_quorum() -> None:
     await cluster.store("d:1").vote(0, True)
     await a.remove_member("d:1")
     assert a.quorum_size() == 2 and a.down_votes(0) == 0
+
+
+def test_status_reports_only_what_a_member_can_know_of_its_peers() -> None:
+    """Like the Raft store: a peer's role and term are known only for the leader; the leader alone
+    shows its peers' (match) index."""
+    cluster = MemoryCluster(MEMBERS)
+    a, b, _c = (cluster.store(m) for m in MEMBERS)
+    cluster.elect("a:1")
+    seen = {m.id: (m.role, m.term, m.commit_index) for m in b.status(0.0).members}
+    assert seen == {"a:1": ("leader", 1, None), "b:1": ("follower", 1, 0), "c:1": ("unknown", None, None)}
+    led = {m.id: (m.role, m.term, m.commit_index) for m in a.status(0.0).members}
+    assert led == {"a:1": ("leader", 1, 0), "b:1": ("unknown", None, 0), "c:1": ("unknown", None, 0)}

@@ -205,3 +205,36 @@ async def test_info_has_the_contract_shape_and_membership_errors_map_to_kinds() 
     with pytest.raises(HaOperationError) as caught:
         await a.remove_member("127.0.0.1:9999")
     assert caught.value.kind == "not_found"
+
+
+async def test_a_removal_whose_cleanup_failed_is_still_a_removal_with_a_note() -> None:
+    """The store reports the member out but its votes not cleared: the answer is a success that
+    carries the store's note, never a failure for a member that is already gone."""
+    cluster = MemoryCluster(MEMBERS)
+    a = service(cluster, MEMBERS[0])
+    cluster.elect(MEMBERS[0])
+    removed = await a.remove_member(MEMBERS[2])
+    assert removed == {"removed": MEMBERS[2], "members": list(MEMBERS[:2])}  # all done: no notes
+
+    store = cluster.store(MEMBERS[0])
+    note = "127.0.0.1:9003 is no longer a member, but its recorded votes could not be cleared yet"
+
+    async def removed_with_leftovers(address: str) -> str | None:
+        cluster.member_ids = [m for m in cluster.member_ids if m != address]
+        return note
+
+    await a.add_member(MEMBERS[2])
+    store.remove_member = removed_with_leftovers  # type: ignore[method-assign]
+    body = await a.remove_member(MEMBERS[2])
+    assert body == {"removed": MEMBERS[2], "members": list(MEMBERS[:2]), "notes": [note]}
+
+
+async def test_a_member_added_again_starts_without_the_votes_it_left_behind() -> None:
+    cluster = MemoryCluster(MEMBERS)
+    a, _b, c = (cluster.store(m) for m in MEMBERS)
+    cluster.elect(MEMBERS[0])
+    await c.vote(1, True)
+    cluster.member_ids = list(MEMBERS[:2])  # removed without its votes cleared (the note's case)
+    assert a.state.voters(1) == {MEMBERS[2]} and a.down_votes(1) == 0  # a non-member's vote never counts
+    await a.add_member(MEMBERS[2])
+    assert a.state.voters(1) == frozenset() and a.down_votes(1) == 0
