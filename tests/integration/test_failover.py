@@ -326,6 +326,50 @@ async def test_a_killed_standby_leaves_and_is_readded_when_it_returns(
         assert proxy.cluster_view.backend(2).role is BackendRole.STANDBY
 
 
+def read_ports(target: str, count: int) -> list[int]:
+    """``count`` reads on one connection through pgbalancer: the port of the server that answered each."""
+    with psycopg.connect(target, autocommit=True) as conn:
+        return [int(str(scalar(conn, "SELECT inet_server_port()"))) for _ in range(count)]
+
+
+def readable_ids(proxy: ProxyServer) -> list[int]:
+    return [s.node_id for s in proxy.cluster_view.readable()]
+
+
+async def test_a_standby_that_refuses_connections_costs_no_read_and_is_suspected_at_once(
+    pg_cluster_factory: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=2)
+    standby = cluster.standbys[1]
+    period = 30.0  # the next health round is far away: only the suspicion can take the standby out
+    settings = ha_settings(
+        cluster,
+        tmp_path,
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",  # every third read goes to the standby
+        health_check_period=period,
+    )
+    async with in_process_node(settings, tmp_path) as (proxy, _ha):
+        next_round_at = trio.current_time() + period  # a round has just run
+        target = node_dsn(proxy)
+        assert standby.port in await trio.to_thread.run_sync(read_ports, target, 6)
+        stopped_at = trio.current_time()
+        await trio.to_thread.run_sync(cluster.stop_node, standby, "immediate")
+
+        ports = await trio.to_thread.run_sync(read_ports, target, 20)  # raises if any read fails
+
+        assert len(ports) == 20 and standby.port not in ports
+        await wait_for_async(
+            lambda: proxy.cluster_view.backend(2).status is BackendStatus.DOWN,
+            timeout=10,
+            message="the refusing standby confirmed down by the re-probe",
+        )
+        assert trio.current_time() < next_round_at, "it waited for the periodic round"
+        assert trio.current_time() - stopped_at < period / 3
+        assert 2 not in readable_ids(proxy)
+        assert proxy.cluster_view.primary_id == 0 and proxy.cluster_view.epoch == 0
+
+
 async def test_bad_operations_give_clear_errors_and_change_nothing(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
