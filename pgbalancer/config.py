@@ -1012,7 +1012,11 @@ class Config:
         """Seconds between two probes of each backend. Shorter finds a dead primary sooner (1 gives
         failover in a second or two) at the cost of one connection per backend per period and worker;
         older setups used 30, which leaves writes failing for that long. A connection error seen by
-        a client session triggers a probe at once, whatever the period.""",
+        a client session triggers a probe at once, whatever the period. Bound: a backend that dies
+        leaves routing within health_check_period + health_check_max_retries x
+        health_check_retry_delay seconds when its port refuses connections (a host that does not
+        answer at all adds up to health_check_timeout per attempt), and sooner when a client's
+        connection to it fails first.""",
     )
     sr_check_period: float = _setting(
         0.5,

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import trio
 
-from pgbalancer.config import load_config
+from pgbalancer.config import Config, load_config
 from pgbalancer.devtools import free_tcp_port, wait_for, wait_for_async
 from pgbalancer.devtools.balancer import BalancerProcess, Setting, render_config
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgNode
@@ -194,13 +194,17 @@ def test_pg_terminate_backend_on_one_server_connection_does_not_fail_over(
 # --------------------------------------------------------------------------- an in-process node
 
 
+def load_config_from(settings: dict[str, Setting], workdir: Path) -> Config:
+    config_path = workdir / "pgbalancer.conf"
+    config_path.write_text(render_config(settings))
+    return load_config(config_path)
+
+
 @asynccontextmanager
 async def in_process_node(
     settings: dict[str, Setting], workdir: Path
 ) -> AsyncIterator[tuple[ProxyServer, HaController]]:
-    config_path = workdir / "pgbalancer.conf"
-    config_path.write_text(render_config(settings))
-    config = load_config(config_path)
+    config = load_config_from(settings, workdir)
     proxy = ProxyServer(config, load_userlist(config.auth_file))
     ha = HaController(config, proxy)
     proxy.ha = ha
@@ -303,27 +307,39 @@ async def test_kill_then_rejoin_brings_the_old_primary_back_as_a_standby_with_pg
         assert proxy.cluster_view.primary_id == 1
 
 
-async def test_a_killed_standby_leaves_and_is_readded_when_it_returns(
+async def test_a_killed_standby_loses_its_reads_within_a_period_and_regains_them_when_it_returns(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
     cluster = pg_cluster_factory(standbys=2)
     standby = cluster.standbys[1]
-    async with in_process_node(ha_settings(cluster, tmp_path), tmp_path) as (proxy, _ha):
-        assert 2 in [s.node_id for s in proxy.cluster_view.readable()]
+    settings = ha_settings(cluster, tmp_path, load_balance_mode=True, load_balance_algorithm="round_robin")
+    # The bound health_check_period documents for a backend that refuses connections, plus slack
+    # for a loaded test machine.
+    config = load_config_from(settings, tmp_path)
+    bound = (
+        config.health_check_period + config.health_check_max_retries * config.health_check_retry_delay + 3.0
+    )
+    async with in_process_node(settings, tmp_path) as (proxy, _ha):
+        target = node_dsn(proxy)
+        assert 2 in readable_ids(proxy)
+        assert standby.port in await trio.to_thread.run_sync(read_ports, target, 6)
+
         await trio.to_thread.run_sync(kill_postmaster, cluster, standby)
-        await wait_for_async(
-            lambda: 2 not in [s.node_id for s in proxy.cluster_view.readable()],
-            timeout=10,
-            message="standby out",
-        )
+        died_at = trio.current_time()
+        await wait_for_async(lambda: 2 not in readable_ids(proxy), timeout=bound, message="standby out")
+        assert trio.current_time() - died_at <= bound
         assert proxy.cluster_view.primary_id == 0 and proxy.cluster_view.epoch == 0
+        down_ports = await trio.to_thread.run_sync(read_ports, target, 20)
+        assert len(down_ports) == 20 and standby.port not in down_ports
+
         await trio.to_thread.run_sync(cluster.start_node, standby)
-        await wait_for_async(
-            lambda: 2 in [s.node_id for s in proxy.cluster_view.readable()],
-            timeout=15,
-            message="standby back",
-        )
+        await wait_for_async(lambda: 2 in readable_ids(proxy), timeout=15, message="standby back")
         assert proxy.cluster_view.backend(2).role is BackendRole.STANDBY
+
+        def its_reads_come_back() -> bool:
+            return wait_for(lambda: standby.port in read_ports(target, 6), timeout=15, message="its reads")
+
+        await trio.to_thread.run_sync(its_reads_come_back)
 
 
 def read_ports(target: str, count: int) -> list[int]:
