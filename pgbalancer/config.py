@@ -1074,7 +1074,9 @@ class Config:
         """on: a connection-level error on a server connection makes pgbalancer re-probe that backend
         at once (a standby is kept out of read routing meanwhile). Only a failed re-probe marks it down,
         so one killed connection (pg_terminate_backend) never causes a failover. off: errors are
-        ignored and only the periodic health check finds failures.""",
+        ignored and only the periodic health check finds failures; a write that cannot reach the
+        primary is then refused at once (08006) instead of waiting for a failover, so clients see
+        errors until the next health round fails over.""",
     )
     auto_failback: bool = _setting(
         True,
