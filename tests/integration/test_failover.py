@@ -282,6 +282,36 @@ async def test_switchover_loses_no_acknowledged_commit_and_rejoins_the_old_prima
         assert proxy.cluster_view.backend(0).status is BackendStatus.UP
 
 
+async def test_a_writer_s_broken_connection_fails_over_long_before_the_next_health_round(
+    pg_cluster_factory: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=2)
+    create_ledger(cluster)
+    period = 30.0  # only the suspicion's immediate re-probe can fail over within the test's bound
+    async with in_process_node(ha_settings(cluster, tmp_path, health_check_period=period), tmp_path) as (
+        proxy,
+        _ha,
+    ):
+        next_round_at = trio.current_time() + period  # a round has just run
+        writer = Writer(node_dsn(proxy))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, writer.run)
+            await wait_for_async(lambda: len(writer.acknowledged) > 20, timeout=20, message="writes flow")
+            await trio.to_thread.run_sync(kill_postmaster, cluster, cluster.primary)
+            killed_at = trio.current_time()
+            acknowledged_at_kill = len(writer.acknowledged)
+            await wait_for_async(
+                lambda: len(writer.acknowledged) > acknowledged_at_kill + 5,
+                timeout=20,
+                message="writes resume on the new primary",
+            )
+            resumed_after = trio.current_time() - killed_at
+            writer.stop.set()
+        assert resumed_after < 10, f"writes resumed {resumed_after:.1f}s after the kill"
+        assert trio.current_time() < next_round_at, "the periodic round did it, not the suspicion"
+        assert proxy.cluster_view.primary_id in (1, 2) and proxy.cluster_view.epoch == 1
+
+
 async def test_kill_then_rejoin_brings_the_old_primary_back_as_a_standby_with_pg_rewind(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
