@@ -24,6 +24,7 @@ import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -34,6 +35,7 @@ from pgbalancer.health.pgclient import AdminLogin, admin_session, fetch_rows, fe
 from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PROMOTE_WAIT = 30  # seconds pg_promote(), or the node promoted by failover_command, may take
 _HOOK_TIMEOUT = 120.0
@@ -337,7 +339,13 @@ class ActionExecutor:
         bindir = await self._bindir(primary)
         env = tool_environment(owner, self._login().password)
         await self._stop_if_running(bindir, data_dir, owner, env)
-        saved = await trio.to_thread.run_sync(_read_config_files, data_dir)
+        saved = await _file_step(
+            _read_config_files,
+            data_dir,
+            failed=f"could not read backend {node.node_id}'s configuration files in {data_dir}",
+            advice="check that the directory is readable by pgbalancer; nothing was changed (the node "
+            "is stopped: start it again, or fix this and rerun the rejoin)",
+        )
         await self.checkpoint(primary)
         method = "pg_rewind"
         rewind = await run_tool(
@@ -360,7 +368,16 @@ class ActionExecutor:
         if slot:
             await self.ensure_slot(primary, slot)
         saved = {**saved, AUTO_CONF: auto_conf.encode()}
-        await trio.to_thread.run_sync(_write_standby_files, data_dir, saved, owner)
+        await _file_step(
+            _write_standby_files,
+            data_dir,
+            saved,
+            owner,
+            failed=f"backend {node.node_id} was rebuilt with {method} but its standby settings could "
+            f"not be written to {data_dir}",
+            advice="check free space and permissions there, then rerun the rejoin (the node is stopped "
+            "and must not be started as it is: it would not follow the primary)",
+        )
         await self._start(bindir, data_dir, owner, env, node)
         return method
 
@@ -442,7 +459,15 @@ class ActionExecutor:
         template: str | None,
     ) -> None:
         backup = data_dir.with_name(data_dir.name + ".pgbalancer-old")
-        await trio.to_thread.run_sync(_set_aside, data_dir, backup, owner)
+        await _file_step(
+            _set_aside,
+            data_dir,
+            backup,
+            owner,
+            failed=f"pg_rewind failed and {data_dir} could not be set aside as {backup} to re-clone it",
+            advice=f"check free space and permissions in {data_dir.parent}; nothing was deleted (if "
+            f"{data_dir} is missing or empty, the old data directory is {backup}: move it back)",
+        )
         conninfo = self._conninfo_for(primary, "", template)
         clone = await run_tool(
             [
@@ -461,7 +486,14 @@ class ActionExecutor:
             timeout=_TOOL_TIMEOUT,
         )
         if clone.returncode != 0:
-            await trio.to_thread.run_sync(_put_back, data_dir, backup)
+            await _file_step(
+                _put_back,
+                data_dir,
+                backup,
+                failed=f"neither pg_rewind nor pg_basebackup could rebuild {data_dir} "
+                f"({_output_tail(clone)}), and the old data directory could not be put back",
+                advice=f"it is in {backup}: move it back to {data_dir} by hand",
+            )
             raise ActionFailed(
                 f"neither pg_rewind nor pg_basebackup could rebuild {data_dir}: {_output_tail(clone)}; "
                 "the old data directory was left as it was"
@@ -529,6 +561,15 @@ def _dirname(path: str | None) -> str | None:
 
 
 # Blocking file work, run in a worker thread (trio.to_thread) by the executor.
+
+
+async def _file_step(work: Callable[..., _T], *args: object, failed: str, advice: str) -> _T:
+    """``work(*args)`` in a worker thread; an OSError becomes ActionFailed saying what failed, what
+    state the node is left in and what to do (never an unexplained error for the API to report)."""
+    try:
+        return await trio.to_thread.run_sync(work, *args)
+    except OSError as exc:
+        raise ActionFailed(f"{failed}: {exc}; {advice}") from exc
 
 
 def _read_config_files(data_dir: Path) -> dict[str, bytes]:
