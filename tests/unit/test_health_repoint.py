@@ -6,62 +6,37 @@ The standby is a fake server session (a PgSocket answering simple queries from a
 
 from __future__ import annotations
 
-import struct
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import pytest
-import trio
 
 from pgbalancer.config import Config
 from pgbalancer.health.actions import ActionExecutor, ActionFailed, NodeInfo, repoint_refusal
 from pgbalancer.health.pgclient import AdminLogin
 from pgbalancer.pgwire import messages as pgmsg
-from pgbalancer.pgwire.framing import Message, MessageReader
+from pgbalancer.pgwire.framing import Message
 from pgbalancer.proxy.backend import ServerConnection
+from tests.unit.scripted_peer import ScriptedPeer, data_row
 
 
-def data_row(*values: str) -> bytes:
-    body = struct.pack("!h", len(values))
-    for value in values:
-        encoded = value.encode()
-        body += struct.pack("!i", len(encoded)) + encoded
-    return pgmsg.encode_message(b"D", body)
-
-
-class ScriptedServer:
-    """A PgSocket: each simple query gets the rows ``answers`` has for the first key it contains."""
-
-    peer = "fake:5432"
+class ScriptedServer(ScriptedPeer):
+    """A standby: each simple query gets the row ``answers`` has for the first key it contains."""
 
     def __init__(self, answers: dict[str, tuple[str, ...]]) -> None:
+        super().__init__()
         self.answers = answers
         self.queries: list[str] = []
-        self._reader = MessageReader()
-        self._pending = bytearray()
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._reader.receive_data(bytes(data))
-        while isinstance(message := self._reader.next_event(), Message):
-            if message.type == b"Q":
-                sql = message.body[:-1].decode()
-                self.queries.append(sql)
-                row = next((values for key, values in self.answers.items() if key in sql), None)
-                self._pending += data_row(*row) if row is not None else b""
-                self._pending += pgmsg.encode_message(b"C", b"OK\0") + pgmsg.ready_for_query(b"I")
-
-    async def recv_into(self, buffer: bytearray | memoryview) -> int:
-        await trio.lowlevel.checkpoint()
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        del self._pending[:size]
-        return size
-
-    def looks_idle_and_open(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
+    def respond(self, message: Message) -> None:
+        if message.type != b"Q":
+            return
+        sql = message.body[:-1].decode()
+        self.queries.append(sql)
+        row = next((values for key, values in self.answers.items() if key in sql), None)
+        if row is not None:
+            self.pending += data_row(*(value.encode() for value in row))
+        self.pending += pgmsg.encode_message(b"C", b"OK\0") + pgmsg.ready_for_query(b"I")
 
 
 def no_config() -> Config:
