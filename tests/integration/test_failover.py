@@ -71,8 +71,18 @@ def insert(conn: psycopg.Connection[tuple[object, ...]], note: str) -> int:
 
 
 def create_ledger(cluster: LocalPgCluster) -> None:
+    """The test table, on every node: the test cluster commits asynchronously, so a primary killed
+    right after the CREATE could take it with it."""
     cluster.psql(
         cluster.primary, "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text)", user=USER, dbname=APP_DB
+    )
+    wait_for(
+        lambda: all(
+            cluster.psql(node, "SELECT to_regclass('ledger') IS NOT NULL", dbname=APP_DB) == "t"
+            for node in cluster.standbys
+        ),
+        timeout=20,
+        message="the ledger table to reach every standby",
     )
 
 
@@ -211,7 +221,9 @@ async def in_process_node(
     async with trio.open_nursery() as nursery:
         await nursery.start(ha.run)
         await nursery.start(proxy.serve)
-        await ha.wait_round_started_after(trio.current_time())
+        started = trio.current_time()
+        ha.request_probe()  # that round now, not a whole health_check_period later
+        await ha.wait_round_started_after(started)
         try:
             yield proxy, ha
         finally:
@@ -282,6 +294,27 @@ async def test_switchover_loses_no_acknowledged_commit_and_rejoins_the_old_prima
         assert proxy.cluster_view.backend(0).status is BackendStatus.UP
 
 
+async def writes_resume_after_killing_the_primary(
+    cluster: LocalPgCluster, proxy: ProxyServer, writer: Writer
+) -> float:
+    """Seconds from the kill of the primary until the writer has 5 commits on the new primary."""
+    await wait_for_async(lambda: len(writer.acknowledged) > 20, timeout=20, message="writes flow")
+    killed_at = trio.current_time()
+    await trio.to_thread.run_sync(kill_postmaster, cluster, cluster.primary)
+    # An orphaned backend of the killed postmaster may still take a write or two: count the writes
+    # acknowledged once the view has moved (the old primary is fenced from then on).
+    await wait_for_async(
+        lambda: proxy.cluster_view.primary_id not in (None, 0), timeout=20, message="failover"
+    )
+    acknowledged_at_failover = len(writer.acknowledged)
+    await wait_for_async(
+        lambda: len(writer.acknowledged) > acknowledged_at_failover + 5,
+        timeout=20,
+        message="writes resume on the new primary",
+    )
+    return trio.current_time() - killed_at
+
+
 async def test_a_writer_s_broken_connection_fails_over_long_before_the_next_health_round(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
@@ -296,22 +329,12 @@ async def test_a_writer_s_broken_connection_fails_over_long_before_the_next_heal
         writer = Writer(node_dsn(proxy))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(trio.to_thread.run_sync, writer.run)
-            await wait_for_async(lambda: len(writer.acknowledged) > 20, timeout=20, message="writes flow")
-            await trio.to_thread.run_sync(kill_postmaster, cluster, cluster.primary)
-            killed_at = trio.current_time()
-            # An orphaned backend of the killed postmaster may still take a write or two: count the
-            # writes acknowledged once the view has moved (the old primary is fenced from then on).
-            await wait_for_async(
-                lambda: proxy.cluster_view.primary_id not in (None, 0), timeout=20, message="failover"
-            )
-            acknowledged_at_failover = len(writer.acknowledged)
-            await wait_for_async(
-                lambda: len(writer.acknowledged) > acknowledged_at_failover + 5,
-                timeout=20,
-                message="writes resume on the new primary",
-            )
-            resumed_after = trio.current_time() - killed_at
-            writer.stop.set()
+            try:
+                resumed_after = await writes_resume_after_killing_the_primary(cluster, proxy, writer)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; the writer's last errors: {writer.errors[-3:]}") from exc
+            finally:  # the writer thread cannot be cancelled: a failed wait must still end it
+                writer.stop.set()
         assert resumed_after < 10, f"writes resumed {resumed_after:.1f}s after the kill"
         assert trio.current_time() < next_round_at, "the periodic round did it, not the suspicion"
         assert proxy.cluster_view.primary_id in (1, 2) and proxy.cluster_view.epoch == 1
