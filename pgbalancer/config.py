@@ -1012,7 +1012,11 @@ class Config:
         """Seconds between two probes of each backend. Shorter finds a dead primary sooner (1 gives
         failover in a second or two) at the cost of one connection per backend per period and worker;
         older setups used 30, which leaves writes failing for that long. A connection error seen by
-        a client session triggers a probe at once, whatever the period.""",
+        a client session triggers a probe at once, whatever the period. Bound: a backend that dies
+        leaves routing within health_check_period + health_check_max_retries x
+        health_check_retry_delay seconds when its port refuses connections (a host that does not
+        answer at all adds up to health_check_timeout per attempt), and sooner when a client's
+        connection to it fails first.""",
     )
     sr_check_period: float = _setting(
         0.5,
@@ -1070,7 +1074,9 @@ class Config:
         """on: a connection-level error on a server connection makes pgbalancer re-probe that backend
         at once (a standby is kept out of read routing meanwhile). Only a failed re-probe marks it down,
         so one killed connection (pg_terminate_backend) never causes a failover. off: errors are
-        ignored and only the periodic health check finds failures.""",
+        ignored and only the periodic health check finds failures; a write that cannot reach the
+        primary is then refused at once (08006) instead of waiting for a failover, so clients see
+        errors until the next health round fails over.""",
     )
     auto_failback: bool = _setting(
         True,

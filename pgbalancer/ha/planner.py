@@ -214,7 +214,7 @@ def plan_suspicion(view: ClusterView, node_ids: Iterable[int], policy: HaPolicy)
         if node_id == view.primary_id:
             notes.append(f"primary {node_id} suspected after a connection error: re-probing it now")
         elif state.status is BackendStatus.UP:
-            view = view.with_backend(replace(state, status=BackendStatus.QUARANTINED))
+            view = view.quarantined(node_id)
             notes.append(f"backend {node_id} quarantined after a connection error: re-probing it now")
     if not suspects:
         return Plan(view)

@@ -97,6 +97,13 @@ class ClusterView:
             self, backends=tuple(state if s.node_id == state.node_id else s for s in self.backends)
         )
 
+    def quarantined(self, node_id: int) -> ClusterView:
+        """A new view where an up ``node_id`` takes no new traffic until a re-probe decides."""
+        state = self.backend(node_id)
+        if state.status is not BackendStatus.UP:
+            return self
+        return self.with_backend(replace(state, status=BackendStatus.QUARANTINED))
+
     def with_positions(self, positions: Mapping[int, int]) -> ClusterView:
         """A new view with freshly read WAL positions (``node_id`` -> replay LSN, or the current LSN
         for the primary); a standby's lag in bytes follows when the primary's position was read in

@@ -22,8 +22,10 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
@@ -31,9 +33,10 @@ from pgbalancer.config import BackendConfig, Config
 from pgbalancer.health.checker import ProbeFailed, probe_once
 from pgbalancer.health.conninfo import render_conninfo, retarget
 from pgbalancer.health.pgclient import AdminLogin, admin_session, fetch_rows, fetch_value, sql_literal
-from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerError
+from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerConnection, ServerError
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 PROMOTE_WAIT = 30  # seconds pg_promote(), or the node promoted by failover_command, may take
 _HOOK_TIMEOUT = 120.0
@@ -112,6 +115,30 @@ def substitute_command(template: str, values: Mapping[str, str]) -> str:
     return "".join(out)
 
 
+# PostgreSQL 13 made primary_conninfo reloadable; before it a standby keeps streaming from where
+# it started until it is restarted, so ALTER SYSTEM + reload would only seem to have worked.
+LIVE_PRIMARY_CONNINFO_VERSION = 130000
+
+
+def repoint_refusal(node_id: int, server_version_num: str | None) -> str | None:
+    """Why backend ``node_id`` cannot be re-pointed with ALTER SYSTEM + reload, or None when it can."""
+    if server_version_num is None or not server_version_num.isdigit():
+        return (
+            f"backend {node_id} did not report server_version_num ({server_version_num!r}), so pgbalancer "
+            "cannot tell whether a reload applies primary_conninfo; point it at the new primary yourself"
+        )
+    version = int(server_version_num)
+    if version >= LIVE_PRIMARY_CONNINFO_VERSION:
+        return None
+    major = str(version // 10000) if version >= 100000 else f"{version // 10000}.{version // 100 % 100}"
+    return (
+        f"backend {node_id} runs PostgreSQL {major} (server_version_num {version}): a reload applies a "
+        "new primary_conninfo only from PostgreSQL 13 on, so pgbalancer did not re-point it. Set "
+        "follow_primary_command to a script that points it at the new primary and restarts it, or "
+        "upgrade it to PostgreSQL 13 or later"
+    )
+
+
 # --------------------------------------------------------------------------- running tools
 
 
@@ -187,6 +214,10 @@ class ActionExecutor:
         self._config = config
         self._login = login
 
+    def _session(self, node: NodeInfo) -> AbstractAsyncContextManager[ServerConnection]:
+        """A session on ``node`` as health_check_user (tests replace it with a fake server)."""
+        return admin_session(node.address, self._login())
+
     # ---- promotion
 
     async def promote(self, node: NodeInfo, old_primary: NodeInfo | None) -> str:
@@ -199,7 +230,7 @@ class ActionExecutor:
             return "failover_command"
         try:
             with trio.fail_after(PROMOTE_WAIT + self._login().timeout):
-                async with admin_session(node.address, self._login()) as server:
+                async with self._session(node) as server:
                     promoted = await fetch_value(server, f"SELECT pg_promote(true, {PROMOTE_WAIT})")
         except (BackendUnavailable, ServerError, OSError, trio.TooSlowError) as exc:
             raise ActionFailed(f"pg_promote() on backend {node.node_id} failed: {exc}") from exc
@@ -243,10 +274,14 @@ class ActionExecutor:
 
     async def repoint(self, standby: NodeInfo, primary: NodeInfo, *, template: str | None = None) -> None:
         """ALTER SYSTEM SET primary_conninfo (its other settings kept) + reload; the slot it names is
-        created on the primary first, or the standby could not stream at all."""
-        login = self._login()
+        created on the primary first, or the standby could not stream at all. Refused (ActionFailed,
+        nothing changed) on a standby older than PostgreSQL 13, where a reload would not apply it."""
         try:
-            async with admin_session(standby.address, login) as server:
+            async with self._session(standby) as server:
+                version = await fetch_value(server, "SHOW server_version_num")
+                refusal = repoint_refusal(standby.node_id, version)
+                if refusal is not None:
+                    raise ActionFailed(refusal)
                 rows = await fetch_rows(
                     server, "SELECT current_setting('primary_conninfo'), current_setting('primary_slot_name')"
                 )
@@ -271,7 +306,7 @@ class ActionExecutor:
 
     async def ensure_slot(self, primary: NodeInfo, slot: str) -> None:
         name = sql_literal(slot)
-        async with admin_session(primary.address, self._login()) as server:
+        async with self._session(primary) as server:
             await fetch_rows(
                 server,
                 f"SELECT pg_create_physical_replication_slot({name}) WHERE NOT EXISTS "
@@ -295,7 +330,7 @@ class ActionExecutor:
         no commit can land after the position read last.
         """
         try:
-            async with admin_session(primary.address, self._login()) as server:
+            async with self._session(primary) as server:
                 await fetch_rows(server, "ALTER SYSTEM SET default_transaction_read_only = on")
                 await fetch_rows(server, "SELECT pg_reload_conf()")
                 await fetch_rows(
@@ -319,7 +354,7 @@ class ActionExecutor:
     async def thaw_primary(self, primary: NodeInfo) -> None:
         """Undo freeze_primary (a switchover that could not finish)."""
         try:
-            async with admin_session(primary.address, self._login()) as server:
+            async with self._session(primary) as server:
                 await fetch_rows(server, "ALTER SYSTEM RESET default_transaction_read_only")
                 await fetch_rows(server, "SELECT pg_reload_conf()")
         except (BackendUnavailable, ServerError, OSError) as exc:
@@ -337,7 +372,13 @@ class ActionExecutor:
         bindir = await self._bindir(primary)
         env = tool_environment(owner, self._login().password)
         await self._stop_if_running(bindir, data_dir, owner, env)
-        saved = await trio.to_thread.run_sync(_read_config_files, data_dir)
+        saved = await _file_step(
+            _read_config_files,
+            data_dir,
+            failed=f"could not read backend {node.node_id}'s configuration files in {data_dir}",
+            advice="check that the directory is readable by pgbalancer; nothing was changed (the node "
+            "is stopped: start it again, or fix this and rerun the rejoin)",
+        )
         await self.checkpoint(primary)
         method = "pg_rewind"
         rewind = await run_tool(
@@ -360,7 +401,16 @@ class ActionExecutor:
         if slot:
             await self.ensure_slot(primary, slot)
         saved = {**saved, AUTO_CONF: auto_conf.encode()}
-        await trio.to_thread.run_sync(_write_standby_files, data_dir, saved, owner)
+        await _file_step(
+            _write_standby_files,
+            data_dir,
+            saved,
+            owner,
+            failed=f"backend {node.node_id} was rebuilt with {method} but its standby settings could "
+            f"not be written to {data_dir}",
+            advice="check free space and permissions there, then rerun the rejoin (the node is stopped "
+            "and must not be started as it is: it would not follow the primary)",
+        )
         await self._start(bindir, data_dir, owner, env, node)
         return method
 
@@ -370,7 +420,7 @@ class ActionExecutor:
         sees "the same timeline" and rewinds nothing). Before a switchover, on the old primary: the
         checkpoint taken while writes wait is then short."""
         try:
-            async with admin_session(node.address, self._login()) as server:
+            async with self._session(node) as server:
                 await fetch_rows(server, "CHECKPOINT")
         except (BackendUnavailable, ServerError, OSError) as exc:
             raise ActionFailed(f"CHECKPOINT on backend {node.node_id} failed: {exc}") from exc
@@ -401,7 +451,7 @@ class ActionExecutor:
         bindir: str | None = None
         version: str | None = None
         try:
-            async with admin_session(primary.address, self._login()) as server:
+            async with self._session(primary) as server:
                 version = await fetch_value(server, "SHOW server_version_num")
                 try:
                     bindir = await fetch_value(server, "SELECT setting FROM pg_config WHERE name = 'BINDIR'")
@@ -442,7 +492,15 @@ class ActionExecutor:
         template: str | None,
     ) -> None:
         backup = data_dir.with_name(data_dir.name + ".pgbalancer-old")
-        await trio.to_thread.run_sync(_set_aside, data_dir, backup, owner)
+        await _file_step(
+            _set_aside,
+            data_dir,
+            backup,
+            owner,
+            failed=f"pg_rewind failed and {data_dir} could not be set aside as {backup} to re-clone it",
+            advice=f"check free space and permissions in {data_dir.parent}; nothing was deleted (if "
+            f"{data_dir} is missing or empty, the old data directory is {backup}: move it back)",
+        )
         conninfo = self._conninfo_for(primary, "", template)
         clone = await run_tool(
             [
@@ -461,7 +519,14 @@ class ActionExecutor:
             timeout=_TOOL_TIMEOUT,
         )
         if clone.returncode != 0:
-            await trio.to_thread.run_sync(_put_back, data_dir, backup)
+            await _file_step(
+                _put_back,
+                data_dir,
+                backup,
+                failed=f"neither pg_rewind nor pg_basebackup could rebuild {data_dir} "
+                f"({_output_tail(clone)}), and the old data directory could not be put back",
+                advice=f"it is in {backup}: move it back to {data_dir} by hand",
+            )
             raise ActionFailed(
                 f"neither pg_rewind nor pg_basebackup could rebuild {data_dir}: {_output_tail(clone)}; "
                 "the old data directory was left as it was"
@@ -529,6 +594,15 @@ def _dirname(path: str | None) -> str | None:
 
 
 # Blocking file work, run in a worker thread (trio.to_thread) by the executor.
+
+
+async def _file_step(work: Callable[..., _T], *args: object, failed: str, advice: str) -> _T:
+    """``work(*args)`` in a worker thread; an OSError becomes ActionFailed saying what failed, what
+    state the node is left in and what to do (never an unexplained error for the API to report)."""
+    try:
+        return await trio.to_thread.run_sync(work, *args)
+    except OSError as exc:
+        raise ActionFailed(f"{failed}: {exc}; {advice}") from exc
 
 
 def _read_config_files(data_dir: Path) -> dict[str, bytes]:

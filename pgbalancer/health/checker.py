@@ -148,14 +148,20 @@ def _int(text: str | None) -> int | None:
     return int(text.split(".", 1)[0])  # pg_lsn differences are numeric; they have no fraction
 
 
-async def probe_backend(address: BackendAddress, settings: ProbeSettings) -> Probe | None:
+ProbeAttempt = Callable[[BackendAddress, AdminLogin], Awaitable[ServerFacts]]
+
+
+async def probe_backend(
+    address: BackendAddress, settings: ProbeSettings, attempt_once: ProbeAttempt = probe_once
+) -> Probe | None:
     """Probe with retries; DOWN only when every attempt found the server not serving. None (no
-    verdict) when pgbalancer itself lacked the resources to probe: never a vote against the backend."""
+    verdict) when pgbalancer itself lacked the resources to probe: never a vote against the backend.
+    ``attempt_once``: one attempt (tests count or script them)."""
     attempts = 1 + settings.max_retries
     error = ""
     for attempt in range(attempts):
         try:
-            facts = await probe_once(address, settings.login)
+            facts = await attempt_once(address, settings.login)
         except ProbeFailed as exc:
             if exc.own_fault:
                 log.error(

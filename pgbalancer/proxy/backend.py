@@ -51,7 +51,22 @@ DEFAULT_PREPARED_STATEMENTS = 200
 
 
 class BackendUnavailable(Exception):
-    """The backend could not be reached or broke; clients get SQLSTATE 08006."""
+    """The backend could not be reached or broke; clients get SQLSTATE 08006.
+
+    ``address``: the backend that failed, when one was tried (None: none was, e.g. no primary is up).
+    """
+
+    def __init__(self, message: str, address: BackendAddress | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+
+
+def connect_failure_message(exc: BackendUnavailable, primary_id: int | None) -> str:
+    """The client's error text for a server connection that could not be had: it names the backend
+    and its role, so the operator knows which server to look at."""
+    failed = exc.address
+    role = "the primary" if failed is None or failed.node_id == primary_id else "a standby"
+    return f"pgbalancer could not connect to {role}: {exc}"
 
 
 class QuorumLost(BackendUnavailable):
@@ -157,7 +172,7 @@ class ServerConnection:
         try:
             message = await self.channel.read_message()
         except (PeerClosed, ProtocolError) as exc:
-            raise BackendUnavailable(f"{self.address}: {exc}") from exc
+            raise BackendUnavailable(f"{self.address}: {exc}", self.address) from exc
         if message.type == b"S":
             name, value = pgmsg.parse_parameter_status(message.body)
             self.parameters[name] = value
@@ -210,7 +225,7 @@ async def _open_once(
     try:
         socket = await connect_tcp(address.host, address.port, timeout)
     except OSError as exc:
-        raise BackendUnavailable(f"{address}: {exc}") from exc
+        raise BackendUnavailable(f"{address}: {exc}", address) from exc
     try:
         with trio.fail_after(timeout):
             if use_tls:
@@ -219,10 +234,10 @@ async def _open_once(
             await _login(server, credentials)
     except trio.TooSlowError as exc:
         socket.close()
-        raise BackendUnavailable(f"{address}: login did not finish within {timeout:g}s") from exc
+        raise BackendUnavailable(f"{address}: login did not finish within {timeout:g}s", address) from exc
     except (ServerTlsError, PeerClosed) as exc:
         socket.close()
-        raise BackendUnavailable(f"{address}: {exc}") from exc
+        raise BackendUnavailable(f"{address}: {exc}", address) from exc
     except BaseException:
         socket.close()
         raise
@@ -275,14 +290,18 @@ async def _answer_auth_request(
         try:
             reply_data = scram.handle_server_first(request.data)
         except ScramError as exc:
-            raise BackendUnavailable(f"{server.address}: SCRAM exchange failed: {exc}") from exc
+            raise BackendUnavailable(
+                f"{server.address}: SCRAM exchange failed: {exc}", server.address
+            ) from exc
         await server.socket.send_all(pgmsg.sasl_response(reply_data))
         return scram
     if code == AuthCode.SASL_FINAL and scram is not None:
         try:
             scram.verify_server_final(request.data)
         except ScramAuthFailed as exc:
-            raise BackendUnavailable(f"{server.address}: server failed SCRAM verification: {exc}") from exc
+            raise BackendUnavailable(
+                f"{server.address}: server failed SCRAM verification: {exc}", server.address
+            ) from exc
         return scram
     raise ServerError(
         {

@@ -45,6 +45,7 @@ class BatchRouting:
         self.session = SessionRouting()
         self.decision: RouteDecision | None = None  # the batch in flight, until its ReadyForQuery
         self.held_begin: str | None = None  # the SQL of a BEGIN held back by lazy_begin
+        self._session_before = self.session  # before the last decision: to route its batch again
         self._statements: dict[bytes, Classification] = {}  # named statements, by client name
 
     def decide(
@@ -60,7 +61,7 @@ class BatchRouting:
         decision = self.router.route(classification, self.session, view, now, attached=attached)
         if decision.action is RouteAction.REFUSE and decision.reason in _NOT_RUN:
             return decision  # nothing ran: the session stays as it was, so the batch can be routed again
-        self.session = decision.session
+        self._session_before, self.session = self.session, decision.session
         if decision.action is RouteAction.HOLD_BEGIN:
             self.held_begin = _statement_sql(batch) or "BEGIN"
         elif decision.action is RouteAction.REPLY_LOCALLY:
@@ -73,6 +74,30 @@ class BatchRouting:
                 self.router.abandon(self.decision)
             self.decision = decision
         return decision
+
+    def decide_elsewhere(
+        self,
+        batch: Sequence[Message],
+        view: ClusterView,
+        unreachable: int,
+        now: float,
+        *,
+        standard_conforming_strings: bool,
+    ) -> RouteDecision:
+        """Route the last decided batch again: its node ``unreachable`` refused the connection before
+        anything was sent, so the batch goes where it would have gone had that node been quarantined
+        (the primary stays readable), from the routing state it had before."""
+        self.session = self._session_before
+        if self.decision is not None:
+            self.router.abandon(self.decision)
+            self.decision = None
+        return self.decide(
+            batch,
+            view.quarantined(unreachable),
+            now,
+            attached=None,
+            standard_conforming_strings=standard_conforming_strings,
+        )
 
     def take_held_begin(self, decision: RouteDecision) -> str | None:
         """The held BEGIN to send ahead of this batch, if the decision asks for it."""

@@ -210,14 +210,21 @@ class ProxyServer:
     async def acquire_backend(
         self, node_id: int, database: str, credentials: ServerCredentials
     ) -> tuple[ServerPool, ServerConnection]:
-        """A server connection to the backend the router chose (the primary's path waits out failovers)."""
+        """A server connection to the backend the router chose (the primary's path waits out failovers).
+
+        A standby that cannot be reached is suspected at once, so it leaves the view without waiting
+        for the next health round; the caller may route its read elsewhere."""
         if node_id == self.cluster_view.primary_id:
             return await self.acquire_primary(database, credentials)
         self._check_partition(write=False)
         state = self.cluster_view.backend(node_id)
-        return await self._acquire_from(
-            BackendAddress(state.node_id, state.host, state.port), database, credentials
-        )
+        try:
+            return await self._acquire_from(
+                BackendAddress(state.node_id, state.host, state.port), database, credentials
+            )
+        except BackendUnavailable as exc:
+            self.suspect_backend(node_id, f"connect failed: {exc}")
+            raise
 
     async def acquire_primary(
         self, database: str, credentials: ServerCredentials
@@ -259,7 +266,8 @@ class ProxyServer:
                 address = BackendAddress(standby.node_id, standby.host, standby.port)
                 try:
                     return await self._acquire_from(address, database, credentials)
-                except BackendUnavailable:  # a cut-off node's view may be stale: try the next one
+                except BackendUnavailable as exc:  # a cut-off node's view may be stale: try the next one
+                    self.suspect_backend(standby.node_id, f"connect failed: {exc}")
                     continue
             raise refusal  # no standby answers: the client gets the quorum refusal, not a connect error
 

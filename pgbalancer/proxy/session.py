@@ -34,6 +34,7 @@ from pgbalancer.proxy.backend import (
     ServerConnection,
     ServerCredentials,
     ServerError,
+    connect_failure_message,
 )
 from pgbalancer.proxy.clientauth import ClientAuthFailed
 from pgbalancer.proxy.netio import (
@@ -265,7 +266,7 @@ class ClientSession:
         except BackendUnavailable as exc:
             await self._fail(
                 SqlState.CONNECTION_FAILURE,
-                f"pgbalancer could not connect to the primary: {exc}",
+                connect_failure_message(exc, self.proxy.cluster_view.primary_id),
                 hint="check that the backend is running and reachable from pgbalancer",
             )
         except ServerError as exc:

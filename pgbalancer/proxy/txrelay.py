@@ -29,6 +29,7 @@ from pgbalancer.proxy.backend import (
     ServerConnection,
     ServerCredentials,
     ServerError,
+    connect_failure_message,
 )
 from pgbalancer.proxy.netio import PeerClosed, PgSocket, ReceiveBuffer
 from pgbalancer.proxy.pool import PoolExhausted, ServerPool
@@ -76,6 +77,14 @@ class RelayEnded(Exception):
     def __init__(self, farewell: bytes | None) -> None:
         super().__init__("relay ended")
         self.farewell = farewell
+
+
+class _Unreachable(RelayEnded):
+    """No server connection could be opened to ``node_id`` (nothing was sent to it)."""
+
+    def __init__(self, node_id: int, farewell: bytes) -> None:
+        super().__init__(farewell)
+        self.node_id = node_id
 
 
 class _Attachment:
@@ -329,8 +338,8 @@ class TransactionRelay:
             return
         if decision.action is RouteAction.MIGRATE:
             await self._roll_back_where_attached()
+        attachment, decision = await self._attach_routed(batch, decision)
         assert decision.node_id is not None
-        attachment = await self._attachment_on(decision.node_id)
         self._note_session_effects(effects, attachment.server)
         if self.cache is not None:
             await self._prepare_cache(plan, batch, attachment, decision.node_id)
@@ -355,13 +364,41 @@ class TransactionRelay:
         await self._send_pieces(attachment.router.due_replies())
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
 
+    async def _attach_routed(
+        self, batch: list[Message], decision: RouteDecision
+    ) -> tuple[_Attachment, RouteDecision]:
+        """The server connection for a routed batch, and the decision it follows. A standby that
+        refuses the connection (the proxy has suspected it) costs the client nothing: the batch is
+        routed once more as if that standby were quarantined, so the read runs elsewhere (the
+        primary is always readable)."""
+        assert decision.node_id is not None
+        try:
+            return await self._attachment_on(decision.node_id), decision
+        except _Unreachable as exc:
+            if exc.node_id == self.proxy.cluster_view.primary_id:
+                raise  # the primary's path already waited out a failover
+            retry = self.routing.decide_elsewhere(
+                batch,
+                self.proxy.cluster_view,
+                exc.node_id,
+                trio.current_time(),
+                standard_conforming_strings=self._standard_conforming_strings(),
+            )
+            if retry.action is not RouteAction.SEND or retry.node_id in (None, exc.node_id):
+                raise
+            log.info("backend %d unreachable: read routed to backend %d instead", exc.node_id, retry.node_id)
+            return await self._attachment_on(retry.node_id), retry
+
+    def _standard_conforming_strings(self) -> bool:
+        return self.state.reported.get("standard_conforming_strings", "on") == "on"
+
     def _decide(self, batch: list[Message]) -> RouteDecision:
         return self.routing.decide(
             batch,
             self.proxy.cluster_view,
             trio.current_time(),
             attached=self._node_with_replies_due(),
-            standard_conforming_strings=self.state.reported.get("standard_conforming_strings", "on") == "on",
+            standard_conforming_strings=self._standard_conforming_strings(),
         )
 
     async def _wait_for_primary(
@@ -489,12 +526,9 @@ class TransactionRelay:
         except QuorumLost as exc:
             raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL", hint=exc.hint)) from exc
         except BackendUnavailable as exc:
-            raise RelayEnded(
-                error_response(
-                    SqlState.CONNECTION_FAILURE,
-                    f"pgbalancer could not connect to the primary: {exc}",
-                    severity="FATAL",
-                )
+            message = connect_failure_message(exc, self.proxy.cluster_view.primary_id)
+            raise _Unreachable(
+                node_id, error_response(SqlState.CONNECTION_FAILURE, message, severity="FATAL")
             ) from exc
         except ServerError as exc:
             raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL")) from exc

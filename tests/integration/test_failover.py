@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import trio
 
-from pgbalancer.config import load_config
+from pgbalancer.config import Config, load_config
 from pgbalancer.devtools import free_tcp_port, wait_for, wait_for_async
 from pgbalancer.devtools.balancer import BalancerProcess, Setting, render_config
 from pgbalancer.devtools.pgcluster import APP_DB, LocalPgCluster, PgNode
@@ -71,8 +71,18 @@ def insert(conn: psycopg.Connection[tuple[object, ...]], note: str) -> int:
 
 
 def create_ledger(cluster: LocalPgCluster) -> None:
+    """The test table, on every node: the test cluster commits asynchronously, so a primary killed
+    right after the CREATE could take it with it."""
     cluster.psql(
         cluster.primary, "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text)", user=USER, dbname=APP_DB
+    )
+    wait_for(
+        lambda: all(
+            cluster.psql(node, "SELECT to_regclass('ledger') IS NOT NULL", dbname=APP_DB) == "t"
+            for node in cluster.standbys
+        ),
+        timeout=20,
+        message="the ledger table to reach every standby",
     )
 
 
@@ -194,20 +204,26 @@ def test_pg_terminate_backend_on_one_server_connection_does_not_fail_over(
 # --------------------------------------------------------------------------- an in-process node
 
 
+def load_config_from(settings: dict[str, Setting], workdir: Path) -> Config:
+    config_path = workdir / "pgbalancer.conf"
+    config_path.write_text(render_config(settings))
+    return load_config(config_path)
+
+
 @asynccontextmanager
 async def in_process_node(
     settings: dict[str, Setting], workdir: Path
 ) -> AsyncIterator[tuple[ProxyServer, HaController]]:
-    config_path = workdir / "pgbalancer.conf"
-    config_path.write_text(render_config(settings))
-    config = load_config(config_path)
+    config = load_config_from(settings, workdir)
     proxy = ProxyServer(config, load_userlist(config.auth_file))
     ha = HaController(config, proxy)
     proxy.ha = ha
     async with trio.open_nursery() as nursery:
         await nursery.start(ha.run)
         await nursery.start(proxy.serve)
-        await ha.wait_round_started_after(trio.current_time())
+        started = trio.current_time()
+        ha.request_probe()  # that round now, not a whole health_check_period later
+        await ha.wait_round_started_after(started)
         try:
             yield proxy, ha
         finally:
@@ -278,6 +294,52 @@ async def test_switchover_loses_no_acknowledged_commit_and_rejoins_the_old_prima
         assert proxy.cluster_view.backend(0).status is BackendStatus.UP
 
 
+async def writes_resume_after_killing_the_primary(
+    cluster: LocalPgCluster, proxy: ProxyServer, writer: Writer
+) -> float:
+    """Seconds from the kill of the primary until the writer has 5 commits on the new primary."""
+    await wait_for_async(lambda: len(writer.acknowledged) > 20, timeout=20, message="writes flow")
+    killed_at = trio.current_time()
+    await trio.to_thread.run_sync(kill_postmaster, cluster, cluster.primary)
+    # An orphaned backend of the killed postmaster may still take a write or two: count the writes
+    # acknowledged once the view has moved (the old primary is fenced from then on).
+    await wait_for_async(
+        lambda: proxy.cluster_view.primary_id not in (None, 0), timeout=20, message="failover"
+    )
+    acknowledged_at_failover = len(writer.acknowledged)
+    await wait_for_async(
+        lambda: len(writer.acknowledged) > acknowledged_at_failover + 5,
+        timeout=20,
+        message="writes resume on the new primary",
+    )
+    return trio.current_time() - killed_at
+
+
+async def test_a_writer_s_broken_connection_fails_over_long_before_the_next_health_round(
+    pg_cluster_factory: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=2)
+    create_ledger(cluster)
+    period = 30.0  # only the suspicion's immediate re-probe can fail over within the test's bound
+    async with in_process_node(ha_settings(cluster, tmp_path, health_check_period=period), tmp_path) as (
+        proxy,
+        _ha,
+    ):
+        next_round_at = trio.current_time() + period  # a round has just run
+        writer = Writer(node_dsn(proxy))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, writer.run)
+            try:
+                resumed_after = await writes_resume_after_killing_the_primary(cluster, proxy, writer)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; the writer's last errors: {writer.errors[-3:]}") from exc
+            finally:  # the writer thread cannot be cancelled: a failed wait must still end it
+                writer.stop.set()
+        assert resumed_after < 10, f"writes resumed {resumed_after:.1f}s after the kill"
+        assert trio.current_time() < next_round_at, "the periodic round did it, not the suspicion"
+        assert proxy.cluster_view.primary_id in (1, 2) and proxy.cluster_view.epoch == 1
+
+
 async def test_kill_then_rejoin_brings_the_old_primary_back_as_a_standby_with_pg_rewind(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
@@ -303,27 +365,83 @@ async def test_kill_then_rejoin_brings_the_old_primary_back_as_a_standby_with_pg
         assert proxy.cluster_view.primary_id == 1
 
 
-async def test_a_killed_standby_leaves_and_is_readded_when_it_returns(
+async def test_a_killed_standby_loses_its_reads_within_a_period_and_regains_them_when_it_returns(
     pg_cluster_factory: MakeCluster, tmp_path: Path
 ) -> None:
     cluster = pg_cluster_factory(standbys=2)
     standby = cluster.standbys[1]
-    async with in_process_node(ha_settings(cluster, tmp_path), tmp_path) as (proxy, _ha):
-        assert 2 in [s.node_id for s in proxy.cluster_view.readable()]
+    settings = ha_settings(cluster, tmp_path, load_balance_mode=True, load_balance_algorithm="round_robin")
+    # The bound health_check_period documents for a backend that refuses connections, plus slack
+    # for a loaded test machine.
+    config = load_config_from(settings, tmp_path)
+    bound = (
+        config.health_check_period + config.health_check_max_retries * config.health_check_retry_delay + 3.0
+    )
+    async with in_process_node(settings, tmp_path) as (proxy, _ha):
+        target = node_dsn(proxy)
+        assert 2 in readable_ids(proxy)
+        assert standby.port in await trio.to_thread.run_sync(read_ports, target, 6)
+
         await trio.to_thread.run_sync(kill_postmaster, cluster, standby)
-        await wait_for_async(
-            lambda: 2 not in [s.node_id for s in proxy.cluster_view.readable()],
-            timeout=10,
-            message="standby out",
-        )
+        died_at = trio.current_time()
+        await wait_for_async(lambda: 2 not in readable_ids(proxy), timeout=bound, message="standby out")
+        assert trio.current_time() - died_at <= bound
         assert proxy.cluster_view.primary_id == 0 and proxy.cluster_view.epoch == 0
+        down_ports = await trio.to_thread.run_sync(read_ports, target, 20)
+        assert len(down_ports) == 20 and standby.port not in down_ports
+
         await trio.to_thread.run_sync(cluster.start_node, standby)
-        await wait_for_async(
-            lambda: 2 in [s.node_id for s in proxy.cluster_view.readable()],
-            timeout=15,
-            message="standby back",
-        )
+        await wait_for_async(lambda: 2 in readable_ids(proxy), timeout=15, message="standby back")
         assert proxy.cluster_view.backend(2).role is BackendRole.STANDBY
+
+        def its_reads_come_back() -> bool:
+            return wait_for(lambda: standby.port in read_ports(target, 6), timeout=15, message="its reads")
+
+        await trio.to_thread.run_sync(its_reads_come_back)
+
+
+def read_ports(target: str, count: int) -> list[int]:
+    """``count`` reads on one connection through pgbalancer: the port of the server that answered each."""
+    with psycopg.connect(target, autocommit=True) as conn:
+        return [int(str(scalar(conn, "SELECT inet_server_port()"))) for _ in range(count)]
+
+
+def readable_ids(proxy: ProxyServer) -> list[int]:
+    return [s.node_id for s in proxy.cluster_view.readable()]
+
+
+async def test_a_standby_that_refuses_connections_costs_no_read_and_is_suspected_at_once(
+    pg_cluster_factory: MakeCluster, tmp_path: Path
+) -> None:
+    cluster = pg_cluster_factory(standbys=2)
+    standby = cluster.standbys[1]
+    period = 30.0  # the next health round is far away: only the suspicion can take the standby out
+    settings = ha_settings(
+        cluster,
+        tmp_path,
+        load_balance_mode=True,
+        load_balance_algorithm="round_robin",  # every third read goes to the standby
+        health_check_period=period,
+    )
+    async with in_process_node(settings, tmp_path) as (proxy, _ha):
+        next_round_at = trio.current_time() + period  # a round has just run
+        target = node_dsn(proxy)
+        assert standby.port in await trio.to_thread.run_sync(read_ports, target, 6)
+        stopped_at = trio.current_time()
+        await trio.to_thread.run_sync(cluster.stop_node, standby, "immediate")
+
+        ports = await trio.to_thread.run_sync(read_ports, target, 20)  # raises if any read fails
+
+        assert len(ports) == 20 and standby.port not in ports
+        await wait_for_async(
+            lambda: proxy.cluster_view.backend(2).status is BackendStatus.DOWN,
+            timeout=10,
+            message="the refusing standby confirmed down by the re-probe",
+        )
+        assert trio.current_time() < next_round_at, "it waited for the periodic round"
+        assert trio.current_time() - stopped_at < period / 3
+        assert 2 not in readable_ids(proxy)
+        assert proxy.cluster_view.primary_id == 0 and proxy.cluster_view.epoch == 0
 
 
 async def test_bad_operations_give_clear_errors_and_change_nothing(

@@ -32,6 +32,7 @@ from pgbalancer.proxy.backend import BackendAddress, BackendUnavailable, ServerC
 from pgbalancer.proxy.clientauth import ClientAuthenticator, ClientAuthFailed
 from pgbalancer.proxy.netio import MessageChannel, PeerClosed
 from pgbalancer.proxy.pool import PoolLimits
+from tests.unit.scripted_peer import ScriptedPeer, data_row
 
 QUERY = "SELECT usename, passwd FROM pg_shadow WHERE usename=$1"
 VERIFIER = make_scram_verifier("right-password", salt=b"0123456789abcdef", iterations=4096)
@@ -51,13 +52,6 @@ def row_description(*names: str) -> bytes:
     for name in names:
         body += name.encode() + b"\0" + struct.pack("!ihihih", 0, 0, 25, -1, -1, 0)
     return encode_message(b"T", body)
-
-
-def data_row(*values: bytes | None) -> bytes:
-    body = struct.pack("!h", len(values))
-    for value in values:
-        body += struct.pack("!i", -1) if value is None else struct.pack("!i", len(value)) + value
-    return encode_message(b"D", body)
 
 
 def bound_parameter(bind_body: bytes) -> bytes:
@@ -412,46 +406,29 @@ class FakeSource:
         return self.secrets_by_user.get(user)
 
 
-class ScriptedClient:
+class ScriptedClient(ScriptedPeer):
     """A client PgSocket that answers the server's auth requests with ``password``."""
 
     peer = "client:1"
 
     def __init__(self, user: str, password: str) -> None:
+        super().__init__()
         self.user = user
         self.password = password
         self.scram = ScramClientExchange(user, "client-nonce-123", password=password)
-        self._pending = bytearray()
-        self._reader = MessageReader()
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self._reader.receive_data(bytes(data))
-        while isinstance(message := self._reader.next_event(), Message):
-            self._answer(pgmsg.parse_authentication(message.body))
-
-    def _answer(self, request: pgmsg.AuthenticationRequest) -> None:
+    def respond(self, message: Message) -> None:
+        request = pgmsg.parse_authentication(message.body)
         if request.code == AuthCode.SASL:
-            self._pending += pgmsg.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first())
+            self.pending += pgmsg.sasl_initial_response("SCRAM-SHA-256", self.scram.client_first())
         elif request.code == AuthCode.SASL_CONTINUE:
-            self._pending += pgmsg.sasl_response(self.scram.handle_server_first(request.data))
+            self.pending += pgmsg.sasl_response(self.scram.handle_server_first(request.data))
         elif request.code == AuthCode.SASL_FINAL:
             self.scram.verify_server_final(request.data)
         elif request.code == AuthCode.MD5_PASSWORD:
-            self._pending += pgmsg.password_message(
+            self.pending += pgmsg.password_message(
                 md5_client_response(self.user, self.password, request.data)
             )
-
-    async def recv_into(self, buffer: bytearray | memoryview) -> int:
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        del self._pending[:size]
-        return size
-
-    def looks_idle_and_open(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
 
 
 async def authenticate(

@@ -57,3 +57,12 @@ def test_with_positions_keeps_a_standbys_lag_when_the_primary_was_not_read() -> 
     view = three_nodes().with_backend(BackendState(1, "db1", 5432, lag_bytes=42))
     fresh = view.with_positions({1: 9_000})
     assert fresh.backend(1).replay_lsn == 9_000 and fresh.backend(1).lag_bytes == 42
+
+
+def test_quarantine_takes_an_up_backend_out_of_reads_and_leaves_others_alone() -> None:
+    view = three_nodes().with_backend(BackendState(2, "db2", 5432, status=BackendStatus.DOWN))
+    quarantined = view.quarantined(1)
+    assert quarantined.backend(1).status is BackendStatus.QUARANTINED
+    assert [s.node_id for s in quarantined.readable()] == [0]
+    assert view.backend(1).is_up  # the snapshot it came from is untouched
+    assert quarantined.quarantined(2) == quarantined  # down stays down, not merely quarantined

@@ -8,6 +8,7 @@ from pgbalancer.ha.view import initial_view
 from pgbalancer.pgwire.errors import parse_error_fields
 from pgbalancer.pgwire.framing import Message
 from pgbalancer.proxy.routed import BatchRouting
+from pgbalancer.routing.balancer import Algorithm, BalancerSettings
 from pgbalancer.routing.router import RouteAction, Router, RoutingSettings
 
 VIEW = initial_view(((0, "primary", 5432, 1.0), (1, "standby", 5432, 1.0)))
@@ -145,3 +146,66 @@ def test_a_pipelined_read_does_not_stay_in_flight_for_ever() -> None:
         state.decide([query("SELECT 1")], VIEW, now, attached=None, standard_conforming_strings=True)
     state.ready(b"I", ok=True, latency=0.003, now=0.003)  # one report for the whole pipeline
     assert all(node.in_flight == 0 for node in state.router.statistics(1.0).nodes)
+
+
+READABLE_STANDBY = VIEW.with_positions({0: 100, 1: 100})  # probed, no lag: the standby takes reads
+
+
+def round_robin() -> BatchRouting:
+    return BatchRouting(Router(RoutingSettings(balancer=BalancerSettings(algorithm=Algorithm.ROUND_ROBIN))))
+
+
+def _read_landing_on_the_standby(state: BatchRouting, batch: list[Message]) -> None:
+    for step in range(2):  # round robin: one of two picks is the standby
+        decision = state.decide(
+            batch, READABLE_STANDBY, float(step), attached=None, standard_conforming_strings=True
+        )
+        if decision.node_id == 1:
+            return
+        state.abandon()
+    raise AssertionError("round robin never chose the standby")
+
+
+def test_a_read_whose_standby_refused_the_connection_is_routed_to_another_readable_node() -> None:
+    state = round_robin()
+    reads = [query("SELECT 1")]
+    _read_landing_on_the_standby(state, reads)
+    retry = state.decide_elsewhere(reads, READABLE_STANDBY, 1, 300.0, standard_conforming_strings=True)
+    assert (retry.action, retry.node_id) == (RouteAction.SEND, 0)  # the primary is always readable
+    assert state.decision is retry
+    state.ready(b"I", ok=True, latency=0.001, now=300.001)
+    assert all(node.in_flight == 0 for node in state.router.statistics(301.0).nodes)
+
+
+def test_a_held_begin_whose_standby_refused_is_routed_again_from_before_that_decision() -> None:
+    state = round_robin()
+    _read_landing_on_the_standby(state, [query("SELECT 1")])
+    state.ready(b"I", ok=True, latency=0.001, now=2.0)  # round robin: the primary's turn next, then 1
+    first = state.decide(
+        [query("SELECT 1")], READABLE_STANDBY, 3.0, attached=None, standard_conforming_strings=True
+    )
+    assert first.node_id == 0
+    state.ready(b"I", ok=True, latency=0.001, now=3.0)
+    held = state.decide(
+        [query("BEGIN")], READABLE_STANDBY, 4.0, attached=None, standard_conforming_strings=True
+    )
+    assert held.action is RouteAction.HOLD_BEGIN
+    read = state.decide(
+        [query("SELECT 1")], READABLE_STANDBY, 5.0, attached=None, standard_conforming_strings=True
+    )
+    assert (read.node_id, read.send_held_begin) == (1, True)
+    retry = state.decide_elsewhere(
+        [query("SELECT 1")], READABLE_STANDBY, 1, 6.0, standard_conforming_strings=True
+    )
+    # Not "in a transaction on the dead standby": the held BEGIN goes with the read to the primary.
+    assert (retry.action, retry.node_id, retry.send_held_begin) == (RouteAction.SEND, 0, True)
+    assert state.take_held_begin(retry) == "BEGIN"
+
+
+def test_no_other_readable_node_leaves_the_batch_unrouted() -> None:
+    view = initial_view(((0, "primary", 5432, 0.0), (1, "standby", 5432, 1.0)))  # weight 0: no reads
+    state = round_robin()
+    reads = [query("SELECT 1")]
+    assert state.decide(reads, view, 0.0, attached=None, standard_conforming_strings=True).node_id == 1
+    retry = state.decide_elsewhere(reads, view, 1, 1.0, standard_conforming_strings=True)
+    assert retry.node_id != 1
