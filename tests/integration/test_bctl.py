@@ -748,11 +748,12 @@ def test_zsh_completes_on_a_real_terminal(tmp_path: Path) -> None:
 
 def watchdog_masks(masked: str) -> str:
     """Which member leads and which one answered move from run to run: each member row's role
-    becomes ROLE, its "(this node)" mark goes, and the rows are sorted."""
+    becomes ROLE (a peer that does not lead is "unknown": pysyncobj does not say what it is), its
+    "(this node)" mark goes, and the rows are sorted."""
     lines = masked.splitlines()
     members = [i for i, line in enumerate(lines) if line.startswith("│ N.N:N")]
     rows = sorted(
-        re.sub(r"│ (leader|follower|candidate) │", "│ ROLE │", lines[i].replace(" (this node)", ""))
+        re.sub(r"│ (leader|follower|candidate|unknown) │", "│ ROLE │", lines[i].replace(" (this node)", ""))
         for i in members
     )
     for i, row in zip(members, rows, strict=True):
