@@ -8,6 +8,7 @@ issue replaces it with the cluster view); this class only asks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -208,15 +209,17 @@ class ProxyServer:
             self.ha.suspect_backend(node_id, reason)
 
     async def acquire_backend(
-        self, node_id: int, database: str, credentials: ServerCredentials
+        self, node_id: int, database: str, credentials: ServerCredentials, *, read_only: bool = False
     ) -> tuple[ServerPool, ServerConnection]:
         """A server connection to the backend the router chose (the primary's path waits out failovers).
+        ``read_only``: the batch is a read, so a node cut off from its watchdog quorum serves it from
+        the primary too under partition_read_policy = stale.
 
         A standby that cannot be reached is suspected at once, so it leaves the view without waiting
         for the next health round; the caller may route its read elsewhere."""
         if node_id == self.cluster_view.primary_id:
-            return await self.acquire_primary(database, credentials)
-        self._check_partition(write=False)
+            return await self.acquire_primary(database, credentials, read_only=read_only)
+        self.check_partition(write=False)
         state = self.cluster_view.backend(node_id)
         try:
             return await self._acquire_from(
@@ -227,13 +230,13 @@ class ProxyServer:
             raise
 
     async def acquire_primary(
-        self, database: str, credentials: ServerCredentials
+        self, database: str, credentials: ServerCredentials, *, read_only: bool = False
     ) -> tuple[ServerPool, ServerConnection]:
         """A server connection to the primary. During a switchover, and when the primary cannot be
         reached (the health checker re-probes it and fails over if it is down), this waits up to
         server_connect_timeout, so a client idle between transactions continues on the new primary
-        without reconnecting."""
-        self._check_partition(write=True)
+        without reconnecting. Without ``read_only`` it is refused on a node cut off from its quorum."""
+        self.check_partition(write=not read_only)
         deadline = trio.current_time() + self.config.server_connect_timeout
         if self.ha is not None and self.ha.holding_writes:  # a switchover: continue on the new primary
             await self.ha.wait_writes_open(deadline)
@@ -253,8 +256,9 @@ class ProxyServer:
         self, database: str, credentials: ServerCredentials
     ) -> tuple[ServerPool, ServerConnection]:
         """The server connection a pooled session logs in and is greeted with: the primary's, or,
-        on a node cut off from its watchdog quorum that still serves reads, a readable standby's
-        (its transactions are routed one by one afterwards; writes are refused then)."""
+        on a node cut off from its watchdog quorum that still serves reads, a readable standby's,
+        else the primary's all the same (its transactions are routed one by one afterwards, and the
+        relay refuses every write then)."""
         try:
             return await self.acquire_primary(database, credentials)
         except QuorumLost as refusal:
@@ -269,9 +273,12 @@ class ProxyServer:
                 except BackendUnavailable as exc:  # a cut-off node's view may be stale: try the next one
                     self.suspect_backend(standby.node_id, f"connect failed: {exc}")
                     continue
-            raise refusal  # no standby answers: the client gets the quorum refusal, not a connect error
+            if view.primary is not None:  # a login writes nothing; the relay gates each write
+                with contextlib.suppress(BackendUnavailable):
+                    return await self._acquire_from(self.primary_address(), database, credentials)
+            raise refusal  # nothing answers: the client gets the quorum refusal, not a connect error
 
-    def _check_partition(self, *, write: bool) -> None:
+    def check_partition(self, *, write: bool) -> None:
         """QuorumLost when the watchdog says this node is cut off from the majority for too long."""
         refusal = self.partition_gate(write) if self.partition_gate is not None else None
         if refusal is not None:

@@ -372,8 +372,9 @@ class TransactionRelay:
         routed once more as if that standby were quarantined, so the read runs elsewhere (the
         primary is always readable)."""
         assert decision.node_id is not None
+        read = decision.query_class is not None
         try:
-            return await self._attachment_on(decision.node_id), decision
+            return await self._attachment_on(decision.node_id, read=read), decision
         except _Unreachable as exc:
             if exc.node_id == self.proxy.cluster_view.primary_id:
                 raise  # the primary's path already waited out a failover
@@ -387,7 +388,7 @@ class TransactionRelay:
             if retry.action is not RouteAction.SEND or retry.node_id in (None, exc.node_id):
                 raise
             log.info("backend %d unreachable: read routed to backend %d instead", exc.node_id, retry.node_id)
-            return await self._attachment_on(retry.node_id), retry
+            return await self._attachment_on(retry.node_id, read=read), retry
 
     def _standard_conforming_strings(self) -> bool:
         return self.state.reported.get("standard_conforming_strings", "on") == "on"
@@ -494,14 +495,21 @@ class TransactionRelay:
             return None
         return attachment.server.address.node_id
 
-    async def _attachment_on(self, node_id: int) -> _Attachment:
-        """The server connection for this batch: the one held if it is on that node, else a new one."""
+    async def _attachment_on(self, node_id: int, *, read: bool) -> _Attachment:
+        """The server connection for this batch: the one held if it is on that node, else a new one.
+        A batch that is not a read (``read`` False) on the primary passes the watchdog's write gate
+        even on a held connection: a cut-off node may have served the transaction's reads there."""
         attachment = self.attached
         if attachment is not None and attachment.server.address.node_id == node_id:
+            if not read and node_id == self.proxy.cluster_view.primary_id:
+                try:
+                    self.proxy.check_partition(write=True)
+                except QuorumLost as exc:
+                    raise RelayEnded(_quorum_refusal(exc)) from exc
             return attachment
         if attachment is not None:  # idle between routing decisions on another node: hand it back
             await self._release(attachment)
-        return await self._attach(node_id)
+        return await self._attach(node_id, read=read)
 
     async def _roll_back_where_attached(self) -> None:
         """MIGRATE: end the lazily balanced read transaction on its standby before the write."""
@@ -516,15 +524,17 @@ class TransactionRelay:
         finally:
             self._rolling_back = False
 
-    async def _attach(self, node_id: int) -> _Attachment:
+    async def _attach(self, node_id: int, *, read: bool) -> _Attachment:
         try:
-            pool, server = await self.proxy.acquire_backend(node_id, self.session.database, self.credentials)
+            pool, server = await self.proxy.acquire_backend(
+                node_id, self.session.database, self.credentials, read_only=read
+            )
         except PoolExhausted as exc:
             raise RelayEnded(
                 error_response(SqlState.TOO_MANY_CONNECTIONS, str(exc), severity="FATAL")
             ) from exc
         except QuorumLost as exc:
-            raise RelayEnded(error_response(exc.sqlstate, str(exc), severity="FATAL", hint=exc.hint)) from exc
+            raise RelayEnded(_quorum_refusal(exc)) from exc
         except BackendUnavailable as exc:
             message = connect_failure_message(exc, self.proxy.cluster_view.primary_id)
             raise _Unreachable(
@@ -725,6 +735,11 @@ def _leaves_session_state(command: SessionCommand) -> bool:
 def _opens_transaction(sql: str) -> bool:
     words = sql.lstrip().split(None, 1)
     return bool(words) and words[0].rstrip(";").lower() in ("begin", "start")
+
+
+def _quorum_refusal(refusal: QuorumLost) -> bytes:
+    """The FATAL a client gets when this node, cut off from its watchdog quorum, refuses its batch."""
+    return error_response(refusal.sqlstate, str(refusal), severity="FATAL", hint=refusal.hint)
 
 
 def _statement_mode_refusal() -> bytes:

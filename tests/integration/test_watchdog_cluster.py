@@ -383,6 +383,45 @@ def test_partition_read_policy_refuse_a_node_cut_off_from_its_peers_refuses_read
         assert wait_for(new_client_read, timeout=10, retry_on=(psycopg.Error,)) in standbys
 
 
+def test_partition_read_policy_stale_reads_on_the_primary_are_served_writes_are_not(
+    pg_cluster: PgClusterLike, tmp_path: Path
+) -> None:
+    """partition_read_policy = stale with every read balanced to the primary (the standbys' weights
+    are 0): a node cut off from its peers (both frozen with SIGSTOP) still serves reads there, on a
+    held connection and for a new client, but refuses a write with 25006, also one that comes inside
+    a transaction whose read it has just served from the primary."""
+    settings: dict[str, Setting] = {"load_balance_mode": True, "backend_weight1": 0, "backend_weight2": 0}
+    with watchdog_nodes(pg_cluster, tmp_path, partition_read_policy="stale", **settings) as group:
+        nodes = group.live()
+        wait_leader(nodes)
+        lone, *peers = nodes
+        primary = pg_cluster.primary.port
+        held, in_transaction = connect(lone), connect(lone)
+        assert read_port(held) == primary
+        try:
+            for peer in peers:
+                peer.process.send_signal(signal.SIGSTOP)
+            wait_for(lambda: not info(lone)["lease_valid"], timeout=15, retry_on=(httpx.HTTPError,))
+            assert read_port(held) == primary  # stale: the read is served, from the primary
+            with connect(lone) as fresh:
+                assert read_port(fresh) == primary
+            in_transaction.execute("BEGIN")
+            assert read_port(in_transaction) == primary
+            with pytest.raises(psycopg.Error, match="lost contact with its watchdog quorum") as refused:
+                in_transaction.execute("SELECT txid_current()")
+            assert refused.value.sqlstate == "25006"
+            with pytest.raises(psycopg.Error, match="lost contact with its watchdog quorum") as refused:
+                held.execute("SELECT txid_current()")
+            assert refused.value.sqlstate == "25006"
+        finally:
+            for peer in peers:
+                peer.process.send_signal(signal.SIGCONT)
+        held.close()
+        in_transaction.close()
+        wait_for(lambda: info(lone)["lease_valid"], timeout=20, retry_on=(httpx.HTTPError,))
+        assert wait_for(lambda: write_port(lone), timeout=10, retry_on=(psycopg.Error,)) == primary
+
+
 # --------------------------------------------------------------------------- quorum failover
 
 
