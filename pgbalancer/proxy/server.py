@@ -267,11 +267,9 @@ class ProxyServer:
                 raise QuorumLost(read_refusal) from None
             view = self.cluster_view
             for standby in (s for s in view.readable() if s.node_id != view.primary_id):
-                address = BackendAddress(standby.node_id, standby.host, standby.port)
-                try:
-                    return await self._acquire_from(address, database, credentials)
-                except BackendUnavailable as exc:  # a cut-off node's view may be stale: try the next one
-                    self.suspect_backend(standby.node_id, f"connect failed: {exc}")
+                try:  # acquire_backend suspects a standby it cannot reach
+                    return await self.acquire_backend(standby.node_id, database, credentials, read_only=True)
+                except BackendUnavailable:  # a cut-off node's view may be stale: try the next one
                     continue
             if view.primary is not None:  # a login writes nothing; the relay gates each write
                 with contextlib.suppress(BackendUnavailable):
