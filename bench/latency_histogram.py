@@ -40,7 +40,7 @@ class _NoHistogram(LatencyHistogram):
 def _transaction_mode(counters: PoolCounters) -> Callable[[], None]:
     router = SimpleNamespace(outstanding=0, ready_statuses=[b"I"])  # one statement answered per call
     attachment = txrelay._Attachment(SimpleNamespace(counters=counters), object(), router)  # type: ignore[arg-type]
-    return lambda: attachment.count_replies(120)
+    return lambda: attachment.count_replies(120, trio.current_time())
 
 
 def _session_relay(counters: PoolCounters) -> Any:

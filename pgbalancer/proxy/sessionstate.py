@@ -67,6 +67,7 @@ _STATE_KEYWORDS = frozenset(
         "select",
     }
 )
+_TRACKED_COMMAND_WORDS = frozenset({"set", "reset", "deallocate", "discard"})  # what _SET.. can match
 _STATEFUL = re.compile(
     r"(?:set|reset|listen|unlisten|prepare|deallocate|load|discard"
     r"|create\s+(?:or\s+replace\s+)?(?:(?:global|local)\s+)?(?:temp|temporary)\b"
@@ -140,9 +141,10 @@ def classify_session_command(sql: str) -> SessionCommand:
     if ";" in body:  # several statements: any of them may leave state behind
         return SessionCommand(CommandKind.STATEFUL) if _mentions_state(body) else _OTHER
     word = _FIRST_WORD.match(body)
-    if word is None or word.group(0).lower() not in _STATE_KEYWORDS:
+    first = word.group(0).lower() if word is not None else ""
+    if first not in _STATE_KEYWORDS:
         return _OTHER
-    command = _single_statement_command(body)
+    command = _single_statement_command(body) if first in _TRACKED_COMMAND_WORDS else None
     if command is not None:
         return command
     return SessionCommand(CommandKind.STATEFUL) if _STATEFUL.match(body) else _OTHER

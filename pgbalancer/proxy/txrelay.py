@@ -104,12 +104,12 @@ class _Attachment:
             self.request_started_at = trio.current_time()
         self.pool.counters.bytes_received += size
 
-    def count_replies(self, size: int) -> None:
+    def count_replies(self, size: int, now: float) -> None:
         counters = self.pool.counters
         counters.bytes_sent += size
         answered = len(self.router.ready_statuses)
         if answered:
-            elapsed = trio.current_time() - self.request_started_at
+            elapsed = now - self.request_started_at
             counters.query_count += answered
             counters.query_time_us += int(elapsed * 1_000_000)
             counters.query_latency.observe(elapsed, answered)
@@ -329,7 +329,7 @@ class TransactionRelay:
         self, batch: list[Message], effects: list[tuple[str, SessionCommand]], plan: CachePlan | None = None
     ) -> None:
         self._check_pipeline_depth(batch)
-        decision = self._decide(batch)
+        decision = self._decide(batch, self.session.last_request_at)  # set by _handle, this tick
         waited = 0.0
         if decision.action is RouteAction.REFUSE and decision.reason is RouteReason.NO_PRIMARY:
             decision, waited = await self._wait_for_primary(batch, decision)
@@ -393,11 +393,11 @@ class TransactionRelay:
     def _standard_conforming_strings(self) -> bool:
         return self.state.reported.get("standard_conforming_strings", "on") == "on"
 
-    def _decide(self, batch: list[Message]) -> RouteDecision:
+    def _decide(self, batch: list[Message], now: float | None = None) -> RouteDecision:
         return self.routing.decide(
             batch,
             self.proxy.cluster_view,
-            trio.current_time(),
+            trio.current_time() if now is None else now,
             attached=self._node_with_replies_due(),
             standard_conforming_strings=self._standard_conforming_strings(),
         )
@@ -597,7 +597,8 @@ class TransactionRelay:
         for name, value in router.parameter_changes:
             server.parameters[name] = value
             self.state.note_parameter_status(name, value)
-        attachment.count_replies(received)
+        now = trio.current_time()
+        attachment.count_replies(received, now)
         cache = self.cache
         if cache is not None and cache.has_pending and b"I" in router.ready_statuses:
             # Before the client may see its write acknowledged; kept for what the client still has in
@@ -614,7 +615,6 @@ class TransactionRelay:
         if not (router.ready_statuses and router.outstanding == 0 and router.at_boundary):
             return _Step.MORE
         if not self._rolling_back:
-            now = trio.current_time()
             ok = True  # a client's own SQL error says nothing about the node (failures: see above)
             self.routing.ready(
                 router.last_ready_status,
@@ -641,6 +641,9 @@ class TransactionRelay:
         self.attached = None
         self.session.server = None
         server = attachment.server
+        if not self._settings_touched and not server.dirty:  # the common case: nothing to await
+            attachment.pool.release(server, reusable=True)
+            return
         reusable = True
         # Shielded: a session ending mid-reset must still give the pool its slot back.
         with trio.CancelScope(shield=True):
