@@ -206,8 +206,10 @@ class ServerPool:
                 self._limiter_of[lease] = await self._take_slot(lease)
         if wait is not None:
             self._raise_if_timed_out(wait)
+        now = queued_at if wait is None else trio.current_time()  # no wait: still the same instant
         try:
-            server = self._take_idle()
+            server = self._take_idle(now)
+            server_was_idle = server is not None
             if server is None:
                 server = await open_server()
                 self.opened_total += 1
@@ -215,7 +217,7 @@ class ServerPool:
             self._limiter_of.pop(lease).release_on_behalf_of(lease)
             raise
         self._leases[id(server)] = lease
-        self._count_assignment(queued_at)
+        self._count_assignment(queued_at, now if server_was_idle else trio.current_time())
         return server
 
     def _took_free_slot(self, lease: object) -> bool:
@@ -271,8 +273,8 @@ class ServerPool:
         finally:
             del self._waiting_since[lease]
 
-    def _count_assignment(self, queued_at: float) -> None:
-        waited_us = int((trio.current_time() - queued_at) * 1_000_000)
+    def _count_assignment(self, queued_at: float, now: float) -> None:
+        waited_us = int((now - queued_at) * 1_000_000)
         counters = self.counters
         counters.server_assignment_count += 1
         counters.wait_time_us += waited_us
@@ -298,8 +300,7 @@ class ServerPool:
     def idle_servers(self) -> tuple[ServerConnection, ...]:
         return tuple(self._idle)
 
-    def _take_idle(self) -> ServerConnection | None:
-        now = trio.current_time()
+    def _take_idle(self, now: float) -> ServerConnection | None:
         while self._idle:
             server = self._idle.pop()  # most recently used first: warm caches, fewer live conns
             if is_retired(server, self.limits, now) or not server.socket.looks_idle_and_open():
@@ -308,12 +309,14 @@ class ServerPool:
             return server
         return None
 
-    def release(self, server: ServerConnection, *, reusable: bool) -> None:
-        """Take a connection back; close it unless it is clean and within its limits."""
+    def release(self, server: ServerConnection, *, reusable: bool, now: float | None = None) -> None:
+        """Take a connection back; close it unless it is clean and within its limits. ``now``: the
+        current trio time, if the caller has just read it."""
         lease = self._leases.pop(id(server), None)
         if lease is not None:
             self._limiter_of.pop(lease).release_on_behalf_of(lease)
-        now = trio.current_time()
+        if now is None:
+            now = trio.current_time()
         server.sessions_served += 1
         server.last_used = now
         if reusable and not is_retired(server, self.limits, now):

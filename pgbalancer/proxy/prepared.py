@@ -113,6 +113,9 @@ class ClientStatements:
         self.by_name.pop(name, None)
 
 
+_PARSE, _BIND, _DESCRIBE, _CLOSE = b"PBDC"  # message type bytes, as ints
+
+
 class BatchRewriter:
     """Turns client messages into server bytes for one server connection."""
 
@@ -130,13 +133,13 @@ class BatchRewriter:
 
     def _rewrite_one(self, message: Message) -> None:
         kind = message.type[0]
-        if kind == ord("P"):
+        if kind == _PARSE:
             self._parse(message.body)
-        elif kind == ord("B"):
+        elif kind == _BIND:
             self._bind(message.body)
-        elif kind == ord("D"):
+        elif kind == _DESCRIBE:
             self._describe(message.body)
-        elif kind == ord("C"):
+        elif kind == _CLOSE:
             self._close(message.body)
         else:
             self.out += message.encode()

@@ -114,10 +114,10 @@ class _Attachment:
             counters.query_time_us += int(elapsed * 1_000_000)
             counters.query_latency.observe(elapsed, answered)
 
-    def count_transaction(self) -> None:
+    def count_transaction(self, now: float) -> None:
         counters = self.pool.counters
         counters.xact_count += 1
-        counters.xact_time_us += int((trio.current_time() - self.attached_at) * 1_000_000)
+        counters.xact_time_us += int((now - self.attached_at) * 1_000_000)
 
 
 class TransactionRelay:
@@ -628,7 +628,7 @@ class TransactionRelay:
             return _Step.ENDED
         if router.last_ready_status != b"I":
             return _Step.ANSWERED
-        await self._release(attachment)
+        await self._release(attachment)  # reads the clock afresh: the flush and sends may have waited
         return _Step.RELEASED
 
     async def _end_from_pump(self, farewell: bytes | None) -> None:
@@ -637,12 +637,14 @@ class TransactionRelay:
         self._nursery.cancel_scope.cancel()
 
     async def _release(self, attachment: _Attachment) -> None:
-        attachment.count_transaction()
+        """Give the server connection back to its pool."""
+        now = trio.current_time()
+        attachment.count_transaction(now)
         self.attached = None
         self.session.server = None
         server = attachment.server
         if not self._settings_touched and not server.dirty:  # the common case: nothing to await
-            attachment.pool.release(server, reusable=True)
+            attachment.pool.release(server, reusable=True, now=now)
             return
         reusable = True
         # Shielded: a session ending mid-reset must still give the pool its slot back.
