@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _RESET_TIMEOUT = 5.0
 _BOUNDARY_WAIT = 1.0
 _SYNC_POINTS = frozenset(b"QSF")
+_ANSWERED_LOCALLY = frozenset({CommandKind.DEALLOCATE, CommandKind.DEALLOCATE_ALL, CommandKind.DISCARD_ALL})
 _NO_EFFECT = SessionCommand(CommandKind.OTHER)
 # Pipelined after a batch that may commit a write, on the same primary connection: the server runs
 # it after the commit, so its answer is at or past the commit record (read-your-writes by LSN).
@@ -294,7 +295,11 @@ class TransactionRelay:
         for message in messages:
             sql = _statement_text(message)
             command = classify_session_command(sql) if sql is not None else _NO_EFFECT
-            if message.type == b"Q" and await self._answered_locally(command, batch):
+            if (
+                message.type == b"Q"
+                and command.kind in _ANSWERED_LOCALLY
+                and await self._answered_locally(command, batch)
+            ):
                 continue
             batch.append(message)
             if sql is not None:
@@ -304,9 +309,8 @@ class TransactionRelay:
         return terminated
 
     async def _answered_locally(self, command: SessionCommand, batch: list[Message]) -> bool:
-        """DEALLOCATE / DISCARD ALL concern this client's statements: pgbalancer answers them."""
-        if command.kind not in (CommandKind.DEALLOCATE, CommandKind.DEALLOCATE_ALL, CommandKind.DISCARD_ALL):
-            return False
+        """DEALLOCATE / DISCARD ALL (_ANSWERED_LOCALLY) concern this client's statements: pgbalancer
+        answers them."""
         if batch or (self.attached is not None and self.attached.router.outstanding):
             return False  # keep ordering simple: only a lone, unpipelined command is answered here
         if command.kind is CommandKind.DEALLOCATE:
