@@ -6,6 +6,9 @@ HOT rows of ``cache_items`` and 5% UPDATEs of ``cache_counters`` (a different ta
 invalidates per table, as Pgpool-II's does, so updates of the hot table itself would flush the
 hot set 19 reads out of 20; the validator below writes the hot table instead). Every target
 runs the same script for --time seconds per rep; reps are interleaved.
+``--writes relayed-read`` (the 5% are uncacheable reads) and ``--writes none`` (only cacheable
+reads) take the figure apart: what the relay costs without a commit, and the hit path's ceiling.
+They are diagnostics; the workload is the default, ``--writes update``.
 
 Validator (runs during every run that caches): a thread writes ``cache_items`` through the
 target twice a second and, after each acknowledged write, reads the written row and random hot
@@ -259,12 +262,30 @@ def targets(
 
 # ---- data, workload, validator
 
-SCRIPT = f"""\\set r random(1, 100)
+# What the 5% that are not cacheable reads do (--writes): the issue's workload UPDATEs; the other two
+# take the result cache's part apart (diagnostics only, never the headline figure): reads that
+# every target must send to PostgreSQL (the relay's cost without a commit), and no 5% at all (only
+# cacheable reads: the hit path's ceiling).
+OTHER_STATEMENTS = {
+    "update": "UPDATE cache_counters SET n = n + 1 WHERE id = :id;",
+    "relayed-read": "/* pgbalancer: nocache */ SELECT n FROM cache_counters WHERE id = :id;",
+    "none": "SELECT id, v, note FROM cache_items WHERE id = :id;",
+}
+WORKLOADS = {
+    "update": "5% UPDATE elsewhere",
+    "relayed-read": "5% uncached SELECT elsewhere (nocache hint; Pgpool-II caches it)",
+    "none": "no writes: 100% cacheable SELECT",
+}
+
+
+def script_text(writes: str) -> str:
+    """The pgbench script: 95% hot point SELECTs, 5% OTHER_STATEMENTS[writes]."""
+    return f"""\\set r random(1, 100)
 \\set id random(1, {HOT})
 \\if :r <= 95
 SELECT id, v, note FROM cache_items WHERE id = :id;
 \\else
-UPDATE cache_counters SET n = n + 1 WHERE id = :id;
+{OTHER_STATEMENTS[writes]}
 \\endif
 """
 
@@ -390,6 +411,13 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--time", type=int, default=20, help="seconds per measured run")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument(
+        "--writes",
+        choices=tuple(OTHER_STATEMENTS),
+        default="update",
+        help="the 5%% besides the hot reads: update (the workload), or, to take the figure apart, "
+        "relayed-read (uncacheable reads) or none (only cacheable reads)",
+    )
     parser.add_argument("--results", type=Path, default=REPO / "bench" / "results")
     parser.add_argument(
         "--only", action="append", default=[], help="run only this target (repeatable), e.g. pgbouncer"
@@ -442,7 +470,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pgb-cache-targets-"))
     os.chmod(work, 0o755)
     script = out_dir / "read_mostly.sql"
-    script.write_text(SCRIPT)
+    script.write_text(script_text(args.writes))
     os.chmod(script, 0o644)
     runs: dict[str, list[RunResult]] = {name: [] for name in names}
     try:
@@ -487,7 +515,8 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
             "runs": [asdict(r) for r in results],
         }
     return {
-        "workload": f"95% SELECT of {HOT} hot rows (of {ROWS}), 5% UPDATE elsewhere, pgbench -M simple",
+        "workload": f"95% SELECT of {HOT} hot rows (of {ROWS}), {WORKLOADS[args.writes]}, pgbench -M simple",
+        "writes": args.writes,
         "clients": args.clients,
         "pgbalancer_workers": args.workers,
         "load_average_before": args.load_before,
@@ -500,6 +529,8 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
 
 def table(report: dict[str, object]) -> str:
     lines = [
+        f"Workload: {report['workload']}, {report['clients']} clients",
+        "",
         "| target | TPS (mean) | TPS (median) | x PgBouncer | latency ms | hit ratio "
         "| stale reads / checked |",
         "|---|---:|---:|---:|---:|---:|---:|",
