@@ -20,6 +20,7 @@ It inspects message bodies only of ReadyForQuery, ParameterStatus and a probe's 
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pgbalancer.pgwire.errors import ProtocolError
 Piece = bytes | memoryview
 
 _HEADER_SIZE = 5
+_HEADER = struct.Struct(">BI")  # type byte, length (which counts itself, not the type byte)
 _HOLD_LIMIT = 64 * 1024  # larger replies stream through even when a chunk ends inside them
 _ERROR = ord("E")
 _READY = ord("Z")
@@ -39,6 +41,10 @@ _DATA_ROW = ord("D")
 _COPY_FROM_CLIENT = frozenset(b"GW")
 # Messages the server may send at any time; they belong to no request.
 _ASYNCHRONOUS = frozenset(b"NAS")
+# Whole forwarded messages the fast path looks at beyond their header (see _forward_whole_messages).
+_NOTED = frozenset(b"ZSEGW")
+_ONE_BYTE = [bytes((value,)) for value in range(256)]
+_NOTHING: frozenset[int] = frozenset()
 
 
 class Request(enum.IntEnum):
@@ -171,6 +177,8 @@ class ResponseRouter:
 
     def due_replies(self) -> list[Piece]:
         """Synthetic replies whose turn has come (nothing awaited from the server before them)."""
+        if not self._queue or self._queue[0].request is not None:
+            return []
         out = _Output(b"")
         self._emit_due_synthetic(out)
         return out.finish()
@@ -202,9 +210,15 @@ class ResponseRouter:
         self.ready_statuses.clear()
         self.parameter_changes.clear()
         self.awaits_client_data = False
-        out = _Output(chunk)
         size = len(chunk)
         position = 0
+        if not self._remaining and not self._header:
+            position = self._forward_whole_messages(chunk, size)
+            if position == size and position and (not self._queue or self._queue[0].request is not None):
+                return [memoryview(chunk)[0:size]]  # the common case: the whole chunk, one slice
+        out = _Output(chunk)
+        if position:
+            out.run_start, out.run_end = 0, position
         while position < size:
             if self._remaining:
                 position = self._consume_body(chunk, position, size, out)
@@ -218,6 +232,57 @@ class ResponseRouter:
                     self._finish(out)
         self._emit_due_synthetic(out)
         return out.finish()
+
+    def _forward_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> int:
+        """The fast path of ``feed``, from a message boundary at the chunk's start: route the leading
+        messages that are whole and plainly forwarded, and return where the general path takes over.
+
+        It does for each such message exactly what the general path would (queue, statuses,
+        parameters), and leaves the output to be one slice of the chunk up to the returned position.
+        It stops before anything else: a partial or invalid header or message, a synthetic reply
+        due, a reply that is dropped or a probe's, an extended-protocol error.
+        """
+        queue = self._queue
+        ends = self._plain_reply_ends()
+        if ends is None:
+            return 0
+        unpack = _HEADER.unpack_from
+        limit = self._max_message_size
+        position = 0
+        while size - position >= _HEADER_SIZE:
+            kind, length = unpack(chunk, position)
+            end = position + 1 + length
+            if end > size or length < 4 or length > limit:
+                break
+            if kind in _NOTED:
+                if kind == _READY:
+                    status = _ONE_BYTE[chunk[position + _HEADER_SIZE]] if length > 4 else b"I"
+                    self.ready_statuses.append(status)
+                    self.last_ready_status = status
+                elif kind == _PARAMETER_STATUS:
+                    self.parameter_changes.append(_parameter(bytes(chunk[position + _HEADER_SIZE : end])))
+                elif kind == _ERROR:
+                    if queue and queue[0].request in _EXTENDED:
+                        break  # the server now skips to Sync: the general path undoes what is lost
+                else:
+                    self.awaits_client_data = True
+            position = end
+            if kind in ends:
+                queue.popleft()
+                ends = self._plain_reply_ends()
+                if ends is None:
+                    break
+        return position
+
+    def _plain_reply_ends(self) -> frozenset[int] | None:
+        """The message types completing the awaited reply if it is forwarded as is (nothing
+        awaited: none); None if the next reply needs the general path."""
+        if not self._queue:
+            return _NOTHING
+        head = self._queue[0]
+        if head.request is None or not head.forward:  # a synthetic reply due, or a dropped reply
+            return None
+        return _ENDS_AT[head.request]
 
     def _collect_split_header(
         self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output
@@ -308,10 +373,7 @@ class ResponseRouter:
         elif message_type == _DATA_ROW and self._capture_current:
             self.probe_values.append(_first_column(bytes(self._body)))
         elif message_type == _PARAMETER_STATUS:
-            name, _, rest = bytes(self._body).partition(b"\x00")
-            self.parameter_changes.append(
-                (name.decode(errors="replace"), rest.rstrip(b"\x00").decode(errors="replace"))
-            )
+            self.parameter_changes.append(_parameter(bytes(self._body)))
         if message_type in _ASYNCHRONOUS or not self._queue:
             return
         self._complete_head(message_type)
@@ -344,6 +406,12 @@ class ResponseRouter:
     def _request_did_not_happen(self, token: object) -> None:
         if token is not None and self._on_request_lost is not None:
             self._on_request_lost(token)
+
+
+def _parameter(body: bytes) -> tuple[str, str]:
+    """The name and value of a ParameterStatus body."""
+    name, _, rest = body.partition(b"\x00")
+    return name.decode(errors="replace"), rest.rstrip(b"\x00").decode(errors="replace")
 
 
 def _first_column(body: bytes) -> bytes | None:
