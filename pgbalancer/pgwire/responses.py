@@ -15,6 +15,11 @@ request the server will answer, and walks the server's byte stream header by hea
 It also reports each ReadyForQuery status and ParameterStatus, which is what the shell
 needs to return a server to the pool at ``ReadyForQuery 'I'``. Pure: no I/O, no clock.
 It inspects message bodies only of ReadyForQuery, ParameterStatus and a probe's DataRow.
+
+Hot path: a chunk usually holds whole messages only, forwarded (or dropped) in one run. ``feed``
+routes those with one header unpack each and returns one slice, and hands anything else over to
+the general message-by-message path at the first message that needs it; both must give the same
+bytes and state (a differential property test holds them to it).
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ _DATA_ROW = ord("D")
 _COPY_FROM_CLIENT = frozenset(b"GW")
 # Messages the server may send at any time; they belong to no request.
 _ASYNCHRONOUS = frozenset(b"NAS")
-# Whole forwarded messages the fast path looks at beyond their header (see _forward_whole_messages).
+# Whole messages the fast path looks at beyond their header (see _route_whole_messages).
 _NOTED = frozenset(b"ZSEGW")
 _ONE_BYTE = [bytes((value,)) for value in range(256)]
 _NOTHING: frozenset[int] = frozenset()
@@ -212,13 +217,13 @@ class ResponseRouter:
         self.awaits_client_data = False
         size = len(chunk)
         position = 0
+        run_start = run_end = -1
         if not self._remaining and not self._header:
-            position = self._forward_whole_messages(chunk, size)
+            position, run_start, run_end = self._route_whole_messages(chunk, size)
             if position == size and position and (not self._queue or self._queue[0].request is not None):
-                return [memoryview(chunk)[0:size]]  # the common case: the whole chunk, one slice
-        out = _Output(chunk)
-        if position:
-            out.run_start, out.run_end = 0, position
+                # The common case: all of it routed by the fast path, its forwarded bytes one slice.
+                return [memoryview(chunk)[run_start:run_end]] if run_end > run_start else []
+        out = _Output(chunk, run_start=run_start, run_end=run_end)
         while position < size:
             if self._remaining:
                 position = self._consume_body(chunk, position, size, out)
@@ -233,27 +238,40 @@ class ResponseRouter:
         self._emit_due_synthetic(out)
         return out.finish()
 
-    def _forward_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> int:
+    def _route_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> tuple[int, int, int]:
         """The fast path of ``feed``, from a message boundary at the chunk's start: route the leading
-        messages that are whole and plainly forwarded, and return where the general path takes over.
+        messages that are whole and whose forwarded bytes make one run, and return where the general
+        path takes over and that run (start, end; -1, -1 if none).
 
         It does for each such message exactly what the general path would (queue, statuses,
-        parameters), and leaves the output to be one slice of the chunk up to the returned position.
-        It stops before anything else: a partial or invalid header or message, a synthetic reply
-        due, a reply that is dropped or a probe's, an extended-protocol error.
+        parameters, probe values, the output run). It stops before anything else: a partial or
+        invalid header or message, a synthetic reply due, an extended-protocol error, a forwarded
+        message after a dropped one (a second piece).
         """
         queue = self._queue
-        ends = self._plain_reply_ends()
-        if ends is None:
-            return 0
+        head = self._head_reply()
+        if head is None:
+            return 0, -1, -1
+        ends, dropping, probe, extended = head
         unpack = _HEADER.unpack_from
         limit = self._max_message_size
         position = 0
+        run_start = run_end = -1
         while size - position >= _HEADER_SIZE:
             kind, length = unpack(chunk, position)
             end = position + 1 + length
             if end > size or length < 4 or length > limit:
                 break
+            if kind == _ERROR and extended:
+                break  # the server now skips to Sync: the general path undoes what is lost
+            if not dropping or kind in _ASYNCHRONOUS or (kind == _ERROR and not probe):
+                if position != run_end:
+                    if run_end >= 0:
+                        break  # a second piece
+                    run_start = position
+                run_end = end
+            elif kind == _DATA_ROW and probe:
+                self.probe_values.append(_first_column(bytes(chunk[position + _HEADER_SIZE : end])))
             if kind in _NOTED:
                 if kind == _READY:
                     status = _ONE_BYTE[chunk[position + _HEADER_SIZE]] if length > 4 else b"I"
@@ -261,28 +279,27 @@ class ResponseRouter:
                     self.last_ready_status = status
                 elif kind == _PARAMETER_STATUS:
                     self.parameter_changes.append(_parameter(bytes(chunk[position + _HEADER_SIZE : end])))
-                elif kind == _ERROR:
-                    if queue and queue[0].request in _EXTENDED:
-                        break  # the server now skips to Sync: the general path undoes what is lost
-                else:
+                elif kind != _ERROR:
                     self.awaits_client_data = True
             position = end
             if kind in ends:
                 queue.popleft()
-                ends = self._plain_reply_ends()
-                if ends is None:
+                head = self._head_reply()
+                if head is None:
                     break
-        return position
+                ends, dropping, probe, extended = head
+        return position, run_start, run_end
 
-    def _plain_reply_ends(self) -> frozenset[int] | None:
-        """The message types completing the awaited reply if it is forwarded as is (nothing
-        awaited: none); None if the next reply needs the general path."""
+    def _head_reply(self) -> tuple[frozenset[int], bool, bool, bool] | None:
+        """For the reply awaited next: the message types completing it, whether it is dropped,
+        whether it is a probe's, whether an error in it makes the server skip to Sync; None if a
+        synthetic reply is due first (left to the general path)."""
         if not self._queue:
-            return _NOTHING
+            return _NOTHING, False, False, False
         head = self._queue[0]
-        if head.request is None or not head.forward:  # a synthetic reply due, or a dropped reply
+        if head.request is None:
             return None
-        return _ENDS_AT[head.request]
+        return _ENDS_AT[head.request], not head.forward, head.probe, head.request in _EXTENDED
 
     def _collect_split_header(
         self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output

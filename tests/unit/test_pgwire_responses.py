@@ -628,8 +628,8 @@ def test_any_chunking_gives_the_client_what_feeding_whole_gives(
 class GeneralPathRouter(ResponseRouter):
     """The router with feed's fast path turned off: every message goes through the general path."""
 
-    def _forward_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> int:
-        return 0
+    def _route_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> tuple[int, int, int]:
+        return 0, -1, -1
 
 
 def router_state(router: ResponseRouter) -> tuple[object, ...]:
@@ -692,27 +692,46 @@ class FastPathOnlyRouter(ResponseRouter):
         raise AssertionError(f"message {chr(message_type)!r} went through the general path")
 
 
+UPDATE_1 = frame(b"C", b"UPDATE 1\x00") + ready()
+BEGIN = frame(b"C", b"BEGIN\x00") + ready(b"T")
+
+
+def _held_begin(router: ResponseRouter) -> None:
+    router.expect(Request.QUERY, forward=False)  # a BEGIN the proxy answered the client itself
+
+
 @pytest.mark.parametrize(
-    ("requests", "reply"),
+    ("calls", "server", "client"),
     [
-        ([Request.QUERY], ROW_DESCRIPTION + DATA_ROW + SELECT_1 + ready()),
-        ([Request.QUERY], frame(b"C", b"UPDATE 1\x00") + ready(b"T")),
-        ([Request.QUERY], NOTICE + ERROR + ready(b"E")),
-        ([Request.QUERY], frame(b"C", b"SET\x00") + APP_NAME_REPORT + ready()),
-        ([Request.QUERY], COPY_IN),
+        ([Request.QUERY], ROW_DESCRIPTION + DATA_ROW + SELECT_1 + ready(), None),
+        ([Request.QUERY], UPDATE_1, None),
+        ([Request.QUERY], NOTICE + ERROR + ready(b"E"), None),
+        ([Request.QUERY], frame(b"C", b"SET\x00") + APP_NAME_REPORT + ready(), None),
+        ([Request.QUERY], COPY_IN, None),
         (
             [Request.PARSE, Request.BIND, Request.EXECUTE, Request.SYNC],
-            PARSE_COMPLETE + BIND_COMPLETE + SELECT_1 + ready(),
+            BIND_COMPLETE + SELECT_1 + ready(),
+            None,
         ),
+        ([Request.QUERY, ResponseRouter.expect_probe], UPDATE_1 + _PROBE_REPLIES[0] + ready(), UPDATE_1),
+        ([Request.QUERY, ResponseRouter.expect_probe], UPDATE_1 + ERROR + ready(), UPDATE_1),
+        ([_held_begin, Request.QUERY], BEGIN + UPDATE_1, UPDATE_1),
     ],
-    ids=["select", "update", "error", "set", "copy-in", "extended"],
+    ids=["select", "update", "error", "set", "copy-in", "extended", "probe", "failed-probe", "held-begin"],
 )
-def test_whole_forwarded_replies_take_the_fast_path(requests: list[Request], reply: bytes) -> None:
+def test_whole_replies_forwarded_in_one_run_take_the_fast_path(
+    calls: list[Request | Callable[[ResponseRouter], None]], server: bytes, client: bytes | None
+) -> None:
     router, general = FastPathOnlyRouter(), GeneralPathRouter()
     for each in (router, general):
-        expect_all(each, *requests)
-    pieces = router.feed(reply)
-    assert [bytes(piece) for piece in pieces] == [bytes(piece) for piece in general.feed(reply)] == [reply]
+        for call in calls:
+            if isinstance(call, Request):
+                each.expect(call)
+            else:
+                call(each)
+    pieces = router.feed(server)
+    assert [bytes(piece) for piece in pieces] == [bytes(piece) for piece in general.feed(server)]
+    assert [bytes(piece) for piece in pieces] == [server if client is None else client]
     assert router_state(router) == router_state(general)
 
 
