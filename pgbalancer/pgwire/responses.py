@@ -90,12 +90,16 @@ _EXTENDED = frozenset(
 
 
 @dataclass(slots=True)
-class _Entry:
+class _Entry:  # never changed once queued: the plain ones are shared (_PLAIN_ENTRIES)
     request: Request | None  # None: a synthetic reply, nothing is awaited from the server
     forward: bool = True  # False: the proxy injected the request; drop its reply
     synthetic: bytes = b""
     token: object = None  # given back through on_request_lost if the server never performs it
     probe: bool = False  # injected by the proxy for itself: nothing of its reply reaches the client
+
+
+# The entry of a forwarded request with no token, by far the most common: one per kind, not per request.
+_PLAIN_ENTRIES = {request: _Entry(request) for request in Request}
 
 
 @dataclass(slots=True)
@@ -163,7 +167,10 @@ class ResponseRouter:
         elif self._skipping:  # after an extended-protocol error the server discards all until Sync
             self._request_did_not_happen(token)
             return
-        self._queue.append(_Entry(request, forward, token=token))
+        if forward and token is None:
+            self._queue.append(_PLAIN_ENTRIES[request])
+        else:
+            self._queue.append(_Entry(request, forward, token=token))
 
     def expect_probe(self) -> None:
         """The proxy sent a Query of its own after the client's requests: drop its whole reply (an
