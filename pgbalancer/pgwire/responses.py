@@ -17,9 +17,10 @@ needs to return a server to the pool at ``ReadyForQuery 'I'``. Pure: no I/O, no 
 It inspects message bodies only of ReadyForQuery, ParameterStatus and a probe's DataRow.
 
 Hot path: a chunk usually holds whole messages only, forwarded (or dropped) in one run. ``feed``
-routes those with one header unpack each and returns one slice, and hands anything else over to
-the general message-by-message path at the first message that needs it; both must give the same
-bytes and state (a differential property test holds them to it).
+routes those with one header unpack each and returns one slice; it hands anything else (a
+message split across chunks, a synthetic reply due, ...) to the general message-by-message path,
+and takes over again at the next message boundary. Both must give the same bytes and state (a
+differential property test holds them to it).
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class ResponseRouter:
         position = 0
         run_start = run_end = -1
         if not self._remaining and not self._header:
-            position, run_start, run_end = self._route_whole_messages(chunk, size)
+            position, run_start, run_end = self._route_whole_messages(chunk, 0, size, -1, -1)
             if position == size and position and (not self._queue or self._queue[0].request is not None):
                 # The common case: all of it routed by the fast path, its forwarded bytes one slice.
                 return [memoryview(chunk)[run_start:run_end]] if run_end > run_start else []
@@ -242,13 +243,20 @@ class ResponseRouter:
                 position += _HEADER_SIZE
                 if self._remaining == 0:
                     self._finish(out)
+            if position < size and not self._remaining and not self._header:
+                # Between messages again (e.g. after the end of a row a previous chunk began).
+                position, out.run_start, out.run_end = self._route_whole_messages(
+                    chunk, position, size, out.run_start, out.run_end
+                )
         self._emit_due_synthetic(out)
         return out.finish()
 
-    def _route_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> tuple[int, int, int]:
-        """The fast path of ``feed``, from a message boundary at the chunk's start: route the leading
-        messages that are whole and whose forwarded bytes make one run, and return where the general
-        path takes over and that run (start, end; -1, -1 if none).
+    def _route_whole_messages(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, run_start: int, run_end: int
+    ) -> tuple[int, int, int]:
+        """The fast path of ``feed``, from a message boundary at ``position``: route the messages that
+        are whole and whose forwarded bytes extend the output's last run (``run_start``, ``run_end``;
+        -1, -1 if none), and return where the general path takes over and that run.
 
         It does for each such message exactly what the general path would (queue, statuses,
         parameters, probe values, the output run). It stops before anything else: a partial or
@@ -258,12 +266,10 @@ class ResponseRouter:
         queue = self._queue
         head = self._head_reply()
         if head is None:
-            return 0, -1, -1
+            return position, run_start, run_end
         ends, dropping, probe, extended = head
         unpack = _HEADER.unpack_from
         limit = self._max_message_size
-        position = 0
-        run_start = run_end = -1
         while size - position >= _HEADER_SIZE:
             kind, length = unpack(chunk, position)
             end = position + 1 + length

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgbalancer.pgwire.errors import ProtocolError
-from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter
+from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter, _Output
 
 
 def frame(kind: bytes, body: bytes = b"") -> bytes:
@@ -628,8 +628,10 @@ def test_any_chunking_gives_the_client_what_feeding_whole_gives(
 class GeneralPathRouter(ResponseRouter):
     """The router with feed's fast path turned off: every message goes through the general path."""
 
-    def _route_whole_messages(self, chunk: bytes | bytearray | memoryview, size: int) -> tuple[int, int, int]:
-        return 0, -1, -1
+    def _route_whole_messages(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, run_start: int, run_end: int
+    ) -> tuple[int, int, int]:
+        return position, run_start, run_end
 
 
 def router_state(router: ResponseRouter) -> tuple[object, ...]:
@@ -676,20 +678,23 @@ def assert_paths_agree(
         assert fast_failed == general_failed
 
 
-class FastPathOnlyRouter(ResponseRouter):
-    """The router failing as soon as a message reaches the general path."""
+class CountingRouter(ResponseRouter):
+    """The router counting the messages that go through the general path."""
+
+    general_messages = 0
 
     def _begin(
         self,
         chunk: bytes | bytearray | memoryview,
         message_type: int,
         length: int,
-        out: object,
+        out: _Output,
         *,
         header: bytes | None,
         header_at: int,
     ) -> None:
-        raise AssertionError(f"message {chr(message_type)!r} went through the general path")
+        self.general_messages += 1
+        super()._begin(chunk, message_type, length, out, header=header, header_at=header_at)
 
 
 UPDATE_1 = frame(b"C", b"UPDATE 1\x00") + ready()
@@ -722,7 +727,7 @@ def _held_begin(router: ResponseRouter) -> None:
 def test_whole_replies_forwarded_in_one_run_take_the_fast_path(
     calls: list[Request | Callable[[ResponseRouter], None]], server: bytes, client: bytes | None
 ) -> None:
-    router, general = FastPathOnlyRouter(), GeneralPathRouter()
+    router, general = CountingRouter(), GeneralPathRouter()
     for each in (router, general):
         for call in calls:
             if isinstance(call, Request):
@@ -733,6 +738,20 @@ def test_whole_replies_forwarded_in_one_run_take_the_fast_path(
     assert [bytes(piece) for piece in pieces] == [bytes(piece) for piece in general.feed(server)]
     assert [bytes(piece) for piece in pieces] == [server if client is None else client]
     assert router_state(router) == router_state(general)
+    assert router.general_messages == 0
+
+
+def test_the_fast_path_takes_over_again_after_a_message_split_across_chunks() -> None:
+    router = CountingRouter()
+    router.expect(Request.QUERY)
+    stream = ROW_DESCRIPTION + DATA_ROW * 4 + SELECT_1 + ready()
+    split_row = len(ROW_DESCRIPTION) + len(DATA_ROW)
+    first = router.feed(stream[: split_row + 8])  # cut inside the second DataRow's body
+    second = router.feed(stream[split_row + 8 :])
+    after = split_row + len(DATA_ROW)
+    assert [bytes(piece) for piece in first + second] == [stream[:split_row], DATA_ROW, stream[after:]]
+    assert router.general_messages == 1  # only the DataRow split in two (held back, then sent whole)
+    assert router.outstanding == 0 and router.ready_statuses == [b"I"]
 
 
 @given(exchange=exchanges(more=True), data=st.data())
