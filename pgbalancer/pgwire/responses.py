@@ -15,11 +15,18 @@ request the server will answer, and walks the server's byte stream header by hea
 It also reports each ReadyForQuery status and ParameterStatus, which is what the shell
 needs to return a server to the pool at ``ReadyForQuery 'I'``. Pure: no I/O, no clock.
 It inspects message bodies only of ReadyForQuery, ParameterStatus and a probe's DataRow.
+
+Hot path: a chunk usually holds whole messages only, forwarded (or dropped) in one run. ``feed``
+routes those with one header unpack each and returns one slice; it hands anything else (a
+message split across chunks, a synthetic reply due, ...) to the general message-by-message path,
+and takes over again at the next message boundary. Both must give the same bytes and state (a
+differential property test holds them to it).
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +36,7 @@ from pgbalancer.pgwire.errors import ProtocolError
 Piece = bytes | memoryview
 
 _HEADER_SIZE = 5
+_HEADER = struct.Struct(">BI")  # type byte, length (which counts itself, not the type byte)
 _HOLD_LIMIT = 64 * 1024  # larger replies stream through even when a chunk ends inside them
 _ERROR = ord("E")
 _READY = ord("Z")
@@ -39,6 +47,10 @@ _DATA_ROW = ord("D")
 _COPY_FROM_CLIENT = frozenset(b"GW")
 # Messages the server may send at any time; they belong to no request.
 _ASYNCHRONOUS = frozenset(b"NAS")
+# Whole messages the fast path looks at beyond their header (see _route_whole_messages).
+_NOTED = frozenset(b"ZSEGW")
+_ONE_BYTE = [bytes((value,)) for value in range(256)]
+_NOTHING: frozenset[int] = frozenset()
 
 
 class Request(enum.IntEnum):
@@ -79,12 +91,16 @@ _EXTENDED = frozenset(
 
 
 @dataclass(slots=True)
-class _Entry:
+class _Entry:  # never changed once queued: the plain ones are shared (_PLAIN_ENTRIES)
     request: Request | None  # None: a synthetic reply, nothing is awaited from the server
     forward: bool = True  # False: the proxy injected the request; drop its reply
     synthetic: bytes = b""
     token: object = None  # given back through on_request_lost if the server never performs it
     probe: bool = False  # injected by the proxy for itself: nothing of its reply reaches the client
+
+
+# The entry of a forwarded request with no token, by far the most common: one per kind, not per request.
+_PLAIN_ENTRIES = {request: _Entry(request) for request in Request}
 
 
 @dataclass(slots=True)
@@ -152,7 +168,10 @@ class ResponseRouter:
         elif self._skipping:  # after an extended-protocol error the server discards all until Sync
             self._request_did_not_happen(token)
             return
-        self._queue.append(_Entry(request, forward, token=token))
+        if forward and token is None:
+            self._queue.append(_PLAIN_ENTRIES[request])
+        else:
+            self._queue.append(_Entry(request, forward, token=token))
 
     def expect_probe(self) -> None:
         """The proxy sent a Query of its own after the client's requests: drop its whole reply (an
@@ -171,6 +190,8 @@ class ResponseRouter:
 
     def due_replies(self) -> list[Piece]:
         """Synthetic replies whose turn has come (nothing awaited from the server before them)."""
+        if not self._queue or self._queue[0].request is not None:
+            return []
         out = _Output(b"")
         self._emit_due_synthetic(out)
         return out.finish()
@@ -202,9 +223,15 @@ class ResponseRouter:
         self.ready_statuses.clear()
         self.parameter_changes.clear()
         self.awaits_client_data = False
-        out = _Output(chunk)
         size = len(chunk)
         position = 0
+        run_start = run_end = -1
+        if not self._remaining and not self._header:
+            position, run_start, run_end = self._route_whole_messages(chunk, 0, size, -1, -1)
+            if position == size and position and (not self._queue or self._queue[0].request is not None):
+                # The common case: all of it routed by the fast path, its forwarded bytes one slice.
+                return [memoryview(chunk)[run_start:run_end]] if run_end > run_start else []
+        out = _Output(chunk, run_start=run_start, run_end=run_end)
         while position < size:
             if self._remaining:
                 position = self._consume_body(chunk, position, size, out)
@@ -216,8 +243,76 @@ class ResponseRouter:
                 position += _HEADER_SIZE
                 if self._remaining == 0:
                     self._finish(out)
+            if position < size and not self._remaining and not self._header:
+                # Between messages again (e.g. after the end of a row a previous chunk began).
+                position, out.run_start, out.run_end = self._route_whole_messages(
+                    chunk, position, size, out.run_start, out.run_end
+                )
         self._emit_due_synthetic(out)
         return out.finish()
+
+    def _route_whole_messages(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, run_start: int, run_end: int
+    ) -> tuple[int, int, int]:
+        """The fast path of ``feed``, from a message boundary at ``position``: route the messages that
+        are whole and whose forwarded bytes extend the output's last run (``run_start``, ``run_end``;
+        -1, -1 if none), and return where the general path takes over and that run.
+
+        It does for each such message exactly what the general path would (queue, statuses,
+        parameters, probe values, the output run). It stops before anything else: a partial or
+        invalid header or message, a synthetic reply due, an extended-protocol error, a forwarded
+        message after a dropped one (a second piece).
+        """
+        queue = self._queue
+        head = self._head_reply()
+        if head is None:
+            return position, run_start, run_end
+        ends, dropping, probe, extended = head
+        unpack = _HEADER.unpack_from
+        limit = self._max_message_size
+        while size - position >= _HEADER_SIZE:
+            kind, length = unpack(chunk, position)
+            end = position + 1 + length
+            if end > size or length < 4 or length > limit:
+                break
+            if kind == _ERROR and extended:
+                break  # the server now skips to Sync: the general path undoes what is lost
+            if not dropping or kind in _ASYNCHRONOUS or (kind == _ERROR and not probe):
+                if position != run_end:
+                    if run_end >= 0:
+                        break  # a second piece
+                    run_start = position
+                run_end = end
+            elif kind == _DATA_ROW and probe:
+                self.probe_values.append(_first_column(bytes(chunk[position + _HEADER_SIZE : end])))
+            if kind in _NOTED:
+                if kind == _READY:
+                    status = _ONE_BYTE[chunk[position + _HEADER_SIZE]] if length > 4 else b"I"
+                    self.ready_statuses.append(status)
+                    self.last_ready_status = status
+                elif kind == _PARAMETER_STATUS:
+                    self.parameter_changes.append(_parameter(bytes(chunk[position + _HEADER_SIZE : end])))
+                elif kind != _ERROR:
+                    self.awaits_client_data = True
+            position = end
+            if kind in ends:
+                queue.popleft()
+                head = self._head_reply()
+                if head is None:
+                    break
+                ends, dropping, probe, extended = head
+        return position, run_start, run_end
+
+    def _head_reply(self) -> tuple[frozenset[int], bool, bool, bool] | None:
+        """For the reply awaited next: the message types completing it, whether it is dropped,
+        whether it is a probe's, whether an error in it makes the server skip to Sync; None if a
+        synthetic reply is due first (left to the general path)."""
+        if not self._queue:
+            return _NOTHING, False, False, False
+        head = self._queue[0]
+        if head.request is None:
+            return None
+        return _ENDS_AT[head.request], not head.forward, head.probe, head.request in _EXTENDED
 
     def _collect_split_header(
         self, chunk: bytes | bytearray | memoryview, position: int, size: int, out: _Output
@@ -308,10 +403,7 @@ class ResponseRouter:
         elif message_type == _DATA_ROW and self._capture_current:
             self.probe_values.append(_first_column(bytes(self._body)))
         elif message_type == _PARAMETER_STATUS:
-            name, _, rest = bytes(self._body).partition(b"\x00")
-            self.parameter_changes.append(
-                (name.decode(errors="replace"), rest.rstrip(b"\x00").decode(errors="replace"))
-            )
+            self.parameter_changes.append(_parameter(bytes(self._body)))
         if message_type in _ASYNCHRONOUS or not self._queue:
             return
         self._complete_head(message_type)
@@ -344,6 +436,12 @@ class ResponseRouter:
     def _request_did_not_happen(self, token: object) -> None:
         if token is not None and self._on_request_lost is not None:
             self._on_request_lost(token)
+
+
+def _parameter(body: bytes) -> tuple[str, str]:
+    """The name and value of a ParameterStatus body."""
+    name, _, rest = body.partition(b"\x00")
+    return name.decode(errors="replace"), rest.rstrip(b"\x00").decode(errors="replace")
 
 
 def _first_column(body: bytes) -> bytes | None:

@@ -1,7 +1,8 @@
 """ResponseRouter: which server reply goes to the client, which is dropped, which is made up.
 
 Server byte streams are golden bytes built with ``frame``; a property test checks that any
-chunking of a realistic exchange gives the client the same bytes as feeding it whole.
+chunking of a realistic exchange gives the client the same bytes as feeding it whole, and another
+that feed's fast path (whole, plainly forwarded messages) changes nothing the general path does.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pgbalancer.pgwire.errors import ProtocolError
-from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter
+from pgbalancer.pgwire.responses import Piece, Request, ResponseRouter, _Output
 
 
 def frame(kind: bytes, body: bytes = b"") -> bytes:
@@ -500,6 +501,12 @@ _QUERY_REPLIES = [
     frame(b"C", b"SET\x00") + APP_NAME_REPORT,
 ]
 _ASYNC = [NOTICE, NOTIFICATION, APP_NAME_REPORT]
+COPY_IN = frame(b"G", b"\x00\x00\x01\x00\x00")
+# Replies the relay's probe after a Query or Sync may get; none of it reaches the client.
+_PROBE_REPLIES = [
+    ROW_DESCRIPTION + frame(b"D", b"\x00\x01\x00\x00\x00\x090/3000148") + SELECT_1,
+    ERROR,
+]
 
 
 def _expect_call(request: Request, forward: bool, token: object) -> Callable[[ResponseRouter], None]:
@@ -511,9 +518,13 @@ def _local_call(message: bytes) -> Callable[[ResponseRouter], None]:
 
 
 @st.composite
-def exchanges(draw: st.DrawFn) -> Exchange:
-    """A pipeline of extended batches and simple queries, with the server answering like PostgreSQL."""
+def exchanges(draw: st.DrawFn, *, more: bool = False) -> Exchange:
+    """A pipeline of extended batches and simple queries, with the server answering like PostgreSQL.
+
+    ``more`` adds commit-LSN probes after a Query or Sync, and COPY FROM STDIN replies.
+    """
     exchange = Exchange()
+    query_replies = [*_QUERY_REPLIES, COPY_IN + COPY_1] if more else _QUERY_REPLIES
     skipping = False  # the server hit an error and ignores everything until Sync
 
     def maybe_asynchronous_message() -> None:
@@ -554,11 +565,15 @@ def exchanges(draw: st.DrawFn) -> Exchange:
             skipping = False
             maybe_asynchronous_message()
             status = draw(st.sampled_from([b"I", b"T", b"E"]))
-            body = b"" if request is Request.SYNC else draw(st.sampled_from(_QUERY_REPLIES))
+            body = b"" if request is Request.SYNC else draw(st.sampled_from(query_replies))
             if request is Request.FUNCTION_CALL:
                 body = FUNCTION_RESULT
             exchange.send(body + ready(status))
             exchange.statuses.append(status)
+            if more and request is not Request.FUNCTION_CALL and draw(st.integers(0, 3)) == 0:
+                exchange.calls.append(ResponseRouter.expect_probe)
+                exchange.send(draw(st.sampled_from(_PROBE_REPLIES)) + ready(status), forwarded=False)
+                exchange.statuses.append(status)
     return exchange
 
 
@@ -608,6 +623,189 @@ def test_any_chunking_gives_the_client_what_feeding_whole_gives(
     assert whole == expected_outcome(exchange)
     assert router.at_boundary
     assert router.outstanding == 0
+
+
+class GeneralPathRouter(ResponseRouter):
+    """The router with feed's fast path turned off: every message goes through the general path."""
+
+    def _route_whole_messages(
+        self, chunk: bytes | bytearray | memoryview, position: int, size: int, run_start: int, run_end: int
+    ) -> tuple[int, int, int]:
+        return position, run_start, run_end
+
+
+def router_state(router: ResponseRouter) -> tuple[object, ...]:
+    """Everything the relay reads from a router after a feed."""
+    return (
+        list(router.ready_statuses),
+        list(router.parameter_changes),
+        router.last_ready_status,
+        router.awaits_client_data,
+        list(router.probe_values),
+        router.outstanding,
+        router.outstanding_for_client,
+        router.at_boundary,
+        router.client_at_boundary,
+    )
+
+
+def assert_paths_agree(
+    calls: list[Callable[[ResponseRouter], None]], chunks: list[bytes], *, max_message_size: int = 1 << 16
+) -> None:
+    """Feed the same chunks to a router with and without the fast path: same pieces, same state
+    after every feed, same requests reported lost in the same order, same protocol errors."""
+    fast_failed: list[object] = []
+    general_failed: list[object] = []
+    fast = ResponseRouter(max_message_size=max_message_size, on_request_lost=fast_failed.append)
+    general = GeneralPathRouter(max_message_size=max_message_size, on_request_lost=general_failed.append)
+    for call in calls:
+        call(fast)
+        call(general)
+    assert [bytes(piece) for piece in fast.due_replies()] == [bytes(p) for p in general.due_replies()]
+    for chunk in chunks:
+        outcomes: list[tuple[str, list[bytes]]] = []
+        for router in (fast, general):
+            try:
+                pieces = router.feed(memoryview(bytearray(chunk)))
+            except ProtocolError as exc:
+                outcomes.append((str(exc), []))
+            else:
+                outcomes.append(("", [bytes(piece) for piece in pieces]))
+        assert outcomes[0] == outcomes[1]
+        if outcomes[0][0]:
+            return  # the relay drops a server connection that broke the protocol
+        assert router_state(fast) == router_state(general)
+        assert fast_failed == general_failed
+
+
+class CountingRouter(ResponseRouter):
+    """The router counting the messages that go through the general path."""
+
+    general_messages = 0
+
+    def _begin(
+        self,
+        chunk: bytes | bytearray | memoryview,
+        message_type: int,
+        length: int,
+        out: _Output,
+        *,
+        header: bytes | None,
+        header_at: int,
+    ) -> None:
+        self.general_messages += 1
+        super()._begin(chunk, message_type, length, out, header=header, header_at=header_at)
+
+
+UPDATE_1 = frame(b"C", b"UPDATE 1\x00") + ready()
+BEGIN = frame(b"C", b"BEGIN\x00") + ready(b"T")
+
+
+def _held_begin(router: ResponseRouter) -> None:
+    router.expect(Request.QUERY, forward=False)  # a BEGIN the proxy answered the client itself
+
+
+@pytest.mark.parametrize(
+    ("calls", "server", "client"),
+    [
+        ([Request.QUERY], ROW_DESCRIPTION + DATA_ROW + SELECT_1 + ready(), None),
+        ([Request.QUERY], UPDATE_1, None),
+        ([Request.QUERY], NOTICE + ERROR + ready(b"E"), None),
+        ([Request.QUERY], frame(b"C", b"SET\x00") + APP_NAME_REPORT + ready(), None),
+        ([Request.QUERY], COPY_IN, None),
+        (
+            [Request.PARSE, Request.BIND, Request.EXECUTE, Request.SYNC],
+            BIND_COMPLETE + SELECT_1 + ready(),
+            None,
+        ),
+        ([Request.QUERY, ResponseRouter.expect_probe], UPDATE_1 + _PROBE_REPLIES[0] + ready(), UPDATE_1),
+        ([Request.QUERY, ResponseRouter.expect_probe], UPDATE_1 + ERROR + ready(), UPDATE_1),
+        ([_held_begin, Request.QUERY], BEGIN + UPDATE_1, UPDATE_1),
+    ],
+    ids=["select", "update", "error", "set", "copy-in", "extended", "probe", "failed-probe", "held-begin"],
+)
+def test_whole_replies_forwarded_in_one_run_take_the_fast_path(
+    calls: list[Request | Callable[[ResponseRouter], None]], server: bytes, client: bytes | None
+) -> None:
+    router, general = CountingRouter(), GeneralPathRouter()
+    for each in (router, general):
+        for call in calls:
+            if isinstance(call, Request):
+                each.expect(call)
+            else:
+                call(each)
+    pieces = router.feed(server)
+    assert [bytes(piece) for piece in pieces] == [bytes(piece) for piece in general.feed(server)]
+    assert [bytes(piece) for piece in pieces] == [server if client is None else client]
+    assert router_state(router) == router_state(general)
+    assert router.general_messages == 0
+
+
+def test_the_fast_path_takes_over_again_after_a_message_split_across_chunks() -> None:
+    router = CountingRouter()
+    router.expect(Request.QUERY)
+    stream = ROW_DESCRIPTION + DATA_ROW * 4 + SELECT_1 + ready()
+    split_row = len(ROW_DESCRIPTION) + len(DATA_ROW)
+    first = router.feed(stream[: split_row + 8])  # cut inside the second DataRow's body
+    second = router.feed(stream[split_row + 8 :])
+    after = split_row + len(DATA_ROW)
+    assert [bytes(piece) for piece in first + second] == [stream[:split_row], DATA_ROW, stream[after:]]
+    assert router.general_messages == 1  # only the DataRow split in two (held back, then sent whole)
+    assert router.outstanding == 0 and router.ready_statuses == [b"I"]
+
+
+@given(exchange=exchanges(more=True), data=st.data())
+def test_fast_path_and_general_path_agree_on_any_chunking(exchange: Exchange, data: st.DataObject) -> None:
+    size = len(exchange.server)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, size), max_size=12))))
+    bounds = [0, *cuts, size]
+    chunks = [bytes(exchange.server[start:end]) for start, end in itertools.pairwise(bounds)]
+    assert_paths_agree(exchange.calls, chunks)
+    whole, _ = run_exchange(exchange, [])
+    assert whole == expected_outcome(exchange)
+
+
+_ANY_REQUEST_CALL = st.one_of(
+    st.builds(_expect_call, st.sampled_from(list(Request)), st.booleans(), st.sampled_from([None, "t"])),
+    st.builds(_local_call, st.sampled_from([PARSE_COMPLETE, CLOSE_COMPLETE])),
+    st.just(ResponseRouter.expect_probe),
+)
+_ANY_MESSAGE = st.one_of(
+    st.sampled_from(
+        [
+            *{m for replies in _EXTENDED_REPLIES.values() for m in replies},
+            *_QUERY_REPLIES,
+            *_ASYNC,
+            *_PROBE_REPLIES,
+            COPY_IN,
+            FUNCTION_RESULT,
+            ready(b"I"),
+            ready(b"T"),
+            ready(b"E"),
+            frame(b"Z"),
+        ]
+    ),
+    st.binary(max_size=12),
+)
+
+
+@given(
+    calls=st.lists(_ANY_REQUEST_CALL, max_size=10),
+    messages=st.lists(_ANY_MESSAGE, max_size=12),
+    max_message_size=st.sampled_from([20, 1 << 16]),  # 20: a RowDescription is over the limit
+    data=st.data(),
+)
+def test_fast_path_and_general_path_agree_on_any_stream(
+    calls: list[Callable[[ResponseRouter], None]],
+    messages: list[bytes],
+    max_message_size: int,
+    data: st.DataObject,
+) -> None:
+    stream = b"".join(messages)
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(stream)), max_size=8))))
+    bounds = [0, *cuts, len(stream)]
+    chunks = [stream[start:end] for start, end in itertools.pairwise(bounds)]
+    assert_paths_agree(calls, chunks, max_message_size=max_message_size)
 
 
 @given(exchange=exchanges())
