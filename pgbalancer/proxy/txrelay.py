@@ -365,7 +365,8 @@ class TransactionRelay:
                 attachment.lost = True
                 self.proxy.suspect_backend(attachment.server.address.node_id, "server connection broke")
                 raise RelayEnded(self._server_lost_error(attachment)) from exc
-        await self._send_pieces(attachment.router.due_replies())
+        if due := attachment.router.due_replies():  # replies answered locally (a prepared Parse...)
+            await self._send_pieces(due)
         await self._collect_replies(attachment, inline=batch[-1].type[0] in _SYNC_POINTS)
 
     async def _attach_routed(
