@@ -98,6 +98,8 @@ _OTHER = SessionCommand(CommandKind.OTHER)
 
 def strip_leading_comments(sql: str) -> str:
     """``sql`` without leading blanks, ``--`` comments and (nested) ``/* */`` comments."""
+    if sql[:1].isalpha():  # the usual case: nothing to strip
+        return sql
     position, size = 0, len(sql)
     while position < size:
         position = _BLANKS.match(sql, position).end()  # type: ignore[union-attr]  # always matches
