@@ -50,7 +50,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
-from pgbalancer.ha.view import BackendRole, BackendState, ClusterView
+from pgbalancer.ha.view import BackendRole, BackendState, BackendStatus, ClusterView
 from pgbalancer.routing.balancer import (
     Algorithm,
     Balancer,
@@ -494,17 +494,28 @@ class Router:
     ) -> tuple[BackendState, ...]:
         """Nodes that may serve this session's next read, in node order."""
         settings = self.settings
+        min_health = settings.min_health_score
+        primary_id = view.primary_id
+        # Per read: the lag and read-your-writes checks only run when a threshold or token is set.
+        thresholds = settings.delay_threshold > 0 or settings.delay_threshold_by_time > 0
+        token = _has_token(session)
         candidates = []
         for backend in view.backends:
-            if not backend.is_up or backend.weight <= 0 or backend.health_score < settings.min_health_score:
+            if (
+                backend.status is not BackendStatus.UP
+                or backend.weight <= 0
+                or backend.health_score < min_health
+            ):
                 continue
-            if backend.node_id == view.primary_id:
+            if backend.node_id == primary_id:
                 if not standby_only:
                     candidates.append(backend)
                 continue
             if backend.role is BackendRole.PRIMARY:
                 continue  # claims to be a primary but is not ours: an old or split-brain primary
-            if self._lagging(backend) or not _has_replayed(backend, session, view):
+            if (thresholds and self._lagging(backend)) or (
+                token and not _has_replayed(backend, session, view)
+            ):
                 continue
             candidates.append(backend)
         return tuple(candidates)
@@ -596,7 +607,7 @@ def _idle(session: SessionRouting, token: tuple[int | None, float] | None = None
         commit_lsn,
         committed_at,
     )
-    if all(new is old for new, old in zip(idle, values, strict=True)):
+    if idle == values:  # already idle (the common case of a session that did nothing in between)
         return session
     return _session_from(idle)
 
