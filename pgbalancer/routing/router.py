@@ -616,8 +616,15 @@ def _hint(statement: Classification, session: SessionRouting) -> RouteHint | Non
     return statement.hint or session.local_route_hint or session.route_hint
 
 
+# One QueryClass per (bucket, kind), shared: no construction per read, and the balancer's dicts keyed
+# by class find the very same object (an identity hit skips the dataclass __eq__).
+_STATEMENT_CLASSES = {bucket: QueryClass(bucket, ReadKind.STATEMENT) for bucket in ComplexityBucket}
+_TRANSACTION_CLASSES = {bucket: QueryClass(bucket, ReadKind.TRANSACTION) for bucket in ComplexityBucket}
+
+
 def _query_class(statement: Classification, kind: ReadKind) -> QueryClass:
-    return QueryClass(ComplexityBucket.of(statement.complexity), kind)
+    classes = _STATEMENT_CLASSES if kind is ReadKind.STATEMENT else _TRANSACTION_CLASSES
+    return classes[ComplexityBucket.of(statement.complexity)]
 
 
 _HARMLESS_TRANSACTION_OPS = frozenset(
