@@ -148,6 +148,10 @@ class BatchRouting:
 
     def _classify(self, batch: Sequence[Message], standard_conforming_strings: bool) -> Classification:
         policy = self.router.settings.functions
+        if len(batch) == 1 and batch[0].type == b"Q":  # the common case: one simple Query
+            return classify(
+                batch[0].body[:-1], policy=policy, standard_conforming_strings=standard_conforming_strings
+            )
         parts: list[Classification] = []
         unnamed: Classification | None = None
         for message in batch:

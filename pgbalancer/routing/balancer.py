@@ -92,7 +92,8 @@ class BalancerSettings:
 
 
 def _decay(elapsed: float, half_life: float) -> float:
-    return 0.5 ** (max(elapsed, 0.0) / half_life) if half_life > 0 else 1.0
+    # ``0.0 if elapsed < 0.0 else elapsed`` is max(elapsed, 0.0) (NaN included) without a call.
+    return 0.5 ** ((0.0 if elapsed < 0.0 else elapsed) / half_life) if half_life > 0 else 1.0
 
 
 @dataclass(slots=True)
@@ -108,9 +109,17 @@ class _Estimate:
         return self.samples * _decay(now - self.updated_at, half_life)
 
     def learn(self, latency: float, ok: bool, now: float, settings: BalancerSettings) -> None:
-        confidence = self.confidence(now, settings.memory_half_life)
+        # Runs twice per read (class and overall): self.confidence() and max() written out.
+        elapsed = now - self.updated_at
+        half_life = settings.memory_half_life
+        confidence = self.samples * (
+            0.5 ** ((0.0 if elapsed < 0.0 else elapsed) / half_life) if half_life > 0 else 1.0
+        )
         # A rarely observed estimate averages its few samples; a busy one follows the learning rate.
-        rate = max(settings.learning_rate, 1.0 / (confidence + 1.0))
+        rate = settings.learning_rate
+        averaging = 1.0 / (confidence + 1.0)
+        if averaging > rate:
+            rate = averaging
         if ok:
             self.latency += rate * (latency - self.latency)
             self.error -= rate * self.error
@@ -432,19 +441,26 @@ class Balancer:
     def observe(self, node_id: int, query_class: QueryClass, latency: float, ok: bool, now: float) -> None:
         """The read sent to ``node_id`` finished: ``latency`` seconds; ``ok`` False for a failure of
         the node (connection lost, timeout, recovery conflict), not for the client's own SQL error."""
-        node = self._node(node_id)
-        load = max(node.in_flight, 1)  # the reads it shared the node with, itself included
-        node.in_flight = max(0, node.in_flight - 1)
+        node = self._nodes.get(node_id) or self._node(node_id)
+        in_flight = node.in_flight
+        load = in_flight if in_flight > 1 else 1  # the reads it shared the node with, itself included
+        node.in_flight = in_flight - 1 if in_flight > 0 else 0
         if not (math.isfinite(latency) and latency >= 0):
             return
         settings = self.settings
         estimate = node.estimate(query_class)
         estimate.learn(latency, ok, now, settings)
-        node.overall.learn(latency, ok, now, settings)
-        node.load += max(settings.learning_rate, 1.0 / node.overall.samples) * (load - node.load)
+        overall = node.overall
+        overall.learn(latency, ok, now, settings)
+        rate = 1.0 / overall.samples
+        if not rate > settings.learning_rate:  # max(learning_rate, 1 / samples), written out
+            rate = settings.learning_rate
+        node.load += rate * (load - node.load)
         if not ok:
             for stale in self._tables.values():
                 stale.built_at = -math.inf  # errors teach every class at once: rebuild on the next pick
+            return
+        if not self._tables:  # nothing cached to refresh (e.g. load balancing off: no picks)
             return
         table = self._tables.get(query_class)
         if table is not None and settings.algorithm is Algorithm.ADAPTIVE:

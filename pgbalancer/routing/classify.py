@@ -998,12 +998,17 @@ def _read_syntax(text: str, backslash_quotes: bool) -> _Syntax:
     return _Syntax(statements, hint, "")
 
 
-def _classify_text(text: str, backslash_quotes: bool, policy: FunctionPolicy) -> Classification:
+def _classify_text(text: str | bytes, backslash_quotes: bool, policy: FunctionPolicy) -> Classification:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     return _judge(_read_syntax(text, backslash_quotes), policy)
 
 
 # Keyed by (text, quoting, policy object): a new config builds a new policy, so no stale entry is hit.
-_classify_cached = functools.lru_cache(maxsize=4096)(_classify_text)
+# The text is the caller's str, or its bytes as they came off the wire (then a repeated statement is
+# not even decoded); at most _CLASSIFY_CACHE_SIZE entries of at most _CACHED_TEXT_MAX characters or bytes.
+_CLASSIFY_CACHE_SIZE = 4096
+_classify_cached = functools.lru_cache(maxsize=_CLASSIFY_CACHE_SIZE)(_classify_text)
 
 
 def _strongest_hint(hints: Sequence[RouteHint]) -> RouteHint | None:
@@ -1025,6 +1030,13 @@ def classify(
     backslash escapes). ``max_length`` bounds the work: longer texts are UNKNOWN.
     """
     try:
+        if (
+            type(sql) is bytes
+            and len(sql) <= _CACHED_TEXT_MAX
+            and (max_length is None or len(sql) <= max_length)
+        ):
+            # As decoded below, but a memo hit skips the decoding: decoded, a text is no longer.
+            return _classify_cached(sql, not standard_conforming_strings, policy)
         text = sql if isinstance(sql, str) else bytes(sql).decode("utf-8", "replace")
         if max_length is not None and len(text) > max_length:
             return unknown(f"statement longer than {max_length} characters is not classified")

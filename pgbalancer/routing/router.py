@@ -44,11 +44,13 @@ checker stamps ``checked_at`` with). The only mutable state is the balancer's le
 from __future__ import annotations
 
 import enum
+import operator
 import random
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
-from pgbalancer.ha.view import BackendRole, BackendState, ClusterView
+from pgbalancer.ha.view import BackendRole, BackendState, BackendStatus, ClusterView
 from pgbalancer.routing.balancer import (
     Algorithm,
     Balancer,
@@ -139,6 +141,71 @@ class SessionRouting:
         return self.phase is not TxnPhase.IDLE
 
 
+# Copies of SessionRouting with changes, for the hot path (two or more per statement).
+# dataclasses.replace reads fields() and getattr()s each of the 15 fields, then runs the frozen
+# __init__ (one object.__setattr__ per field): about 3.5 µs. ``_evolve`` reads every field at once
+# (attrgetter, in C) and fills a bare instance through the slots' own descriptors: about 1 µs, and
+# nothing at all when no field changes. SessionRouting stays frozen to everyone else.
+_SESSION_FIELDS = tuple(f.name for f in fields(SessionRouting))
+_FIELD_INDEX = {name: index for index, name in enumerate(_SESSION_FIELDS)}
+_session_values = operator.attrgetter(*_SESSION_FIELDS)
+_new_object = object.__new__
+# Unpacking fails at import if a field is added or removed without updating _session_from.
+(
+    _set_phase,
+    _set_node_id,
+    _set_balanced,
+    _set_read_only,
+    _set_movable,
+    _set_wrote,
+    _set_held_read_only,
+    _set_held_isolation,
+    _set_held_failed,
+    _set_route_hint,
+    _set_local_route_hint,
+    _set_default_read_only,
+    _set_default_isolation,
+    _set_commit_lsn,
+    _set_committed_at,
+) = (getattr(SessionRouting, name).__set__ for name in _SESSION_FIELDS)
+
+
+def _session_from(values: Sequence[object]) -> SessionRouting:
+    """A SessionRouting holding ``values`` in field order (already valid: taken from one, with changes)."""
+    session: SessionRouting = _new_object(SessionRouting)
+    _set_phase(session, values[0])
+    _set_node_id(session, values[1])
+    _set_balanced(session, values[2])
+    _set_read_only(session, values[3])
+    _set_movable(session, values[4])
+    _set_wrote(session, values[5])
+    _set_held_read_only(session, values[6])
+    _set_held_isolation(session, values[7])
+    _set_held_failed(session, values[8])
+    _set_route_hint(session, values[9])
+    _set_local_route_hint(session, values[10])
+    _set_default_read_only(session, values[11])
+    _set_default_isolation(session, values[12])
+    _set_commit_lsn(session, values[13])
+    _set_committed_at(session, values[14])
+    return session
+
+
+def _evolve(session: SessionRouting, /, **changes: object) -> SessionRouting:
+    """``dataclasses.replace(session, **changes)``, cheaper; ``session`` itself when every field
+    already holds the very object it would be given (the copy would be equal in every field)."""
+    values = list(_session_values(session))
+    changed = False
+    for name, value in changes.items():
+        index = _FIELD_INDEX.get(name)
+        if index is None:
+            raise TypeError(f"SessionRouting has no field {name!r}")
+        if values[index] is not value:
+            values[index] = value
+            changed = True
+    return _session_from(values) if changed else session
+
+
 class RouteAction(enum.StrEnum):
     SEND = "send"  # attach to node_id (unless attached) and send; held BEGIN first if send_held_begin
     HOLD_BEGIN = "hold begin"  # reply CommandComplete BEGIN + ReadyForQuery 'T' locally; keep the BEGIN
@@ -214,7 +281,7 @@ class Router:
             return self._send(
                 view,
                 statement,
-                replace(session, node_id=attached),
+                _evolve(session, node_id=attached),
                 attached,
                 RouteReason.ATTACHED,
                 ReadKind.STATEMENT,
@@ -245,11 +312,11 @@ class Router:
         isolation = begin.isolation or session.default_isolation
         hint = _hint(statement, session)
         balancing = self.settings.load_balance_mode and hint is not RouteHint.PRIMARY
-        opened = replace(session, phase=TxnPhase.OPEN, wrote=False, movable=False, balanced=False)
+        opened = _evolve(session, phase=TxnPhase.OPEN, wrote=False, movable=False, balanced=False)
         if balancing and read_only and isolation != "serializable":  # hot standbys refuse SERIALIZABLE
-            return self._balanced_transaction(statement, replace(opened, read_only=True), view, now)
+            return self._balanced_transaction(statement, _evolve(opened, read_only=True), view, now)
         if balancing and self.settings.lazy_begin and isolation in _MOVABLE_ISOLATION:
-            held = replace(
+            held = _evolve(
                 session,
                 phase=TxnPhase.BEGIN_HELD,
                 node_id=None,
@@ -258,7 +325,7 @@ class Router:
             )
             return RouteDecision(RouteAction.HOLD_BEGIN, None, RouteReason.LAZY_BEGIN, held)
         return self._to_primary(
-            statement, replace(opened, read_only=read_only), view, RouteReason.READ_WRITE_TRANSACTION
+            statement, _evolve(opened, read_only=read_only), view, RouteReason.READ_WRITE_TRANSACTION
         )
 
     def _after_held_begin(
@@ -278,16 +345,16 @@ class Router:
             )
         if session.held_failed:  # the client must roll back first, as PostgreSQL would insist
             return RouteDecision(RouteAction.REFUSE, None, RouteReason.HELD_TRANSACTION_FAILED, session)
-        opened = replace(session, phase=TxnPhase.OPEN, wrote=False, held_read_only=None, held_isolation=None)
+        opened = _evolve(session, phase=TxnPhase.OPEN, wrote=False, held_read_only=None, held_isolation=None)
         hint = _hint(statement, session)
         declared_read_only = (
             only is not None and only.transaction is TransactionOp.SET_TRANSACTION and only.read_only
         )
         isolation = (only.isolation if only is not None else None) or session.held_isolation
         if declared_read_only and hint is not RouteHint.PRIMARY and isolation != "serializable":
-            decision = self._balanced_transaction(statement, replace(opened, read_only=True), view, now)
+            decision = self._balanced_transaction(statement, _evolve(opened, read_only=True), view, now)
         elif statement.is_read and hint is not RouteHint.PRIMARY and isolation in _MOVABLE_ISOLATION:
-            lazy = replace(opened, balanced=True, movable=True, read_only=False)
+            lazy = _evolve(opened, balanced=True, movable=True, read_only=False)
             decision = self._read(
                 statement, lazy, view, now, ReadKind.TRANSACTION, reason=RouteReason.LAZY_READ
             )
@@ -295,9 +362,9 @@ class Router:
             decision = self._to_primary(statement, opened, view, RouteReason.READ_WRITE_TRANSACTION)
         if decision.action is RouteAction.REFUSE:
             # The shell replies ErrorResponse + ReadyForQuery 'E'; the transaction stays held, failed.
-            return replace(decision, session=replace(session, held_failed=True))
+            return replace(decision, session=_evolve(session, held_failed=True))
         if decision.node_id == view.primary_id:  # balanced onto the primary: nothing to move later
-            decision = replace(decision, session=replace(decision.session, balanced=False, movable=False))
+            decision = replace(decision, session=_evolve(decision.session, balanced=False, movable=False))
         return replace(decision, send_held_begin=True)
 
     def _in_transaction(
@@ -310,7 +377,7 @@ class Router:
             primary = view.primary
             # Never out of a failed transaction: the client must see it roll back first.
             if session.movable and session.phase is TxnPhase.OPEN and primary is not None:
-                moved = replace(
+                moved = _evolve(
                     session, node_id=primary.node_id, balanced=False, movable=False, read_only=False
                 )
                 decision = self._send(
@@ -326,7 +393,7 @@ class Router:
                 view, statement, session, node_id, RouteReason.WRITE_IN_READ_TRANSACTION, ReadKind.TRANSACTION
             )
         if session.movable and _pins_transaction(statement):
-            session = replace(session, movable=False)
+            session = _evolve(session, movable=False)
         return self._send(view, statement, session, node_id, RouteReason.PINNED, ReadKind.TRANSACTION)
 
     def _read(
@@ -351,7 +418,7 @@ class Router:
             return self._to_primary(statement, session, view, fallback, if_down=RouteReason.NO_NODE)
         query_class = _query_class(statement, kind)
         node_id = self.balancer.pick(candidates, query_class, now)
-        chosen = replace(session, node_id=node_id)
+        chosen = _evolve(session, node_id=node_id)
         return RouteDecision(RouteAction.SEND, node_id, reason, chosen, query_class=query_class)
 
     def _balanced_transaction(
@@ -366,7 +433,7 @@ class Router:
             return self._to_primary(statement, session, view, RouteReason.READ_ONLY_TRANSACTION)
         query_class = _query_class(statement, ReadKind.TRANSACTION)
         node_id = self.balancer.pick(candidates, query_class, now, in_flight=False)
-        pinned = replace(session, node_id=node_id, balanced=True, read_only=True)
+        pinned = _evolve(session, node_id=node_id, balanced=True, read_only=True)
         return self._send(
             view, statement, pinned, node_id, RouteReason.READ_ONLY_TRANSACTION, ReadKind.TRANSACTION
         )
@@ -385,7 +452,7 @@ class Router:
             return RouteDecision(RouteAction.REFUSE, None, if_down, session)
         kind = ReadKind.TRANSACTION if session.phase is not TxnPhase.IDLE else ReadKind.STATEMENT
         return self._send(
-            view, statement, replace(session, node_id=primary.node_id), primary.node_id, reason, kind
+            view, statement, _evolve(session, node_id=primary.node_id), primary.node_id, reason, kind
         )
 
     def _send(
@@ -400,9 +467,9 @@ class Router:
         """SEND to ``node_id``: note a possible write (only the primary can take one, and a
         ROLLBACK undoes it), and count a read in flight."""
         if _discards_writes(statement):
-            session = replace(session, wrote=False)
+            session = _evolve(session, wrote=False)
         elif node_id == view.primary_id and _may_write(statement):
-            session = replace(session, wrote=True)
+            session = _evolve(session, wrote=True)
         query_class = None
         if statement.is_read:
             query_class = _query_class(statement, kind)
@@ -427,17 +494,28 @@ class Router:
     ) -> tuple[BackendState, ...]:
         """Nodes that may serve this session's next read, in node order."""
         settings = self.settings
+        min_health = settings.min_health_score
+        primary_id = view.primary_id
+        # Per read: the lag and read-your-writes checks only run when a threshold or token is set.
+        thresholds = settings.delay_threshold > 0 or settings.delay_threshold_by_time > 0
+        token = _has_token(session)
         candidates = []
         for backend in view.backends:
-            if not backend.is_up or backend.weight <= 0 or backend.health_score < settings.min_health_score:
+            if (
+                backend.status is not BackendStatus.UP
+                or backend.weight <= 0
+                or backend.health_score < min_health
+            ):
                 continue
-            if backend.node_id == view.primary_id:
+            if backend.node_id == primary_id:
                 if not standby_only:
                     candidates.append(backend)
                 continue
             if backend.role is BackendRole.PRIMARY:
                 continue  # claims to be a primary but is not ours: an old or split-brain primary
-            if self._lagging(backend) or not _has_replayed(backend, session, view):
+            if (thresholds and self._lagging(backend)) or (
+                token and not _has_replayed(backend, session, view)
+            ):
                 continue
             candidates.append(backend)
         return tuple(candidates)
@@ -455,10 +533,10 @@ class Router:
         if not _has_token(session):
             return session
         if not self.settings.read_your_writes:
-            return replace(session, commit_lsn=None, committed_at=None)
+            return _evolve(session, commit_lsn=None, committed_at=None)
         standbys = view.up_standbys()
         if standbys and all(_has_replayed(standby, session, view) for standby in standbys):
-            return replace(session, commit_lsn=None, committed_at=None)
+            return _evolve(session, commit_lsn=None, committed_at=None)
         return session
 
     # ---- feedback from the shell
@@ -467,15 +545,15 @@ class Router:
         self, session: SessionRouting, status: bytes | str, now: float, *, commit_lsn: int | None = None
     ) -> SessionRouting:
         """The batch's last ReadyForQuery: 'I' idle, 'T' in a transaction, 'E' in a failed one."""
-        code = status.decode("ascii", "replace") if isinstance(status, bytes) else status
         if session.phase is TxnPhase.BEGIN_HELD:
             return session  # the shell answered the BEGIN itself; no server status applies
-        if code == "T":
-            return replace(session, phase=TxnPhase.OPEN)
-        if code == "E":
-            return replace(session, phase=TxnPhase.FAILED)
+        code = status if isinstance(status, bytes) else status.encode("ascii", "replace")
+        if code == b"T":
+            return _evolve(session, phase=TxnPhase.OPEN)
+        if code == b"E":
+            return _evolve(session, phase=TxnPhase.FAILED)
         if session.wrote and self.settings.read_your_writes:
-            session = replace(session, commit_lsn=commit_lsn, committed_at=now)
+            return _idle(session, (commit_lsn, now))
         return _idle(session)
 
     def observe(self, decision: RouteDecision, latency: float, ok: bool, now: float) -> None:
@@ -507,28 +585,46 @@ def parse_lsn(text: str | bytes) -> int | None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _idle(session: SessionRouting) -> SessionRouting:
-    return replace(
-        session,
-        phase=TxnPhase.IDLE,
-        node_id=None,
-        balanced=False,
-        read_only=False,
-        movable=False,
-        wrote=False,
-        held_read_only=None,
-        held_isolation=None,
-        held_failed=False,
-        local_route_hint=None,
+def _idle(session: SessionRouting, token: tuple[int | None, float] | None = None) -> SessionRouting:
+    """The session back in autocommit, with nothing held; with a new read-your-writes ``token``
+    (commit LSN, commit time) when given. The session itself when it is already so."""
+    values = _session_values(session)
+    commit_lsn, committed_at = token if token is not None else (values[13], values[14])
+    idle = (
+        TxnPhase.IDLE,
+        None,  # node_id
+        False,  # balanced
+        False,  # read_only
+        False,  # movable
+        False,  # wrote
+        None,  # held_read_only
+        None,  # held_isolation
+        False,  # held_failed
+        values[9],  # route_hint
+        None,  # local_route_hint
+        values[11],  # default_read_only
+        values[12],  # default_isolation
+        commit_lsn,
+        committed_at,
     )
+    if idle == values:  # already idle (the common case of a session that did nothing in between)
+        return session
+    return _session_from(idle)
 
 
 def _hint(statement: Classification, session: SessionRouting) -> RouteHint | None:
     return statement.hint or session.local_route_hint or session.route_hint
 
 
+# One QueryClass per (bucket, kind), shared: no construction per read, and the balancer's dicts keyed
+# by class find the very same object (an identity hit skips the dataclass __eq__).
+_STATEMENT_CLASSES = {bucket: QueryClass(bucket, ReadKind.STATEMENT) for bucket in ComplexityBucket}
+_TRANSACTION_CLASSES = {bucket: QueryClass(bucket, ReadKind.TRANSACTION) for bucket in ComplexityBucket}
+
+
 def _query_class(statement: Classification, kind: ReadKind) -> QueryClass:
-    return QueryClass(ComplexityBucket.of(statement.complexity), kind)
+    classes = _STATEMENT_CLASSES if kind is ReadKind.STATEMENT else _TRANSACTION_CLASSES
+    return classes[ComplexityBucket.of(statement.complexity)]
 
 
 _HARMLESS_TRANSACTION_OPS = frozenset(
@@ -553,7 +649,10 @@ def _statement_may_write(statement: StatementInfo) -> bool:
 
 
 def _may_write(statement: Classification) -> bool:
-    if statement.kind is StatementKind.UNKNOWN:
+    kind = statement.kind
+    if kind is StatementKind.READ or kind is StatementKind.EMPTY:
+        return False  # a batch's kind is its most demanding statement's: all of them read
+    if kind is StatementKind.UNKNOWN:
         return True
     return any(_statement_may_write(s) for s in statement.statements)
 
@@ -574,6 +673,8 @@ def _may_carry_a_probe(statement: Classification) -> bool:
 
 def _discards_writes(statement: Classification) -> bool:
     """Does the batch end with a ROLLBACK that nothing after it may write past?"""
+    if statement.kind is StatementKind.READ or statement.kind is StatementKind.EMPTY:
+        return False  # a ROLLBACK would make the batch's kind TRANSACTION
     last_rollback = None
     for index, info in enumerate(statement.statements):
         if info.transaction is TransactionOp.ROLLBACK and not info.chain:
@@ -612,11 +713,13 @@ def _has_replayed(backend: BackendState, session: SessionRouting, view: ClusterV
 
 def _note_settings(statement: Classification, session: SessionRouting) -> SessionRouting:
     """Routing-relevant session settings in the batch: pgbalancer.route, transaction defaults."""
+    if statement.kind is StatementKind.READ or statement.kind is StatementKind.EMPTY:
+        return session  # a setting would make the batch's kind SESSION
     for info in statement.statements:
         if info.kind is not StatementKind.SESSION:
             continue
         if info.resets_all:
-            session = replace(
+            session = _evolve(
                 session,
                 route_hint=None,
                 local_route_hint=None,
@@ -626,15 +729,15 @@ def _note_settings(statement: Classification, session: SessionRouting) -> Sessio
         elif info.setting == _ROUTE_SETTING:
             hint = _parse_hint(info.value)
             session = (
-                replace(session, local_route_hint=hint) if info.local else replace(session, route_hint=hint)
+                _evolve(session, local_route_hint=hint) if info.local else _evolve(session, route_hint=hint)
             )
         elif info.setting in ("session characteristics", "default_transaction_read_only") and not info.local:
             if info.read_only is not None:
-                session = replace(session, default_read_only=info.read_only)
+                session = _evolve(session, default_read_only=info.read_only)
             if info.isolation is not None:
-                session = replace(session, default_isolation=info.isolation)
+                session = _evolve(session, default_isolation=info.isolation)
         elif info.setting == "default_transaction_isolation" and not info.local:
-            session = replace(session, default_isolation=info.isolation)
+            session = _evolve(session, default_isolation=info.isolation)
     return session
 
 

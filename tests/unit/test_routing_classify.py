@@ -480,3 +480,45 @@ def test_time_grows_linearly_with_size() -> None:
 def test_unreadable_hostile_inputs_are_unknown() -> None:
     for text in ("SELECT '" + "x" * 10_000, "/*" * 10_000, "SELECT $a$" + "x" * 10_000, b"SELECT '\xff\xfe"):
         assert classify(text).kind is UNKNOWN
+
+
+# ---- the memo of classifications (wire bytes are memoised as they come, without decoding)
+
+from pgbalancer.routing.classify import (  # noqa: E402
+    _CACHED_TEXT_MAX,
+    _CLASSIFY_CACHE_SIZE,
+    _classify_cached,
+)
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=80) | st.text(max_size=80).map(str.encode), st.booleans())
+def test_wire_bytes_classify_as_their_decoded_text(sql: bytes, standard: bool) -> None:
+    as_text = classify(sql.decode("utf-8", "replace"), standard_conforming_strings=standard)
+    assert classify(sql, standard_conforming_strings=standard) == as_text
+    assert classify(sql, standard_conforming_strings=standard) == as_text  # from the memo now
+
+
+def test_the_quoting_setting_is_part_of_the_memo_key() -> None:
+    sql = b"SELECT 'a\\'; DELETE FROM t; --'"  # a read then a DELETE, or (backslash escapes) one read
+    assert classify(sql, standard_conforming_strings=True).kind is StatementKind.WRITE
+    assert classify(sql, standard_conforming_strings=False).kind is StatementKind.READ
+    assert classify(sql, standard_conforming_strings=True).kind is StatementKind.WRITE
+
+
+def test_max_length_still_applies_to_wire_bytes() -> None:
+    assert classify(b"SELECT 1", max_length=4).kind is StatementKind.UNKNOWN
+    assert classify(b"SELECT 1", max_length=8).kind is StatementKind.READ
+
+
+def test_the_memo_is_bounded() -> None:
+    cached, size = _classify_cached, _CLASSIFY_CACHE_SIZE
+    assert cached.cache_info().maxsize == size
+    for n in range(size + 50):
+        classify(f"SELECT {n} FROM memo_bound".encode())
+    assert cached.cache_info().currsize == size
+    long_text = b"SELECT 1 " + b" " * _CACHED_TEXT_MAX
+    before = cached.cache_info()
+    assert classify(long_text).kind is StatementKind.READ
+    after = cached.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # too long to be memoised

@@ -622,3 +622,107 @@ def test_bad_routing_settings_are_refused(line: str, message: str) -> None:
 )
 def test_lsn_text_is_parsed(text: str | bytes, value: int | None) -> None:
     assert parse_lsn(text) == value
+
+
+# ---- the hot path's fast SessionRouting copies equal dataclasses.replace
+
+from dataclasses import FrozenInstanceError, fields  # noqa: E402
+
+from pgbalancer.routing.balancer import QueryClass, ReadKind  # noqa: E402
+from pgbalancer.routing.classify import RouteHint  # noqa: E402
+from pgbalancer.routing.complexity import ComplexityBucket  # noqa: E402
+from pgbalancer.routing.router import _evolve, _idle, _query_class  # noqa: E402
+
+_FIELD_VALUES: dict[str, st.SearchStrategy[object]] = {
+    "phase": st.sampled_from(TxnPhase),
+    "node_id": st.none() | st.integers(0, 5),
+    "balanced": st.booleans(),
+    "read_only": st.booleans(),
+    "movable": st.booleans(),
+    "wrote": st.booleans(),
+    "held_read_only": st.none() | st.booleans(),
+    "held_isolation": st.none() | st.sampled_from(["read committed", "serializable"]),
+    "held_failed": st.booleans(),
+    "route_hint": st.none() | st.sampled_from(RouteHint),
+    "local_route_hint": st.none() | st.sampled_from(RouteHint),
+    "default_read_only": st.booleans(),
+    "default_isolation": st.none() | st.sampled_from(["repeatable read", "serializable"]),
+    "commit_lsn": st.none() | st.integers(0, 2**64 - 1),
+    "committed_at": st.none() | st.floats(0.0, 1e6),
+}
+_SESSIONS = st.builds(SessionRouting, **_FIELD_VALUES)
+
+
+def test_the_fast_copy_knows_every_field() -> None:
+    assert {f.name for f in fields(SessionRouting)} == set(_FIELD_VALUES)
+
+
+@settings(max_examples=300)
+@given(_SESSIONS, st.lists(st.sampled_from(sorted(_FIELD_VALUES)), unique=True), st.data())
+def test_evolve_equals_replace_in_every_field(
+    session: SessionRouting, names: list[str], data: st.DataObject
+) -> None:
+    changes = {name: data.draw(_FIELD_VALUES[name], label=name) for name in names}
+    fast, slow = _evolve(session, **changes), replace(session, **changes)  # type: ignore[arg-type]
+    assert fast == slow
+    assert all(getattr(fast, f.name) is getattr(slow, f.name) for f in fields(SessionRouting))
+    assert type(fast) is SessionRouting
+
+
+def test_evolve_copies_only_on_a_change_and_stays_frozen() -> None:
+    session = SessionRouting(node_id=1, route_hint=RouteHint.STANDBY)
+    assert _evolve(session, node_id=1, route_hint=RouteHint.STANDBY) is session
+    moved = _evolve(session, node_id=2)
+    assert moved is not session and (moved.node_id, session.node_id) == (2, 1)
+    with pytest.raises(FrozenInstanceError):
+        moved.node_id = 3  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field 'nodeid'"):
+        _evolve(session, nodeid=2)
+
+
+def _idle_by_replace(session: SessionRouting) -> SessionRouting:
+    return replace(
+        session,
+        phase=TxnPhase.IDLE,
+        node_id=None,
+        balanced=False,
+        read_only=False,
+        movable=False,
+        wrote=False,
+        held_read_only=None,
+        held_isolation=None,
+        held_failed=False,
+        local_route_hint=None,
+    )
+
+
+@settings(max_examples=300)
+@given(_SESSIONS, st.none() | st.tuples(st.none() | st.integers(0, 2**64 - 1), st.floats(0.0, 1e6)))
+def test_idle_equals_its_replace_form(
+    session: SessionRouting, token: tuple[int | None, float] | None
+) -> None:
+    expected = _idle_by_replace(
+        session if token is None else replace(session, commit_lsn=token[0], committed_at=token[1])
+    )
+    assert _idle(session, token) == expected
+    assert _idle(expected) is expected  # already idle: no copy
+
+
+def test_on_ready_reads_a_status_given_as_text_or_bytes() -> None:
+    router = Router(RoutingSettings(), rng=random.Random(0))
+    session = SessionRouting(node_id=1)
+    for status, phase in (("T", TxnPhase.OPEN), ("E", TxnPhase.FAILED), ("I", TxnPhase.IDLE)):
+        assert router.on_ready(session, status, NOW) == router.on_ready(session, status.encode(), NOW)
+        assert router.on_ready(session, status, NOW).phase is phase
+
+
+def test_query_classes_are_shared_and_equal_to_new_ones() -> None:
+    for kind in ReadKind:
+        for sql, bucket in (
+            ("SELECT 1", ComplexityBucket.LIGHT),
+            ("SELECT * FROM t", ComplexityBucket.MEDIUM),
+        ):
+            statement = classify(sql)
+            assert ComplexityBucket.of(statement.complexity) is bucket
+            assert _query_class(statement, kind) == QueryClass(bucket, kind)
+            assert _query_class(statement, kind) is _query_class(classify(sql), kind)
