@@ -1,0 +1,156 @@
+"""bench/relay_calls: the Python work pgbalancer does per transaction, counted rather than timed.
+
+On a shared 2-vCPU VM, CPU time per transaction moves by a third from one run to the next with
+the host's steal time; the number of Python function calls a transaction costs does not. This runs
+pgbalancer under cProfile twice per case, once with one transaction per client and once with
+--transactions per client, and reports the difference per transaction: start-up, shut-down and
+the background tasks cancel out. (Profiled time is not reported: under the profiler it is
+inflated, and it includes system calls that wait.) Counts include the scheduler's (trio's)
+calls, which vary a little with timing (a receive that finds its bytes already there does not
+wait), so compare medians.
+
+Cases (pgbench -M simple, autocommit, transaction pooling, one worker, load balancing off):
+  select, cache off   SELECT id, v, note FROM cache_items WHERE id = :id  (relayed)
+  update, cache off   UPDATE cache_counters SET n = n + 1 WHERE id = :id   (relayed)
+  update, cache on    the same UPDATE with the result cache on (its invalidation path)
+  hit, cache on       SELECT ... WHERE id = 42 with the result cache on (answered from the cache)
+
+--baseline DIR measures another version's package (``git archive <commit> pgbalancer | tar -x -C
+DIR``) the same way, case by case beside this one.
+
+Usage (as root, from the repo root): bench/relay_calls [--transactions 2500] [--clients 4]
+[--rounds 3] [--baseline DIR]. Uses bench/cache's PostgreSQL cluster (its own base and ports).
+Writes bench/results/relay-calls-<time>.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cache_bench as cluster
+
+PORT, API_PORT = 6647, 6657
+NAME = "pgbalancer (relay calls)"
+SCRIPTS = {
+    "select": "\\set id random(1, 200)\nSELECT id, v, note FROM cache_items WHERE id = :id;\n",
+    "update": "\\set id random(1, 200)\nUPDATE cache_counters SET n = n + 1 WHERE id = :id;\n",
+    "hit": "SELECT id, v, note FROM cache_items WHERE id = 42;\n",
+}
+Case = tuple[str, str, bool]  # (name, script, cache on)
+CASES: tuple[Case, ...] = (
+    ("select, cache off", "select", False),
+    ("update, cache off", "update", False),
+    ("update, cache on", "update", True),
+    ("hit, cache on", "hit", True),
+)
+
+
+def counted_calls(
+    work: Path, script: str, cache: bool, per_client: int, clients: int, package: Path | None
+) -> int:
+    """Run pgbalancer under cProfile for ``per_client`` transactions of each client; its calls."""
+    cluster.PORTS[NAME], cluster.API_PORTS[NAME] = PORT, API_PORT
+    conf = cluster.write_pgbalancer(work, NAME, cache=cache)
+    output = work / "run.prof"
+    output.unlink(missing_ok=True)
+    env = {**os.environ, **({"PYTHONPATH": str(package)} if package is not None else {})}
+    command = [sys.executable, "-m", "cProfile", "-o", str(output), "-m", "pgbalancer", "-f", str(conf)]
+    with (work / "pgbalancer.log").open("ab") as log:
+        # cwd: with ``-m`` the working directory comes first on sys.path, before PYTHONPATH.
+        balancer = subprocess.Popen(command, stdout=log, stderr=log, env=env, cwd=work)
+    try:
+        cluster.wait_port(PORT)
+        script_file = work / f"{script}.sql"
+        script_file.write_text(SCRIPTS[script])
+        options = f"-n -M simple -h 127.0.0.1 -p {PORT} -U bench -c {clients} -j 2 -t {per_client}"
+        cluster.run([f"{cluster.PGBIN}/pgbench", *options.split(), "-f", str(script_file), "bench"])
+    finally:
+        balancer.send_signal(signal.SIGTERM)
+        balancer.wait(30)
+    stats = pstats.Stats(str(output)).stats  # type: ignore[attr-defined]
+    return int(sum(row[1] for row in stats.values()))
+
+
+def calls_per_transaction(work: Path, case: Case, args: argparse.Namespace, package: Path | None) -> float:
+    _, script, cache = case
+    base = counted_calls(work, script, cache, 1, args.clients, package)
+    full = counted_calls(work, script, cache, args.transactions, args.clients, package)
+    transactions: int = args.clients * (args.transactions - 1)
+    return (full - base) / transactions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--transactions", type=int, default=2500, help="per client, per run")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="another version's pgbalancer package directory")
+    parser.add_argument("--results", type=Path, default=cluster.REPO / "bench" / "results")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: the PostgreSQL cluster runs as the postgres user")
+    if args.baseline is not None and not (args.baseline / "pgbalancer" / "__init__.py").is_file():
+        raise SystemExit(f"--baseline {args.baseline}: no pgbalancer package there")
+    if not cluster.port_free(PORT):
+        raise SystemExit(f"127.0.0.1:{PORT} is taken: stop what listens there first")
+    shared = next(p / "shared" / "bench" for p in cluster.REPO.parents if (p / "shared" / "bench").is_dir())
+    env = {
+        **os.environ,
+        "PGB_BASE": cluster.BASE,
+        "PRIMARY_PORT": str(cluster.PRIMARY),
+        "REPLICA_PORTS": " ".join(map(str, cluster.REPLICAS)),
+    }
+    versions: dict[str, Path | None] = {
+        "this": None,
+        **({"baseline": args.baseline} if args.baseline else {}),
+    }
+    samples: dict[str, dict[str, list[float]]] = {c[0]: {v: [] for v in versions} for c in CASES}
+    work = Path(tempfile.mkdtemp(prefix="pgb-relay-calls-"))
+    os.chmod(work, 0o755)
+    cluster.run([str(shared / "pgcluster.sh"), "up", cluster.BASE], env=env)
+    cluster.prepare_data()
+    for round_number in range(args.rounds):
+        for case in CASES:
+            for version, package in versions.items():
+                print(
+                    f"[relay calls] round {round_number + 1}/{args.rounds}: {case[0]}, {version}", flush=True
+                )
+                samples[case[0]][version].append(calls_per_transaction(work, case, args, package))
+    report = {
+        case_name: {
+            version: {
+                "calls_median": statistics.median(runs),
+                "runs": runs,
+            }
+            for version, runs in by_version.items()
+        }
+        for case_name, by_version in samples.items()
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"relay-calls-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(
+        json.dumps({"clients": args.clients, "transactions": args.transactions, "cases": report}, indent=2)
+    )
+    print("| case | version | Python calls per transaction (median) | rounds |")
+    print("|---|---|---:|---|")
+    for case_name, by_version in samples.items():
+        for version, runs in by_version.items():
+            rounds = ", ".join(f"{calls:.0f}" for calls in runs)
+            print(f"| {case_name} | {version} | {statistics.median(runs):.0f} | {rounds} |")
+    print(f"JSON: {out}")
+
+
+if __name__ == "__main__":
+    main()
