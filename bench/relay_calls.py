@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import pstats
+import shutil
 import signal
 import statistics
 import subprocess
@@ -98,6 +99,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another version's pgbalancer package directory")
     parser.add_argument("--results", type=Path, default=cluster.REPO / "bench" / "results")
+    parser.add_argument("--keep-cluster", action="store_true", help="leave the PostgreSQL cluster up")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the PostgreSQL cluster runs as the postgres user")
@@ -119,15 +121,21 @@ def main() -> None:
     samples: dict[str, dict[str, list[float]]] = {c[0]: {v: [] for v in versions} for c in CASES}
     work = Path(tempfile.mkdtemp(prefix="pgb-relay-calls-"))
     os.chmod(work, 0o755)
-    cluster.run([str(shared / "pgcluster.sh"), "up", cluster.BASE], env=env)
-    cluster.prepare_data()
-    for round_number in range(args.rounds):
-        for case in CASES:
-            for version, package in versions.items():
-                print(
-                    f"[relay calls] round {round_number + 1}/{args.rounds}: {case[0]}, {version}", flush=True
-                )
-                samples[case[0]][version].append(calls_per_transaction(work, case, args, package))
+    try:
+        cluster.run([str(shared / "pgcluster.sh"), "up", cluster.BASE], env=env)
+        cluster.prepare_data()
+        for round_number in range(args.rounds):
+            for case in CASES:
+                for version, package in versions.items():
+                    print(
+                        f"[relay calls] round {round_number + 1}/{args.rounds}: {case[0]}, {version}",
+                        flush=True,
+                    )
+                    samples[case[0]][version].append(calls_per_transaction(work, case, args, package))
+    finally:
+        if not args.keep_cluster:
+            cluster.run([str(shared / "pgcluster.sh"), "down", cluster.BASE], env=env)
+        shutil.rmtree(work, ignore_errors=True)
     report = {
         case_name: {
             version: {
