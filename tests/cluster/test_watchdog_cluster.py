@@ -285,11 +285,13 @@ def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> No
     samples = cluster.sampler.samples
     assert len(samples) > 100, "the sampler did not run"
     gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
-    print(f"{len(samples)} VIP samples, longest gap {max(gaps):.3f} s")
-    # samples every 50 ms; a gap of up to 0.5 s is scheduling noise on a loaded 2-core machine. With
-    # no longer gap, any two-holder window of 0.5 s or more is certainly seen (and shorter ones very
-    # likely); a stall of seconds could hide one entirely
-    assert max(gaps) < 0.5, f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide"
+    slow = sum(gap > 0.2 for gap in gaps)
+    print(f"{len(samples)} VIP samples, longest gap {max(gaps):.3f} s, {slow} gaps over 0.2 s")
+    # Samples every 50 ms. With no gap of 1 s, any two-holder window of 1 s or more is certainly seen,
+    # and shorter ones very likely (a window hides only if it falls wholly inside one of the rare
+    # stalls, counted above); a stall of seconds could hide one entirely. The bound was 0.5 s until a
+    # host under heavy steal time stalled the sampler thread for 0.59 s with nothing wrong.
+    assert max(gaps) < 1.0, f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide"
     holders = {holder for sample in samples for holder in sample.holders}
     assert len(holders) >= 2, f"the VIP never moved: {holders}"
     _no_two_holders(cluster)
