@@ -190,7 +190,7 @@ class ResponseRouter:
 
     def due_replies(self) -> list[Piece]:
         """Synthetic replies whose turn has come (nothing awaited from the server before them)."""
-        if not self._queue or self._queue[0].request is not None:
+        if not self._synthetic_due():
             return []
         out = _Output(b"")
         self._emit_due_synthetic(out)
@@ -228,7 +228,7 @@ class ResponseRouter:
         run_start = run_end = -1
         if not self._remaining and not self._header:
             position, run_start, run_end = self._route_whole_messages(chunk, 0, size, -1, -1)
-            if position == size and position and (not self._queue or self._queue[0].request is not None):
+            if position == size and position and not self._synthetic_due():
                 # The common case: all of it routed by the fast path, its forwarded bytes one slice.
                 return [memoryview(chunk)[run_start:run_end]] if run_end > run_start else []
         out = _Output(chunk, run_start=run_start, run_end=run_end)
@@ -302,6 +302,10 @@ class ResponseRouter:
                     break
                 ends, dropping, probe, extended = head
         return position, run_start, run_end
+
+    def _synthetic_due(self) -> bool:
+        """A synthetic reply is next in line (nothing awaited from the server before it)."""
+        return bool(self._queue) and self._queue[0].request is None
 
     def _head_reply(self) -> tuple[frozenset[int], bool, bool, bool] | None:
         """For the reply awaited next: the message types completing it, whether it is dropped,
@@ -430,7 +434,7 @@ class ResponseRouter:
             self._request_did_not_happen(token)
 
     def _emit_due_synthetic(self, out: _Output) -> None:
-        while self._queue and self._queue[0].request is None:
+        while self._synthetic_due():
             out.add(self._queue.popleft().synthetic)
 
     def _request_did_not_happen(self, token: object) -> None:

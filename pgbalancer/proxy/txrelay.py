@@ -648,19 +648,19 @@ class TransactionRelay:
         self.attached = None
         self.session.server = None
         server = attachment.server
-        if not self._settings_touched and not server.dirty:  # the common case: nothing to await
-            attachment.pool.release(server, reusable=True, now=now)
-            return
         reusable = True
-        # Shielded: a session ending mid-reset must still give the pool its slot back.
-        with trio.CancelScope(shield=True):
-            if self._settings_touched:
-                await self._learn_session_settings(server)
-            if server.dirty:
-                reusable = await reset_server(
-                    server, rollback=False, reset_query=self.proxy.config.server_reset_query
-                )
-            attachment.pool.release(server, reusable=reusable)
+        released_at: float | None = now
+        if self._settings_touched or server.dirty:  # else nothing to await: no cancel scope either
+            # Shielded: a session ending mid-reset must still give the pool its slot back.
+            with trio.CancelScope(shield=True):
+                if self._settings_touched:
+                    await self._learn_session_settings(server)
+                if server.dirty:
+                    reusable = await reset_server(
+                        server, rollback=False, reset_query=self.proxy.config.server_reset_query
+                    )
+            released_at = None  # the pool reads the clock: the reset took time
+        attachment.pool.release(server, reusable=reusable, now=released_at)
 
     async def _learn_session_settings(self, server: ServerConnection) -> None:
         self._settings_touched = False
