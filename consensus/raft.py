@@ -25,8 +25,10 @@ a worker thread), and never do more than hand values over inside the tick thread
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -282,6 +284,7 @@ class RaftClusterStore(ClusterStore):
 
     def _start_syncobj(self) -> SyncObj:
         """In a worker thread: construct (binds the port) and fail clearly if the port is taken."""
+        _refuse_foreign_address(self.self_id)
         obj = SyncObj(self.self_id, list(self.peers), self._conf(), consumers=[self._machine])
         # pysyncobj stops ticking when the thread that built it ends; that is a trio worker thread
         # here, which idles out, so tie the tick thread to the main thread instead.
@@ -449,6 +452,30 @@ def _check_address(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConsensusError(f"{address!r} is not host:port, such as 10.0.0.4:9000")
+
+
+def _refuse_foreign_address(address: str) -> None:
+    """Fail at once when ``address`` is not this machine's: pysyncobj would retry the bind for
+    ``maxBindRetries`` (meant for a port still held by a previous process, which is left to it)."""
+    host, _, port = address.rpartition(":")
+    try:
+        family, kind, proto, _, where = socket.getaddrinfo(
+            host.strip("[]"), int(port), type=socket.SOCK_STREAM
+        )[0]
+    except (OSError, ValueError) as exc:
+        raise ConsensusError(
+            f"watchdog cannot listen on {address}: {exc}; check watchdog_listen_address/watchdog_nodes"
+        ) from exc
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(where)
+        except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ConsensusError(
+                    f"watchdog cannot listen on {address}: the address is not local; check "
+                    "watchdog_listen_address/watchdog_port (the address must be one of this machine's)"
+                ) from exc
 
 
 def _file_safe(member: str) -> str:

@@ -7,6 +7,8 @@ thread, which is also how every test tears down.
 
 from __future__ import annotations
 
+import re
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,8 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from consensus import LeaderChange, NoQuorumError
-from consensus.raft import RaftClusterStore, RaftTimings
+from consensus import ConsensusError, LeaderChange, NoQuorumError
+from consensus.raft import RaftClusterStore, RaftTimings, _refuse_foreign_address
 from consensus.state import CastVote, Command, CommandResult, ForgetMember
 from pgbalancer.devtools import AsyncPoll, free_tcp_ports
 
@@ -308,3 +310,21 @@ async def test_a_removal_is_reported_done_once_committed_even_if_clearing_its_vo
         store.forget_failures = 0
         await store.add_member(gone)
         assert store.state.voters(1) == frozenset() and store.down_votes(1) == 0
+
+
+def test_a_foreign_address_is_refused_before_pysyncobj_retries_a_taken_port_is_left_to_it() -> None:
+    # 192.0.2.3 (TEST-NET-1) is never this machine's: no bind retries, the message says what to fix.
+    with pytest.raises(
+        ConsensusError, match=re.escape("192.0.2.3:9000: the address is not local; check watchdog_listen")
+    ):
+        _refuse_foreign_address("192.0.2.3:9000")
+    with pytest.raises(
+        ConsensusError, match=re.escape("watchdog cannot listen on no-such-host.invalid:9000")
+    ):
+        _refuse_foreign_address("no-such-host.invalid:9000")
+    # A local port another process still holds (a restart racing its predecessor's exit) is
+    # pysyncobj's to retry (bindRetryTime x maxBindRetries): the probe lets it through.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        _refuse_foreign_address(f"127.0.0.1:{holder.getsockname()[1]}")

@@ -218,8 +218,8 @@ def test_leader_election_reelection_lease_and_restart(pg_cluster: PgClusterLike,
     # Reads go to the standbys only (weight 0 on the primary), so a cut-off node's reads can be seen.
     with watchdog_nodes(pg_cluster, tmp_path, load_balance_mode=True, backend_weight0=0) as group:
         nodes = group.live()
-        leader = wait_leader(nodes)
-        status = info(nodes[0])
+        # The leader and node 0's view of it, read while one leader led throughout.
+        leader, status = under_one_leader(nodes, lambda: info(nodes[0]))
         assert status["enabled"] and len(status["nodes"]) == 3
         assert [n["id"] for n in status["nodes"] if n["role"] == "leader"] == [leader]
         assert sum(n["self"] for n in status["nodes"]) == 1
@@ -487,6 +487,7 @@ def test_a_node_whose_watchdog_address_is_not_local_exits_saying_what_to_fix(
         watchdog_data_dir=str(tmp_path / "raft"),
     )
     with pytest.raises(RuntimeError, match="exited with 1") as caught:
-        BalancerProcess.start(tmp_path, settings)
+        # It exits within seconds; the wait is long only so a CPU-starved host cannot fail it.
+        BalancerProcess.start(tmp_path, settings, ready_timeout=90)
     assert "cannot start the watchdog: watchdog cannot listen on 192.0.2.3:9000" in str(caught.value)
     assert "check watchdog_listen_address" in str(caught.value)
