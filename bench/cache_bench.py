@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psycopg
+from cpu_budget import CpuPerTransaction, per_transaction, snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = "/tmp/pgb-cache-bench"
@@ -209,9 +210,11 @@ log_level = warning
 @contextlib.contextmanager
 def targets(
     work: Path, only: list[str], pgpool_load_balance: bool, baseline: Path | None = None
-) -> Iterator[None]:
-    """Start every target that is not running; stop what was started, whatever happens."""
+) -> Iterator[dict[str, int]]:
+    """Start every target that is not running; stop what was started, whatever happens. Yields each
+    target's root process id (its CPU is its process tree's, see cpu_budget)."""
     started: list[tuple[str, subprocess.Popen[bytes] | None, Path | None]] = []
+    root_pids: dict[str, int] = {}
     for name, port in PORTS.items():
         if name not in only:
             continue
@@ -243,8 +246,9 @@ def targets(
                     )
                 started.append((name, balancer, None))
             wait_port(PORTS[name])
+            root_pids[name] = _root_pid(started[-1][1], started[-1][2])
             print(f"[cache bench] {name} up on 127.0.0.1:{PORTS[name]}", flush=True)
-        yield
+        yield root_pids
     finally:
         for name, process, pid_file in reversed(started):
             if process is not None:
@@ -258,6 +262,22 @@ def targets(
                 with contextlib.suppress(ProcessLookupError, ValueError):
                     os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
             print(f"[cache bench] {name} stopped", flush=True)
+
+
+def _root_pid(process: subprocess.Popen[bytes] | None, pid_file: Path | None) -> int:
+    if process is not None:
+        return process.pid
+    assert pid_file is not None
+    return int(pid_file.read_text().split()[0])  # PgBouncer daemonized: up once it listens
+
+
+def postmaster_pids() -> list[int]:
+    """The bench cluster's postmasters (first line of each data directory's postmaster.pid)."""
+    pids = []
+    for data_dir in ("primary", "replica1", "replica2"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pids.append(int((Path(BASE) / data_dir / "postmaster.pid").read_text().split()[0]))
+    return pids
 
 
 # ---- data, workload, validator
@@ -368,7 +388,8 @@ def pgbench(port: int, clients: int, seconds: int, script: Path) -> dict[str, fl
     output = run([f"{PGBIN}/pgbench", *options.split(), "-f", str(script), "bench"])
     tps = float(re.search(r"tps = ([\d.]+) \(without initial", output).group(1))  # type: ignore[union-attr]
     latency = float(re.search(r"latency average = ([\d.]+) ms", output).group(1))  # type: ignore[union-attr]
-    return {"tps": tps, "latency_ms": latency}
+    done = float(re.search(r"actually processed: (\d+)", output).group(1))  # type: ignore[union-attr]
+    return {"tps": tps, "latency_ms": latency, "transactions": done}
 
 
 @dataclass
@@ -377,9 +398,10 @@ class RunResult:
     latency_ms: float
     hit_ratio: float | None
     validation: Validation | None
+    cpu: CpuPerTransaction
 
 
-def measure(name: str, args: argparse.Namespace, script: Path) -> RunResult:
+def measure(name: str, args: argparse.Namespace, script: Path, pooler_pids: list[int]) -> RunResult:
     port = PRIMARY if name == "direct" else PORTS[name]
     # Warm up (fills the caches), then measure.
     pgbench(port, args.clients, max(2, args.time // 5), script)
@@ -390,7 +412,10 @@ def measure(name: str, args: argparse.Namespace, script: Path) -> RunResult:
     if caches(name):
         checker = threading.Thread(target=validate, args=(port, stop, validation), daemon=True)
         checker.start()
+    postmasters = postmaster_pids()
+    before = snapshot(pooler_pids, postmasters)
     result = pgbench(port, args.clients, args.time, script)
+    cpu = per_transaction(before, snapshot(pooler_pids, postmasters), int(result["transactions"]))
     stop.set()
     if checker is not None:
         checker.join(30)
@@ -401,6 +426,7 @@ def measure(name: str, args: argparse.Namespace, script: Path) -> RunResult:
         result["latency_ms"],
         (hits1 - hits0) / looked if looked else None,
         validation if checker is not None else None,
+        cpu,
     )
 
 
@@ -478,11 +504,12 @@ def main() -> None:
         prepare_data()
         with targets(
             work, [n for n in names if n != "direct"], args.pgpool_load_balance == "on", args.baseline
-        ):
+        ) as root_pids:
             for rep in range(args.reps):
                 for name in names:
                     print(f"[cache bench] rep {rep + 1}/{args.reps}: {name}", flush=True)
-                    runs[name].append(measure(name, args, script))
+                    pooler = [root_pids[name]] if name in root_pids else []
+                    runs[name].append(measure(name, args, script, pooler))
     finally:
         if not args.keep_cluster:
             run([str(shared / "pgcluster.sh"), "down", BASE], env=env)
@@ -490,6 +517,8 @@ def main() -> None:
     report = summarize(runs, args)
     (out_dir / "cache.json").write_text(json.dumps(report, indent=2))
     print(table(report))
+    print()
+    print(cpu_table(report))
     print(f"\n[cache bench] results in {out_dir}/cache.json")
 
 
@@ -498,6 +527,7 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
         return sum(values) / len(values) if values else 0.0
 
     bouncer = mean([r.tps for r in runs.get("pgbouncer", [])])
+    cpus = os.cpu_count() or 1
     rows: dict[str, dict[str, object]] = {}
     for name, results in runs.items():
         ratios = [r.hit_ratio for r in results if r.hit_ratio is not None]
@@ -512,6 +542,7 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
             "stale_reads": sum(v.stale for v in checks) if checks else None,
             "reads_checked": sum(v.reads_checked for v in checks) if checks else None,
             "validator_writes": sum(v.writes for v in checks) if checks else None,
+            "cpu": cpu_summary([r.cpu for r in results], cpus, bouncer),
             "runs": [asdict(r) for r in results],
         }
     return {
@@ -525,6 +556,52 @@ def summarize(runs: dict[str, list[RunResult]], args: argparse.Namespace) -> dic
         "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
         "targets": rows,
     }
+
+
+def cpu_summary(samples: list[CpuPerTransaction], cpus: int, bouncer_tps: float) -> dict[str, float | None]:
+    """Mean CPU per transaction by group; the TPS a free pooler would allow (every core busy); and
+    the pooler's budget per transaction for 3x PgBouncer's TPS with this target's other costs
+    (negative: 3x is out of reach on this machine whatever the pooler does)."""
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    without_pooler = mean([s.without_pooler_us for s in samples])
+    return {
+        "load_generator_us": mean([s.load_generator_us for s in samples]),
+        "pooler_us": mean([s.pooler_us for s in samples]),
+        "postgresql_us": mean([s.postgresql_us for s in samples]),
+        "other_us": mean([s.other_us for s in samples]),
+        "idle_pct": mean([s.idle_pct for s in samples]),
+        "steal_pct": mean([s.steal_pct for s in samples]),
+        "ceiling_tps": cpus * 1e6 / without_pooler if without_pooler else None,
+        "pooler_budget_for_3x_us": cpus * 1e6 / (3 * bouncer_tps) - without_pooler if bouncer_tps else None,
+    }
+
+
+CPU_GROUPS = ("load_generator_us", "pooler_us", "postgresql_us", "other_us")
+
+
+def cpu_table(report: dict[str, object]) -> str:
+    machine = report["machine"]
+    assert isinstance(machine, dict)
+    lines = [
+        f"CPU per transaction (us, user + system, means over reps; {machine['cpus']} CPUs shared by all):",
+        "",
+        "| target | pgbench | pooler | PostgreSQL | other | idle % | steal % | TPS if the pooler were free "
+        "| pooler budget for 3x PgBouncer (us) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    targets = report["targets"]
+    assert isinstance(targets, dict)
+    for name, row in targets.items():
+        cpu = row["cpu"]
+        ceiling = "" if cpu["ceiling_tps"] is None else f"{cpu['ceiling_tps']:.0f}"
+        budget = "" if cpu["pooler_budget_for_3x_us"] is None else f"{cpu['pooler_budget_for_3x_us']:.1f}"
+        spent = " | ".join(f"{cpu[group]:.1f}" for group in CPU_GROUPS)
+        machine_share = f"{cpu['idle_pct']:.0f} | {cpu['steal_pct']:.0f}"
+        lines.append(f"| {name} | {spent} | {machine_share} | {ceiling} | {budget} |")
+    return "\n".join(lines)
 
 
 def table(report: dict[str, object]) -> str:

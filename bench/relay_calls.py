@@ -19,7 +19,7 @@ Cases (pgbench -M simple, autocommit, transaction pooling, one worker, load bala
 DIR``) the same way, case by case beside this one.
 
 Usage (as root, from the repo root): bench/relay_calls [--transactions 2500] [--clients 4]
-[--rounds 3] [--baseline DIR]. Uses bench/cache's PostgreSQL cluster (its own base and ports).
+[--rounds 3] [--baseline DIR] [--top 25]. Uses bench/cache's PostgreSQL cluster (its own base and ports).
 Writes bench/results/relay-calls-<time>.json and prints a table.
 """
 
@@ -56,10 +56,14 @@ CASES: tuple[Case, ...] = (
 )
 
 
+Calls = dict[str, int]  # "file:line(function)" -> calls
+
+
 def counted_calls(
     work: Path, script: str, cache: bool, per_client: int, clients: int, package: Path | None
-) -> int:
-    """Run pgbalancer under cProfile for ``per_client`` transactions of each client; its calls."""
+) -> Calls:
+    """Run pgbalancer under cProfile for ``per_client`` transactions of each client; its calls
+    by function."""
     cluster.PORTS[NAME], cluster.API_PORTS[NAME] = PORT, API_PORT
     conf = cluster.write_pgbalancer(work, NAME, cache=cache)
     output = work / "run.prof"
@@ -79,15 +83,24 @@ def counted_calls(
         balancer.send_signal(signal.SIGTERM)
         balancer.wait(30)
     stats = pstats.Stats(str(output)).stats  # type: ignore[attr-defined]
-    return int(sum(row[1] for row in stats.values()))
+    return {f"{Path(file).name}:{line}({function})": row[1] for (file, line, function), row in stats.items()}
 
 
-def calls_per_transaction(work: Path, case: Case, args: argparse.Namespace, package: Path | None) -> float:
+def calls_per_transaction(
+    work: Path, case: Case, args: argparse.Namespace, package: Path | None
+) -> dict[str, float]:
+    """Calls per transaction by function (the difference between a long and a one-transaction run)."""
     _, script, cache = case
     base = counted_calls(work, script, cache, 1, args.clients, package)
     full = counted_calls(work, script, cache, args.transactions, args.clients, package)
     transactions: int = args.clients * (args.transactions - 1)
-    return (full - base) / transactions
+    return {name: (calls - base.get(name, 0)) / transactions for name, calls in full.items()}
+
+
+def print_top(case_name: str, by_function: dict[str, float], top: int) -> None:
+    print(f"\n{case_name}: the {top} functions called most per transaction (last round, this version)")
+    for name, calls in sorted(by_function.items(), key=lambda item: -item[1])[:top]:
+        print(f"  {calls:7.2f}  {name}")
 
 
 def main() -> None:
@@ -100,6 +113,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another version's pgbalancer package directory")
     parser.add_argument("--results", type=Path, default=cluster.REPO / "bench" / "results")
     parser.add_argument("--keep-cluster", action="store_true", help="leave the PostgreSQL cluster up")
+    parser.add_argument("--top", type=int, default=0, help="also list the N most called functions per case")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: the PostgreSQL cluster runs as the postgres user")
@@ -119,6 +133,7 @@ def main() -> None:
         **({"baseline": args.baseline} if args.baseline else {}),
     }
     samples: dict[str, dict[str, list[float]]] = {c[0]: {v: [] for v in versions} for c in CASES}
+    last_by_function: dict[str, dict[str, float]] = {}
     work = Path(tempfile.mkdtemp(prefix="pgb-relay-calls-"))
     os.chmod(work, 0o755)
     try:
@@ -131,7 +146,10 @@ def main() -> None:
                         f"[relay calls] round {round_number + 1}/{args.rounds}: {case[0]}, {version}",
                         flush=True,
                     )
-                    samples[case[0]][version].append(calls_per_transaction(work, case, args, package))
+                    by_function = calls_per_transaction(work, case, args, package)
+                    samples[case[0]][version].append(sum(by_function.values()))
+                    if version == "this":
+                        last_by_function[case[0]] = by_function
     finally:
         if not args.keep_cluster:
             cluster.run([str(shared / "pgcluster.sh"), "down", cluster.BASE], env=env)
@@ -157,6 +175,8 @@ def main() -> None:
         for version, runs in by_version.items():
             rounds = ", ".join(f"{calls:.0f}" for calls in runs)
             print(f"| {case_name} | {version} | {statistics.median(runs):.0f} | {rounds} |")
+    for case_name, by_function in last_by_function.items() if args.top else ():
+        print_top(case_name, by_function, args.top)
     print(f"JSON: {out}")
 
 
