@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import psutil
 
 
-def tree_cpu_seconds(roots: Iterable[int], *, reaped: bool = False) -> float:
-    """User + system CPU seconds of each root process and its live descendants; with ``reaped``,
-    also what the roots' exited children used (their ``children_*`` times)."""
+def tree_cpu_seconds(roots: Iterable[int], *, reaped: bool = False, kernel_only: bool = False) -> float:
+    """User + system CPU seconds of each root process and its live descendants (``kernel_only``:
+    system time only); with ``reaped``, also what the roots' exited children used (their
+    ``children_*`` times)."""
     total = 0.0
     for root in roots:
         try:
@@ -41,9 +42,9 @@ def tree_cpu_seconds(roots: Iterable[int], *, reaped: bool = False) -> float:
         for process in members:
             with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
                 times = process.cpu_times()
-                total += times.user + times.system
+                total += times.system + (0.0 if kernel_only else times.user)
                 if reaped and process is top:
-                    total += times.children_user + times.children_system
+                    total += times.children_system + (0.0 if kernel_only else times.children_user)
     return total
 
 
@@ -56,6 +57,7 @@ def _children_cpu_seconds() -> float:
 class CpuSnapshot:
     load_generator: float
     pooler: float
+    pooler_kernel: float
     postgresql: float
     busy: float
     idle: float
@@ -70,6 +72,7 @@ def snapshot(pooler_pids: Iterable[int], postmaster_pids: Iterable[int]) -> CpuS
     return CpuSnapshot(
         load_generator=_children_cpu_seconds(),
         pooler=tree_cpu_seconds(pooler_pids),
+        pooler_kernel=tree_cpu_seconds(pooler_pids, kernel_only=True),
         postgresql=tree_cpu_seconds(postmaster_pids, reaped=True),
         busy=busy,
         idle=idle,
@@ -83,6 +86,7 @@ class CpuPerTransaction:
 
     load_generator_us: float
     pooler_us: float
+    pooler_kernel_us: float  # the part of pooler_us spent in the kernel (system time)
     postgresql_us: float
     other_us: float
     idle_pct: float
@@ -108,6 +112,7 @@ def per_transaction(before: CpuSnapshot, after: CpuSnapshot, transactions: int) 
     return CpuPerTransaction(
         load_generator_us=delta("load_generator") * 1e6 / count,
         pooler_us=delta("pooler") * 1e6 / count,
+        pooler_kernel_us=delta("pooler_kernel") * 1e6 / count,
         postgresql_us=delta("postgresql") * 1e6 / count,
         other_us=max(delta("busy") - groups, 0.0) * 1e6 / count,
         idle_pct=delta("idle") * share,
