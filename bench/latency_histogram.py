@@ -44,7 +44,7 @@ def _transaction_mode(counters: PoolCounters) -> Callable[[], None]:
 
 
 def _session_relay(counters: PoolCounters) -> Any:
-    relay = session._Relay(object(), object(), counters)  # type: ignore[arg-type]
+    relay = session._Relay(object(), object(), counters, lambda: (0, 0))  # type: ignore[arg-type]
     relay.client_scanner = HeaderScanner(count=b"QSF")
     relay.server_scanner = HeaderScanner(count=b"Z")
     relay.request_started_at = time.monotonic()

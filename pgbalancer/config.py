@@ -788,7 +788,8 @@ class Config:
         _SECONDS_OR_ZERO,
         Category.POOLING,
         _L,
-        "Close a client connection idle (outside a transaction) this many seconds (0 = never).",
+        """Close a client connection idle (outside a transaction) this many seconds, in every
+        pool_mode; a statement still running is not idleness (0 = never).""",
     )
     idle_transaction_timeout: int = _setting(
         0,
@@ -796,7 +797,7 @@ class Config:
         Category.POOLING,
         _L,
         """Close a client that holds a server connection inside a transaction and stays silent this
-        many seconds; the server is rolled back and reused (0 = never).""",
+        many seconds, in every pool_mode; the server is rolled back and reused (0 = never).""",
     )
 
     def pool_mode_for(self, database: str, user: str) -> PoolMode:

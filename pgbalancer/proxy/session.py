@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -49,7 +50,7 @@ from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
 from pgbalancer.proxy.tls import answer_ssl_request
-from pgbalancer.proxy.txrelay import TransactionRelay, reset_server
+from pgbalancer.proxy.txrelay import TransactionRelay, idle_farewell, reset_server
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -290,7 +291,13 @@ class ClientSession:
         await self.client.send_all(greeting)
 
     async def _relay(self, server: ServerConnection, channel: MessageChannel, counters: PoolCounters) -> None:
-        relay = _Relay(self.client, server, counters)
+        proxy = self.proxy  # its config is read at each wait: a reload applies to running sessions too
+        relay = _Relay(
+            self.client,
+            server,
+            counters,
+            lambda: (proxy.config.client_idle_timeout, proxy.config.idle_transaction_timeout),
+        )
         pending_from_client = channel.reader.take_buffered()
         with trio.CancelScope() as scope:
             self._relay_scope = scope
@@ -303,6 +310,8 @@ class ClientSession:
 
     def _farewell(self, relay: _Relay, *, shutting_down: bool) -> bytes | None:
         """The FATAL error that tells the client why the relay ended, if it did not choose to."""
+        if relay.idle_farewell is not None:
+            return relay.idle_farewell
         if relay.protocol_error is not None:
             return error_response(
                 relay.protocol_error.sqlstate, relay.protocol_error.message, severity="FATAL"
@@ -367,7 +376,13 @@ class ClientSession:
 class _Relay:
     """Both directions of one session's byte relay, with the bookkeeping that decides reuse."""
 
-    def __init__(self, client: PgSocket, server: ServerConnection, counters: PoolCounters) -> None:
+    def __init__(
+        self,
+        client: PgSocket,
+        server: ServerConnection,
+        counters: PoolCounters,
+        idle_limits: Callable[[], tuple[float, float]],
+    ) -> None:
         self.client = client
         self.server = server
         self.counters = counters
@@ -380,6 +395,10 @@ class _Relay:
         self.protocol_error: ProtocolError | None = None
         self.awaiting_reply = False  # the client sent something the server has not answered yet
         self.request_started_at = 0.0
+        self.idle_limits = idle_limits  # (client_idle_timeout, idle_transaction_timeout); 0 = none
+        self.idle_farewell: bytes | None = None  # set when the client stayed silent too long
+        self._client_wait: trio.CancelScope | None = None  # the client pump's receive, if limited
+        self._armed_limit = (0.0, False)  # the limit the current receive runs under, in transaction
 
     async def run(self, pending_from_client: bytes) -> None:
         async with trio.open_nursery() as nursery:
@@ -403,11 +422,43 @@ class _Relay:
             await self._forward_client_bytes(memoryview(pending_from_client))
         buffer = ReceiveBuffer()
         while not (self.client_terminated or self.server_closed):
-            received = await self.client.recv_into(buffer.data)
+            if any(self.idle_limits()):
+                received = await self._receive_within_idle_limit(buffer.data)
+            else:
+                received = await self.client.recv_into(buffer.data)
             if received == 0:
                 return
             await self._forward_client_bytes(buffer.view[:received])
             buffer.grow_if_filled(received)
+
+    async def _receive_within_idle_limit(self, buffer: bytearray) -> int:
+        """Receive from the client; past its idle limit, set ``idle_farewell`` and return 0. The
+        limit runs only while the server owes nothing (the server pump re-arms it at each reply)."""
+        with trio.CancelScope() as wait:
+            self._client_wait = wait
+            self.arm_idle_deadline()
+            try:
+                return await self.client.recv_into(buffer)
+            finally:
+                self._client_wait = None
+        limit, in_transaction = self._armed_limit
+        self.idle_farewell = idle_farewell(limit, in_transaction=in_transaction)
+        return 0
+
+    def arm_idle_deadline(self) -> None:
+        """Set the waiting client receive's deadline: none while a reply is due, else the idle
+        limit that fits the transaction state (inside a block: idle_transaction_timeout)."""
+        wait = self._client_wait
+        if wait is None:
+            return
+        client_idle, transaction_idle = self.idle_limits()
+        in_transaction = self.transaction_status != b"I"
+        limit = transaction_idle if in_transaction else client_idle
+        if not limit or self.awaiting_reply or not self.server_scanner.at_boundary:
+            wait.deadline = math.inf
+            return
+        self._armed_limit = (limit, in_transaction)
+        wait.deadline = trio.current_time() + limit
 
     async def _forward_client_bytes(self, chunk: memoryview) -> None:
         if not self.awaiting_reply:  # a statement's latency runs from its first byte to its ReadyForQuery
@@ -445,6 +496,8 @@ class _Relay:
                 else:
                     name, value = pgmsg.parse_parameter_status(message.body)
                     self.server.parameters[name] = value
+            if self._client_wait is not None:
+                self.arm_idle_deadline()
             try:
                 await self.client.send_all(chunk)
             except PeerClosed:

@@ -208,7 +208,11 @@ class TransactionRelay:
         while True:
             if pending and await self._handle(pending, raw, planned):
                 return
-            received = await self._receive_within_idle_limits(buffer.data)
+            config = self.proxy.config
+            if config.client_idle_timeout or config.idle_transaction_timeout:
+                received = await self._receive_within_idle_limits(buffer.data)
+            else:  # no idle limits (the default): one coroutine layer less on every request
+                received = await self.client.recv_into(buffer.data)
             if received == 0:
                 return
             raw, planned = None, UNKNOWN
@@ -242,21 +246,7 @@ class TransactionRelay:
             return await self.client.recv_into(buffer)
         with trio.move_on_after(limit):
             return await self.client.recv_into(buffer)
-        if in_transaction:
-            raise RelayEnded(
-                error_response(
-                    SqlState.IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
-                    f"terminating connection: idle in transaction for {limit}s (idle_transaction_timeout)",
-                    severity="FATAL",
-                )
-            )
-        raise RelayEnded(
-            error_response(
-                SqlState.IDLE_SESSION_TIMEOUT,
-                f"terminating connection: idle for {limit}s (client_idle_timeout)",
-                severity="FATAL",
-            )
-        )
+        raise RelayEnded(idle_farewell(limit, in_transaction=in_transaction))
 
     def _drain_client_messages(self) -> list[Message]:
         messages: list[Message] = []
@@ -722,6 +712,21 @@ async def reset_server(server: ServerConnection, *, rollback: bool, reset_query:
             log.warning("closing server connection to %s: reset failed: %s", server.address, exc)
             return False
     return not timeout.cancelled_caught
+
+
+def idle_farewell(limit: float, *, in_transaction: bool) -> bytes:
+    """The FATAL a client gets when it stayed silent past its idle limit (every pool mode)."""
+    if in_transaction:
+        return error_response(
+            SqlState.IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+            f"terminating connection: idle in transaction for {limit:g}s (idle_transaction_timeout)",
+            severity="FATAL",
+        )
+    return error_response(
+        SqlState.IDLE_SESSION_TIMEOUT,
+        f"terminating connection: idle for {limit:g}s (client_idle_timeout)",
+        severity="FATAL",
+    )
 
 
 def _statement_text(message: Message) -> str | None:

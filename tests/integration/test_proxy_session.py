@@ -106,6 +106,34 @@ def test_child_max_connections_retires_server_connections(balancer_factory: Bala
     assert len(set(pids)) == 3
 
 
+def test_idle_limits_cut_silent_session_clients_and_hand_their_server_on(
+    balancer_factory: BalancerFactory,
+) -> None:
+    node = balancer_factory(
+        num_init_children=1, client_idle_timeout=1, idle_transaction_timeout=1, query_wait_timeout=20
+    )
+    first = connect(node)
+    first.execute("CREATE TABLE IF NOT EXISTS idle_probe (note text)")
+    # A statement that outlasts the limit is not idleness: the server owed the reply meanwhile.
+    assert first.execute("SELECT 'done' FROM pg_sleep(1.5)").fetchone() == ("done",)
+    first_pid = backend_pid(first)
+    first.execute("BEGIN")
+    first.execute("INSERT INTO idle_probe VALUES ('rolled back with the idle transaction')")
+    # The pool's one server is first's: this connect waits until idle_transaction_timeout cuts it.
+    second = connect(node)
+    assert backend_pid(second) == first_pid  # rolled back and reused, not closed
+    assert second.execute("SELECT count(*) FROM idle_probe").fetchone() == (0,)
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout, match="idle_transaction_timeout"):
+        first.execute("SELECT 1")
+    # Outside a transaction, client_idle_timeout: second is cut once silent for a second.
+    with connect(node) as third:
+        assert backend_pid(third) == first_pid
+    with pytest.raises(psycopg.errors.IdleSessionTimeout, match="client_idle_timeout"):
+        second.execute("SELECT 1")
+    first.close()
+    second.close()
+
+
 def test_pool_full_gives_53300_after_query_wait_timeout(balancer_factory: BalancerFactory) -> None:
     node = balancer_factory(num_init_children=2, query_wait_timeout=1)
     with connect(node), connect(node):
