@@ -583,48 +583,55 @@ def cpu_summary(samples: list[CpuPerTransaction], cpus: int, bouncer_tps: float)
 CPU_GROUPS = ("load_generator_us", "pooler_us", "pooler_kernel_us", "postgresql_us", "other_us")
 
 
+def _markdown(title: str, columns: list[str], rows: list[list[str]]) -> str:
+    lines = [title, "", "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _shown(value: object, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
 def cpu_table(report: dict[str, object]) -> str:
-    machine = report["machine"]
-    assert isinstance(machine, dict)
-    lines = [
-        f"CPU per transaction (us, user + system, means over reps; {machine['cpus']} CPUs shared by all):",
-        "",
-        "| target | pgbench | pooler | of which kernel | PostgreSQL | other | idle % | steal % "
-        "| TPS if the pooler were free "
-        "| pooler budget for 3x PgBouncer (us) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    targets = report["targets"]
-    assert isinstance(targets, dict)
+    machine, targets = report["machine"], report["targets"]
+    assert isinstance(machine, dict) and isinstance(targets, dict)
+    rows = []
     for name, row in targets.items():
         cpu = row["cpu"]
-        ceiling = "" if cpu["ceiling_tps"] is None else f"{cpu['ceiling_tps']:.0f}"
-        budget = "" if cpu["pooler_budget_for_3x_us"] is None else f"{cpu['pooler_budget_for_3x_us']:.1f}"
-        spent = " | ".join(f"{cpu[group]:.1f}" for group in CPU_GROUPS)
-        machine_share = f"{cpu['idle_pct']:.0f} | {cpu['steal_pct']:.0f}"
-        lines.append(f"| {name} | {spent} | {machine_share} | {ceiling} | {budget} |")
-    return "\n".join(lines)
+        rows.append(
+            [
+                name,
+                *(f"{cpu[group]:.1f}" for group in CPU_GROUPS),
+                f"{cpu['idle_pct']:.0f}",
+                f"{cpu['steal_pct']:.0f}",
+                _shown(cpu["ceiling_tps"], ".0f"),
+                _shown(cpu["pooler_budget_for_3x_us"], ".1f"),
+            ]
+        )
+    columns = ["target", "pgbench", "pooler", "of which kernel", "PostgreSQL", "other", "idle %", "steal %"]
+    columns += ["TPS if the pooler were free", "pooler budget for 3x PgBouncer (us)"]
+    title = f"CPU per transaction (us, user + system, means over reps; {machine['cpus']} CPUs shared by all):"
+    return _markdown(title, columns, rows)
 
 
 def table(report: dict[str, object]) -> str:
-    lines = [
-        f"Workload: {report['workload']}, {report['clients']} clients",
-        "",
-        "| target | TPS (mean) | TPS (median) | x PgBouncer | latency ms | hit ratio "
-        "| stale reads / checked |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
     targets = report["targets"]
     assert isinstance(targets, dict)
-    for name, row in targets.items():
-        ratio = "" if row["x_pgbouncer"] is None else f"{row['x_pgbouncer']:.2f}"
-        hit = "" if row["hit_ratio"] is None else f"{row['hit_ratio']:.1%}"
-        stale = "" if row["stale_reads"] is None else f"{row['stale_reads']} / {row['reads_checked']}"
-        lines.append(
-            f"| {name} | {row['tps']:.0f} | {row['tps_median']:.0f} | {ratio} "
-            f"| {row['latency_ms']:.2f} | {hit} | {stale} |"
-        )
-    return "\n".join(lines)
+    rows = [
+        [
+            name,
+            f"{row['tps']:.0f}",
+            f"{row['tps_median']:.0f}",
+            _shown(row["x_pgbouncer"], ".2f"),
+            f"{row['latency_ms']:.2f}",
+            _shown(row["hit_ratio"], ".1%"),
+            "" if row["stale_reads"] is None else f"{row['stale_reads']} / {row['reads_checked']}",
+        ]
+        for name, row in targets.items()
+    ]
+    columns = ["target", "TPS (mean)", "TPS (median)", "x PgBouncer", "latency ms", "hit ratio"]
+    columns.append("stale reads / checked")
+    return _markdown(f"Workload: {report['workload']}, {report['clients']} clients", columns, rows)
 
 
 if __name__ == "__main__":
