@@ -11,7 +11,9 @@ pure ``consensus.state.apply_command`` to every committed log entry, and bridges
   then until the state it produced is applied here.
 
 Timings (``RaftTimings``) are tuned for seconds-level failover (min/max election timeout 0.3/0.6 s,
-heartbeats every 0.05 s, ticks every 0.01 s; STACK-NOTES' 0.15/0.35/0.03 flapped under load).
+heartbeats every 0.05 s, ticks every 0.01 s; STACK-NOTES' 0.15/0.35/0.03 flapped under load);
+``RaftTimings.for_election_timeout`` scales them all from one election timeout (the node's
+watchdog_election_timeout) for hosts too noisy for those.
 ``leader_fallback_timeout`` is how long a leader cut off from the majority still believes it leads;
 a new leader must wait ``vip_acquire_delay`` (longer than that) before taking the virtual IP, so the
 old one has stepped down first. Peers authenticate and encrypt with ``password`` (watchdog_secret),
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -68,9 +71,13 @@ _FAILURES = {
 }
 
 
+_BASE_ELECTION_TIMEOUT = 0.3  # RaftTimings() is for_election_timeout(this), exactly
+_MIN_WRITE_TIMEOUT = 3.0
+
+
 @dataclass(frozen=True)
 class RaftTimings:
-    """pysyncobj's timing knobs, in seconds."""
+    """pysyncobj's timing knobs, in seconds. The defaults are ``for_election_timeout(0.3)``."""
 
     # Elections 0.3-0.6 s, heartbeats 0.05 s: with 0.15-0.35/0.03 a tick thread starved of the GIL by
     # a busy process missed enough heartbeats for 3 leader changes a minute (docs/watchdog.md).
@@ -86,7 +93,34 @@ class RaftTimings:
     vip_margin: float = 0.3
     connection_timeout: float = 1.5  # a silent peer connection is dropped after this
     connection_retry: float = 0.5  # reconnect attempts to a lost peer
-    write_timeout: float = 3.0  # a write not committed by then raises NoQuorumError
+    write_timeout: float = 3.0  # a write not confirmed by then raises NoQuorumError
+
+    @classmethod
+    def for_election_timeout(cls, election_timeout: float) -> RaftTimings:
+        """The timings for watchdog_election_timeout ``t``: a follower starts an election after a
+        random silence in [t, 2t]. Everything tied to how long a healthy member may go unheard
+        scales with t in today's proportions (0.3 gives exactly ``RaftTimings()``), so the
+        invariants above hold for every t: heartbeats at t/6, leader fallback at 10t/3 (> 2t, the
+        longest election timeout), peer connections dropped after 5t and retried every 5t/3. The
+        tick stays 0.01 s (it is only how often pysyncobj looks); the VIP margin and the write
+        timeout never go below today's 0.3 s and 3 s (scheduling slack does not shrink with t)."""
+        if not math.isfinite(election_timeout) or election_timeout <= 0:
+            raise ValueError(
+                f"an election timeout must be a positive number of seconds, not {election_timeout!r}"
+            )
+        base = cls()
+        scale = election_timeout / _BASE_ELECTION_TIMEOUT  # exactly 1.0 for the default
+        return cls(
+            raft_min_timeout=base.raft_min_timeout * scale,
+            raft_max_timeout=base.raft_max_timeout * scale,
+            append_entries_period=base.append_entries_period * scale,
+            auto_tick_period=base.auto_tick_period,
+            leader_fallback_timeout=base.leader_fallback_timeout * scale,
+            vip_margin=max(base.vip_margin, base.vip_margin * scale),
+            connection_timeout=base.connection_timeout * scale,
+            connection_retry=base.connection_retry * scale,
+            write_timeout=max(_MIN_WRITE_TIMEOUT, base.write_timeout * scale),
+        )
 
 
 class _Machine(SyncObjConsumer):  # type: ignore[misc]
