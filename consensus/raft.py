@@ -64,6 +64,18 @@ log = logging.getLogger(__name__)
 _POLL_PERIOD = 0.05  # trio-side: lease and peer-contact bookkeeping
 _FORGET_RETRY = 0.1  # between attempts to clear a removed member's votes
 _STATE_NAMES = {0: RaftRole.FOLLOWER, 1: RaftRole.CANDIDATE, 2: RaftRole.LEADER}
+_RESUBMIT_PAUSE = 0.05  # between submissions of a command pysyncobj refused without logging it
+# pysyncobj's refusals of a command that is in no log and never will be, so submitting it again
+# cannot apply it twice (pysyncobj/syncobj.py, _checkCommandsToApply and __applyLogEntries):
+# MISSING_LEADER (no leader known: an election; commandsWaitLeader is off so that it is reported)
+# and QUEUE_FULL come before the command is appended anywhere; NOT_LEADER is the answer of a member
+# the command was forwarded to and that no longer leads, which does not append it; DISCARDED means
+# its log position committed another term's entry. Never resubmitted: LEADER_CHANGED (forwarded to
+# a leader that may have appended it, so it may still commit), UNKNOWN_OUTCOME (likewise), and
+# REQUEST_DENIED (it would be denied again).
+_NEVER_APPLIED = frozenset(
+    {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
+)
 _FAILURES = {
     getattr(FAIL_REASON, name): name.lower().replace("_", " ")
     for name in dir(FAIL_REASON)
@@ -308,7 +320,7 @@ class RaftClusterStore(ClusterStore):
             leaderFallbackTimeout=t.leader_fallback_timeout,
             connectionTimeout=t.connection_timeout,
             connectionRetryTime=t.connection_retry,
-            commandsWaitLeader=True,
+            commandsWaitLeader=False,  # no leader: MISSING_LEADER, which _call resubmits until its deadline
             useFork=False,  # the state is tiny; forking a threaded trio process is not worth it
             bindRetryTime=0.2,
             maxBindRetries=10,
@@ -385,10 +397,51 @@ class RaftClusterStore(ClusterStore):
         return result  # type: ignore[no-any-return]
 
     async def _call(self, submit: Callable[[Callable[[Any, int], None]], None], what: str) -> Any:
-        """Submit a command with a callback; return its result once it is committed and applied here."""
+        """Submit a command with a callback; return its result once it is committed and applied here.
+
+        A refusal that leaves the command in no log (``_NEVER_APPLIED``: no leader known during an
+        election, ...) is resubmitted until the write timeout, as an operator would; any other
+        failure, and a command not confirmed in time (it may still commit), is reported."""
         token = self._token
         if self._obj is None or token is None:
             raise NoQuorumError(f"watchdog member {self.self_id} is not running")
+        timeout = self.timings.write_timeout
+        deadline = trio.current_time() + timeout
+        while True:
+            outcome = await self._submit_once(token, submit, deadline)
+            if outcome is None:
+                raise NoQuorumError(
+                    f"watchdog member {self.self_id}: {what} was not confirmed within {timeout:g}s (no leader"
+                    " with a majority answered); it may still be applied: check GET /api/v1/watchdog/info on "
+                    "a member before retrying, and the other members and the network between them"
+                )
+            result, error, applied = outcome
+            if error == FAIL_REASON.SUCCESS:
+                break
+            reason = _FAILURES.get(error, str(error))
+            if error in _NEVER_APPLIED and trio.current_time() + _RESUBMIT_PAUSE < deadline:
+                log.debug("watchdog member %s resubmits %s: %s", self.self_id, what, reason)
+                await trio.sleep(_RESUBMIT_PAUSE)
+                continue
+            if error in _NEVER_APPLIED:
+                raise NoQuorumError(
+                    f"watchdog member {self.self_id} could not commit {what} within {timeout:g}s: {reason} "
+                    "(no leader with a majority is reachable); it was not applied: retry, and check the "
+                    "other members (GET /api/v1/watchdog/info) and the network between them"
+                )
+            raise NoQuorumError(f"watchdog member {self.self_id} could not commit {what}: {reason}; retry")
+        with trio.move_on_after(timeout):
+            while self._applied_here < applied:
+                await self._applied.wait()
+        return result
+
+    async def _submit_once(
+        self,
+        token: trio.lowlevel.TrioToken,
+        submit: Callable[[Callable[[Any, int], None]], None],
+        deadline: float,
+    ) -> tuple[Any, int, int] | None:
+        """One submission: its (result, error, applied count), or None if no answer came by ``deadline``."""
         done = trio.Event()
         outcome: list[tuple[Any, int, int]] = []
 
@@ -400,22 +453,9 @@ class RaftClusterStore(ClusterStore):
             self._soon(token, finish, result, error, self._machine.applied)
 
         submit(on_result)
-        with trio.move_on_after(self.timings.write_timeout):
+        with trio.move_on_at(deadline):
             await done.wait()
-        if not outcome:
-            raise NoQuorumError(
-                f"watchdog member {self.self_id} could not commit {what} within "
-                f"{self.timings.write_timeout:g}s: no leader with a majority is reachable; check the other "
-                "members (GET /api/v1/watchdog/info) and the network between them"
-            )
-        result, error, applied = outcome[0]
-        if error != FAIL_REASON.SUCCESS:
-            reason = _FAILURES.get(error, str(error))
-            raise NoQuorumError(f"watchdog member {self.self_id} could not commit {what}: {reason}; retry")
-        with trio.move_on_after(self.timings.write_timeout):
-            while self._applied_here < applied:
-                await self._applied.wait()
-        return result
+        return outcome[0] if outcome else None
 
     async def add_member(self, address: str) -> None:
         _check_address(address)

@@ -157,6 +157,32 @@ async def test_a_member_alone_loses_quorum_and_its_lease(tmp_path: Path, apoll: 
             await store.vote(0, True)
 
 
+async def test_a_write_made_while_no_leader_exists_commits_once_one_is_elected(
+    tmp_path: Path, apoll: AsyncPoll
+) -> None:
+    """pysyncobj refuses a command while no leader is known (MISSING_LEADER: it is in no log); the
+    store resubmits it until its write timeout, so a write made during an election commits when
+    the election ends, once (the generation rises by exactly one)."""
+    async with members(tmp_path) as group:
+        first, second, _third = group.addresses
+        store = await group.start(first)
+        store.timings = RaftTimings(write_timeout=30.0)  # far beyond the election below
+        generations: list[int] = []
+
+        async def invalidate() -> None:
+            generations.append(await store.replicate_invalidation(None))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(invalidate)
+            # one member of three: no leader, and the write keeps waiting instead of failing
+            await _stays(
+                lambda: not generations and store.leader_id is None, 1.0, "a lone member led or wrote"
+            )
+            await group.start(second)
+        assert generations == [1] and store.state.generation == 1
+        await apoll(lambda: group.stores[second].state.generation == 1, timeout=5)
+
+
 async def _stays(predicate: Callable[[], bool], seconds: float, message: str) -> None:
     """Check ``predicate`` again and again for ``seconds``: a negative (nothing happens) needs a window."""
     deadline = trio.current_time() + seconds
