@@ -21,8 +21,14 @@ import pytest
 from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.netcluster import VIP
 from tests.cluster.conftest import NEEDS_ROOT, NEEDS_TOOLS, SampledCluster
+from tests.hoststeal import read_cpu_times, steal_report
 
-pytestmark = [NEEDS_ROOT, NEEDS_TOOLS, pytest.mark.slow]
+# One rerun (README.md, "Tests"): real Raft with the production timings (watchdog_election_timeout
+# is deliberately left at its default: these scenarios prove how the shipped timings behave), on a
+# host that may steal CPU from the VM. Every scenario heals what it broke in a finally block and
+# starts from cluster.wait_stable(), so a rerun on the module's one cluster starts from a whole
+# cluster. A failed attempt reports the host's steal time over it (tests/conftest.py).
+pytestmark = [NEEDS_ROOT, NEEDS_TOOLS, pytest.mark.slow, pytest.mark.flaky(reruns=1)]
 
 HEALTH_ROUNDS = 3.5  # seconds of health checks (period 1 s, retries) that must not fail over
 
@@ -281,6 +287,8 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
     _no_two_holders(cluster)
 
 
+# Not rerun: it judges the samples of the whole module, which a rerun would only read again.
+@pytest.mark.flaky(reruns=0)
 def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> None:
     samples = cluster.sampler.samples
     assert len(samples) > 100, "the sampler did not run"
@@ -291,7 +299,11 @@ def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> No
     # and shorter ones very likely (a window hides only if it falls wholly inside one of the rare
     # stalls, counted above); a stall of seconds could hide one entirely. The bound was 0.5 s until a
     # host under heavy steal time stalled the sampler thread for 0.59 s with nothing wrong.
-    assert max(gaps) < 1.0, f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide"
+    steal = steal_report(cluster.cpu_at_start, read_cpu_times(), over="the module")
+    print(steal)
+    assert max(gaps) < 1.0, (
+        f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide ({steal})"
+    )
     holders = {holder for sample in samples for holder in sample.holders}
     assert len(holders) >= 2, f"the VIP never moved: {holders}"
     _no_two_holders(cluster)
