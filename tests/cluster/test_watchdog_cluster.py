@@ -117,15 +117,16 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
     others = [name for name in cluster.nodes if name != old]
     killed = time.monotonic()
     cluster.kill_node(old)
-    wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
-    recovered = time.monotonic() - killed
-    print(f"SIGKILL of {old} to the first query through the VIP: {recovered:.2f} s")
-    new = cluster.wait_stable(names=others)
-    assert new != old and cluster.vip_holders() == {new}
-    assert recovered < 5, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
-    assert _write_through_vip(cluster, "after sigkill") == 1
-
-    cluster.start_node(old)
+    try:
+        wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
+        recovered = time.monotonic() - killed
+        print(f"SIGKILL of {old} to the first query through the VIP: {recovered:.2f} s")
+        new = cluster.wait_stable(names=others)
+        assert new != old and cluster.vip_holders() == {new}
+        assert recovered < 5, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
+        assert _write_through_vip(cluster, "after sigkill") == 1
+    finally:  # also after a failure: the next scenario, or this one's rerun, needs all three nodes
+        cluster.start_node(old)
     # it rejoins; it may force one more election (pysyncobj has no pre-vote), never a second holder
     cluster.wait_stable()
     _no_two_holders(cluster)
@@ -133,11 +134,13 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
 
 def test_a_leader_stopped_cleanly_gives_the_vip_up_before_it_exits(cluster: SampledCluster) -> None:
     old = cluster.wait_stable()
-    cluster.stop_node(old)  # SIGTERM, and wait for the process to exit
-    assert cluster.lab is not None and VIP not in cluster.lab.addresses(old)
-    new = cluster.wait_stable(names=[name for name in cluster.nodes if name != old])
-    assert new != old
-    cluster.start_node(old)
+    try:
+        cluster.stop_node(old)  # SIGTERM, and wait for the process to exit
+        assert cluster.lab is not None and VIP not in cluster.lab.addresses(old)
+        new = cluster.wait_stable(names=[name for name in cluster.nodes if name != old])
+        assert new != old
+    finally:  # also after a failure: the next scenario, or this one's rerun, needs all three nodes
+        cluster.start_node(old)
     cluster.wait_stable()
     _no_two_holders(cluster)
 
