@@ -11,7 +11,9 @@ pure ``consensus.state.apply_command`` to every committed log entry, and bridges
   then until the state it produced is applied here.
 
 Timings (``RaftTimings``) are tuned for seconds-level failover (min/max election timeout 0.3/0.6 s,
-heartbeats every 0.05 s, ticks every 0.01 s; STACK-NOTES' 0.15/0.35/0.03 flapped under load).
+heartbeats every 0.05 s, ticks every 0.01 s; STACK-NOTES' 0.15/0.35/0.03 flapped under load);
+``RaftTimings.for_election_timeout`` scales them all from one election timeout (the node's
+watchdog_election_timeout) for hosts too noisy for those.
 ``leader_fallback_timeout`` is how long a leader cut off from the majority still believes it leads;
 a new leader must wait ``vip_acquire_delay`` (longer than that) before taking the virtual IP, so the
 old one has stepped down first. Peers authenticate and encrypt with ``password`` (watchdog_secret),
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import socket
 import threading
@@ -63,6 +66,18 @@ log = logging.getLogger(__name__)
 _POLL_PERIOD = 0.05  # trio-side: lease and peer-contact bookkeeping
 _FORGET_RETRY = 0.1  # between attempts to clear a removed member's votes
 _STATE_NAMES = {0: RaftRole.FOLLOWER, 1: RaftRole.CANDIDATE, 2: RaftRole.LEADER}
+_RESUBMIT_PAUSE = 0.05  # between submissions of a command pysyncobj refused without logging it
+# pysyncobj's refusals of a command that is in no log and never will be, so submitting it again
+# cannot apply it twice (pysyncobj/syncobj.py, _checkCommandsToApply and __applyLogEntries):
+# MISSING_LEADER (no leader known: an election; commandsWaitLeader is off so that it is reported)
+# and QUEUE_FULL come before the command is appended anywhere; NOT_LEADER is the answer of a member
+# the command was forwarded to and that no longer leads, which does not append it; DISCARDED means
+# its log position committed another term's entry. Never resubmitted: LEADER_CHANGED (forwarded to
+# a leader that may have appended it, so it may still commit), UNKNOWN_OUTCOME (likewise), and
+# REQUEST_DENIED (it would be denied again).
+_NEVER_APPLIED = frozenset(
+    {FAIL_REASON.MISSING_LEADER, FAIL_REASON.QUEUE_FULL, FAIL_REASON.NOT_LEADER, FAIL_REASON.DISCARDED}
+)
 _FAILURES = {
     getattr(FAIL_REASON, name): name.lower().replace("_", " ")
     for name in dir(FAIL_REASON)
@@ -70,9 +85,13 @@ _FAILURES = {
 }
 
 
+_BASE_ELECTION_TIMEOUT = 0.3  # RaftTimings() is for_election_timeout(this), exactly
+_MIN_WRITE_TIMEOUT = 3.0
+
+
 @dataclass(frozen=True)
 class RaftTimings:
-    """pysyncobj's timing knobs, in seconds."""
+    """pysyncobj's timing knobs, in seconds. The defaults are ``for_election_timeout(0.3)``."""
 
     # Elections 0.3-0.6 s, heartbeats 0.05 s: with 0.15-0.35/0.03 a tick thread starved of the GIL by
     # a busy process missed enough heartbeats for 3 leader changes a minute (docs/watchdog.md).
@@ -88,7 +107,34 @@ class RaftTimings:
     vip_margin: float = 0.3
     connection_timeout: float = 1.5  # a silent peer connection is dropped after this
     connection_retry: float = 0.5  # reconnect attempts to a lost peer
-    write_timeout: float = 3.0  # a write not committed by then raises NoQuorumError
+    write_timeout: float = 3.0  # a write not confirmed by then raises NoQuorumError
+
+    @classmethod
+    def for_election_timeout(cls, election_timeout: float) -> RaftTimings:
+        """The timings for watchdog_election_timeout ``t``: a follower starts an election after a
+        random silence in [t, 2t]. Everything tied to how long a healthy member may go unheard
+        scales with t in today's proportions (0.3 gives exactly ``RaftTimings()``), so the
+        invariants above hold for every t: heartbeats at t/6, leader fallback at 10t/3 (> 2t, the
+        longest election timeout), peer connections dropped after 5t and retried every 5t/3. The
+        tick stays 0.01 s (it is only how often pysyncobj looks); the VIP margin and the write
+        timeout never go below today's 0.3 s and 3 s (scheduling slack does not shrink with t)."""
+        if not math.isfinite(election_timeout) or election_timeout <= 0:
+            raise ValueError(
+                f"an election timeout must be a positive number of seconds, not {election_timeout!r}"
+            )
+        base = cls()
+        scale = election_timeout / _BASE_ELECTION_TIMEOUT  # exactly 1.0 for the default
+        return cls(
+            raft_min_timeout=base.raft_min_timeout * scale,
+            raft_max_timeout=base.raft_max_timeout * scale,
+            append_entries_period=base.append_entries_period * scale,
+            auto_tick_period=base.auto_tick_period,
+            leader_fallback_timeout=base.leader_fallback_timeout * scale,
+            vip_margin=max(base.vip_margin, base.vip_margin * scale),
+            connection_timeout=base.connection_timeout * scale,
+            connection_retry=base.connection_retry * scale,
+            write_timeout=max(_MIN_WRITE_TIMEOUT, base.write_timeout * scale),
+        )
 
 
 class _Machine(SyncObjConsumer):  # type: ignore[misc]
@@ -276,7 +322,7 @@ class RaftClusterStore(ClusterStore):
             leaderFallbackTimeout=t.leader_fallback_timeout,
             connectionTimeout=t.connection_timeout,
             connectionRetryTime=t.connection_retry,
-            commandsWaitLeader=True,
+            commandsWaitLeader=False,  # no leader: MISSING_LEADER, which _call resubmits until its deadline
             useFork=False,  # the state is tiny; forking a threaded trio process is not worth it
             bindRetryTime=0.2,
             maxBindRetries=10,
@@ -354,10 +400,51 @@ class RaftClusterStore(ClusterStore):
         return result  # type: ignore[no-any-return]
 
     async def _call(self, submit: Callable[[Callable[[Any, int], None]], None], what: str) -> Any:
-        """Submit a command with a callback; return its result once it is committed and applied here."""
+        """Submit a command with a callback; return its result once it is committed and applied here.
+
+        A refusal that leaves the command in no log (``_NEVER_APPLIED``: no leader known during an
+        election, ...) is resubmitted until the write timeout, as an operator would; any other
+        failure, and a command not confirmed in time (it may still commit), is reported."""
         token = self._token
         if self._obj is None or token is None:
             raise NoQuorumError(f"watchdog member {self.self_id} is not running")
+        timeout = self.timings.write_timeout
+        deadline = trio.current_time() + timeout
+        while True:
+            outcome = await self._submit_once(token, submit, deadline)
+            if outcome is None:
+                raise NoQuorumError(
+                    f"watchdog member {self.self_id}: {what} was not confirmed within {timeout:g}s (no leader"
+                    " with a majority answered); it may still be applied: check GET /api/v1/watchdog/info on "
+                    "a member before retrying, and the other members and the network between them"
+                )
+            result, error, applied = outcome
+            if error == FAIL_REASON.SUCCESS:
+                break
+            reason = _FAILURES.get(error, str(error))
+            if error in _NEVER_APPLIED and trio.current_time() + _RESUBMIT_PAUSE < deadline:
+                log.debug("watchdog member %s resubmits %s: %s", self.self_id, what, reason)
+                await trio.sleep(_RESUBMIT_PAUSE)
+                continue
+            if error in _NEVER_APPLIED:
+                raise NoQuorumError(
+                    f"watchdog member {self.self_id} could not commit {what} within {timeout:g}s: {reason} "
+                    "(no leader with a majority is reachable); it was not applied: retry, and check the "
+                    "other members (GET /api/v1/watchdog/info) and the network between them"
+                )
+            raise NoQuorumError(f"watchdog member {self.self_id} could not commit {what}: {reason}; retry")
+        with trio.move_on_after(timeout):
+            while self._applied_here < applied:
+                await self._applied.wait()
+        return result
+
+    async def _submit_once(
+        self,
+        token: trio.lowlevel.TrioToken,
+        submit: Callable[[Callable[[Any, int], None]], None],
+        deadline: float,
+    ) -> tuple[Any, int, int] | None:
+        """One submission: its (result, error, applied count), or None if no answer came by ``deadline``."""
         done = trio.Event()
         outcome: list[tuple[Any, int, int]] = []
 
@@ -369,22 +456,9 @@ class RaftClusterStore(ClusterStore):
             self._soon(token, finish, result, error, self._machine.applied)
 
         submit(on_result)
-        with trio.move_on_after(self.timings.write_timeout):
+        with trio.move_on_at(deadline):
             await done.wait()
-        if not outcome:
-            raise NoQuorumError(
-                f"watchdog member {self.self_id} could not commit {what} within "
-                f"{self.timings.write_timeout:g}s: no leader with a majority is reachable; check the other "
-                "members (GET /api/v1/watchdog/info) and the network between them"
-            )
-        result, error, applied = outcome[0]
-        if error != FAIL_REASON.SUCCESS:
-            reason = _FAILURES.get(error, str(error))
-            raise NoQuorumError(f"watchdog member {self.self_id} could not commit {what}: {reason}; retry")
-        with trio.move_on_after(self.timings.write_timeout):
-            while self._applied_here < applied:
-                await self._applied.wait()
-        return result
+        return outcome[0] if outcome else None
 
     async def add_member(self, address: str) -> None:
         _check_address(address)

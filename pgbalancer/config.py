@@ -186,12 +186,14 @@ def _integer(minimum: int, maximum: int, expectation: str, type_name: str = "int
     return _Kind(type_name, expectation, convert)
 
 
-def _number(minimum: float, expectation: str, *, exclusive: bool, type_name: str) -> _Kind:
+def _number(
+    minimum: float, expectation: str, *, exclusive: bool, type_name: str, maximum: float = math.inf
+) -> _Kind:
     def convert(text: str) -> float:
         if not _NUMBER_RE.fullmatch(text.strip()):
             raise _BadValue("not a number")
         value = float(text)
-        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum) or value > maximum:
             raise _BadValue("out of range")
         return value
 
@@ -460,6 +462,9 @@ def _required_setting(kind: _Kind, category: Category, applies: ApplyOn, doc: st
 
 
 _L, _R = ApplyOn.RELOAD, ApplyOn.RESTART
+
+WATCHDOG_ELECTION_TIMEOUT_MIN: Final = 0.1
+WATCHDOG_ELECTION_TIMEOUT_MAX: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -1359,6 +1364,30 @@ class Config:
         when watchdog_nodes is set: without it the peers exchange unauthenticated pickled
         messages.""",
         secret=True,
+    )
+
+    # Watchdog (Raft) timing
+    watchdog_election_timeout: float = _setting(
+        0.3,
+        _number(
+            WATCHDOG_ELECTION_TIMEOUT_MIN,
+            f"a number of seconds between {WATCHDOG_ELECTION_TIMEOUT_MIN:g} and "
+            f"{WATCHDOG_ELECTION_TIMEOUT_MAX:g}, such as 0.3 or 1",
+            exclusive=False,
+            type_name="number (seconds)",
+            maximum=WATCHDOG_ELECTION_TIMEOUT_MAX,
+        ),
+        Category.WATCHDOG,
+        _R,
+        """Raft election timeout t: a follower that hears nothing from the leader for a random time
+        between t and 2t starts an election. The other Raft timings scale with it (heartbeats every
+        t/6, a cut-off leader steps down after 10t/3, the new leader takes the virtual IP after that
+        plus max(0.3 s, t), a silent peer connection is dropped after 5t, a watchdog write waits
+        max(3 s, 10t)). The trade-off: failover after the leader's death takes about 2t plus the
+        step-down time plus the VIP margin (about 1.9 s with 0.3, 6.3 s with 1), while a t too
+        short for the host makes leadership flap when a member's Raft thread is starved of CPU
+        for longer than t. Keep 0.3 on dedicated machines; on noisy or shared VMs (steal time,
+        CPU-starved containers) use 1 or more. The same value on every node.""",
     )
 
     # Virtual IP

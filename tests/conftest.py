@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, settings
 from pgbalancer.devtools import AsyncPoll, FreePort, Poll, free_tcp_port, wait_for, wait_for_async
 from pgbalancer.devtools.containers import ContainerPgCluster, choose_cluster_backend
 from pgbalancer.devtools.pgcluster import LocalPgCluster, PgClusterLike, reap_orphaned_clusters
+from tests.hoststeal import CpuTimes, read_cpu_times, steal_report
 
 # Timing is never what a property test checks. On a loaded CI machine (2 cores, the suite serial)
 # Hypothesis' 200 ms per-example deadline fails examples that are merely slow, and a replay that then
@@ -117,3 +118,27 @@ def poll() -> Poll:
 def apoll() -> AsyncPoll:
     """``await apoll(predicate, ...)``: the trio poll; predicate may be sync or async."""
     return wait_for_async
+
+
+# ---- reruns (README.md, "Tests"): only tests marked flaky (the Raft-timing modules) are rerun;
+# a failed attempt of one reports the host's steal time over that attempt.
+
+_ATTEMPT_STARTED = pytest.StashKey[CpuTimes | None]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("flaky") is not None:
+        item.stash[_ATTEMPT_STARTED] = read_cpu_times()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and report.when in ("setup", "call") and _ATTEMPT_STARTED in item.stash:
+        line = steal_report(item.stash[_ATTEMPT_STARTED], read_cpu_times())
+        report.sections.append(("host steal time", line))
+        terminal = item.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal is not None:
+            terminal.write_line(f"\n{item.nodeid} failed; {line}")

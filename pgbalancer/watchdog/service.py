@@ -36,7 +36,7 @@ from typing import Protocol
 import trio
 
 from consensus import ClusterState, ClusterStore, ConsensusError, LeaderChange, NoQuorumError
-from consensus.raft import RaftClusterStore
+from consensus.raft import RaftClusterStore, RaftTimings
 from pgbalancer.config import Config, PartitionReadPolicy, watchdog_self_address
 from pgbalancer.ha.planner import HaOperationError, Probe
 from pgbalancer.ha.view import ClusterView
@@ -137,6 +137,7 @@ class WatchdogService:
             secret=config.watchdog_secret,
             data_dir=Path(config.watchdog_data_dir),
             lease=config.watchdog_lease,
+            timings=RaftTimings.for_election_timeout(config.watchdog_election_timeout),
         )
         return cls(config, proxy, store, ha, events)
 

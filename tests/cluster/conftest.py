@@ -20,6 +20,7 @@ from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.netcluster import VIP, NetCluster
 from pgbalancer.devtools.netns import HolderSampler, list_namespaces
 from pgbalancer.devtools.pgcluster import process_alive
+from tests.hoststeal import CpuTimes, read_cpu_times
 
 NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 NEEDS_TOOLS = pytest.mark.skipif(
@@ -30,6 +31,7 @@ NEEDS_TOOLS = pytest.mark.skipif(
 
 class SampledCluster(NetCluster):
     sampler: HolderSampler
+    cpu_at_start: CpuTimes | None  # when the sampler started: the host's steal time over the module
 
 
 def _wait_for_the_api(cluster: NetCluster) -> None:
@@ -50,6 +52,7 @@ def cluster() -> Iterator[SampledCluster]:
         assert cluster.lab is not None and cluster.pg is not None
         prefix = cluster.lab.prefix
         _wait_for_the_api(cluster)
+        cluster.cpu_at_start = read_cpu_times()
         cluster.sampler = HolderSampler(cluster.lab, VIP, sorted(cluster.nodes)).start()
         try:
             yield cluster

@@ -10,9 +10,10 @@ primary on: two scenarios fail over, once each.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 
 import psycopg
@@ -21,10 +22,38 @@ import pytest
 from pgbalancer.devtools import wait_for
 from pgbalancer.devtools.netcluster import VIP
 from tests.cluster.conftest import NEEDS_ROOT, NEEDS_TOOLS, SampledCluster
+from tests.hoststeal import read_cpu_times, steal_report
 
-pytestmark = [NEEDS_ROOT, NEEDS_TOOLS, pytest.mark.slow]
+# One rerun (README.md, "Tests"): real Raft with the production timings, on a host that may steal
+# CPU from the VM. watchdog_election_timeout stays at its default on purpose, decided per scenario:
+# the scenarios share one cluster (so one setting), and every scenario but the last has a bound
+# that the timings set and that it exists to prove for the shipped ones (SIGKILL to a query through
+# the VIP < 5 s, a partitioned leader dropping the VIP within 10 s, leases lost and regained within
+# 15 s, one failover after a majority's votes within 30 s); the last (the sampler) has a bound of
+# its own 50 ms period that no Raft timing touches, so changing them would not help it either.
+# Every scenario heals what it broke in a finally block and starts from cluster.wait_stable(), so
+# a rerun on the module's one cluster starts from a whole cluster. A failed attempt reports the
+# host's steal time over it (tests/conftest.py).
+pytestmark = [NEEDS_ROOT, NEEDS_TOOLS, pytest.mark.slow, pytest.mark.flaky(reruns=1)]
 
 HEALTH_ROUNDS = 3.5  # seconds of health checks (period 1 s, retries) that must not fail over
+
+
+class FailedAfterFailover(AssertionError):
+    """A failover scenario failed once its failover was under way. Not rerun: the module's PostgreSQL
+    has one primary and two standbys and its two failover scenarios spend one standby each, so a
+    rerun would leave a later scenario without a standby to fail over to (seen when forced)."""
+
+
+@contextlib.contextmanager
+def _rerun_only_before(spent: list[object], what: str) -> Iterator[None]:
+    """Any failure once ``spent`` is non-empty becomes :class:`FailedAfterFailover` (not rerun)."""
+    try:
+        yield
+    except Exception as exc:
+        if spent:
+            raise FailedAfterFailover(f"failed after {what}: {exc}") from exc
+        raise
 
 
 def _no_two_holders(cluster: SampledCluster) -> None:
@@ -111,15 +140,16 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
     others = [name for name in cluster.nodes if name != old]
     killed = time.monotonic()
     cluster.kill_node(old)
-    wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
-    recovered = time.monotonic() - killed
-    print(f"SIGKILL of {old} to the first query through the VIP: {recovered:.2f} s")
-    new = cluster.wait_stable(names=others)
-    assert new != old and cluster.vip_holders() == {new}
-    assert recovered < 5, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
-    assert _write_through_vip(cluster, "after sigkill") == 1
-
-    cluster.start_node(old)
+    try:
+        wait_for(lambda: _query_works(cluster), timeout=20, interval=0.05, message="a query through the VIP")
+        recovered = time.monotonic() - killed
+        print(f"SIGKILL of {old} to the first query through the VIP: {recovered:.2f} s")
+        new = cluster.wait_stable(names=others)
+        assert new != old and cluster.vip_holders() == {new}
+        assert recovered < 5, f"{recovered:.1f}s from SIGKILL to the first query (bench/watchdog_failover)"
+        assert _write_through_vip(cluster, "after sigkill") == 1
+    finally:  # also after a failure: the next scenario, or this one's rerun, needs all three nodes
+        cluster.start_node(old)
     # it rejoins; it may force one more election (pysyncobj has no pre-vote), never a second holder
     cluster.wait_stable()
     _no_two_holders(cluster)
@@ -127,11 +157,13 @@ def test_sigkill_of_the_leader_moves_the_vip_and_new_connections_succeed(cluster
 
 def test_a_leader_stopped_cleanly_gives_the_vip_up_before_it_exits(cluster: SampledCluster) -> None:
     old = cluster.wait_stable()
-    cluster.stop_node(old)  # SIGTERM, and wait for the process to exit
-    assert cluster.lab is not None and VIP not in cluster.lab.addresses(old)
-    new = cluster.wait_stable(names=[name for name in cluster.nodes if name != old])
-    assert new != old
-    cluster.start_node(old)
+    try:
+        cluster.stop_node(old)  # SIGTERM, and wait for the process to exit
+        assert cluster.lab is not None and VIP not in cluster.lab.addresses(old)
+        new = cluster.wait_stable(names=[name for name in cluster.nodes if name != old])
+        assert new != old
+    finally:  # also after a failure: the next scenario, or this one's rerun, needs all three nodes
+        cluster.start_node(old)
     cluster.wait_stable()
     _no_two_holders(cluster)
 
@@ -155,6 +187,7 @@ def test_a_partitioned_leader_drops_the_vip_and_the_majority_takes_it_over(clust
     _no_two_holders(cluster)
 
 
+@pytest.mark.flaky(reruns=1, rerun_except=FailedAfterFailover)
 def test_a_partitioned_follower_loses_its_lease_the_rest_fail_over_and_it_catches_up(
     cluster: SampledCluster,
 ) -> None:
@@ -162,34 +195,40 @@ def test_a_partitioned_follower_loses_its_lease_the_rest_fail_over_and_it_catche
     follower = next(name for name in cluster.nodes if name != leader)
     before = cluster.info(leader)
     old_primary = before["primary_id"]
-    cluster.partition(follower)
-    try:
-        _wait_lease(cluster, follower, valid=False)
-        # the other two carry on: writes through the VIP, and a failover the follower cannot see
-        assert _write_through_vip(cluster, "follower cut off") == 1
-        assert cluster.pg is not None
-        cluster.pg.stop_node(cluster.pg.nodes[old_primary], mode="immediate")
+    spent: list[object] = []  # the primary was stopped: this scenario's standby is spent
+    with _rerun_only_before(spent, "stopping the primary"):
+        cluster.partition(follower)
+        try:
+            _wait_lease(cluster, follower, valid=False)
+            # the other two carry on: writes through the VIP, and a failover the follower cannot see
+            assert _write_through_vip(cluster, "follower cut off") == 1
+            assert cluster.pg is not None
+            cluster.pg.stop_node(cluster.pg.nodes[old_primary], mode="immediate")
+            spent.append(old_primary)
+            wait_for(
+                lambda: cluster.info(leader)["epoch"] > before["epoch"],
+                timeout=30,
+                message="the majority failed over",
+            )
+            after = cluster.info(leader)
+            assert after["primary_id"] != old_primary
+            wait_for(
+                lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('new primary')"),
+                timeout=20,
+            )
+            assert cluster.info(follower)["epoch"] == before["epoch"]
+        finally:
+            cluster.heal(follower)
         wait_for(
-            lambda: cluster.info(leader)["epoch"] > before["epoch"],
-            timeout=30,
-            message="the majority failed over",
+            lambda: (
+                cluster.info(follower)["epoch"] == after["epoch"] and cluster.info(follower)["lease_valid"]
+            ),
+            timeout=15,
+            message=f"{follower} caught up on epoch {after['epoch']}",
         )
-        after = cluster.info(leader)
-        assert after["primary_id"] != old_primary
-        wait_for(
-            lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('new primary')"), timeout=20
-        )
-        assert cluster.info(follower)["epoch"] == before["epoch"]
-    finally:
-        cluster.heal(follower)
-    wait_for(
-        lambda: cluster.info(follower)["epoch"] == after["epoch"] and cluster.info(follower)["lease_valid"],
-        timeout=15,
-        message=f"{follower} caught up on epoch {after['epoch']}",
-    )
-    assert cluster.info(follower)["primary_id"] == after["primary_id"]
-    cluster.wait_stable()
-    _no_two_holders(cluster)
+        assert cluster.info(follower)["primary_id"] == after["primary_id"]
+        cluster.wait_stable()
+        _no_two_holders(cluster)
 
 
 def test_a_follower_cut_off_from_its_peers_refuses_writes(
@@ -227,6 +266,7 @@ def _sees_primary_down(cluster: SampledCluster, name: str, primary: int) -> bool
     )
 
 
+@pytest.mark.flaky(reruns=1, rerun_except=FailedAfterFailover)
 def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: SampledCluster) -> None:
     leader = cluster.wait_stable()
     before = cluster.info(leader)
@@ -236,51 +276,74 @@ def test_failover_needs_a_majority_of_nodes_to_see_the_primary_down(cluster: Sam
     # The fault: the primary's network is lost to the standby (its WAL receiver stops) and, one by one,
     # to the nodes (a blackhole route in the node's namespace). With the standby still streaming, the
     # planner would rightly refuse (the primary is alive), and this would test nothing about votes.
+    conninfo = cluster.pg_sql("SHOW primary_conninfo", standby, "postgres")
     cluster.pg_sql("ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_reload_conf()", standby, "postgres")
+    spent: list[object] = []  # a majority of nodes lost the primary: the failover is under way
     # The followers lose the primary; the leader (and so the VIP's clients) still reaches it: a
     # leader cut off from the primary could not carry writes through the VIP, whatever the votes.
     first, second = sorted(name for name in cluster.nodes if name != leader)
-    try:
-        wait_for(
-            lambda: cluster.pg_sql("SELECT count(*) FROM pg_stat_wal_receiver", standby, "postgres") == "0",
-            timeout=15,
-            message=f"standby {standby} stopped streaming",
-        )
-        cluster.cut_backend(first, primary)
-        wait_for(
-            lambda: _sees_primary_down(cluster, first, primary), timeout=15, message=f"{first} sees it down"
-        )
-        _stays(
-            lambda: all(cluster.info(name)["epoch"] == epoch for name in cluster.nodes),
-            HEALTH_ROUNDS,
-            f"one node ({first}) seeing the primary down must not fail over",
-        )
-        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('one vote')"), timeout=30)
-        cluster.cut_backend(second, primary)
-        wait_for(
-            lambda: cluster.info(leader)["epoch"] > epoch, timeout=30, message="a majority saw it: failover"
-        )
-        after = cluster.info(leader)
-        assert after["epoch"] == epoch + 1 and after["primary_id"] == standby
-        wait_for(
-            lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
-            timeout=10,
-            message="every node applied the new epoch",
-        )
-        _stays(
-            lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
-            HEALTH_ROUNDS,
-            "the failover happened exactly once",
-        )
-        wait_for(lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=30)
-        for name in cluster.nodes:
-            assert cluster.info(name)["primary_id"] == standby
-    finally:
-        for name in (first, second):
-            cluster.cut_backend(name, primary, cut=False)
-    _no_two_holders(cluster)
+    with _rerun_only_before(spent, "a majority lost the primary"):
+        try:
+            wait_for(
+                lambda: (
+                    cluster.pg_sql("SELECT count(*) FROM pg_stat_wal_receiver", standby, "postgres") == "0"
+                ),
+                timeout=15,
+                message=f"standby {standby} stopped streaming",
+            )
+            cluster.cut_backend(first, primary)
+            wait_for(
+                lambda: _sees_primary_down(cluster, first, primary),
+                timeout=15,
+                message=f"{first} sees it down",
+            )
+            _stays(
+                lambda: all(cluster.info(name)["epoch"] == epoch for name in cluster.nodes),
+                HEALTH_ROUNDS,
+                f"one node ({first}) seeing the primary down must not fail over",
+            )
+            wait_for(
+                lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('one vote')"), timeout=30
+            )
+            cluster.cut_backend(second, primary)
+            spent.append(second)
+            wait_for(
+                lambda: cluster.info(leader)["epoch"] > epoch,
+                timeout=30,
+                message="a majority saw it: failover",
+            )
+            after = cluster.info(leader)
+            assert after["epoch"] == epoch + 1 and after["primary_id"] == standby
+            wait_for(
+                lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
+                timeout=10,
+                message="every node applied the new epoch",
+            )
+            _stays(
+                lambda: all(cluster.info(name)["epoch"] == epoch + 1 for name in cluster.nodes),
+                HEALTH_ROUNDS,
+                "the failover happened exactly once",
+            )
+            wait_for(
+                lambda: _query_works(cluster, "INSERT INTO wd_probe (note) VALUES ('quorum')"), timeout=30
+            )
+            for name in cluster.nodes:
+                assert cluster.info(name)["primary_id"] == standby
+        finally:
+            for name in (first, second):
+                cluster.cut_backend(name, primary, cut=False)
+            if not spent:  # no failover: the standby streams from the primary again, for a rerun
+                quoted = conninfo.replace("'", "''")
+                cluster.pg_sql(
+                    f"ALTER SYSTEM SET primary_conninfo = '{quoted}'; SELECT pg_reload_conf()",
+                    standby,
+                    "postgres",
+                )
+        _no_two_holders(cluster)
 
 
+# Not rerun: it judges the samples of the whole module, which a rerun would only read again.
+@pytest.mark.flaky(reruns=0)
 def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> None:
     samples = cluster.sampler.samples
     assert len(samples) > 100, "the sampler did not run"
@@ -291,7 +354,11 @@ def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> No
     # and shorter ones very likely (a window hides only if it falls wholly inside one of the rare
     # stalls, counted above); a stall of seconds could hide one entirely. The bound was 0.5 s until a
     # host under heavy steal time stalled the sampler thread for 0.59 s with nothing wrong.
-    assert max(gaps) < 1.0, f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide"
+    steal = steal_report(cluster.cpu_at_start, read_cpu_times(), over="the module")
+    print(steal)
+    assert max(gaps) < 1.0, (
+        f"the sampler stalled for {max(gaps):.2f}s: a two-holder window could hide ({steal})"
+    )
     holders = {holder for sample in samples for holder in sample.holders}
     assert len(holders) >= 2, f"the VIP never moved: {holders}"
     _no_two_holders(cluster)

@@ -303,6 +303,13 @@ def test_the_error_format_of_the_brief() -> None:
         ("backend_port0 = 'x'", "backend_port0 = 'x': not an integer; set backend_port0 to a TCP port"),
         ("backend_weight0 = -1", "backend_weight0 = '-1': out of range; set backend_weight0 to a number, 0"),
         ("backend_weight0 = inf", "backend_weight0 = 'inf': not a number; set backend_weight0 to a number"),
+        (
+            "watchdog_election_timeout = 0.05",
+            "watchdog_election_timeout = '0.05': out of range; set watchdog_election_timeout to a number of "
+            "seconds between 0.1 and 10",
+        ),
+        ("watchdog_election_timeout = 11", "watchdog_election_timeout = '11': out of range; set"),
+        ("watchdog_election_timeout = fast", "watchdog_election_timeout = 'fast': not a number; set"),
     ],
 )
 def test_a_bad_value_names_line_key_value_and_fix(line: str, expected: str) -> None:
@@ -708,6 +715,15 @@ def test_partition_read_policy_and_lease_parse() -> None:
     config = parse("partition_read_policy = refuse\nwatchdog_lease = 0.5")
     assert config.partition_read_policy == "refuse" and config.watchdog_lease == 0.5
     assert "did you mean 'stale'" in only_error(MINIMAL + "partition_read_policy = stal")
+
+
+def test_the_watchdog_election_timeout_defaults_to_the_tuned_timings_and_needs_a_restart() -> None:
+    assert parse("").watchdog_election_timeout == 0.3
+    config = parse("watchdog_election_timeout = 1.5")
+    assert config.watchdog_election_timeout == 1.5
+    assert SETTINGS["watchdog_election_timeout"].applies is ApplyOn.RESTART
+    for edge in ("0.1", "10"):
+        assert parse(f"watchdog_election_timeout = {edge}").watchdog_election_timeout == float(edge)
 
 
 def test_the_cache_runs_on_several_workers_within_a_share_each() -> None:

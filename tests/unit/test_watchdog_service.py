@@ -6,6 +6,7 @@ import pytest
 import trio
 
 from consensus import MemoryCluster
+from consensus.raft import RaftClusterStore, RaftTimings
 from pgbalancer.config import Config, parse_config_text
 from pgbalancer.ha.planner import HaOperationError, Probe, ProbeOutcome, ServerFacts
 from pgbalancer.health.controller import HaController
@@ -238,3 +239,16 @@ async def test_a_member_added_again_starts_without_the_votes_it_left_behind() ->
     assert a.state.voters(1) == {MEMBERS[2]} and a.down_votes(1) == 0  # a non-member's vote never counts
     await a.add_member(MEMBERS[2])
     assert a.state.voters(1) == frozenset() and a.down_votes(1) == 0
+
+
+@pytest.mark.parametrize("timeout", [None, 0.3, 1.5])
+def test_the_node_s_raft_member_uses_the_configured_election_timeout(timeout: float | None) -> None:
+    # the real store: built, never started
+    cfg = config(9001, "" if timeout is None else f"watchdog_election_timeout = {timeout}\n")
+    proxy = ProxyServer(cfg, {}, None)
+    built = WatchdogService.for_node(cfg, proxy, HaController(cfg, proxy), None)
+    assert built is not None and isinstance(built.store, RaftClusterStore)
+    assert built.store.timings == RaftTimings.for_election_timeout(0.3 if timeout is None else timeout)
+    assert built.store.vip_acquire_delay == pytest.approx(
+        built.store.timings.leader_fallback_timeout + max(0.3, cfg.watchdog_election_timeout)
+    )
