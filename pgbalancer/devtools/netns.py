@@ -22,8 +22,8 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -185,9 +185,14 @@ class NetnsLab:
         """A cheap reader of the member's IPv4 addresses: a socket made inside its namespace and asked
         with ioctl(SIOCGIFCONF), so a 50 ms sampler starts no process (``ip`` would, 20 times a second
         per member, on a machine whose Raft timings are tight)."""
+        sock = self.probe_socket(name)
+        return lambda: ipv4_addresses(sock)
+
+    def probe_socket(self, name: str) -> socket.socket:
+        """A socket made inside the member's namespace (for ipv4_addresses); closed by destroy()."""
         sock = self.call(name, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
         self._sockets.append(sock)
-        return lambda: ipv4_addresses(sock)
+        return sock
 
     def destroy(self) -> None:
         """Delete every namespace of this lab (their veths and the bridge go with them)."""
@@ -206,6 +211,19 @@ class NetnsLab:
         ip("-n", netns, "link", "set", "lo", "up")
 
 
+def sample_line(at: float, holders: list[str]) -> str:
+    """One sample of devtools/vipsampler.py: ``<time.monotonic()> <holder>,<holder>...``."""
+    return f"{at:.6f} {','.join(holders)}\n"
+
+
+def parse_sample_line(line: str) -> tuple[float, frozenset[str]]:
+    at, _, names = line.rstrip("\n").partition(" ")
+    return float(at), frozenset(name for name in names.split(",") if name)
+
+
+_SAMPLER_PRIORITY = 10  # SCHED_FIFO 1-99: above every ordinary process, far below the kernel's own
+
+
 @dataclass
 class HolderSample:
     at: float  # time.monotonic()
@@ -214,10 +232,12 @@ class HolderSample:
 
 @dataclass
 class HolderSampler:
-    """Looks at every member's addresses every ``interval`` s from a thread; records who holds ``address``.
+    """Looks at every member's addresses every ``interval`` s; records who holds ``address``.
 
-    ``overlaps`` lists the samples where more than one member held it at once: the VIP invariant is
-    that it stays empty over the whole run.
+    The looking happens in a process of its own (devtools/vipsampler.py), at real-time priority
+    where the OS allows it (root), so neither this process' threads nor a busy guest delay a
+    sample; a thread here only collects its lines. ``overlaps`` lists the samples where more than
+    one member held the address at once: the VIP invariant is that it stays empty over the whole run.
     """
 
     lab: NetnsLab
@@ -225,17 +245,40 @@ class HolderSampler:
     members: Sequence[str]
     interval: float = 0.05
     samples: list[HolderSample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    real_time: bool = False  # set by start(): whether the sampling process got SCHED_FIFO
+    _process: subprocess.Popen[str] | None = None
     _thread: threading.Thread | None = None
     _probes: dict[str, Callable[[], set[str]]] | None = None
 
     def start(self) -> HolderSampler:
-        self._thread = threading.Thread(target=self._run, name="vip-sampler", daemon=True)
+        sockets = {name: self.lab.probe_socket(name) for name in self.members}
+        members = [f"{name}={sock.fileno()}" for name, sock in sockets.items()]
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgbalancer.devtools.vipsampler",
+                self.address,
+                str(self.interval),
+                *members,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            pass_fds=[sock.fileno() for sock in sockets.values()],
+        )
+        try:  # a sample must not wait behind the guest's other work; needs root (CAP_SYS_NICE)
+            os.sched_setscheduler(self._process.pid, os.SCHED_FIFO, os.sched_param(_SAMPLER_PRIORITY))
+            self.real_time = True
+        except (PermissionError, OSError):
+            self.real_time = False
+        self._thread = threading.Thread(target=self._collect, name="vip-sampler", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -248,11 +291,11 @@ class HolderSampler:
             self._probes = {name: self.lab.address_probe(name) for name in self.members}
         return frozenset(name for name, probe in self._probes.items() if self.address in probe())
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            self.samples.append(HolderSample(started, self.holders_now()))
-            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+    def _collect(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            at, holders = parse_sample_line(line)
+            self.samples.append(HolderSample(at, holders))
 
 
 def reap_orphaned_labs(tag: str = DEFAULT_TAG) -> list[str]:

@@ -349,11 +349,17 @@ def test_never_two_vip_holders_over_the_whole_run(cluster: SampledCluster) -> No
     assert len(samples) > 100, "the sampler did not run"
     gaps = [b.at - a.at for a, b in itertools.pairwise(samples)]
     slow = sum(gap > 0.2 for gap in gaps)
-    print(f"{len(samples)} VIP samples, longest gap {max(gaps):.3f} s, {slow} gaps over 0.2 s")
+    priority = "real-time" if cluster.sampler.real_time else "ordinary"
+    print(
+        f"{len(samples)} VIP samples ({priority} sampler process), longest gap {max(gaps):.3f} s, "
+        f"{slow} over 0.2 s"
+    )
     # Samples every 50 ms. With no gap of 1 s, any two-holder window of 1 s or more is certainly seen,
     # and shorter ones very likely (a window hides only if it falls wholly inside one of the rare
     # stalls, counted above); a stall of seconds could hide one entirely. The bound was 0.5 s until a
-    # host under heavy steal time stalled the sampler thread for 0.59 s with nothing wrong.
+    # host under heavy steal time stalled the sampler thread for 0.59 s with nothing wrong, and a later
+    # one for 2.4 s: the sampler then moved from a thread of this process into a SCHED_FIFO process
+    # of its own (devtools/vipsampler.py), which no busy guest process or GIL holder can delay.
     steal = steal_report(cluster.cpu_at_start, read_cpu_times(), over="the module")
     print(steal)
     assert max(gaps) < 1.0, (
