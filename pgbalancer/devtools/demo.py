@@ -1,12 +1,14 @@
-"""``make demo`` / ``make demo-stop``: a real cluster, a real pgbalancer, real pgbench traffic, a summary.
+"""``make demo`` / ``make demo-stop``: PostgreSQL, a pgbalancer watchdog cluster, pgbench traffic, a summary.
 
 ``python -m pgbalancer.devtools.demo up|down|status [--workdir DIR]`` (default ``<repo>/.demo``):
 
-- ``up`` starts PostgreSQL (primary + 2 streaming standbys) in ``.demo/pg``, writes
-  ``.demo/pgbalancer.conf``, starts ``pgbalancer -f .demo/pgbalancer.conf`` in the background, runs
-  pgbench through it, prints throughput, latency, which backend served what and the pool usage, and
-  leaves everything running so you can connect yourself.
-- ``down`` stops pgbalancer (SIGTERM, SIGKILL after 10 s) and the cluster; safe to repeat.
+- ``up`` starts PostgreSQL (primary + 2 streaming standbys) in ``.demo/pg`` and three pgbalancer
+  nodes forming a watchdog (Raft) cluster on 127.0.0.1 (``.demo/node1..3/pgbalancer.conf``; node1 on
+  port 5432), waits for their quorum, runs pgbench through node1, prints throughput, latency, which
+  backend served what, the pool usage and each node's view of the Raft group, and leaves everything
+  running so you can connect yourself. (No virtual IP: that needs interfaces of their own, see
+  docs/vip.md and tests/cluster.)
+- ``down`` stops the pgbalancer nodes (SIGTERM, SIGKILL after 10 s) and the cluster; safe to repeat.
 - ``status`` says what runs.
 
 This is a developer tool: it must never be imported by the node, never need a password (the demo
@@ -23,15 +25,16 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
-import time
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pgbalancer.devtools import free_tcp_port, free_tcp_ports, tcp_port_is_free, wait_for
+from pgbalancer.devtools import free_tcp_ports, tcp_port_is_free, wait_for
 from pgbalancer.devtools.balancer import BalancerProcess, Setting
 from pgbalancer.devtools.pgcluster import (
     BENCH_DB,
@@ -45,7 +48,6 @@ from pgbalancer.devtools.pgcluster import (
 )
 
 PREFERRED_PG_PORTS = (5433, 5434, 5435)
-PREFERRED_PROXY_PORTS = (5432, 6543)
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 STATE_FILE = "demo.json"
@@ -96,17 +98,8 @@ class DemoPaths:
         """The cluster's real directory (``pg`` may be a link to one the postgres user can reach)."""
         return self.pg_link.resolve()
 
-    @property
-    def config(self) -> Path:
-        return self.workdir / "pgbalancer.conf"
-
-    @property
-    def log(self) -> Path:
-        return self.workdir / "pgbalancer.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.workdir / "pgbalancer.pid"
+    def node(self, name: str) -> NodePaths:
+        return NodePaths(self.workdir / name)
 
     @property
     def state(self) -> Path:
@@ -160,70 +153,174 @@ def _join(ports: Sequence[int]) -> str:
     return ", ".join(str(port) for port in ports)
 
 
-# ---- pgbalancer -------------------------------------------------------------------------------------
+# ---- pgbalancer: a three-node watchdog cluster ----------------------------------------------------
 
 
-DEMO_WORKERS = 2
-DEMO_POOL_SIZE = 2  # per worker process: each worker has its own pools
+DEMO_NODES = ("node1", "node2", "node3")
+# node1 keeps 5432, the port an application would use; the Raft group and the REST APIs beside them.
+PREFERRED_PORTS = {
+    "proxy": (5432, 5442, 5452),
+    "raft": (9000, 9001, 9002),
+    "api": (8080, 8081, 8082),
+    "mqtt": (1883, 1884, 1885),  # each node's embedded broker
+}
+DEMO_POOL_SIZE = 4  # a watchdog member runs one worker process, so this is each backend's limit
+QUORUM_TIMEOUT = 30.0
 
 
-def balancer_settings(cluster: LocalPgCluster, port: int, paths: DemoPaths) -> dict[str, Setting]:
+@dataclass(frozen=True)
+class NodePaths:
+    """Where one pgbalancer node of the demo keeps its config, log and pid file."""
+
+    directory: Path
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "pgbalancer.conf"
+
+    @property
+    def log(self) -> Path:
+        return self.directory / "pgbalancer.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "pgbalancer.pid"
+
+
+@dataclass(frozen=True)
+class DemoNode:
+    name: str
+    proxy_port: int
+    raft_port: int
+    api_port: int
+    mqtt_port: int
+
+    @property
+    def raft_address(self) -> str:
+        return f"{LOCALHOST}:{self.raft_port}"
+
+
+def balancer_settings(
+    cluster: LocalPgCluster, node: DemoNode, nodes: Sequence[DemoNode], secret: str, paths: NodePaths
+) -> dict[str, Setting]:
     settings: dict[str, Setting] = {
         "listen_addresses": LOCALHOST,
-        "port": port,
-        # Transaction pooling: the 8 pgbench clients share at most 2 x 2 = 4 server connections.
+        "port": node.proxy_port,
+        # Transaction pooling: pgbench's 8 clients share at most 4 server connections per backend.
         "pool_mode": "transaction",
-        "workers": DEMO_WORKERS,
         "auth_type": "trust",
         "num_init_children": DEMO_POOL_SIZE,
         "max_pool": 4,
         "pid_file": str(paths.pid_file),
+        "api_port": node.api_port,
+        "mqtt_port": node.mqtt_port,
+        "watchdog_nodes": ",".join(member.raft_address for member in nodes),
+        "watchdog_port": node.raft_port,
+        "watchdog_listen_address": LOCALHOST,
+        "watchdog_secret": secret,
+        "watchdog_data_dir": str(paths.directory / "raft"),
     }
-    for index, node in enumerate(cluster.nodes):
-        settings[f"backend_hostname{index}"] = node.host
-        settings[f"backend_port{index}"] = node.port
+    for index, backend in enumerate(cluster.nodes):
+        settings[f"backend_hostname{index}"] = backend.host
+        settings[f"backend_port{index}"] = backend.port
         settings[f"backend_weight{index}"] = 1
     return settings
 
 
-def pick_proxy_port() -> int:
-    for port in PREFERRED_PROXY_PORTS:
-        if tcp_port_is_free(port):
-            if port != PREFERRED_PROXY_PORTS[0]:
-                say(f"    port {PREFERRED_PROXY_PORTS[0]} is taken, pgbalancer listens on {port}")
-            return port
-    port = free_tcp_port()
-    say(f"    ports {_join(PREFERRED_PROXY_PORTS)} are taken, pgbalancer listens on {port}")
-    return port
+def pick_ports() -> list[DemoNode]:
+    """Each node's proxy, Raft and API port: the preferred ones when all are free, else free ones."""
+    wanted = [port for ports in PREFERRED_PORTS.values() for port in ports]
+    chosen: Mapping[str, Sequence[int]] = PREFERRED_PORTS
+    if not all(tcp_port_is_free(port) for port in wanted):
+        spare = iter(free_tcp_ports(len(wanted)))
+        chosen = {kind: tuple(next(spare) for _ in ports) for kind, ports in PREFERRED_PORTS.items()}
+        instead = [port for ports in chosen.values() for port in ports]
+        say(f"    some of ports {_join(wanted)} are taken: using {_join(instead)}")
+    return [
+        DemoNode(name, *(chosen[kind][index] for kind in ("proxy", "raft", "api", "mqtt")))
+        for index, name in enumerate(DEMO_NODES)
+    ]
 
 
-def start_balancer(cluster: LocalPgCluster, paths: DemoPaths) -> int:
-    """Start pgbalancer (or keep the one already running); return its port once ``SELECT 1`` works."""
-    deadline = time.monotonic() + READY_TIMEOUT
+def start_balancers(cluster: LocalPgCluster, paths: DemoPaths) -> list[DemoNode]:
+    """Start the three watchdog members (or keep them running); return them once each says it is
+    ready (a backend reachable, a Raft quorum) and ``SELECT 1`` works through node1."""
     state = _read_state(paths)
-    running = _running_balancer_pid(paths, state)
-    recorded_port = state.get("proxy_port")
-    if running is not None and isinstance(recorded_port, int):
-        port = recorded_port
-        say(f"==> pgbalancer already running (pid {running}) on port {port}")
+    nodes = _nodes_in(state)
+    if nodes and all(_running_balancer_pid(paths.node(n.name), state.get(n.name)) for n in nodes):
+        say(f"==> pgbalancer watchdog cluster already running (ports {_join([n.proxy_port for n in nodes])})")
     else:
-        say("==> pgbalancer")
-        port = pick_proxy_port()
-        try:
-            process = BalancerProcess.start(
-                paths.workdir, balancer_settings(cluster, port, paths), ready_timeout=READY_TIMEOUT
-            )
-        except (RuntimeError, TimeoutError) as exc:
-            raise DemoError(f"pgbalancer did not come up: {exc}\n{_balancer_hints(paths)}") from exc
-        _write_state(paths, {"proxy_port": port, "pid": process.process.pid})
-        say(f"    started pid {process.process.pid}, config {paths.config}, log {paths.log}")
-    _wait_select_one(cluster, port, paths, timeout=max(1.0, deadline - time.monotonic()))
-    say(f"    SELECT 1 through 127.0.0.1:{port} works")
-    return port
+        say(f"==> pgbalancer: a watchdog cluster of {len(DEMO_NODES)} nodes (Raft on 127.0.0.1)")
+        stop_balancers(paths)  # whatever is left of an earlier, partial start
+        nodes = pick_ports()
+        secret = secrets.token_hex(16)
+        pids: dict[str, object] = {}
+        for node in nodes:
+            node_paths = paths.node(node.name)
+            settings = balancer_settings(cluster, node, nodes, secret, node_paths)
+            try:
+                process = BalancerProcess.start(node_paths.directory, settings, ready_timeout=READY_TIMEOUT)
+            except (RuntimeError, TimeoutError) as exc:
+                raise DemoError(f"{node.name} did not come up: {exc}\n{_balancer_hints(node_paths)}") from exc
+            pids[node.name] = process.process.pid
+            _write_state(paths, {"nodes": [asdict(n) for n in nodes], **pids})
+            say(f"    {node.name}: pid {process.process.pid}, port {node.proxy_port}, log {node_paths.log}")
+    for node in nodes:
+        _wait_ready(node, paths.node(node.name))
+    _wait_select_one(cluster, nodes[0].proxy_port, paths.node(nodes[0].name), timeout=READY_TIMEOUT)
+    say(f"    the three nodes have a Raft quorum; SELECT 1 through 127.0.0.1:{nodes[0].proxy_port} works")
+    return nodes
 
 
-def _wait_select_one(cluster: LocalPgCluster, port: int, paths: DemoPaths, timeout: float) -> None:
-    proxy = PgNode("pgbalancer", LOCALHOST, port, paths.workdir, "proxy")
+def _nodes_in(state: Mapping[str, object]) -> list[DemoNode]:
+    recorded = state.get("nodes")
+    if not isinstance(recorded, list):
+        return []
+    try:
+        return [DemoNode(**item) for item in recorded]
+    except TypeError:
+        return []
+
+
+def _wait_ready(node: DemoNode, paths: NodePaths) -> None:
+    """Until the node's /api/v1/readyz says 200: a backend reachable and a Raft quorum."""
+    url = f"http://{LOCALHOST}:{node.api_port}/api/v1/readyz"
+
+    def ready() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+
+    try:
+        wait_for(
+            ready, timeout=QUORUM_TIMEOUT, interval=0.2, message=f"{node.name} ready", retry_on=(OSError,)
+        )
+    except TimeoutError as exc:
+        raise DemoError(f"{exc} ({url})\n{_balancer_hints(paths)}") from exc
+
+
+def watchdog_view(node: DemoNode) -> dict[str, str]:
+    """What the node's /metrics says of the Raft group (no credentials needed for /metrics)."""
+    try:
+        with urllib.request.urlopen(f"http://{LOCALHOST}:{node.api_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError as exc:
+        return {"role": f"? ({exc})", "term": "?", "quorum": "?", "leader": "?"}
+
+    def value(name: str) -> str:
+        found = re.search(rf"^{name} (\S+)$", text, re.M)
+        return found.group(1).removesuffix(".0") if found else "?"
+
+    leader = re.search(r'^pgbalancer_raft_leader_info\{leader="([^"]*)"\}', text, re.M)
+    return {
+        "role": "leader" if value("pgbalancer_raft_is_leader") == "1" else "follower",
+        "term": value("pgbalancer_raft_term"),
+        "quorum": {"1": "yes", "0": "no"}.get(value("pgbalancer_raft_quorum"), "?"),
+        "leader": leader.group(1) if leader else "?",
+    }
+
+
+def _wait_select_one(cluster: LocalPgCluster, port: int, paths: NodePaths, timeout: float) -> None:
+    proxy = PgNode("pgbalancer", LOCALHOST, port, paths.directory, "proxy")
     try:
         wait_for(
             lambda: cluster.psql(proxy, "SELECT 1", user=BENCH_USER, dbname=BENCH_DB) == "1",
@@ -236,7 +333,7 @@ def _wait_select_one(cluster: LocalPgCluster, port: int, paths: DemoPaths, timeo
         raise DemoError(f"{exc}\n{_balancer_hints(paths)}") from exc
 
 
-def _balancer_hints(paths: DemoPaths) -> str:
+def _balancer_hints(paths: NodePaths) -> str:
     tail = "\n".join(_read_text(paths.log).splitlines()[-30:]) or "(empty)"
     return (
         f"--- last lines of {paths.log} ---\n{tail}\n"
@@ -245,12 +342,11 @@ def _balancer_hints(paths: DemoPaths) -> str:
     )
 
 
-def _running_balancer_pid(paths: DemoPaths, state: Mapping[str, object]) -> int | None:
-    """The pid of the demo's pgbalancer if it still runs (pid file first, then what we recorded)."""
+def _running_balancer_pid(paths: NodePaths, recorded: object) -> int | None:
+    """The pid of this demo node's pgbalancer if it still runs (pid file first, then the recorded one)."""
     candidates: list[int] = []
     with contextlib.suppress(OSError, ValueError):
         candidates.append(int(paths.pid_file.read_text().strip()))
-    recorded = state.get("pid")
     if isinstance(recorded, int):
         candidates.append(recorded)
     for pid in candidates:
@@ -259,8 +355,8 @@ def _running_balancer_pid(paths: DemoPaths, state: Mapping[str, object]) -> int 
     return None
 
 
-def _is_demo_balancer(pid: int, paths: DemoPaths) -> bool:
-    """True when ``pid`` is alive and runs pgbalancer with the demo's config (not a reused pid)."""
+def _is_demo_balancer(pid: int, paths: NodePaths) -> bool:
+    """True when ``pid`` is alive and runs pgbalancer with this node's config (not a reused pid)."""
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -268,12 +364,25 @@ def _is_demo_balancer(pid: int, paths: DemoPaths) -> bool:
     return any(b"pgbalancer" in arg for arg in argv) and str(paths.config).encode() in argv
 
 
-def stop_balancer(paths: DemoPaths) -> str:
+def stop_balancers(paths: DemoPaths) -> list[str]:
+    """Stop every demo node (and a single node left by an older demo layout); what happened to each."""
     state = _read_state(paths)
-    pid = _running_balancer_pid(paths, state)
+    outcomes = []
+    for name, node_paths in [
+        *((n, paths.node(n)) for n in DEMO_NODES),
+        ("pgbalancer", NodePaths(paths.workdir)),
+    ]:
+        outcome = stop_balancer(node_paths, state.get(name if name != "pgbalancer" else "pid"))
+        if outcome is not None:
+            outcomes.append(f"{name}: {outcome}")
+    return outcomes
+
+
+def stop_balancer(paths: NodePaths, recorded: object) -> str | None:
+    pid = _running_balancer_pid(paths, recorded)
     if pid is None:
         paths.pid_file.unlink(missing_ok=True)
-        return "pgbalancer was not running"
+        return None
     os.kill(pid, signal.SIGTERM)
     try:
         wait_for(
@@ -444,7 +553,23 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join([line(headers), rule, *(line(row) for row in rows)])
 
 
-def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
+def report(cluster: LocalPgCluster, nodes: Sequence[DemoNode], results: Sequence[RunResult]) -> str:
+    views = [watchdog_view(node) for node in nodes]
+    cluster_view = table(
+        ["node", "proxy port", "raft address", "role", "term", "quorum", "leader it knows"],
+        [
+            [
+                node.name,
+                str(node.proxy_port),
+                node.raft_address,
+                v["role"],
+                v["term"],
+                v["quorum"],
+                v["leader"],
+            ]
+            for node, v in zip(nodes, views, strict=True)
+        ],
+    )
     throughput = table(
         ["run through pgbalancer", "tps", "avg latency ms", "transactions", "failed"],
         [
@@ -478,12 +603,13 @@ def report(cluster: LocalPgCluster, results: Sequence[RunResult]) -> str:
         ],
     )
     return (
+        f"The watchdog cluster (each node's view, from its /metrics)\n{cluster_view}\n\n"
         f"Throughput\n{throughput}\n\n"
         f"Which backend served what (xact_commit delta in db {BENCH_DB}, from pg_stat_database)\n{served}\n\n"
         f"Pool usage (server connections on db {BENCH_DB} from 127.0.0.1, sampled every 0.5 s)\n{pools}\n\n"
-        f"Transaction pooling: each pgbench run's clients ({clients_of(results)}) shared at most "
-        f"{DEMO_WORKERS * DEMO_POOL_SIZE} server connections per backend ({DEMO_WORKERS} worker processes x "
-        f"num_init_children = {DEMO_POOL_SIZE}); a client holds one only for the length of a transaction.\n"
+        f"Transaction pooling: each pgbench run's clients ({clients_of(results)}, through {nodes[0].name}) "
+        f"shared at most {DEMO_POOL_SIZE} server connections per backend (num_init_children = "
+        f"{DEMO_POOL_SIZE}); a client holds one only for the length of a transaction.\n"
         "Read/write routing: reads outside transactions were balanced over the primary and the standbys; "
         "writes and the TPC-B transactions ran on the primary."
     )
@@ -507,22 +633,26 @@ def _role_word(in_recovery: bool | None) -> str:
 def up(paths: DemoPaths) -> int:
     paths.workdir.mkdir(parents=True, exist_ok=True)
     cluster = start_cluster(paths)
-    port = start_balancer(cluster, paths)
+    nodes = start_balancers(cluster, paths)
+    port = nodes[0].proxy_port
     initialize_bench(cluster)
     results = [run_workload(cluster, port, workload) for workload in WORKLOADS]
     say("")
-    say(report(cluster, results))
+    say(report(cluster, nodes, results))
     say("")
-    say("Everything keeps running. Try it yourself:")
-    say(f"    psql -h 127.0.0.1 -p {port} -U {BENCH_USER} {BENCH_DB}")
-    say(f"    pgbalancer log: {paths.log}")
+    say("Everything keeps running. Try it yourself (any node; they agree on the primary through Raft):")
+    for node in nodes:
+        say(f"    psql -h 127.0.0.1 -p {node.proxy_port} -U {BENCH_USER} {BENCH_DB}    # {node.name}")
+    say(f"    logs: {paths.workdir}/node*/pgbalancer.log")
     say("Stop it all with:")
     say("    make demo-stop")
     return 0
 
 
 def down(paths: DemoPaths) -> int:
-    say(f"==> {stop_balancer(paths)}")
+    stopped = stop_balancers(paths)
+    for outcome in stopped or ["pgbalancer was not running"]:
+        say(f"==> {outcome}")
     if not (paths.pg_dir / "cluster.json").exists():
         say("==> no demo PostgreSQL cluster")
         return 0
@@ -539,11 +669,14 @@ def down(paths: DemoPaths) -> int:
 
 def status(paths: DemoPaths) -> int:
     state = _read_state(paths)
-    pid = _running_balancer_pid(paths, state)
-    if pid is None:
+    nodes = _nodes_in(state)
+    for node in nodes:
+        node_paths = paths.node(node.name)
+        pid = _running_balancer_pid(node_paths, state.get(node.name))
+        running = "not running" if pid is None else f"running, pid {pid}"
+        say(f"pgbalancer {node.name}: {running}, port {node.proxy_port}, log {node_paths.log}")
+    if not nodes:
         say("pgbalancer: not running")
-    else:
-        say(f"pgbalancer: running, pid {pid}, port {state.get('proxy_port', '?')}, log {paths.log}")
     if (paths.pg_dir / "cluster.json").exists():
         print_status(LocalPgCluster.attach(paths.pg_dir))
     else:
