@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from pgbalancer.config import Config
 from pgbalancer.pgwire.scan import HeaderScanner
 from pgbalancer.proxy import session, txrelay
 from pgbalancer.proxy.latency import LatencyHistogram
@@ -44,7 +45,7 @@ def _transaction_mode(counters: PoolCounters) -> Callable[[], None]:
 
 
 def _session_relay(counters: PoolCounters) -> Any:
-    relay = session._Relay(object(), object(), counters, lambda: (0, 0))  # type: ignore[arg-type]
+    relay = session._Relay(object(), object(), counters, Config)  # type: ignore[arg-type]
     relay.client_scanner = HeaderScanner(count=b"QSF")
     relay.server_scanner = HeaderScanner(count=b"Z")
     relay.request_started_at = time.monotonic()

@@ -522,21 +522,21 @@ def _status_of(obj: SyncObj) -> dict[str, Any]:
     return {}
 
 
-def _check_address(address: str) -> None:
+def _check_address(address: str) -> tuple[str, int]:
+    """``host:port`` split (brackets of an IPv6 host removed); ConsensusError if it is not one."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConsensusError(f"{address!r} is not host:port, such as 10.0.0.4:9000")
+    return host.strip("[]"), int(port)
 
 
 def _refuse_foreign_address(address: str) -> None:
     """Fail at once when ``address`` is not this machine's: pysyncobj would retry the bind for
     ``maxBindRetries`` (meant for a port still held by a previous process, which is left to it)."""
-    host, _, port = address.rpartition(":")
+    host, port = _check_address(address)
     try:
-        family, kind, proto, _, where = socket.getaddrinfo(
-            host.strip("[]"), int(port), type=socket.SOCK_STREAM
-        )[0]
-    except (OSError, ValueError) as exc:
+        family, kind, proto, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError as exc:
         raise ConsensusError(
             f"watchdog cannot listen on {address}: {exc}; check watchdog_listen_address/watchdog_nodes"
         ) from exc

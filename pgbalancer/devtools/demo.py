@@ -368,11 +368,10 @@ def stop_balancers(paths: DemoPaths) -> list[str]:
     """Stop every demo node (and a single node left by an older demo layout); what happened to each."""
     state = _read_state(paths)
     outcomes = []
-    for name, node_paths in [
-        *((n, paths.node(n)) for n in DEMO_NODES),
-        ("pgbalancer", NodePaths(paths.workdir)),
-    ]:
-        outcome = stop_balancer(node_paths, state.get(name if name != "pgbalancer" else "pid"))
+    nodes = [(name, paths.node(name), state.get(name)) for name in DEMO_NODES]
+    nodes.append(("pgbalancer", NodePaths(paths.workdir), state.get("pid")))  # the older layout
+    for name, node_paths, recorded_pid in nodes:
+        outcome = stop_balancer(node_paths, recorded_pid)
         if outcome is not None:
             outcomes.append(f"{name}: {outcome}")
     return outcomes

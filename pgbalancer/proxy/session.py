@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
-from pgbalancer.config import PoolMode
+from pgbalancer.config import Config, PoolMode
 from pgbalancer.pgwire import messages as pgmsg
 from pgbalancer.pgwire.errors import ProtocolError, SqlState, error_response
 from pgbalancer.pgwire.framing import CLOSED, NEED_DATA, StartupReader
@@ -50,7 +50,13 @@ from pgbalancer.proxy.pool import PoolCounters, PoolExhausted, ServerPool
 from pgbalancer.proxy.sessionstate import ClientSessionState, unreported_settings
 from pgbalancer.proxy.startup import settings_to_apply, startup_rejection, startup_settings
 from pgbalancer.proxy.tls import answer_ssl_request
-from pgbalancer.proxy.txrelay import TransactionRelay, idle_farewell, reset_server
+from pgbalancer.proxy.txrelay import (
+    TransactionRelay,
+    has_idle_limits,
+    idle_farewell,
+    idle_limit,
+    reset_server,
+)
 
 if TYPE_CHECKING:
     from pgbalancer.proxy.server import ProxyServer
@@ -292,12 +298,7 @@ class ClientSession:
 
     async def _relay(self, server: ServerConnection, channel: MessageChannel, counters: PoolCounters) -> None:
         proxy = self.proxy  # its config is read at each wait: a reload applies to running sessions too
-        relay = _Relay(
-            self.client,
-            server,
-            counters,
-            lambda: (proxy.config.client_idle_timeout, proxy.config.idle_transaction_timeout),
-        )
+        relay = _Relay(self.client, server, counters, lambda: proxy.config)
         pending_from_client = channel.reader.take_buffered()
         with trio.CancelScope() as scope:
             self._relay_scope = scope
@@ -381,7 +382,7 @@ class _Relay:
         client: PgSocket,
         server: ServerConnection,
         counters: PoolCounters,
-        idle_limits: Callable[[], tuple[float, float]],
+        config: Callable[[], Config],
     ) -> None:
         self.client = client
         self.server = server
@@ -395,7 +396,7 @@ class _Relay:
         self.protocol_error: ProtocolError | None = None
         self.awaiting_reply = False  # the client sent something the server has not answered yet
         self.request_started_at = 0.0
-        self.idle_limits = idle_limits  # (client_idle_timeout, idle_transaction_timeout); 0 = none
+        self.config = config  # the node's current config (its idle limits)
         self.idle_farewell: bytes | None = None  # set when the client stayed silent too long
         self._client_wait: trio.CancelScope | None = None  # the client pump's receive, if limited
         self._armed_limit = (0.0, False)  # the limit the current receive runs under, in transaction
@@ -422,7 +423,7 @@ class _Relay:
             await self._forward_client_bytes(memoryview(pending_from_client))
         buffer = ReceiveBuffer()
         while not (self.client_terminated or self.server_closed):
-            if any(self.idle_limits()):
+            if has_idle_limits(self.config()):
                 received = await self._receive_within_idle_limit(buffer.data)
             else:
                 received = await self.client.recv_into(buffer.data)
@@ -451,9 +452,8 @@ class _Relay:
         wait = self._client_wait
         if wait is None:
             return
-        client_idle, transaction_idle = self.idle_limits()
         in_transaction = self.transaction_status != b"I"
-        limit = transaction_idle if in_transaction else client_idle
+        limit = idle_limit(self.config(), in_transaction=in_transaction)
         if not limit or self.awaiting_reply or not self.server_scanner.at_boundary:
             wait.deadline = math.inf
             return

@@ -47,6 +47,7 @@ from pgbalancer.proxy.sessionstate import (
 from pgbalancer.routing.router import RouteAction, RouteDecision, RouteReason
 
 if TYPE_CHECKING:
+    from pgbalancer.config import Config
     from pgbalancer.proxy.server import ProxyServer
     from pgbalancer.proxy.session import ClientSession
 
@@ -208,8 +209,7 @@ class TransactionRelay:
         while True:
             if pending and await self._handle(pending, raw, planned):
                 return
-            config = self.proxy.config
-            if config.client_idle_timeout or config.idle_transaction_timeout:
+            if has_idle_limits(self.proxy.config):
                 received = await self._receive_within_idle_limits(buffer.data)
             else:  # no idle limits (the default): one coroutine layer less on every request
                 received = await self.client.recv_into(buffer.data)
@@ -239,9 +239,8 @@ class TransactionRelay:
                 raw, planned = None, UNKNOWN  # a message continues in the next receive
 
     async def _receive_within_idle_limits(self, buffer: bytearray) -> int:
-        config = self.proxy.config
         in_transaction = self.attached is not None
-        limit = config.idle_transaction_timeout if in_transaction else config.client_idle_timeout
+        limit = idle_limit(self.proxy.config, in_transaction=in_transaction)
         if not limit:
             return await self.client.recv_into(buffer)
         with trio.move_on_after(limit):
@@ -712,6 +711,16 @@ async def reset_server(server: ServerConnection, *, rollback: bool, reset_query:
             log.warning("closing server connection to %s: reset failed: %s", server.address, exc)
             return False
     return not timeout.cancelled_caught
+
+
+def has_idle_limits(config: Config) -> bool:
+    return bool(config.client_idle_timeout or config.idle_transaction_timeout)
+
+
+def idle_limit(config: Config, *, in_transaction: bool) -> int:
+    """Seconds a silent client may wait (0 = no limit): inside a transaction block
+    idle_transaction_timeout, else client_idle_timeout (every pool mode)."""
+    return config.idle_transaction_timeout if in_transaction else config.client_idle_timeout
 
 
 def idle_farewell(limit: float, *, in_transaction: bool) -> bytes:
