@@ -269,7 +269,7 @@ class HolderSampler:
         try:  # a sample must not wait behind the guest's other work; needs root (CAP_SYS_NICE)
             os.sched_setscheduler(self._process.pid, os.SCHED_FIFO, os.sched_param(_SAMPLER_PRIORITY))
             self.real_time = True
-        except (PermissionError, OSError):
+        except OSError:  # PermissionError without root
             self.real_time = False
         self._thread = threading.Thread(target=self._collect, name="vip-sampler", daemon=True)
         self._thread.start()
